@@ -1,0 +1,30 @@
+# The two commands of the README: `make run` and `make test`. Everything else serves them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install migrate bench bench-quick clean
+
+# One venv, reinstalled whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: $(STAMP)
+	$(BIN)/tracker migrate
+
+## run: the whole system (migrations, API, one consumer) against local RabbitMQ and SQLite.
+run: $(STAMP)
+	$(BIN)/tracker run
+
+## test: every test, against the local RabbitMQ, PostgreSQL and SQLite.
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info tracker.db tracker.db-wal tracker.db-shm

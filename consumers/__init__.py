@@ -1,0 +1,1 @@
+"""The consumer: deliveries from RabbitMQ folded into async_status rows."""

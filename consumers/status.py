@@ -1,0 +1,86 @@
+"""Deliveries to outcomes: parse, fold into the store, and say what to dead-letter. No pika here."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from tracker import events
+from tracker.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """One message as the broker handed it over."""
+
+    tag: int
+    body: bytes
+    content_type: str | None = events.CONTENT_TYPE
+    routing_key: str = ""
+    headers: dict[str, object] | None = None
+    message_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    delivery: Delivery
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """The result of one committed batch: what was applied and what must be dead-lettered."""
+
+    applied: int
+    dead: tuple[DeadLetter, ...]
+
+
+class StatusProjector:
+    """Turns batches of deliveries into committed rows.
+
+    ``handle`` either commits the batch's effect and returns the outcome, or raises
+    StoreUnavailable having committed nothing, in which case the caller retries the same batch.
+    """
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+
+    def handle(self, deliveries: Sequence[Delivery]) -> Outcome:
+        dead: list[DeadLetter] = []
+        parsed: list[tuple[Delivery, events.Event]] = []
+        for delivery in deliveries:
+            try:
+                parsed.append((delivery, events.parse(delivery.body, delivery.content_type)))
+            except events.InvalidEvent as exc:
+                dead.append(DeadLetter(delivery, exc.reason))
+        applied, refused = self._apply(parsed)
+        dead.extend(refused)
+        return Outcome(applied=applied, dead=tuple(dead))
+
+    def _apply(self, parsed: list[tuple[Delivery, events.Event]]) -> tuple[int, list[DeadLetter]]:
+        if not parsed:
+            return 0, []
+        try:
+            result = self._store.apply([event for _, event in parsed])
+        except sa.exc.DBAPIError as exc:
+            # The database refused data that passed validation. Halve the batch until the event
+            # it refuses stands alone, so one poison message cannot stall the queue.
+            if len(parsed) == 1:
+                reason = f"database refused the event: {type(exc.orig or exc).__name__}"
+                log.error("dead-lettering event %s: %s", parsed[0][1].event_id, reason)
+                return 0, [DeadLetter(parsed[0][0], reason)]
+            middle = len(parsed) // 2
+            first_applied, first_dead = self._apply(parsed[:middle])
+            second_applied, second_dead = self._apply(parsed[middle:])
+            return first_applied + second_applied, first_dead + second_dead
+        dead = [
+            DeadLetter(delivery, f"job {event.job_id} does not exist")
+            for delivery, event in parsed
+            if event.job_id in result.missing_jobs
+        ]
+        return len(parsed) - len(dead), dead

@@ -1,0 +1,236 @@
+"""Publisher → RabbitMQ → consumer → row, on SQLite and PostgreSQL, with real brokers and databases."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pika
+import pytest
+
+from consumers.amqp import Consumer
+from consumers.status import StatusProjector
+from tracker import events, merge, timefmt
+from tracker.broker import declare_topology
+from tracker.publisher import Publisher
+from tracker.store import JobStore
+
+pytestmark = [pytest.mark.rabbitmq]
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class RunningConsumer:
+    def __init__(self, settings, engine) -> None:
+        self.consumer = Consumer(settings, StatusProjector(JobStore(engine)))
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.consumer.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self.error = exc
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        self.thread.join(timeout=15)
+        assert not self.thread.is_alive(), "consumer did not stop"
+        assert self.error is None, f"consumer died: {self.error!r}"
+
+
+@pytest.fixture
+def store(engine) -> JobStore:
+    return JobStore(engine)
+
+
+@pytest.fixture
+def start_consumer(settings, engine) -> Iterator[Callable[[], RunningConsumer]]:
+    running: list[RunningConsumer] = []
+
+    def start() -> RunningConsumer:
+        running.append(RunningConsumer(settings, engine))
+        return running[-1]
+
+    yield start
+    for consumer in running:
+        consumer.stop()
+
+
+@pytest.fixture
+def publisher(settings) -> Iterator[Publisher]:
+    with Publisher(settings) as publisher:
+        yield publisher
+
+
+@pytest.fixture
+def raw_channel(settings):
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    channel = connection.channel()
+    declare_topology(channel, settings)
+    channel.confirm_delivery()
+    yield channel
+    connection.close()
+
+
+def queue_depth(channel, queue: str) -> int:
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
+def drain_dead(channel, queue: str) -> list[tuple[bytes, dict]]:
+    found = []
+    while True:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            return found
+        found.append((body, properties.headers or {}))
+
+
+def random_events(job_ids: list[int], count: int, rng: random.Random) -> list[events.Event]:
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    result = []
+    for _ in range(count):
+        kind = rng.choices(["progress", "succeeded", "failed"], weights=[8, 1, 1])[0]
+        result.append(events.new_event(
+            rng.choice(job_ids), kind,
+            rng.choice([None, f"note {rng.randrange(1000)}"]),
+            seq=rng.randrange(3),
+            occurred_at=base + dt.timedelta(microseconds=rng.randrange(2000)),
+        ))
+    return result
+
+
+def expected_rows(store: JobStore, published: list[events.Event]) -> dict[int, tuple]:
+    by_job: dict[int, list[events.Event]] = {}
+    for event in published:
+        by_job.setdefault(event.job_id, []).append(event)
+    expected = {}
+    for job_id, job_events in by_job.items():
+        created = store.get_job(job_id)
+        state = merge.replay(created.start_time, merge.DEFAULT_MESSAGE, job_events)
+        expected[job_id] = (state.status, state.message, state.end_time)
+    return expected
+
+
+def actual_rows(store: JobStore, job_ids) -> dict[int, tuple]:
+    rows = {}
+    for job_id in job_ids:
+        job = store.get_job(job_id)
+        rows[job_id] = (job.status, job.message, job.end_time)
+    return rows
+
+
+def test_published_event_reaches_the_row(store, start_consumer, publisher):
+    job = store.create_job()
+    start_consumer()
+    with publisher.job(job.id) as report:
+        report.progress("half way")
+        report.final_message = "all done"
+    wait_until(lambda: store.get_job(job.id).status == merge.SUCCEEDED, what="SUCCEEDED")
+    row = store.get_job(job.id)
+    assert row.message == "all done"
+    assert row.end_time is not None and row.end_time >= row.start_time
+
+
+def test_failure_in_the_context_manager_reports_failed(store, start_consumer, publisher):
+    job = store.create_job("copying")
+    start_consumer()
+    with pytest.raises(RuntimeError):
+        with publisher.job(job.id):
+            raise RuntimeError("disk full")
+    wait_until(lambda: store.get_job(job.id).status == merge.FAILED, what="FAILED")
+    assert store.get_job(job.id).message == "disk full"
+
+
+def test_duplicates_and_reordering_converge_to_the_merge_rule(store, start_consumer, publisher):
+    rng = random.Random(7)
+    job_ids = [store.create_job().id for _ in range(20)]
+    published = random_events(job_ids, 400, rng)
+    stream = published + rng.sample(published, 100)  # duplicates
+    rng.shuffle(stream)
+    for event in stream:
+        publisher.publish(event)
+    start_consumer()
+    expected = expected_rows(store, published)
+    wait_until(lambda: actual_rows(store, expected) == expected, what="rows to match the merge rule")
+
+
+def test_bad_input_is_dead_lettered_with_its_reason_and_good_events_still_apply(
+        settings, store, start_consumer, raw_channel):
+    job = store.create_job()
+    good = [events.new_event(job.id, "progress", f"step {i}", seq=i) for i in range(3)]
+    valid = good[0].to_wire()
+    bad = {
+        b"{not json": "not valid JSON",
+        b"\xff\xfe": "not valid UTF-8",
+        b"[1, 2]": "must be a JSON object",
+        json.dumps({**valid, "job_id": "1"}).encode(): "job_id: must be an integer",
+        json.dumps({**valid, "type": "paused"}).encode(): "type: must be one of",
+        json.dumps({**valid, "occurred_at": "2021-02-18T17:13:56"}).encode(): "occurred_at:",
+        json.dumps({**valid, "job_id": 987654321}).encode(): "job 987654321 does not exist",
+        b"x" * (64 * 1024 + 1): "over the limit",
+    }
+    properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+    for i, body in enumerate(bad):
+        good_body = json.dumps(good[i % len(good)].to_wire()).encode()
+        raw_channel.basic_publish(settings.exchange, "job.progress", good_body, properties)
+        raw_channel.basic_publish(settings.exchange, "job.progress", body, properties)
+    raw_channel.basic_publish(settings.exchange, "job.progress", json.dumps(valid).encode(),
+                              pika.BasicProperties(content_type="text/plain"))
+    start_consumer()
+    wait_until(lambda: queue_depth(raw_channel, settings.dead_queue) == len(bad) + 1, what="dead letters")
+    dead = drain_dead(raw_channel, settings.dead_queue)
+    reasons = {body: headers["x-tracker-reason"] for body, headers in dead}
+    for body, expected in bad.items():
+        assert expected in reasons[body], (body[:40], reasons[body])
+    assert any("content_type" in reason for reason in reasons.values())
+    wait_until(lambda: queue_depth(raw_channel, settings.queue) == 0, what="queue drained")
+    assert store.get_job(job.id).message == "step 2"
+
+
+def test_two_consumers_on_the_same_jobs_converge(store, start_consumer, publisher):
+    rng = random.Random(11)
+    job_ids = [store.create_job().id for _ in range(30)]
+    published = random_events(job_ids, 1500, rng)
+    start_consumer()
+    start_consumer()
+    for event in published + rng.sample(published, 200):
+        publisher.publish(event)
+    expected = expected_rows(store, published)
+    wait_until(lambda: actual_rows(store, expected) == expected, timeout=60,
+               what="rows to match the merge rule")
+
+
+def test_consumer_declares_the_topology_of_the_spec(settings, start_consumer, raw_channel):
+    start_consumer()
+    # Passive declares fail (closing the channel) unless the objects exist as declared.
+    time.sleep(0.3)
+    raw_channel.exchange_declare(settings.exchange, exchange_type="topic", durable=True, passive=True)
+    raw_channel.queue_declare(settings.queue, passive=True)
+    raw_channel.queue_declare(settings.dead_queue, passive=True)
+    # Declaring the queue again with the SPEC's arguments is accepted only if they match.
+    raw_channel.queue_declare(settings.queue, durable=True, arguments={
+        "x-queue-type": "quorum", "x-dead-letter-exchange": settings.dead_exchange})
+
+
+def test_an_event_published_before_its_timestamp_is_kept_in_utc(store, start_consumer, publisher):
+    job = store.create_job()
+    start_consumer()
+    at = dt.datetime(2030, 5, 1, 12, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    publisher.publish(events.new_event(job.id, "succeeded", "done", occurred_at=at,
+                                       event_id=str(uuid.uuid4())))
+    wait_until(lambda: store.get_job(job.id).status == merge.SUCCEEDED)
+    assert timefmt.format_time(store.get_job(job.id).end_time) == "2030-05-01T10:00:00.123456Z"

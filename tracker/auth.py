@@ -1,0 +1,134 @@
+"""Who may do what: roles and permissions, password hashes, signed tokens, the signing secret.
+
+Errors: ``Unauthenticated`` (no, bad or expired credentials) and ``PermissionDenied``
+(known user without the permission). Neither message ever carries a secret.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import tempfile
+import uuid
+from typing import Any
+
+import argon2
+import jwt
+
+from tracker import timefmt
+
+READ = "ASYNC-STATUS:READ"
+CREATE = "ASYNC-STATUS:CREATE"
+
+ROLES: dict[str, frozenset[str]] = {
+    "admin": frozenset({READ, CREATE}),
+    "operations": frozenset({READ, CREATE}),
+    "read-only": frozenset(),
+}
+MIN_SECRET_BYTES = 32
+_ALGORITHM = "HS256"
+
+
+class Unauthenticated(Exception):
+    """No credentials, or ones that are forged, tampered with, expired or of a deleted user."""
+
+
+class PermissionDenied(Exception):
+    def __init__(self, permission: str) -> None:
+        super().__init__(permission)
+        self.permission = permission
+
+
+def permissions_of(role: str) -> frozenset[str]:
+    """The permissions a role grants; ``admin`` has every permission there is."""
+    return ROLES.get(role, frozenset())
+
+
+def require(role: str, permission: str) -> None:
+    """Raise PermissionDenied unless ``role`` grants ``permission``."""
+    if role != "admin" and permission not in permissions_of(role):
+        raise PermissionDenied(permission)
+
+
+class Passwords:
+    """Memory-hard (argon2id) password hashes; verification costs the same for unknown users."""
+
+    def __init__(self, hasher: argon2.PasswordHasher | None = None) -> None:
+        self._hasher = hasher or argon2.PasswordHasher()
+        self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+
+    def hash(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    def verify(self, stored_hash: str | None, password: str) -> bool:
+        """Whether ``password`` matches; with no stored hash, do the same work and say no."""
+        try:
+            return self._hasher.verify(stored_hash or self._dummy, password) and stored_hash is not None
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return False
+
+
+class Tokens:
+    """HS256 tokens naming a user, signed with the server secret, expiring after ``ttl_s``."""
+
+    def __init__(self, secret: str, ttl_s: int) -> None:
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"the token secret must be at least {MIN_SECRET_BYTES} bytes")
+        self._secret = secret
+        self.ttl_s = ttl_s
+
+    def issue(self, username: str, now: dt.datetime | None = None) -> str:
+        issued = now or timefmt.now()
+        claims = {
+            "sub": username,
+            "iat": int(issued.timestamp()),
+            "exp": int(issued.timestamp()) + self.ttl_s,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
+
+    def verify(self, token: str) -> str:
+        """The username a valid token names; raises Unauthenticated otherwise."""
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, self._secret, algorithms=[_ALGORITHM],
+                options={"require": ["sub", "exp", "iat"]},
+            )
+        except jwt.PyJWTError:
+            raise Unauthenticated() from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise Unauthenticated()
+        return subject
+
+
+def load_secret(secret: str | None, secret_file: str) -> str:
+    """The signing secret: the configured one, else the local file's, created on first use.
+
+    The file (mode 0600) appears whole or not at all: it is written aside and hard-linked into
+    place, so processes starting together agree on one secret.
+    """
+    if secret:
+        return secret
+    if not os.path.exists(secret_file):
+        directory = os.path.dirname(os.path.abspath(secret_file))
+        fd, aside = tempfile.mkstemp(dir=directory, prefix=".tracker_secret.")
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_urlsafe(48) + "\n")
+            os.link(aside, secret_file)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(aside)
+    with open(secret_file, encoding="ascii") as handle:
+        stored = handle.read().strip()
+    if len(stored) < MIN_SECRET_BYTES:
+        raise ValueError(f"{secret_file} holds no usable secret; delete it or set TRACKER_SECRET")
+    return stored
+
+
+def new_password() -> str:
+    """A random password for a generated account."""
+    return secrets.token_urlsafe(18)

@@ -1,0 +1,68 @@
+"""The RabbitMQ side both processes agree on: connection parameters, topology, back-off."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from tracker.config import Settings
+
+ROUTING_PREFIX = "job."
+
+
+def parameters(url: str, name: str) -> pika.URLParameters:
+    """Connection parameters for ``url`` with heartbeats on and short connect timeouts.
+
+    Values given in the URL's query string win over these defaults.
+    """
+    params = pika.URLParameters(url)
+    query = url.partition("?")[2]
+    if "heartbeat" not in query:
+        params.heartbeat = 30
+    if "socket_timeout" not in query:
+        params.socket_timeout = 5
+    if "blocked_connection_timeout" not in query:
+        params.blocked_connection_timeout = 60
+    params.client_properties = {"connection_name": name}
+    return params
+
+
+def routing_key(event_type: str) -> str:
+    return ROUTING_PREFIX + event_type
+
+
+def declare_topology(channel: BlockingChannel, settings: Settings) -> None:
+    """Declare exchange, quorum queue, dead-letter exchange and dead queue; idempotent.
+
+    Raises pika.exceptions.ChannelClosedByBroker (406) when one exists with other arguments.
+    """
+    channel.exchange_declare(settings.exchange, exchange_type="topic", durable=True)
+    channel.exchange_declare(settings.dead_exchange, exchange_type="fanout", durable=True)
+    channel.queue_declare(settings.dead_queue, durable=True)
+    channel.queue_bind(settings.dead_queue, settings.dead_exchange)
+    channel.queue_declare(
+        settings.queue,
+        durable=True,
+        arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": settings.dead_exchange},
+    )
+    channel.queue_bind(settings.queue, settings.exchange, routing_key=ROUTING_PREFIX + "#")
+
+
+@dataclasses.dataclass
+class Backoff:
+    """Capped exponential back-off with jitter: 0.25 s, 0.5 s, 1 s … up to ``cap``."""
+
+    first: float = 0.25
+    cap: float = 15.0
+    _attempt: int = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * 2 ** self._attempt)
+        self._attempt += 1
+        return delay * random.uniform(0.8, 1.0)
+
+    def reset(self) -> None:
+        self._attempt = 0

@@ -1,0 +1,95 @@
+"""Settings read once from the environment: frozen, validated, no I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the tracker cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the processes need to know, with the SPEC §4 defaults."""
+
+    database_url: str = "sqlite:///tracker.db"
+    amqp_url: str = "amqp://guest:guest@localhost:5672/%2F"
+    secret: str | None = dataclasses.field(default=None, repr=False)
+    secret_file: str = ".tracker_secret"
+    bind: str = "127.0.0.1:8000"
+
+    # broker topology (SPEC §3; names are configurable)
+    exchange: str = "async_status"
+    queue: str = "async_status.events"
+    dead_exchange: str = "async_status.dlx"
+    dead_queue: str = "async_status.dead"
+
+    # consumer batching
+    batch_size: int = 500
+    flush_ms: int = 10
+    prefetch: int = 1000
+
+    # API
+    workers: int = 2
+    token_ttl_s: int = 6 * 3600
+    secure_cookies: bool = False
+    user_cache_s: float = 30.0
+    login_max_failures: int = 5
+    login_lockout_s: int = 60
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from ``env`` (pass ``os.environ``); unset names keep their defaults.
+
+        Raises ConfigError naming the variable when a value cannot be used.
+        """
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            name = "TRACKER_" + field.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _convert(name, raw, field.type)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise ConfigError if a value is out of range."""
+        positive = ("batch_size", "flush_ms", "prefetch", "workers", "token_ttl_s")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TRACKER_{name.upper()} must be at least 1")
+        if self.prefetch < self.batch_size:
+            raise ConfigError("TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE")
+        host, sep, port = self.bind.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"TRACKER_BIND must be HOST:PORT, not {self.bind!r}")
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed (tests and the CLI use this)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, raw: str, kind: object) -> object:
+    kind = str(kind)
+    if kind.startswith("int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+    if kind.startswith("float"):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if kind.startswith("bool"):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, not {raw!r}")
+    return raw

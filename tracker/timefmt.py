@@ -1,0 +1,49 @@
+"""The one place that turns instants into text and back: RFC 3339, UTC, microseconds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+UTC = dt.timezone.utc
+
+_RFC3339 = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<h>\d{2}):(?P<m>\d{2}):(?P<s>\d{2})"
+    r"(?:\.(?P<frac>\d{1,}))?(?P<tz>[Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,
+)
+
+
+def format_time(instant: dt.datetime | None) -> str | None:
+    """Render an aware instant as Traffic Ops does: ``2021-02-18T17:13:56.352261Z``; None stays None."""
+    if instant is None:
+        return None
+    utc = instant.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond:06d}Z"
+
+
+def parse_time(text: str) -> dt.datetime:
+    """Parse an RFC 3339 timestamp that carries an offset; return it in UTC, cut to microseconds.
+
+    Raises ValueError with a reason a publisher can act on.
+    """
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError("must be an RFC 3339 timestamp with an offset, like 2021-02-18T17:13:56.352261Z")
+    if match["s"] == "60":
+        raise ValueError("leap seconds are not supported")
+    frac = (match["frac"] or "")[:6].ljust(6, "0")
+    tz = match["tz"]
+    offset = "+00:00" if tz in ("Z", "z") else tz
+    try:
+        parsed = dt.datetime.fromisoformat(
+            f"{match['date']}T{match['h']}:{match['m']}:{match['s']}.{frac}{offset}"
+        )
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError("is not a valid date and time") from None
+
+
+def now() -> dt.datetime:
+    """The current instant, aware, in UTC."""
+    return dt.datetime.now(UTC)

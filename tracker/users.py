@@ -1,0 +1,144 @@
+"""API users in the database, and the login throttle that slows password guessing."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tracker import auth, timefmt
+from tracker.db import login_failures, users
+
+
+class UserExists(ValueError):
+    def __init__(self, username: str) -> None:
+        super().__init__(f"user {username!r} already exists")
+
+
+class InvalidUser(ValueError):
+    """A username or role that cannot be stored."""
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    username: str
+    role: str
+    created_at: dt.datetime
+
+
+class UserStore:
+    """Users, their roles and password hashes."""
+
+    def __init__(self, engine: Engine, passwords: auth.Passwords | None = None) -> None:
+        self._engine = engine
+        self._passwords = passwords or auth.Passwords()
+
+    def add(self, username: str, role: str, password: str) -> User:
+        """Create a user; raises InvalidUser or UserExists."""
+        if not username or len(username) > 128 or username != username.strip():
+            raise InvalidUser("a username is 1 to 128 characters with no surrounding spaces")
+        if role not in auth.ROLES:
+            raise InvalidUser(f"role must be one of {', '.join(sorted(auth.ROLES))}")
+        if not password:
+            raise InvalidUser("the password must not be empty")
+        user = User(username, role, timefmt.now())
+        values = dataclasses.asdict(user) | {"password_hash": self._passwords.hash(password)}
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(users).values(values))
+        except sa.exc.IntegrityError:
+            raise UserExists(username) from None
+        return user
+
+    def remove(self, username: str) -> bool:
+        """Delete a user; whether there was one. Their tokens stop working within the API's cache time."""
+        with self._engine.begin() as conn:
+            return conn.execute(sa.delete(users).where(users.c.username == username)).rowcount > 0
+
+    def list(self) -> list[User]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(users.c.username, users.c.role, users.c.created_at).order_by(users.c.username)
+            ).all()
+        return [User(*row) for row in rows]
+
+    def get(self, username: str) -> User | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(users.c.username, users.c.role, users.c.created_at)
+                .where(users.c.username == username)
+            ).first()
+        return User(*row) if row else None
+
+    def authenticate(self, username: str, password: str) -> User | None:
+        """The user if the password is theirs; the same work is done when the user does not exist."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(users.c.username, users.c.role, users.c.created_at, users.c.password_hash)
+                .where(users.c.username == username)
+            ).first()
+        ok = self._passwords.verify(row.password_hash if row else None, password)
+        return User(row.username, row.role, row.created_at) if ok and row else None
+
+    def ensure_first_admin(self) -> str | None:
+        """With no users at all, create ``admin`` with a random password and return that password."""
+        with self._engine.connect() as conn:
+            if conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one():
+                return None
+        password = auth.new_password()
+        try:
+            self.add("admin", "admin", password)
+        except UserExists:
+            return None  # another process got there first
+        return password
+
+
+class LoginThrottle:
+    """Refuses logins for a while after repeated failures for a username or a client address.
+
+    Kept in the database so every API process sees the same count.
+    """
+
+    def __init__(self, engine: Engine, max_failures: int, lockout_s: int) -> None:
+        self._engine = engine
+        self._max = max_failures
+        self._lockout = dt.timedelta(seconds=lockout_s)
+
+    def locked_for(self, subjects: list[str], now: dt.datetime | None = None) -> float:
+        """Seconds until the longest lock on any of ``subjects`` ends; 0 when none is locked."""
+        now = now or timefmt.now()
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(login_failures.c.locked_until).where(login_failures.c.subject.in_(subjects))
+            ).scalars().all()
+        remaining = [(until - now).total_seconds() for until in rows if until is not None and until > now]
+        return max(remaining, default=0.0)
+
+    def failed(self, subjects: list[str], now: dt.datetime | None = None) -> None:
+        """Count a failed login against each subject; lock those that reach the limit."""
+        now = now or timefmt.now()
+        with self._engine.connect() as conn:
+            conn.execution_options(immediate=True)
+            with conn.begin():
+                for subject in subjects:
+                    row = conn.execute(
+                        sa.select(login_failures).where(login_failures.c.subject == subject).with_for_update()
+                    ).first()
+                    still_locked = row is not None and row.locked_until is not None and row.locked_until > now
+                    if row is None or (not still_locked and row.first_at + self._lockout < now):
+                        conn.execute(sa.delete(login_failures).where(login_failures.c.subject == subject))
+                        conn.execute(sa.insert(login_failures).values(
+                            subject=subject, failures=1, first_at=now, locked_until=None))
+                        continue
+                    failures = row.failures + 1
+                    locked = now + self._lockout if failures >= self._max else row.locked_until
+                    conn.execute(
+                        sa.update(login_failures).where(login_failures.c.subject == subject)
+                        .values(failures=failures, locked_until=locked)
+                    )
+
+    def succeeded(self, subject: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(sa.delete(login_failures).where(login_failures.c.subject == subject))
