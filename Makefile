@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install migrate bench bench-quick clean
+.PHONY: run test install migrate bench bench-quick faults-long clean
 
 # One venv, reinstalled whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -25,6 +25,17 @@ run: $(STAMP)
 ## test: every test, against the local RabbitMQ, PostgreSQL and SQLite.
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## bench: the side-by-side benchmark (docs/performance.md); bench-quick: a small run CI makes.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
+
+## faults-long: the fault scenarios at full scale (make test runs a bounded version).
+faults-long: $(STAMP)
+	TRACKER_FAULTS_SCALE=long $(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info tracker.db tracker.db-wal tracker.db-shm

@@ -1,0 +1,212 @@
+"""The ``tracker`` command: migrate, serve, consume, run everything, manage users, drive jobs."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from tracker import auth
+from tracker.config import ConfigError, Settings
+from tracker.db import make_engine
+from tracker.events import TERMINAL_TYPES, InvalidEvent
+from tracker.schema import migrate
+from tracker.users import InvalidUser, UserExists, UserStore
+
+log = logging.getLogger("tracker")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("TRACKER_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)  # its INFO lines are per-connection noise
+    try:
+        settings = Settings.from_env(os.environ)
+        return args.handler(settings, args)
+    except (ConfigError, InvalidUser, UserExists, InvalidEvent, ValueError) as exc:
+        print(f"tracker: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tracker", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("migrate", help="create or upgrade the database schema").set_defaults(handler=_migrate)
+    commands.add_parser("api", help="serve the HTTP API under gunicorn").set_defaults(handler=_api)
+    commands.add_parser("consume", help="fold events from RabbitMQ into rows").set_defaults(handler=_consume)
+    commands.add_parser("run", help="migrate, then run the API and a consumer").set_defaults(handler=_run)
+
+    users = commands.add_parser("users", help="manage API users").add_subparsers(dest="action", required=True)
+    add = users.add_parser("add", help="add a user (password from TRACKER_PASSWORD or a prompt)")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=sorted(auth.ROLES))
+    add.set_defaults(handler=_users_add)
+    users.add_parser("list", help="list users and roles").set_defaults(handler=_users_list)
+    remove = users.add_parser("remove", help="delete a user; their tokens stop working within 60 s")
+    remove.add_argument("name")
+    remove.set_defaults(handler=_users_remove)
+
+    jobs = commands.add_parser("jobs", help="create jobs and emit events").add_subparsers(dest="action", required=True)
+    create = jobs.add_parser("create", help="create a job through the API and print its id")
+    create.add_argument("message", nargs="?")
+    create.set_defaults(handler=_jobs_create)
+    emit = jobs.add_parser("emit", help="publish an event for a job")
+    emit.add_argument("id", type=int)
+    emit.add_argument("type", choices=["progress", *sorted(TERMINAL_TYPES)])
+    emit.add_argument("message", nargs="?")
+    emit.set_defaults(handler=_jobs_emit)
+    return parser
+
+
+def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    log.info("database is at the newest schema")
+    return 0
+
+
+def _first_admin(settings: Settings) -> None:
+    engine = make_engine(settings.database_url)
+    try:
+        password = UserStore(engine).ensure_first_admin()
+    finally:
+        engine.dispose()
+    if password is not None:
+        # Shown once, on the terminal only: never through logging.
+        print(f"\nNo users yet: created user 'admin' with password {password}\n"
+              "It is shown only this once. Add others with: tracker users add NAME --role ROLE\n",
+              file=sys.stderr, flush=True)
+
+
+def _api(settings: Settings, _args: argparse.Namespace) -> int:
+    from api.server import serve  # the API's dependencies load only for this command
+
+    _first_admin(settings)
+    return serve(settings)
+
+
+def _consume(settings: Settings, _args: argparse.Namespace) -> int:
+    from consumers.amqp import consume
+
+    return consume(settings)
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    """Migrate, then supervise ``tracker api`` and ``tracker consume`` as child processes.
+
+    SIGTERM/SIGINT is passed on to both; if either stops, the other is stopped too.
+    """
+    _migrate(settings, args)
+    _first_admin(settings)
+    command = [sys.executable, "-m", "tracker.cli"]
+    children = [subprocess.Popen([*command, "api"]), subprocess.Popen([*command, "consume"])]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    if not stopping:
+        log.error("a child process stopped; stopping the others")
+        forward(signal.SIGTERM, None)
+    codes = [child.wait() for child in children]
+    return 0 if stopping and all(code in (0, -signal.SIGTERM, -signal.SIGINT) for code in codes) else 1
+
+
+def _users_add(settings: Settings, args: argparse.Namespace) -> int:
+    password = os.environ.get("TRACKER_PASSWORD") or _prompt_new_password()
+    engine = make_engine(settings.database_url)
+    try:
+        UserStore(engine).add(args.name, args.role, password)
+    finally:
+        engine.dispose()
+    print(f"added {args.name} ({args.role})")
+    return 0
+
+
+def _prompt_new_password() -> str:
+    if not sys.stdin.isatty():
+        raise ValueError("set TRACKER_PASSWORD, or run in a terminal to be asked for the password")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Again: "):
+        raise ValueError("the passwords differ")
+    return first
+
+
+def _users_list(settings: Settings, _args: argparse.Namespace) -> int:
+    engine = make_engine(settings.database_url)
+    try:
+        for user in UserStore(engine).list():
+            print(f"{user.username}\t{user.role}\t{user.created_at.isoformat()}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _users_remove(settings: Settings, args: argparse.Namespace) -> int:
+    engine = make_engine(settings.database_url)
+    try:
+        removed = UserStore(engine).remove(args.name)
+    finally:
+        engine.dispose()
+    if not removed:
+        print(f"tracker: no user {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"removed {args.name}")
+    return 0
+
+
+def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.client import ApiClient, ApiError
+
+    token = os.environ.get("TRACKER_API_TOKEN")
+    username = os.environ.get("TRACKER_API_USER")
+    password = os.environ.get("TRACKER_PASSWORD")
+    if token is None and username and not password and sys.stdin.isatty():
+        password = getpass.getpass(f"Password for {username}: ")
+    if token is None and not (username and password):
+        raise ValueError("set TRACKER_API_TOKEN, or TRACKER_API_USER and TRACKER_PASSWORD")
+    url = os.environ.get("TRACKER_API_URL") or f"http://{settings.bind}"
+    client = ApiClient(url, token=token, username=username, password=password)
+    try:
+        print(client.create_job(args.message))
+    except (ApiError, OSError) as exc:
+        print(f"tracker: could not create the job: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _jobs_emit(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.publisher import Publisher, PublishFailed
+
+    with Publisher(settings, timeout_s=15) as publisher:
+        try:
+            event = publisher.emit(args.id, args.type, args.message)
+        except PublishFailed as exc:
+            print(f"tracker: {exc}", file=sys.stderr)
+            return 1
+    print(event.event_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

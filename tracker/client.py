@@ -1,0 +1,81 @@
+"""A small HTTP client for the tracker's API: log in, create a job, read its status."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+API_VERSION = "5.0"
+
+
+class ApiError(RuntimeError):
+    """The API answered with an error; ``status`` is the HTTP status, the text its alert."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"HTTP {status}: {text}")
+        self.status = status
+
+
+class ApiClient:
+    """Talks to ``base_url`` (like ``http://127.0.0.1:8000``) with a Bearer token.
+
+    Give a token, or a username and password to log in with on first use.
+    """
+
+    def __init__(self, base_url: str, *, token: str | None = None, username: str | None = None,
+                 password: str | None = None, timeout_s: float = 10.0) -> None:
+        if token is None and not (username and password):
+            raise ValueError("give a token, or a username and a password")
+        self._base = base_url.rstrip("/") + f"/api/{API_VERSION}"
+        self._token = token
+        self._username = username
+        self._password = password
+        self._timeout = timeout_s
+
+    def create_job(self, message: str | None = None) -> int:
+        """Start a job (POST async_status) and return its id; raises ApiError."""
+        body = {} if message is None else {"message": message}
+        return int(self._call("POST", "/async_status", body)["response"]["id"])
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """The job's status object, as GET async_status/{id} returns it; raises ApiError."""
+        return self._call("GET", f"/async_status/{job_id}")["response"]
+
+    def _login(self) -> str:
+        request = self._request("POST", "/user/login", {"u": self._username, "p": self._password})
+        with self._open(request) as response:
+            for header in response.headers.get_all("Set-Cookie") or []:
+                name, _, rest = header.partition("=")
+                if name.strip() == "access_token":
+                    return rest.split(";", 1)[0]
+        raise ApiError(200, "login answered without an access_token cookie")
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self._token is None:
+            self._token = self._login()
+        request = self._request(method, path, body)
+        request.add_header("Authorization", f"Bearer {self._token}")
+        with self._open(request) as response:
+            return json.loads(response.read())
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None) -> urllib.request.Request:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self._base + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        return request
+
+    def _open(self, request: urllib.request.Request):  # noqa: ANN202 - http.client.HTTPResponse
+        try:
+            return urllib.request.urlopen(request, timeout=self._timeout)  # noqa: S310 - our own API
+        except urllib.error.HTTPError as exc:
+            raise ApiError(exc.code, _alert_text(exc.read())) from None
+
+
+def _alert_text(body: bytes) -> str:
+    try:
+        return "; ".join(alert["text"] for alert in json.loads(body)["alerts"])
+    except (ValueError, KeyError, TypeError):
+        return body[:200].decode("utf-8", "replace")
