@@ -1,0 +1,132 @@
+"""The API's rules without I/O: envelope, id and version parsing, roles, error mapping over fakes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import falcon
+import falcon.testing
+import pytest
+
+from api import app as api_app
+from api.errors import alerts
+from api.resources import ID_NOT_INTEGER, parse_job_id
+from tracker import auth
+from tracker.config import Settings
+from tracker.store import Job, JobNotFound, StoreUnavailable
+from tracker.users import User
+
+SECRET = "unit-secret-" + "y" * 40
+
+
+class FakeJobs:
+    def __init__(self, job: Job | None = None, error: Exception | None = None) -> None:
+        self.job, self.error, self.asked = job, error, []
+
+    def get_job(self, job_id: int) -> Job:
+        self.asked.append(job_id)
+        if self.error:
+            raise self.error
+        if self.job is None or self.job.id != job_id:
+            raise JobNotFound(job_id)
+        return self.job
+
+
+class FakeUsers:
+    def get(self, username: str) -> User | None:
+        return User(username, "operations", dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+
+
+def client_over(jobs: FakeJobs) -> tuple[falcon.testing.TestClient, dict[str, str]]:
+    tokens = auth.Tokens(SECRET, 60)
+    deps = api_app.Deps(jobs=jobs, users=FakeUsers(), throttle=None, tokens=tokens,  # type: ignore[arg-type]
+                        settings=Settings(secret=SECRET))
+    return falcon.testing.TestClient(api_app.create_app(deps)), {"Authorization": f"Bearer {tokens.issue('ops')}"}
+
+
+def assert_alert(result: falcon.testing.Result, status: int, text: str) -> None:
+    assert result.status_code == status
+    assert result.headers["content-type"] == "application/json"
+    assert result.json == {"alerts": [{"text": text, "level": "error"}]}
+
+
+def test_alerts_is_the_traffic_ops_envelope() -> None:
+    assert alerts("boom") == {"alerts": [{"text": "boom", "level": "error"}]}
+    assert alerts("done", "success") == {"alerts": [{"text": "done", "level": "success"}]}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1", 1), ("007", 7), ("+5", 5), ("-3", -3), ("-0", 0),
+    ("9223372036854775807", 2**63 - 1), ("-9223372036854775808", -(2**63)), ("0" * 5000 + "42", 42),
+])
+def test_parse_job_id_reads_go_integers(text: str, expected: int) -> None:
+    assert parse_job_id(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "", "abc", "1.0", "1e3", " 1", "1 ", "1\n", "0x1f", "+", "--1", "١",  # Arabic-Indic one
+    "9223372036854775808", "-9223372036854775809", "1" * 5000,
+])
+def test_parse_job_id_refuses_the_rest(text: str) -> None:
+    with pytest.raises(falcon.HTTPBadRequest) as raised:
+        parse_job_id(text)
+    assert raised.value.description == ID_NOT_INTEGER
+
+
+@pytest.mark.parametrize(("version", "later"), [
+    ("4.2", True), ("4.10", True), ("5.1", True), ("4.02", True), ("4." + "9" * 5000, True),
+    ("4.0", False), ("4.1", False), ("5.0", False), ("4.01", False),
+    ("3.0", False), ("6.0", False), ("abc", False), ("5", False), ("5.1.0", False), ("", False),
+    ("9" * 5000 + ".1", False),
+])
+def test_later_minor_versions_are_recognised(version: str, later: bool) -> None:
+    assert api_app.is_later_version(version) is later
+
+
+@pytest.mark.parametrize(("role", "granted"), [
+    ("admin", {auth.READ, auth.CREATE}),
+    ("operations", {auth.READ, auth.CREATE}),
+    ("read-only", set()),
+    ("no-such-role", set()),
+])
+def test_roles_grant_their_permissions(role: str, granted: set[str]) -> None:
+    for permission in (auth.READ, auth.CREATE):
+        if permission in granted:
+            auth.require(role, permission)
+        else:
+            with pytest.raises(auth.PermissionDenied):
+                auth.require(role, permission)
+
+
+def test_times_are_rendered_in_utc_with_six_digits() -> None:
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    job = Job(3, "SUCCEEDED", dt.datetime(2021, 2, 18, 19, 13, 56, tzinfo=plus_two),
+              dt.datetime(2021, 2, 18, 17, 14, 0, 5, tzinfo=dt.timezone.utc), "done")
+    client, headers = client_over(FakeJobs(job))
+    result = client.simulate_get("/api/5.0/async_status/3", headers=headers)
+    assert result.status_code == 200
+    assert result.text == ('{"response":{"id":3,"status":"SUCCEEDED","start_time":"2021-02-18T17:13:56.000000Z",'
+                           '"end_time":"2021-02-18T17:14:00.000005Z","message":"done"}}')
+
+
+def test_ids_below_one_are_not_looked_up() -> None:
+    jobs = FakeJobs()
+    client, headers = client_over(jobs)
+    for text in ("0", "-7"):
+        assert_alert(client.simulate_get(f"/api/5.0/async_status/{text}", headers=headers), 404, "Not Found")
+    assert jobs.asked == []
+
+
+def test_database_outage_is_503_with_retry_after() -> None:
+    client, headers = client_over(FakeJobs(error=StoreUnavailable("OperationalError: connection refused")))
+    result = client.simulate_get("/api/5.0/async_status/1", headers=headers)
+    assert_alert(result, 503, "database unavailable, try again later")
+    assert result.headers["retry-after"] == "5"
+
+
+def test_unexpected_errors_are_500_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    client, headers = client_over(FakeJobs(error=RuntimeError("secret detail")))
+    result = client.simulate_get("/api/5.0/async_status/1", headers={**headers, "Accept": "text/html"})
+    assert_alert(result, 500, "Internal Server Error")
+    assert "secret detail" not in result.text
+    assert "secret detail" in caplog.text  # the operator still gets the traceback

@@ -1,0 +1,47 @@
+"""Settings from the environment: SPEC §4 defaults, conversions, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracker.config import ConfigError, Settings
+
+
+def test_defaults_are_the_specs():
+    settings = Settings.from_env({})
+    assert settings.database_url == "sqlite:///tracker.db"
+    assert settings.amqp_url == "amqp://guest:guest@localhost:5672/%2F"
+    assert settings.secret is None
+    assert settings.bind == "127.0.0.1:8000"
+    assert (settings.exchange, settings.queue) == ("async_status", "async_status.events")
+    assert (settings.dead_exchange, settings.dead_queue) == ("async_status.dlx", "async_status.dead")
+
+
+def test_values_are_read_and_converted():
+    settings = Settings.from_env({
+        "TRACKER_DATABASE_URL": "postgresql+psycopg://db/x",
+        "TRACKER_BATCH_SIZE": "50",
+        "TRACKER_PREFETCH": "100",
+        "TRACKER_SECURE_COOKIES": "true",
+        "TRACKER_USER_CACHE_S": "2.5",
+        "UNRELATED": "ignored",
+    })
+    assert settings.database_url == "postgresql+psycopg://db/x"
+    assert (settings.batch_size, settings.prefetch, settings.secure_cookies) == (50, 100, True)
+    assert settings.user_cache_s == 2.5
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"TRACKER_BATCH_SIZE": "many"}, "TRACKER_BATCH_SIZE must be an integer"),
+    ({"TRACKER_FLUSH_MS": "0"}, "TRACKER_FLUSH_MS must be at least 1"),
+    ({"TRACKER_BATCH_SIZE": "2000"}, "TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE"),
+    ({"TRACKER_BIND": "8000"}, "TRACKER_BIND must be HOST:PORT"),
+    ({"TRACKER_SECURE_COOKIES": "maybe"}, "TRACKER_SECURE_COOKIES must be true or false"),
+])
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_the_secret_is_not_in_the_repr():
+    assert "s3cret-value" not in repr(Settings.from_env({"TRACKER_SECRET": "s3cret-value"}))

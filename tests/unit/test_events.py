@@ -1,0 +1,117 @@
+"""The wire format: every rule of SPEC §3's table enforced, each with a specific reason."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tracker import events, timefmt
+
+GOOD = {
+    "event_id": "6F9619FF-8B86-D011-B42D-00C04FC964FF",
+    "job_id": 42,
+    "type": "progress",
+    "occurred_at": "2021-02-18T17:13:56.352261+01:00",
+    "message": "copying",
+    "seq": 3,
+}
+
+
+def body(**changes) -> bytes:
+    document = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in document.items() if v is not ...}).encode()
+
+
+def reason_for(raw: bytes, content_type: str | None = "application/json") -> str:
+    with pytest.raises(events.InvalidEvent) as caught:
+        events.parse(raw, content_type)
+    return caught.value.reason
+
+
+def test_a_good_event_parses_normalised():
+    event = events.parse(body(extra_field={"ignored": True}))
+    assert event.event_id == "6f9619ff-8b86-d011-b42d-00c04fc964ff"
+    assert event.occurred_at == dt.datetime(2021, 2, 18, 16, 13, 56, 352261, tzinfo=dt.timezone.utc)
+    assert (event.job_id, event.type, event.message, event.seq) == (42, "progress", "copying", 3)
+
+
+def test_optional_fields_default():
+    event = events.parse(body(message=..., seq=...))
+    assert event.message is None and event.seq == 0
+
+
+@pytest.mark.parametrize(("raw", "content_type", "expected"), [
+    (b'{"event_id": "x"', "application/json", "body is not valid JSON"),
+    (b"\xc3\x28", "application/json", "body is not valid UTF-8"),
+    (b"[]", "application/json", "body must be a JSON object, not an array"),
+    (b'"text"', "application/json", "body must be a JSON object, not a string"),
+    (b"null", "application/json", "body must be a JSON object, not null"),
+    (body(), "text/plain", "content_type must be application/json"),
+    (body(), None, "content_type must be application/json"),
+    (b" " * (64 * 1024 + 1), "application/json", "over the limit of 65536"),
+    (body(job_id=...), "application/json", "job_id: is required"),
+    (body(job_id="42"), "application/json", "job_id: must be an integer"),
+    (body(job_id=42.0), "application/json", "job_id: must be an integer"),
+    (body(job_id=True), "application/json", "job_id: must be an integer"),
+    (body(job_id=0), "application/json", "job_id: must be at least 1"),
+    (body(job_id=-7), "application/json", "job_id: must be at least 1"),
+    (body(job_id=2**63), "application/json", "job_id: must be at most 9223372036854775807"),
+    (body(type="paused"), "application/json", "type: must be one of progress, succeeded, failed"),
+    (body(type=None), "application/json", "type: must be one of"),
+    (body(event_id="not-a-uuid"), "application/json", "event_id: must be a UUID"),
+    (body(event_id=123), "application/json", "event_id: must be a UUID string"),
+    (body(occurred_at="2021-02-18T17:13:56"), "application/json", "occurred_at: must be an RFC 3339"),
+    (body(occurred_at="2021-02-30T00:00:00Z"), "application/json", "occurred_at: is not a valid date"),
+    (body(occurred_at=1613668436), "application/json", "occurred_at: must be an RFC 3339 timestamp string"),
+    (body(message="x" * 4097), "application/json", "message: must be at most 4096 characters"),
+    (body(message=["list"]), "application/json", "message: must be a string or null"),
+    (body(message="nul\x00byte"), "application/json", "message: must not contain NUL"),
+    (b'{"job_id": 1, "job_id": 2}', "application/json", "body repeats the key 'job_id'"),
+    (body(seq=-1), "application/json", "seq: must be at least 0"),
+    (body(seq="1"), "application/json", "seq: must be an integer"),
+])
+def test_each_broken_rule_has_a_specific_reason(raw, content_type, expected):
+    assert expected in reason_for(raw, content_type)
+
+
+def test_nan_and_lone_surrogates_are_refused():
+    assert "NaN" in reason_for(b'{"job_id": NaN}')
+    assert "lone surrogate" in reason_for(body(message="\ud800"))
+
+
+def test_message_of_exactly_4096_characters_is_accepted():
+    assert len(events.parse(body(message="é" * 4096)).message) == 4096
+
+
+def test_content_type_parameters_are_allowed():
+    assert events.parse(body(), "application/json; charset=utf-8").job_id == 42
+
+
+def test_fractions_beyond_microseconds_are_cut_not_rounded():
+    event = events.parse(body(occurred_at="2021-02-18T17:13:56.9999999Z"))
+    assert event.occurred_at.microsecond == 999999
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_parse_or_raise_invalid_event(raw):
+    try:
+        events.parse(raw)
+    except events.InvalidEvent as exc:
+        assert exc.reason
+
+
+@given(st.datetimes(min_value=dt.datetime(1970, 1, 1), max_value=dt.datetime(9000, 1, 1),
+                    timezones=st.just(dt.timezone.utc)))
+def test_time_format_round_trips(instant):
+    text = timefmt.format_time(instant)
+    assert len(text) == 27 and text.endswith("Z")
+    assert timefmt.parse_time(text) == instant
+
+
+def test_to_wire_round_trips_through_parse():
+    event = events.new_event(9, "failed", "boom", seq=2)
+    assert events.parse(json.dumps(event.to_wire()).encode()) == event
