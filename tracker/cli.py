@@ -94,7 +94,8 @@ def _api(settings: Settings, _args: argparse.Namespace) -> int:
     from api.server import serve  # the API's dependencies load only for this command
 
     _first_admin(settings)
-    return serve(settings)
+    serve(settings)
+    return 0
 
 
 def _consume(settings: Settings, _args: argparse.Namespace) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -129,3 +131,27 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_on_begin(connection: sa.Connection) -> None:
     immediate = connection.get_execution_options().get("immediate", False)
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class StoreUnavailable(RuntimeError):
+    """The database could not be reached or dropped the transaction; nothing was committed."""
+
+
+@contextlib.contextmanager
+def unavailable_as_error() -> Iterator[None]:
+    """Turn the database being away (connection refused, dropped, locked) into StoreUnavailable.
+
+    Every other database error passes through unchanged: it is a bug or bad data, not an outage.
+    """
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)) or exc.connection_invalidated:
+            raise StoreUnavailable(_describe(exc)) from exc
+        raise
+
+
+def _describe(exc: sa.exc.DBAPIError) -> str:
+    original = exc.orig or exc
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0] if lines else ''}"

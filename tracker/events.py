@@ -45,7 +45,8 @@ def _occurred_at(value: Any) -> dt.datetime:
     return timefmt.parse_time(value)
 
 
-def _message(value: Any) -> str | None:
+def check_message(value: Any) -> str | None:
+    """A status message as the contract allows it (string ≤ 4096 characters, or None); raises ValueError."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -72,7 +73,7 @@ class Event(pydantic.BaseModel):
     job_id: Annotated[int, pydantic.Field(ge=1, le=MAX_JOB_ID)]
     type: EventType
     occurred_at: Annotated[dt.datetime, pydantic.BeforeValidator(_occurred_at)]
-    message: Annotated[str | None, pydantic.BeforeValidator(_message)] = None
+    message: Annotated[str | None, pydantic.BeforeValidator(check_message)] = None
     seq: Annotated[int, pydantic.Field(ge=0, le=MAX_JOB_ID)] = 0
 
     @property

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from tracker import merge, timefmt
-from tracker.db import async_status, async_status_message
+from tracker.db import StoreUnavailable, async_status, async_status_message, unavailable_as_error
 from tracker.events import Event
 
 _ID_CHUNK = 1000  # ids per IN (...) list: far below every backend's parameter limit
@@ -27,10 +27,6 @@ class JobNotFound(LookupError):
     def __init__(self, job_id: int) -> None:
         super().__init__(f"job {job_id} does not exist")
         self.job_id = job_id
-
-
-class StoreUnavailable(RuntimeError):
-    """The database could not be reached or dropped the transaction; nothing was committed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,13 +84,13 @@ class JobStore:
             .values(status=merge.PENDING, message=text, initial_message=text, start_time=started)
             .returning(*_PUBLIC)
         )
-        with _translated(), self._engine.begin() as conn:
+        with unavailable_as_error(), self._engine.begin() as conn:
             row = conn.execute(statement).one()
         return Job(*row)
 
     def get_job(self, job_id: int) -> Job:
         """The job's public row; raises JobNotFound."""
-        with _translated(), self._engine.connect() as conn:
+        with unavailable_as_error(), self._engine.connect() as conn:
             row = conn.execute(self._get, {"job_id": job_id}).first()
         if row is None:
             raise JobNotFound(job_id)
@@ -110,7 +106,7 @@ class JobStore:
         for event in events:
             by_job[event.job_id].append(event)
         ids = sorted(by_job)
-        with _translated(), self._engine.connect() as conn:
+        with unavailable_as_error(), self._engine.connect() as conn:
             conn.execution_options(immediate=True)
             with conn.begin():
                 updates, remembered = [], []
@@ -195,24 +191,3 @@ def _history(conn: sa.Connection, job_id: int) -> merge.History:
 def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-class _translated:
-    """Turn the database being away into StoreUnavailable at this boundary."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
-        if exc is None:
-            return False
-        if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)) or (
-            isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
-        ):
-            raise StoreUnavailable(_describe(exc)) from exc
-        return False
-
-
-def _describe(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    return f"{type(original).__name__}: {str(original).strip().splitlines()[0] if str(original).strip() else ''}"

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tracker import auth, timefmt
-from tracker.db import login_failures, users
+from tracker.db import login_failures, unavailable_as_error, users
 
 
 class UserExists(ValueError):
@@ -46,7 +46,7 @@ class UserStore:
         user = User(username, role, timefmt.now())
         values = dataclasses.asdict(user) | {"password_hash": self._passwords.hash(password)}
         try:
-            with self._engine.begin() as conn:
+            with unavailable_as_error(), self._engine.begin() as conn:
                 conn.execute(sa.insert(users).values(values))
         except sa.exc.IntegrityError:
             raise UserExists(username) from None
@@ -54,18 +54,18 @@ class UserStore:
 
     def remove(self, username: str) -> bool:
         """Delete a user; whether there was one. Their tokens stop working within the API's cache time."""
-        with self._engine.begin() as conn:
+        with unavailable_as_error(), self._engine.begin() as conn:
             return conn.execute(sa.delete(users).where(users.c.username == username)).rowcount > 0
 
     def list(self) -> list[User]:
-        with self._engine.connect() as conn:
+        with unavailable_as_error(), self._engine.connect() as conn:
             rows = conn.execute(
                 sa.select(users.c.username, users.c.role, users.c.created_at).order_by(users.c.username)
             ).all()
         return [User(*row) for row in rows]
 
     def get(self, username: str) -> User | None:
-        with self._engine.connect() as conn:
+        with unavailable_as_error(), self._engine.connect() as conn:
             row = conn.execute(
                 sa.select(users.c.username, users.c.role, users.c.created_at)
                 .where(users.c.username == username)
@@ -74,7 +74,7 @@ class UserStore:
 
     def authenticate(self, username: str, password: str) -> User | None:
         """The user if the password is theirs; the same work is done when the user does not exist."""
-        with self._engine.connect() as conn:
+        with unavailable_as_error(), self._engine.connect() as conn:
             row = conn.execute(
                 sa.select(users.c.username, users.c.role, users.c.created_at, users.c.password_hash)
                 .where(users.c.username == username)
@@ -84,7 +84,7 @@ class UserStore:
 
     def ensure_first_admin(self) -> str | None:
         """With no users at all, create ``admin`` with a random password and return that password."""
-        with self._engine.connect() as conn:
+        with unavailable_as_error(), self._engine.connect() as conn:
             if conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one():
                 return None
         password = auth.new_password()
@@ -109,7 +109,7 @@ class LoginThrottle:
     def locked_for(self, subjects: list[str], now: dt.datetime | None = None) -> float:
         """Seconds until the longest lock on any of ``subjects`` ends; 0 when none is locked."""
         now = now or timefmt.now()
-        with self._engine.connect() as conn:
+        with unavailable_as_error(), self._engine.connect() as conn:
             rows = conn.execute(
                 sa.select(login_failures.c.locked_until).where(login_failures.c.subject.in_(subjects))
             ).scalars().all()
@@ -119,7 +119,7 @@ class LoginThrottle:
     def failed(self, subjects: list[str], now: dt.datetime | None = None) -> None:
         """Count a failed login against each subject; lock those that reach the limit."""
         now = now or timefmt.now()
-        with self._engine.connect() as conn:
+        with unavailable_as_error(), self._engine.connect() as conn:
             conn.execution_options(immediate=True)
             with conn.begin():
                 for subject in subjects:
@@ -140,5 +140,5 @@ class LoginThrottle:
                     )
 
     def succeeded(self, subject: str) -> None:
-        with self._engine.begin() as conn:
+        with unavailable_as_error(), self._engine.begin() as conn:
             conn.execute(sa.delete(login_failures).where(login_failures.c.subject == subject))

@@ -1,0 +1,117 @@
+"""The composition root: the Falcon app built from its dependencies, or from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Callable
+
+import falcon
+import falcon.media
+import orjson
+from falcon.routing import BaseConverter
+
+from api import errors, middleware, resources
+from tracker import auth
+from tracker.config import Settings
+from tracker.db import make_engine
+from tracker.store import JobStore
+from tracker.users import LoginThrottle, UserStore
+
+SERVED_VERSIONS = ("4.0", "4.1", "5.0")
+NOT_IMPLEMENTED = (
+    "The requested api version is not implemented by this server. If you are using a newer client "
+    "with an older server, you will need to use an older client version or upgrade your server."
+)
+
+_VERSION = re.compile(r"([0-9]+)\.([0-9]+)")
+_UNDER_API = re.compile(r"/api/(?P<version>[^/]*)(?:/|$)")
+
+
+def _newest_minors(versions: tuple[str, ...]) -> dict[int, int]:
+    newest: dict[int, int] = {}
+    for version in versions:
+        major, minor = map(int, version.split("."))
+        newest[major] = max(minor, newest.get(major, minor))
+    return newest
+
+
+_NEWEST_MINOR = _newest_minors(SERVED_VERSIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Deps:
+    """What the app is built from; tests pass their own."""
+
+    jobs: JobStore
+    users: UserStore
+    throttle: LoginThrottle
+    tokens: auth.Tokens
+    settings: Settings
+    clock: Callable[[], float] = time.monotonic  # for the user cache; seconds, any epoch
+
+
+def create_app(deps: Deps) -> falcon.App:
+    """The API over ``deps``. Opens no connection; every response body it gives is JSON."""
+    users = middleware.UserCache(deps.users.get, deps.settings.user_cache_s, deps.clock)
+    app = falcon.App(middleware=[middleware.Authentication(deps.tokens, users)])
+    json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    # JSON only: a form or other body is refused (415) rather than read as something else.
+    app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json})
+    app.resp_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json})
+    errors.register(app)
+
+    app.router_options.converters["served"] = _ServedVersion
+    secure = deps.settings.secure_cookies
+    app.add_route("/api/{version:served}/async_status", resources.JobStatuses(deps.jobs))
+    app.add_route("/api/{version:served}/async_status/{job_id}", resources.JobStatus(deps.jobs))
+    app.add_route("/api/{version:served}/user/login",
+                  resources.Login(deps.users, deps.throttle, deps.tokens, secure))
+    app.add_route("/api/{version:served}/user/logout", resources.Logout(secure))
+    app.add_route("/api/{version:served}/ping", resources.Ping())
+    app.add_sink(_unrouted_api, prefix=_UNDER_API)
+    return app
+
+
+def get_app(settings: Settings | None = None) -> falcon.App:
+    """The API as configured by ``settings``, else by the environment (gunicorn's factory).
+
+    Raises tracker.config.ConfigError for bad settings, ValueError for an unusable secret.
+    """
+    settings = settings or Settings.from_env(os.environ)
+    engine = make_engine(settings.database_url)
+    secret = auth.load_secret(settings.secret, settings.secret_file)
+    return create_app(Deps(
+        jobs=JobStore(engine),
+        users=UserStore(engine),
+        throttle=LoginThrottle(engine, settings.login_max_failures, settings.login_lockout_s),
+        tokens=auth.Tokens(secret, settings.token_ttl_s),
+        settings=settings,
+    ))
+
+
+def is_later_version(version: str) -> bool:
+    """Whether ``version`` is a minor release after the newest served one of a served major (→ 501)."""
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        return False
+    major, minor = (part.lstrip("0") or "0" for part in match.groups())
+    # Lengths first: Python's int() refuses very long text, and a long number is a large one.
+    newest = _NEWEST_MINOR.get(int(major)) if len(major) <= 9 else None
+    return newest is not None and (len(minor) > 9 or int(minor) > newest)
+
+
+class _ServedVersion(BaseConverter):
+    """Route field matching only the served versions, so that every other one reaches the sink."""
+
+    def convert(self, value: str) -> str | None:
+        return value if value in SERVED_VERSIONS else None
+
+
+def _unrouted_api(req: falcon.Request, _resp: falcon.Response, version: str) -> None:
+    """Anything under /api/ no route took: a version we will serve one day (501), or nothing (404)."""
+    if is_later_version(version):
+        raise falcon.HTTPNotImplemented(description=NOT_IMPLEMENTED)
+    raise falcon.HTTPRouteNotFound()

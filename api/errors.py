@@ -1,0 +1,78 @@
+"""The alert envelope, and the one place where every error becomes an HTTP status and an alert."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import falcon
+
+from tracker import auth
+from tracker.store import JobNotFound, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+UNAUTHORIZED = "unauthorized, please log in."
+RETRY_AFTER_S = 5
+
+
+def alerts(text: str, level: str = "error") -> dict[str, list[dict[str, str]]]:
+    """The envelope Traffic Ops clients read: ``{"alerts": [{"text": text, "level": level}]}``."""
+    return {"alerts": [{"text": text, "level": level}]}
+
+
+def route_not_found(path: str) -> str:
+    """The alert for a path nothing serves."""
+    return f"The requested path '{path}' does not exist."
+
+
+def register(app: falcon.App) -> None:
+    """Make ``app`` answer every error, foreign or Falcon's own, with the alert envelope.
+
+    Exceptions this maps: JobNotFound → 404, auth.Unauthenticated → 401, auth.PermissionDenied →
+    403, StoreUnavailable → 503, any other non-HTTP exception → 500 (traceback logged, not sent).
+    """
+    app.set_error_serializer(_serialize)
+    app.add_error_handler(Exception, _internal_error)
+    app.add_error_handler(StoreUnavailable, _store_unavailable)
+    app.add_error_handler(JobNotFound, _job_not_found)
+    app.add_error_handler(auth.Unauthenticated, _unauthenticated)
+    app.add_error_handler(auth.PermissionDenied, _permission_denied)
+
+
+def _serialize(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = alerts(_text_of(req, error))
+
+
+def _text_of(req: falcon.Request, error: falcon.HTTPError) -> str:
+    # Falcon raises these two itself, without the wording our clients expect.
+    if isinstance(error, falcon.HTTPRouteNotFound):
+        return route_not_found(req.path)
+    if isinstance(error, falcon.HTTPMethodNotAllowed):
+        return f"method {req.method} is not allowed on {req.path}"
+    return error.description or error.title
+
+
+def _internal_error(req: falcon.Request, _resp: falcon.Response, exc: Exception, _params: Any) -> None:
+    log.error("unhandled error on %s %s", req.method, req.path, exc_info=exc)
+    raise falcon.HTTPInternalServerError(description="Internal Server Error")
+
+
+def _store_unavailable(req: falcon.Request, _resp: falcon.Response, exc: StoreUnavailable, _params: Any) -> None:
+    log.warning("database unavailable on %s %s: %s", req.method, req.path, exc)
+    raise falcon.HTTPServiceUnavailable(description="database unavailable, try again later",
+                                        retry_after=RETRY_AFTER_S)
+
+
+def _job_not_found(_req: falcon.Request, _resp: falcon.Response, _exc: JobNotFound, _params: Any) -> None:
+    raise falcon.HTTPNotFound(description="Not Found")
+
+
+def _unauthenticated(_req: falcon.Request, _resp: falcon.Response, _exc: auth.Unauthenticated, _params: Any) -> None:
+    raise falcon.HTTPUnauthorized(description=UNAUTHORIZED)
+
+
+def _permission_denied(_req: falcon.Request, _resp: falcon.Response, exc: auth.PermissionDenied,
+                       _params: Any) -> None:
+    raise falcon.HTTPForbidden(description=f"missing required Permissions: {exc.permission}")

@@ -1,0 +1,157 @@
+"""The resources under /api/{version}/: job statuses, and the login and logout of a cookie session."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import falcon
+
+from api.errors import alerts
+from api.middleware import COOKIES, requires
+from tracker import auth, merge, timefmt
+from tracker.events import check_message
+from tracker.store import Job, JobNotFound, JobStore
+from tracker.users import LoginThrottle, UserStore
+
+ID_NOT_INTEGER = "getting integer parameters: parameter 'id' not an integer"
+CREDENTIALS_REQUIRED = "username and password are required"
+INVALID_LOGIN = "Invalid username or password."
+MAX_BODY_BYTES = 64 * 1024
+MAX_USERNAME_CHARS = 128  # tracker_user.username; longer names cannot exist
+
+_INTEGER = re.compile(r"(?P<sign>[+-]?)(?P<digits>[0-9]+)")
+_INT64 = range(-(2**63), 2**63)
+
+
+def parse_job_id(text: str) -> int:
+    """The id in a path, read as Go's strconv.ParseInt does (sign, leading zeros, int64 range).
+
+    Raises falcon.HTTPBadRequest with Traffic Ops' wording otherwise.
+    """
+    match = _INTEGER.fullmatch(text)
+    if match is not None:
+        # Go takes any number of leading zeros, but Python's int() refuses very long text: drop them.
+        digits = match["digits"].lstrip("0") or "0"
+        if len(digits) <= 19 and (value := int(match["sign"] + digits)) in _INT64:
+            return value
+    raise falcon.HTTPBadRequest(description=ID_NOT_INTEGER)
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """A job as the API shows it, keys in Traffic Ops' order."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "start_time": timefmt.format_time(job.start_time),
+        "end_time": timefmt.format_time(job.end_time),
+        "message": job.message,
+    }
+
+
+class JobStatus:
+    """GET /api/{version}/async_status/{id}: one job's status."""
+
+    def __init__(self, jobs: JobStore) -> None:
+        self._jobs = jobs
+
+    @requires(auth.READ)
+    def on_get(self, _req: falcon.Request, resp: falcon.Response, version: str, job_id: str) -> None:
+        number = parse_job_id(job_id)
+        if number <= 0:
+            raise JobNotFound(number)  # ids start at 1; no need to ask the database
+        resp.media = {"response": job_view(self._jobs.get_job(number))}
+
+
+class JobStatuses:
+    """POST /api/{version}/async_status: start tracking a new job."""
+
+    def __init__(self, jobs: JobStore) -> None:
+        self._jobs = jobs
+
+    @requires(auth.CREATE)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:
+        job = self._jobs.create_job(_initial_message(_json_object(req)))
+        location = f"/api/{version}/async_status/{job.id}"
+        resp.status = falcon.HTTP_202
+        resp.location = location
+        resp.media = {
+            **alerts(f"{merge.DEFAULT_MESSAGE} Status updates can be found here: {location}", "success"),
+            "response": job_view(job),
+        }
+
+
+class Ping:
+    """GET /api/{version}/ping: answers while the process serves, with no authentication (health checks)."""
+
+    def on_get(self, _req: falcon.Request, resp: falcon.Response, version: str) -> None:
+        resp.media = {"ping": "pong"}
+
+
+class Login:
+    """POST /api/{version}/user/login: trade a username and password for session cookies."""
+
+    def __init__(self, users: UserStore, throttle: LoginThrottle, tokens: auth.Tokens, secure_cookies: bool) -> None:
+        self._users = users
+        self._throttle = throttle
+        self._tokens = tokens
+        self._secure = secure_cookies
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:
+        body = _json_object(req)
+        username, password = body.get("u"), body.get("p")
+        if not (isinstance(username, str) and username and isinstance(password, str) and password):
+            raise falcon.HTTPBadRequest(description=CREDENTIALS_REQUIRED)
+        storable = len(username) <= MAX_USERNAME_CHARS and "\x00" not in username
+        # A name no user can have is still counted against the client, never looked up.
+        subjects = ([f"user:{username}"] if storable else []) + [f"client:{req.remote_addr}"]
+        wait = math.ceil(self._throttle.locked_for(subjects))
+        if wait > 0:
+            raise falcon.HTTPTooManyRequests(
+                description=f"too many failed login attempts; try again in {wait} seconds", retry_after=wait)
+        user = self._users.authenticate(username, password) if storable else None
+        if user is None:
+            self._throttle.failed(subjects)
+            raise falcon.HTTPUnauthorized(description=INVALID_LOGIN)
+        self._throttle.succeeded(f"user:{username}")
+        token = self._tokens.issue(user.username)
+        for name in COOKIES:
+            resp.set_cookie(name, token, max_age=self._tokens.ttl_s, path="/", secure=self._secure,
+                            http_only=True, same_site="Strict")
+        resp.media = alerts("Successfully logged in.", "success")
+
+
+class Logout:
+    """POST /api/{version}/user/logout: end the cookie session (tokens themselves expire on their own)."""
+
+    def __init__(self, secure_cookies: bool) -> None:
+        self._secure = secure_cookies
+
+    @requires()
+    def on_post(self, _req: falcon.Request, resp: falcon.Response, version: str) -> None:
+        for name in COOKIES:
+            # "0" as text: Falcon leaves out a falsy max_age, and Max-Age=0 is what deletes a cookie.
+            resp.set_cookie(name, "", max_age="0", path="/", secure=self._secure,  # type: ignore[arg-type]
+                            http_only=True, same_site="Strict")
+        resp.media = alerts("You are logged out.", "success")
+
+
+def _json_object(req: falcon.Request) -> dict[str, Any]:
+    """The request body as a JSON object; an absent body is an empty one. Raises falcon.HTTPError."""
+    if (req.content_length or 0) > MAX_BODY_BYTES:
+        raise falcon.HTTPContentTooLarge(description=f"the request body must be at most {MAX_BODY_BYTES} bytes")
+    body = req.get_media(default_when_empty=None)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise falcon.HTTPBadRequest(description="the request body must be a JSON object")
+    return body
+
+
+def _initial_message(body: dict[str, Any]) -> str | None:
+    """The creation message a body asks for; None for the default. Raises falcon.HTTPBadRequest."""
+    try:
+        return check_message(body.get("message"))
+    except ValueError as exc:
+        raise falcon.HTTPBadRequest(description=f"'message' {exc}") from None

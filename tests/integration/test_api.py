@@ -1,0 +1,294 @@
+"""The HTTP API in process (falcon.testing) over real SQLite and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+
+import argon2
+import falcon.testing
+import jwt
+import pytest
+import sqlalchemy as sa
+
+from api.app import NOT_IMPLEMENTED, Deps, create_app
+from tracker import auth, events
+from tracker.config import Settings
+from tracker.db import make_engine
+from tracker.store import JobStore
+from tracker.users import LoginThrottle, UserStore
+
+PASSWORD = "correct horse battery staple"
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+FIELDS = ["id", "status", "start_time", "end_time", "message"]
+# Cheap hashes keep the tests quick; production uses argon2's defaults.
+FAST_PASSWORDS = auth.Passwords(argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+
+
+class Clock:
+    """Monotonic seconds that only move when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclasses.dataclass
+class Api:
+    client: falcon.testing.TestClient
+    tokens: auth.Tokens
+    users: UserStore
+    jobs: JobStore
+    clock: Clock
+    settings: Settings
+
+    def bearer(self, username: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens.issue(username)}"}
+
+    def login(self, username: str, password: str = PASSWORD, remote_addr: str = "10.0.0.1") -> falcon.testing.Result:
+        return self.client.simulate_post("/api/5.0/user/login", json={"u": username, "p": password},
+                                         remote_addr=remote_addr)
+
+
+def build(settings: Settings, engine: sa.Engine, users: UserStore, jobs: JobStore | None = None) -> Api:
+    tokens = auth.Tokens(settings.secret or "", settings.token_ttl_s)
+    clock = Clock()
+    jobs = jobs or JobStore(engine)
+    deps = Deps(jobs=jobs, users=users,
+                throttle=LoginThrottle(engine, settings.login_max_failures, settings.login_lockout_s),
+                tokens=tokens, settings=settings, clock=clock)
+    return Api(falcon.testing.TestClient(create_app(deps)), tokens, users, jobs, clock, settings)
+
+
+@pytest.fixture
+def users(engine: sa.Engine) -> UserStore:
+    store = UserStore(engine, FAST_PASSWORDS)
+    for name, role in (("admin", "admin"), ("ops", "operations"), ("viewer", "read-only")):
+        store.add(name, role, PASSWORD)
+    return store
+
+
+@pytest.fixture
+def api(settings: Settings, engine: sa.Engine, users: UserStore) -> Api:
+    return build(settings, engine, users)
+
+
+def assert_alert(result: falcon.testing.Result, status: int, text: str) -> None:
+    assert result.status_code == status, result.text
+    assert result.headers["content-type"] == "application/json"
+    assert result.json == {"alerts": [{"text": text, "level": "error"}]}
+
+
+def test_login_sets_session_cookies_that_authenticate(api: Api) -> None:
+    result = api.login("ops")
+    assert result.status_code == 200
+    assert result.json == {"alerts": [{"text": "Successfully logged in.", "level": "success"}]}
+    cookies = result.cookies
+    assert cookies["access_token"].value == cookies["mojolicious"].value
+    for cookie in cookies.values():
+        assert (cookie.http_only, cookie.path, cookie.max_age, cookie.secure, cookie.same_site) == (
+            True, "/", api.settings.token_ttl_s, False, "Strict")
+    assert api.tokens.verify(cookies["access_token"].value) == "ops"
+
+    created = api.client.simulate_post("/api/5.0/async_status", cookies={"access_token": cookies["access_token"].value})
+    assert created.status_code == 202
+    got = api.client.simulate_get(created.headers["location"], cookies={"mojolicious": cookies["mojolicious"].value})
+    assert got.status_code == 200
+    assert got.json["response"]["id"] == created.json["response"]["id"]
+
+
+def test_login_cookies_are_secure_when_configured(settings: Settings, engine: sa.Engine, users: UserStore) -> None:
+    api = build(settings.with_(secure_cookies=True), engine, users)
+    result = api.login("admin")
+    assert result.status_code == 200
+    assert all(cookie.secure for cookie in result.cookies.values())
+
+
+def test_login_refusals(api: Api) -> None:
+    post = api.client.simulate_post
+    malformed = post("/api/5.0/user/login", body='{"u": "ops", "p":', headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 400
+    assert malformed.json["alerts"][0]["text"].startswith("Could not parse JSON body")
+    for body in ({}, {"u": "ops"}, {"p": PASSWORD}, {"u": "", "p": PASSWORD}, {"u": "ops", "p": ""},
+                 {"u": 7, "p": PASSWORD}, {"u": "ops", "p": None}):
+        assert_alert(post("/api/5.0/user/login", json=body), 400, "username and password are required")
+    assert_alert(post("/api/5.0/user/login"), 400, "username and password are required")
+    assert_alert(post("/api/5.0/user/login", json=["ops", PASSWORD]), 400, "the request body must be a JSON object")
+    assert_alert(api.login("ops", "wrong"), 401, "Invalid username or password.")
+    assert_alert(api.login("nobody"), 401, "Invalid username or password.")
+    assert_alert(api.login("x" * 500), 401, "Invalid username or password.")
+    assert_alert(api.login("o\x00ps"), 401, "Invalid username or password.")
+
+
+def test_login_is_throttled_per_user_and_per_client(settings: Settings, engine: sa.Engine, users: UserStore) -> None:
+    api = build(settings.with_(login_max_failures=2, login_lockout_s=60), engine, users)
+    for _ in range(2):
+        assert api.login("ops", "wrong", remote_addr="10.0.0.1").status_code == 401
+    for who, where in (("ops", "10.0.0.1"), ("ops", "10.0.0.2"), ("admin", "10.0.0.1")):
+        locked = api.login(who, PASSWORD, remote_addr=where)  # even the right password
+        assert locked.status_code == 429, (who, where)
+        assert locked.headers["content-type"] == "application/json"
+        seconds = int(locked.headers["retry-after"])
+        assert 0 < seconds <= 60
+        assert locked.json["alerts"] == [{
+            "text": f"too many failed login attempts; try again in {seconds} seconds", "level": "error"}]
+    assert api.login("admin", PASSWORD, remote_addr="10.0.0.2").status_code == 200
+
+
+def test_logout_clears_the_cookies(api: Api) -> None:
+    token = api.login("ops").cookies["access_token"].value
+    result = api.client.simulate_post("/api/5.0/user/logout", cookies={"access_token": token})
+    assert result.status_code == 200
+    assert result.json == {"alerts": [{"text": "You are logged out.", "level": "success"}]}
+    for name in ("access_token", "mojolicious"):
+        cookie = result.cookies[name]
+        assert (cookie.value, cookie.max_age, cookie.path, cookie.http_only) == ("", 0, "/", True)
+    assert_alert(api.client.simulate_post("/api/5.0/user/logout"), 401, "unauthorized, please log in.")
+
+
+def test_create_job_answers_202_with_its_location(api: Api) -> None:
+    result = api.client.simulate_post("/api/4.1/async_status", headers=api.bearer("ops"))
+    assert result.status_code == 202
+    job = result.json["response"]
+    location = f"/api/4.1/async_status/{job['id']}"
+    assert result.headers["location"] == location
+    assert result.json["alerts"] == [{
+        "text": f"Async job has started. Status updates can be found here: {location}", "level": "success"}]
+    assert list(job) == FIELDS
+    assert job["id"] >= 1
+    assert (job["status"], job["end_time"], job["message"]) == ("PENDING", None, "Async job has started.")
+    assert TIME.fullmatch(job["start_time"])
+
+
+def test_create_job_messages(api: Api) -> None:
+    def create(**kwargs: object) -> falcon.testing.Result:
+        return api.client.simulate_post("/api/5.0/async_status", headers=api.bearer("admin"), **kwargs)
+
+    assert create(json={"message": "rebuilding caches"}).json["response"]["message"] == "rebuilding caches"
+    assert create(json={"message": None}).json["response"]["message"] == "Async job has started."
+    assert create(json={}).json["response"]["message"] == "Async job has started."
+    assert create(json={"message": "x" * 4096}).status_code == 202
+    for body, text in (
+        (["x"], "the request body must be a JSON object"),
+        ({"message": 5}, "'message' must be a string or null"),
+        ({"message": "x" * 4097}, "'message' must be at most 4096 characters, not 4097"),
+        ({"message": "a\x00b"}, "'message' must not contain NUL characters"),
+    ):
+        assert_alert(create(json=body), 400, text)
+    malformed = create(body="{nope")  # no Content-Type: JSON is assumed
+    assert malformed.status_code == 400
+    assert malformed.headers["content-type"] == "application/json"
+
+
+def test_get_job_in_traffic_ops_format(api: Api) -> None:
+    job_id = api.jobs.create_job().id
+    result = api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=api.bearer("ops"))
+    assert result.status_code == 200
+    assert result.headers["content-type"] == "application/json"
+    assert result.text.startswith('{"response":{"id":')
+    job = result.json["response"]
+    assert list(job) == FIELDS
+    assert (job["id"], job["status"], job["end_time"]) == (job_id, "PENDING", None)
+    assert TIME.fullmatch(job["start_time"])
+
+    finished = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)
+    api.jobs.apply([events.new_event(job_id, "succeeded", "all done", occurred_at=finished)])
+    padded = f"+{job_id:05d}"  # Go's ParseInt takes a sign and leading zeros
+    job = api.client.simulate_get(f"/api/4.0/async_status/{padded}", headers=api.bearer("admin")).json["response"]
+    assert (job["status"], job["message"]) == ("SUCCEEDED", "all done")
+    assert job["end_time"] == finished.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_get_job_errors(api: Api) -> None:
+    headers = api.bearer("ops")
+    for text in ("abc", "1.5", "1e3", "0x10", "9223372036854775808", "-9223372036854775809", "%201"):
+        result = api.client.simulate_get(f"/api/5.0/async_status/{text}", headers=headers)
+        assert_alert(result, 400, "getting integer parameters: parameter 'id' not an integer")
+    for text in ("0", "-1", "-9223372036854775808", "424242", "9223372036854775807"):
+        assert_alert(api.client.simulate_get(f"/api/5.0/async_status/{text}", headers=headers), 404, "Not Found")
+    # Who is asking is settled before what is asked.
+    assert_alert(api.client.simulate_get("/api/5.0/async_status/abc"), 401, "unauthorized, please log in.")
+    assert_alert(api.client.simulate_get("/api/5.0/async_status/abc", headers=api.bearer("viewer")), 403,
+                 "missing required Permissions: ASYNC-STATUS:READ")
+
+
+def test_versions_and_unknown_paths(api: Api) -> None:
+    headers = api.bearer("ops")
+    job_id = api.jobs.create_job().id
+    for version in ("4.0", "4.1", "5.0"):
+        assert api.client.simulate_get(f"/api/{version}/async_status/{job_id}", headers=headers).status_code == 200
+    for version in ("4.2", "4.10", "5.1"):
+        assert_alert(api.client.simulate_get(f"/api/{version}/async_status/{job_id}", headers=headers),
+                     501, NOT_IMPLEMENTED)
+        assert_alert(api.client.simulate_post(f"/api/{version}/user/login"), 501, NOT_IMPLEMENTED)
+    for path in ("/api/3.0/async_status/1", "/api/6.0/async_status/1", "/api/abc/async_status/1",
+                 "/api/4.01/async_status/1", "/api/5.0/nothing", "/api/5.0/async_status/1/more", "/", "/api",
+                 "/index.html"):
+        result = api.client.simulate_get(path, headers={**headers, "Accept": "text/html"})
+        assert_alert(result, 404, f"The requested path '{path}' does not exist.")
+
+
+def test_unsupported_methods_are_405_with_allow(api: Api) -> None:
+    for method, path, allowed in (
+        ("DELETE", "/api/5.0/async_status/1", "GET"),
+        ("PUT", "/api/5.0/async_status", "POST"),
+        ("GET", "/api/4.0/user/login", "POST"),
+    ):
+        result = api.client.simulate_request(method, path)
+        assert_alert(result, 405, f"method {method} is not allowed on {path}")
+        assert allowed in result.headers["allow"]
+
+
+def test_read_only_users_are_forbidden(api: Api) -> None:
+    headers = api.bearer("viewer")
+    assert_alert(api.client.simulate_get("/api/5.0/async_status/1", headers=headers), 403,
+                 "missing required Permissions: ASYNC-STATUS:READ")
+    assert_alert(api.client.simulate_post("/api/5.0/async_status", headers=headers), 403,
+                 "missing required Permissions: ASYNC-STATUS:CREATE")
+
+
+def test_bad_credentials_are_refused(api: Api) -> None:
+    now = int(dt.datetime.now(dt.timezone.utc).timestamp())
+    claims = {"sub": "admin", "iat": now, "exp": now + 600}
+    forged = auth.Tokens("another-secret-" + "z" * 40, 600).issue("admin")
+    unsigned = jwt.encode(claims, None, algorithm="none")
+    expired = api.tokens.issue("admin", now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=7))
+    ghost = api.tokens.issue("ghost")  # validly signed, but no such user
+    for token in (forged, unsigned, expired, ghost, "garbage", api.tokens.issue("admin")[:-2]):
+        for credentials in ({"headers": {"Authorization": f"Bearer {token}"}},
+                            {"cookies": {"access_token": token}}, {"cookies": {"mojolicious": token}}):
+            result = api.client.simulate_get("/api/5.0/async_status/1", **credentials)
+            assert_alert(result, 401, "unauthorized, please log in.")
+    for headers in ({}, {"Authorization": "Basic YWRtaW46cGFzcw=="}, {"Authorization": "Bearer "}):
+        assert_alert(api.client.simulate_post("/api/5.0/async_status", headers=headers), 401,
+                     "unauthorized, please log in.")
+
+
+def test_deleted_users_are_refused_once_the_cache_expires(api: Api) -> None:
+    headers = api.bearer("ops")
+    job_id = api.jobs.create_job().id
+    assert api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=headers).status_code == 200
+    assert api.users.remove("ops")
+    api.clock.now += api.settings.user_cache_s + 0.1
+    assert api.settings.user_cache_s < 60
+    assert_alert(api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=headers), 401,
+                 "unauthorized, please log in.")
+
+
+def test_database_outage_is_503(settings: Settings, engine: sa.Engine, users: UserStore) -> None:
+    # Jobs behind a port where nothing listens; users on the real database so auth passes.
+    dead = make_engine("postgresql+psycopg://postgres@127.0.0.1:9/none")
+    api = build(settings, engine, users, jobs=JobStore(dead))
+    result = api.client.simulate_get("/api/5.0/async_status/1", headers=api.bearer("ops"))
+    assert_alert(result, 503, "database unavailable, try again later")
+    assert result.headers["retry-after"]
+    dead.dispose()
+
+
+def test_ping_answers_without_credentials(api: Api) -> None:
+    result = api.client.simulate_get("/api/5.0/ping")
+    assert result.status_code == 200
+    assert result.json == {"ping": "pong"}
