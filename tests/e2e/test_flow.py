@@ -1,0 +1,183 @@
+"""The whole system as processes: `tracker api` (gunicorn) and `tracker consume`, driven over HTTP."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.e2e import processes
+from tracker.db import make_engine
+from tracker.publisher import Publisher
+from tracker.users import UserStore
+
+pytestmark = [pytest.mark.rabbitmq]
+
+PASSWORD = "e2e password 1"
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+class Http:
+    """A tiny client keeping cookies, answering (status, headers, JSON body) for any status."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.cookies = http.cookiejar.CookieJar()
+        self._opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+
+    def call(self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None,
+             cookies: bool = True):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        opener = self._opener if cookies else urllib.request.build_opener()
+        try:
+            with opener.open(request, timeout=10) as response:
+                return response.status, response.headers, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            assert exc.headers.get_content_type() == "application/json", "errors are JSON, never HTML"
+            return exc.code, exc.headers, json.loads(exc.read())
+
+
+def alert(body: dict) -> str:
+    assert set(body) == {"alerts"} and body["alerts"][0]["level"] == "error", body
+    return body["alerts"][0]["text"]
+
+
+@pytest.fixture
+def system(settings, engine):
+    users = UserStore(engine)
+    users.add("ops", "operations", PASSWORD)
+    users.add("viewer", "read-only", PASSWORD)
+    consumer = processes.start("consume", processes.environment(settings))
+    try:
+        with processes.running_api(settings) as base:
+            yield Http(base)
+    finally:
+        code, output = processes.stop(consumer)
+        assert code == 0, f"tracker consume exited with {code}:\n{output}"
+
+
+def login(client: Http, username: str) -> None:
+    status, headers, body = client.call("POST", "/api/5.0/user/login", {"u": username, "p": PASSWORD})
+    assert status == 200, body
+    assert body == {"alerts": [{"text": "Successfully logged in.", "level": "success"}]}
+    names = {cookie.name for cookie in client.cookies}
+    assert {"mojolicious", "access_token"} <= names
+
+
+def test_login_create_publish_and_read_until_succeeded(system: Http, settings):
+    login(system, "ops")
+    status, headers, body = system.call("POST", "/api/5.0/async_status", {"message": "Deploying."})
+    assert status == 202
+    job_id = body["response"]["id"]
+    assert headers["Location"] == f"/api/5.0/async_status/{job_id}"
+    assert body["alerts"][0]["text"] == (
+        f"Async job has started. Status updates can be found here: /api/5.0/async_status/{job_id}")
+
+    status, _, body = system.call("GET", f"/api/5.0/async_status/{job_id}")
+    assert status == 200
+    assert list(body["response"]) == ["id", "status", "start_time", "end_time", "message"]
+    assert body["response"]["status"] == "PENDING" and body["response"]["end_time"] is None
+    assert TIME.fullmatch(body["response"]["start_time"])
+
+    with Publisher(settings) as publisher, publisher.job(job_id) as job:
+        job.progress("half way")
+        job.final_message = "Deployed."
+    published = time.monotonic()
+    while True:
+        status, _, body = system.call("GET", f"/api/4.0/async_status/{job_id}")
+        if body["response"]["status"] != "PENDING" or time.monotonic() - published > 10:
+            break
+        time.sleep(0.01)
+    row = body["response"]
+    assert (row["status"], row["message"]) == ("SUCCEEDED", "Deployed.")
+    assert TIME.fullmatch(row["end_time"]) and row["end_time"] >= row["start_time"]
+
+    status, _, body = system.call("POST", "/api/5.0/user/logout")
+    assert status == 200
+    status, _, body = system.call("GET", f"/api/5.0/async_status/{job_id}")
+    assert (status, alert(body)) == (401, "unauthorized, please log in.")
+
+
+def test_bearer_and_either_cookie_authenticate(system: Http):
+    login(system, "ops")
+    token = next(cookie.value for cookie in system.cookies if cookie.name == "access_token")
+    _, _, created = system.call("POST", "/api/5.0/async_status")
+    path = f"/api/5.0/async_status/{created['response']['id']}"
+    for headers in ({"Authorization": f"Bearer {token}"}, {"Cookie": f"mojolicious={token}"},
+                    {"Cookie": f"access_token={token}"}):
+        status, _, body = system.call("GET", path, headers=headers, cookies=False)
+        assert status == 200 and body["response"]["message"] == "Async job has started."
+
+
+def test_errors_have_traffic_ops_statuses_and_alerts(system: Http):
+    status, _, body = system.call("GET", "/api/5.0/async_status/1")
+    assert (status, alert(body)) == (401, "unauthorized, please log in.")
+    login(system, "ops")
+    cases = [
+        ("GET", "/api/5.0/async_status/abc", 400, "getting integer parameters: parameter 'id' not an integer"),
+        ("GET", "/api/5.0/async_status/9223372036854775808", 400,
+         "getting integer parameters: parameter 'id' not an integer"),
+        ("GET", "/api/5.0/async_status/9223372036854775807", 404, "Not Found"),
+        ("GET", "/api/5.0/async_status/0", 404, "Not Found"),
+        ("GET", "/api/5.0/async_status/-3", 404, "Not Found"),
+        ("GET", "/api/5.0/no_such_thing", 404, "The requested path '/api/5.0/no_such_thing' does not exist."),
+        ("GET", "/api/3.0/async_status/1", 404, "The requested path '/api/3.0/async_status/1' does not exist."),
+        ("GET", "/api/5.1/async_status/1", 501,
+         "The requested api version is not implemented by this server. If you are using a newer client with "
+         "an older server, you will need to use an older client version or upgrade your server."),
+        ("GET", "/api/4.2/async_status/1", 501, None),
+    ]
+    for method, path, want_status, want_alert in cases:
+        status, _, body = system.call(method, path)
+        assert status == want_status, (path, body)
+        if want_alert is not None:
+            assert alert(body) == want_alert
+    status, headers, body = system.call("DELETE", "/api/5.0/async_status/1")
+    assert status == 405 and "GET" in headers["Allow"] and alert(body)
+
+
+def test_read_only_user_is_refused_with_403(system: Http):
+    login(system, "viewer")
+    status, _, body = system.call("GET", "/api/5.0/async_status/1")
+    assert (status, alert(body)) == (403, "missing required Permissions: ASYNC-STATUS:READ")
+    status, _, body = system.call("POST", "/api/5.0/async_status")
+    assert (status, alert(body)) == (403, "missing required Permissions: ASYNC-STATUS:CREATE")
+
+
+def test_wrong_password_is_401_and_missing_fields_400(system: Http):
+    status, _, body = system.call("POST", "/api/5.0/user/login", {"u": "ops", "p": "wrong"})
+    assert (status, alert(body)) == (401, "Invalid username or password.")
+    status, _, body = system.call("POST", "/api/5.0/user/login", {"u": "ops"})
+    assert (status, alert(body)) == (400, "username and password are required")
+
+
+def test_the_cli_creates_and_emits(system: Http, settings, engine):
+    env = processes.environment(settings, TRACKER_API_URL=system.base, TRACKER_API_USER="ops",
+                                TRACKER_PASSWORD=PASSWORD)
+    created = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", "jobs", "create", "From the CLI."],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert created.returncode == 0, created.stderr
+    job_id = int(created.stdout.strip())
+    emitted = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", "jobs", "emit", str(job_id), "failed", "It broke."],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert emitted.returncode == 0, emitted.stderr
+    login(system, "ops")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        _, _, body = system.call("GET", f"/api/5.0/async_status/{job_id}")
+        if body["response"]["status"] == "FAILED":
+            break
+        time.sleep(0.02)
+    assert (body["response"]["status"], body["response"]["message"]) == ("FAILED", "It broke.")
