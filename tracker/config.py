@@ -30,6 +30,7 @@ class Settings:
     batch_size: int = 500
     flush_ms: int = 10
     prefetch: int = 1000
+    health_file: str | None = None  # touched by the consumer's loop, for container health checks
 
     # API
     workers: int = 2

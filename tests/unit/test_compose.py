@@ -1,0 +1,84 @@
+"""compose.yaml and the Dockerfile, checked as far as this machine can (no Docker engine here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+import shlex
+import tomllib
+import types
+
+import falcon.testing
+import pytest
+import yaml
+
+from api.app import Deps, create_app
+from tracker import cli
+from tracker.config import Settings
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+TRACKER_SERVICES = [name for name, spec in SERVICES.items() if spec.get("command", [""])[0] == "tracker"]
+SETTINGS_ENV = {"TRACKER_" + field.name.upper() for field in dataclasses.fields(Settings)}
+
+
+def test_the_system_is_all_there():
+    assert {"rabbitmq", "postgres", "migrate", "api", "consumer"} <= set(SERVICES)
+    assert "management" in SERVICES["rabbitmq"]["image"]
+    assert SERVICES["consumer"]["deploy"]["replicas"] == 2
+    assert SERVICES["migrate"]["restart"] == "no"
+
+
+@pytest.mark.parametrize("name", ["rabbitmq", "postgres", "api", "consumer"])
+def test_long_running_services_have_health_checks(name):
+    assert SERVICES[name]["healthcheck"]["test"]
+
+
+def test_tracker_services_run_commands_the_cli_has():
+    subcommands = cli._parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert sorted(TRACKER_SERVICES) == ["api", "consumer", "migrate"]
+    for name in TRACKER_SERVICES:
+        command = SERVICES[name]["command"]
+        assert command[1] in subcommands, command
+
+
+def test_api_and_consumers_wait_for_the_migration():
+    for name in ("api", "consumer"):
+        assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_environment_names_are_the_settings():
+    for name in TRACKER_SERVICES:
+        for variable in SERVICES[name]["environment"]:
+            assert variable in SETTINGS_ENV, f"{name} sets {variable}, which the code never reads"
+
+
+def test_no_credential_has_a_default():
+    text = (ROOT / "compose.yaml").read_text()
+    for secret in ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "TRACKER_SECRET"):
+        uses = re.findall(r"\$\{" + secret + r"([^}]*)\}", text)
+        assert uses and all(use.startswith(":?") for use in uses), secret
+    assert "guest" not in text
+
+
+def test_the_api_health_check_calls_a_route_the_api_serves():
+    url = re.search(r"http://127\.0\.0\.1:8000(/[^']+)", " ".join(SERVICES["api"]["healthcheck"]["test"]))
+    assert url is not None
+    nobody = types.SimpleNamespace(get=lambda _name: None)
+    deps = Deps(jobs=None, users=nobody, throttle=None, tokens=None, settings=Settings())  # type: ignore[arg-type]
+    result = falcon.testing.TestClient(create_app(deps)).simulate_get(url.group(1))
+    assert result.status_code == 200
+
+
+def test_the_dockerfile_copies_what_exists_and_runs_the_console_script():
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    for line in lines:
+        if line.startswith("COPY "):
+            for source in shlex.split(line)[1:-1]:
+                assert (ROOT / source).exists(), source
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "tracker" in scripts
+    assert any(line.startswith("CMD") and '"tracker"' in line for line in lines)
