@@ -13,7 +13,7 @@ import falcon.media
 import orjson
 from falcon.routing import BaseConverter
 
-from api import errors, middleware, resources
+from api import errors, middleware, openapi, resources
 from tracker import auth
 from tracker.config import Settings
 from tracker.db import make_engine
@@ -71,6 +71,7 @@ def create_app(deps: Deps) -> falcon.App:
                   resources.Login(deps.users, deps.throttle, deps.tokens, secure))
     app.add_route("/api/{version:served}/user/logout", resources.Logout(secure))
     app.add_route("/api/{version:served}/ping", resources.Ping())
+    app.add_route("/api/{version:served}/openapi.json", resources.OpenApiDocument(openapi.document(SERVED_VERSIONS)))
     app.add_sink(_unrouted_api, prefix=_UNDER_API)
     return app
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import falcon
+from gunicorn.http import errors as http_errors
 
 from tracker import auth
 from tracker.store import JobNotFound, StoreUnavailable
@@ -14,6 +15,10 @@ log = logging.getLogger(__name__)
 
 UNAUTHORIZED = "unauthorized, please log in."
 RETRY_AFTER_S = 5
+# gunicorn's own defaults, stated so that the OpenAPI document and docs/http-surface.md can name them.
+MAX_REQUEST_LINE_BYTES = 4094
+MAX_HEADER_FIELDS = 100
+MAX_HEADER_FIELD_BYTES = 8190
 
 
 def alerts(text: str, level: str = "error") -> dict[str, list[dict[str, str]]]:
@@ -76,3 +81,22 @@ def _unauthenticated(_req: falcon.Request, _resp: falcon.Response, _exc: auth.Un
 def _permission_denied(_req: falcon.Request, _resp: falcon.Response, exc: auth.PermissionDenied,
                        _params: Any) -> None:
     raise falcon.HTTPForbidden(description=f"missing required Permissions: {exc.permission}")
+
+
+def refusal_for(exc: BaseException) -> tuple[int, str]:
+    """The status and alert text for an exception gunicorn raised before the app saw the request."""
+    if isinstance(exc, http_errors.LimitRequestLine):
+        return 414, f"the request line must be at most {MAX_REQUEST_LINE_BYTES} bytes"
+    if isinstance(exc, http_errors.LimitRequestHeaders):
+        return 431, (f"the request headers must be at most {MAX_HEADER_FIELDS} fields "
+                     f"of at most {MAX_HEADER_FIELD_BYTES} bytes each")
+    if isinstance(exc, http_errors.UnsupportedTransferCoding):
+        return 501, "unsupported transfer coding"
+    if isinstance(exc, http_errors.ExpectationFailed):
+        return 417, "unsupported expectation"
+    # A bad response header is the app's fault (500); every other parse error is the client's.
+    app_fault = (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName,
+                 http_errors.ConfigurationProblem)
+    if isinstance(exc, http_errors.ParseException) and not isinstance(exc, app_fault):
+        return 400, "malformed HTTP request"
+    return 500, "Internal Server Error"

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import falcon
+import orjson
 
 from api.errors import alerts
 from api.middleware import COOKIES, requires
@@ -19,10 +20,12 @@ ID_NOT_INTEGER = "getting integer parameters: parameter 'id' not an integer"
 CREDENTIALS_REQUIRED = "username and password are required"
 INVALID_LOGIN = "Invalid username or password."
 MAX_BODY_BYTES = 64 * 1024
+LENGTH_REQUIRED = "a request body must come with a Content-Length header"
 MAX_USERNAME_CHARS = 128  # tracker_user.username; longer names cannot exist
 
 _INTEGER = re.compile(r"(?P<sign>[+-]?)(?P<digits>[0-9]+)")
 _INT64 = range(-(2**63), 2**63)
+_NO_BODY = object()  # tells an absent body from a JSON null, which is not an object
 
 
 def parse_job_id(text: str) -> int:
@@ -89,6 +92,17 @@ class Ping:
         resp.media = {"ping": "pong"}
 
 
+class OpenApiDocument:
+    """GET /api/{version}/openapi.json: the OpenAPI 3.1 description of the API, with no authentication."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self._body = orjson.dumps(document)
+
+    def on_get(self, _req: falcon.Request, resp: falcon.Response, version: str) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self._body
+
+
 class Login:
     """POST /api/{version}/user/login: trade a username and password for session cookies."""
 
@@ -139,10 +153,13 @@ class Logout:
 
 def _json_object(req: falcon.Request) -> dict[str, Any]:
     """The request body as a JSON object; an absent body is an empty one. Raises falcon.HTTPError."""
+    if req.content_length is None and req.get_header("Transfer-Encoding"):
+        # Falcon reads as much body as Content-Length says: without one, a chunked body would pass for empty.
+        raise falcon.HTTPLengthRequired(description=LENGTH_REQUIRED)
     if (req.content_length or 0) > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description=f"the request body must be at most {MAX_BODY_BYTES} bytes")
-    body = req.get_media(default_when_empty=None)
-    if body is None:
+    body = req.get_media(default_when_empty=_NO_BODY)
+    if body is _NO_BODY:
         return {}
     if not isinstance(body, dict):
         raise falcon.HTTPBadRequest(description="the request body must be a JSON object")

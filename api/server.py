@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import socket
+from http import HTTPStatus
 from typing import Any
 
 import falcon
+import orjson
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.sync import SyncWorker
 
 from api.app import get_app
+from api.errors import (MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE_BYTES, alerts,
+                        refusal_for)
 from tracker import auth
 from tracker.config import Settings
 
@@ -32,12 +39,15 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         self._options: dict[str, Any] = {
             "bind": settings.bind,
             "workers": settings.workers,
-            "worker_class": "sync",
+            "worker_class": JsonErrorsWorker,
             # No preload: each worker makes its own engine, so no connection crosses a fork.
             "preload_app": False,
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "accesslog": "-" if access_log else None,  # off unless asked for
             "proc_name": "tracker-api",
+            "limit_request_line": MAX_REQUEST_LINE_BYTES,
+            "limit_request_fields": MAX_HEADER_FIELDS,
+            "limit_request_field_size": MAX_HEADER_FIELD_BYTES,
         }
         super().__init__()
 
@@ -50,3 +60,26 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> falcon.App:
         return get_app(self._settings)
+
+
+class JsonErrorsWorker(SyncWorker):  # type: ignore[misc]
+    """gunicorn's sync worker, answering the requests it refuses itself with the alert envelope, not HTML.
+
+    Those are the ones the app never sees: a request line or headers over the limits set above
+    (named in api.errors), or bytes that are not HTTP/1.x at all.
+    """
+
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
+        status, text = refusal_for(exc)
+        if status >= 500:
+            self.log.exception("error handling a request", exc_info=exc)
+        else:
+            # The exception text may quote what the client sent, so it goes to the log only.
+            self.log.warning("refused a request from %s: %s", (addr or ("?",))[0], exc)
+        body = orjson.dumps(alerts(text))
+        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        try:
+            util.write_nonblock(client, head.encode("ascii") + body)
+        except OSError:
+            self.log.debug("could not send the refusal; the client is gone")

@@ -1,0 +1,170 @@
+"""A real ``tracker api`` process (gunicorn, two workers) on a free local port, for tests over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import http.client
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import argon2
+
+from tests.conftest import TEST_SECRET
+from tracker import auth
+from tracker.db import make_engine
+from tracker.users import UserStore
+
+PASSWORD = "correct horse battery staple"
+# Cheap hashes keep logins quick; the server verifies with the parameters stored in each hash.
+CHEAP_PASSWORDS = auth.Passwords(argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+START_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 15
+
+
+@dataclasses.dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    @property
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+@dataclasses.dataclass
+class LiveApi:
+    database_url: str
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: pathlib.Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> Answer:
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return Answer(response.status, _headers(response.getheaders()), response.read())
+        finally:
+            connection.close()
+
+    def send_raw(self, data: bytes) -> Answer:
+        """Send bytes no HTTP client would, and read the one answer."""
+        with socket.create_connection((self.host, self.port), timeout=10) as sock:
+            sock.sendall(data)
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            return Answer(response.status, _headers(response.getheaders()), response.read())
+
+    def login(self, username: str, password: str = PASSWORD) -> str:
+        """The access token the login cookies carry; fails the test if login does not answer 200."""
+        answer = self.request("POST", "/api/5.0/user/login", json.dumps({"u": username, "p": password}).encode(),
+                              {"Content-Type": "application/json"})
+        assert answer.status == 200, answer
+        return answer.headers["set-cookie"].split("access_token=", 1)[1].split(";", 1)[0]
+
+
+def _headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Headers by lower-case name; a repeated one (Set-Cookie) joined with ", "."""
+    joined: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.lower()
+        joined[name] = f"{joined[name]}, {value}" if name in joined else value
+    return joined
+
+
+def add_users(database_url: str, **roles: str) -> None:
+    """Create users named by the keywords, with their roles, all with PASSWORD."""
+    engine = make_engine(database_url)
+    try:
+        store = UserStore(engine, CHEAP_PASSWORDS)
+        for name, role in roles.items():
+            store.add(name, role, PASSWORD)
+    finally:
+        engine.dispose()
+
+
+def free_port() -> int:
+    # gunicorn cannot report the port it got for :0, so take one the kernel just handed out.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_api(database_url: str, workdir: pathlib.Path, **settings: str) -> Iterator[LiveApi]:
+    """``tracker api`` on a migrated database until the block ends, then SIGTERM.
+
+    ``settings`` are Settings fields (``login_max_failures="20"``), passed as TRACKER_* variables.
+    """
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TRACKER_")}
+    env.update({
+        "TRACKER_DATABASE_URL": database_url,
+        "TRACKER_SECRET": TEST_SECRET,
+        "TRACKER_SECRET_FILE": str(workdir / "secret"),
+        "TRACKER_WORKERS": "2",
+        "TRACKER_LOG_LEVEL": "WARNING",
+        **{f"TRACKER_{name.upper()}": value for name, value in settings.items()},
+    })
+    for attempt in range(3):  # another process may take the port between our probe and gunicorn's bind
+        port = free_port()
+        log_path = workdir / f"api-{port}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "tracker.cli", "api"],
+                                       env={**env, "TRACKER_BIND": f"127.0.0.1:{port}"},
+                                       stdout=log, stderr=subprocess.STDOUT)
+        api = LiveApi(database_url, "127.0.0.1", port, process, log_path)
+        try:
+            if _wait_until_serving(api):
+                break
+        except BaseException:
+            _stop(process)
+            raise
+        _stop(process)
+        if "Address already in use" not in api.log() or attempt == 2:
+            raise AssertionError(f"tracker api did not start:\n{api.log()}")
+    try:
+        yield api
+    finally:
+        _stop(api.process)
+
+
+def _wait_until_serving(api: LiveApi) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if api.process.poll() is not None:
+            return False
+        try:
+            if api.request("GET", "/api/5.0/ping").status == 200:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

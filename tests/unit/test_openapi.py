@@ -1,0 +1,175 @@
+"""The OpenAPI document in step with the app: same routes and methods, served as built, schemas that hold."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+import falcon
+import falcon.inspect
+import falcon.testing
+import jsonschema_rs
+import pytest
+
+from api import app as api_app
+from api import openapi
+from tracker import auth
+from tracker.config import Settings
+from tracker.store import Job, JobNotFound
+from tracker.users import User
+
+SECRET = "unit-secret-" + "o" * 40
+DOCUMENT = openapi.document(api_app.SERVED_VERSIONS)
+METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+SEED_EXAMPLE = {"response": {"id": 1, "status": "PENDING", "start_time": "2021-02-18T17:13:56.352261Z",
+                             "end_time": None, "message": "Async job has started."}}
+
+
+class OneJob:
+    """Job 1 exists; creating one gives job 2."""
+
+    def get_job(self, job_id: int) -> Job:
+        if job_id != 1:
+            raise JobNotFound(job_id)
+        return Job(1, "SUCCEEDED", dt.datetime(2021, 2, 18, 17, 13, 56, 352261, tzinfo=dt.timezone.utc),
+                   dt.datetime(2021, 2, 18, 17, 14, tzinfo=dt.timezone.utc), None)
+
+    def create_job(self, message: str | None = None) -> Job:
+        return Job(2, "PENDING", dt.datetime(2021, 2, 18, 17, 15, tzinfo=dt.timezone.utc), None,
+                   message or "Async job has started.")
+
+
+class RolesByName:
+    """Every name is a user whose role is the name itself (``operations``, ``read-only``)."""
+
+    def get(self, username: str) -> User | None:
+        return User(username, username, dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+
+
+@pytest.fixture(scope="module")
+def client() -> falcon.testing.TestClient:
+    deps = api_app.Deps(jobs=OneJob(), users=RolesByName(), throttle=None,  # type: ignore[arg-type]
+                        tokens=auth.Tokens(SECRET, 60), settings=Settings(secret=SECRET))
+    return falcon.testing.TestClient(api_app.create_app(deps))
+
+
+def bearer(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {auth.Tokens(SECRET, 60).issue(role)}"}
+
+
+def shape(path: str) -> str:
+    """A path with its fields blanked: Falcon's ``{job_id}`` and the document's ``{id}`` are one route."""
+    return re.sub(r"\{[^}]*\}", "{}", path)
+
+
+def operations() -> list[tuple[str, str, dict[str, Any]]]:
+    return [(path, method, operation) for path, item in DOCUMENT["paths"].items()
+            for method, operation in item.items() if method in METHODS]
+
+
+def validator(name: str) -> Any:
+    """A validator for one component schema, its references resolved within the document."""
+    return jsonschema_rs.Draft202012Validator({"$ref": f"#/components/schemas/{name}",
+                                               "components": DOCUMENT["components"]})
+
+
+def test_every_route_is_documented_with_its_methods_and_nothing_else(client: falcon.testing.TestClient) -> None:
+    routed = {(shape(route.path), method.method.lower())
+              for route in falcon.inspect.inspect_app(client.app).routes
+              for method in route.methods if not method.internal}  # internal: Falcon's 405 and OPTIONS
+    documented = {(shape(path), method) for path, method, _ in operations()}
+    assert routed == documented
+
+
+def test_the_served_document_is_the_built_one(client: falcon.testing.TestClient) -> None:
+    for version in api_app.SERVED_VERSIONS:
+        result = client.simulate_get(f"/api/{version}/openapi.json")  # no credentials needed
+        assert result.status_code == 200
+        assert result.headers["content-type"] == "application/json"
+        assert result.json == DOCUMENT
+    assert DOCUMENT["openapi"] == "3.1.0"
+    assert DOCUMENT["components"]["parameters"]["Version"]["schema"]["enum"] == list(api_app.SERVED_VERSIONS)
+
+
+def test_every_schema_is_valid_json_schema_and_every_reference_resolves() -> None:
+    for schema in DOCUMENT["components"]["schemas"].values():
+        jsonschema_rs.meta.validate(schema)
+
+    def references(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            own = [node["$ref"]] if "$ref" in node else []
+            return own + [ref for value in node.values() for ref in references(value)]
+        if isinstance(node, list):
+            return [ref for value in node for ref in references(value)]
+        return []
+
+    for ref in references(DOCUMENT):
+        target: Any = DOCUMENT
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part]
+
+
+def test_every_operation_documents_its_credentials_and_error_envelope(client: falcon.testing.TestClient) -> None:
+    schemes = set(DOCUMENT["components"]["securitySchemes"])
+    for path, method, operation in operations():
+        secured = bool(operation["security"])
+        if secured:
+            assert {name for requirement in operation["security"] for name in requirement} == schemes
+        url = path.replace("{version}", "5.0").replace("{id}", "1")
+        anonymous = client.simulate_request(method.upper(), url)
+        assert (anonymous.status_code == 401) == secured, (path, method)
+        assert ("401" in operation["responses"]) == (secured or operation["operationId"] == "login")
+        read_only = client.simulate_request(method.upper(), url, headers=bearer("read-only"))
+        assert (read_only.status_code == 403) == ("403" in operation["responses"]), (path, method)
+        for code, response in operation["responses"].items():
+            if code.startswith(("4", "5")):
+                name = response["$ref"].rsplit("/", 1)[1]
+                content = DOCUMENT["components"]["responses"][name]["content"]
+                assert content == {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorAlerts"}}}
+
+
+def test_real_answers_match_their_documented_schemas(client: falcon.testing.TestClient) -> None:
+    ops = bearer("operations")
+    answers = [
+        ("GET", "/api/5.0/async_status/1", ops, None),
+        ("GET", "/api/5.0/async_status/abc", ops, None),
+        ("GET", "/api/5.0/async_status/7", ops, None),
+        ("GET", "/api/4.0/async_status/1", bearer("read-only"), None),
+        ("POST", "/api/4.1/async_status", ops, {"message": "rebuild"}),
+        ("POST", "/api/4.1/async_status", ops, ["not", "an", "object"]),
+        ("POST", "/api/5.0/user/logout", ops, None),
+        ("GET", "/api/5.0/ping", {}, None),
+        ("GET", "/api/5.0/openapi.json", {}, None),
+    ]
+    for method, url, headers, body in answers:
+        result = client.simulate_request(method, url, headers=headers, json=body)
+        path = next(path for path in DOCUMENT["paths"] if re.fullmatch(
+            re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(path)), url))
+        response = DOCUMENT["paths"][path][method.lower()]["responses"][str(result.status_code)]
+        if "$ref" in response:
+            response = DOCUMENT["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
+        schema = response["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        validator(schema).validate(result.json)
+        for header, spec in response.get("headers", {}).items():
+            assert not spec.get("required") or header.lower() in result.headers, (url, header)
+
+
+def test_the_job_schema_is_the_contract() -> None:
+    job_status = validator("JobStatus")
+    job_status.validate(SEED_EXAMPLE)
+    finished = {**SEED_EXAMPLE["response"], "status": "FAILED", "end_time": "2021-02-18T17:14:00.000000Z",
+                "message": None}
+    job_status.validate({"response": finished})
+    for breach in ({"end_time": "2021-02-18T17:14:00.000Z"}, {"start_time": "2021-02-18T17:13:56.352261+00:00"},
+                   {"start_time": None}, {"status": "RUNNING"}, {"id": 0}, {"id": "1"}, {"extra": 1}):
+        assert not job_status.is_valid({"response": {**SEED_EXAMPLE["response"], **breach}}), breach
+    created = validator("JobCreated")
+    alert = {"text": "Async job has started. Status updates can be found here: /api/5.0/async_status/1",
+             "level": "success"}
+    created.validate({"alerts": [alert], **SEED_EXAMPLE})
+    assert not created.is_valid({"alerts": [alert], "response": finished})
+    errors = validator("ErrorAlerts")
+    errors.validate({"alerts": [{"text": "Not Found", "level": "error"}]})
+    for breach in ({"alerts": []}, {"alerts": [{"text": "x", "level": "success"}]}, {"alerts": [], "response": 1}):
+        assert not errors.is_valid(breach), breach
