@@ -80,8 +80,9 @@ class Authentication:
         token = credentials_of(req)
         if token is None:
             raise auth.Unauthenticated()
-        user = self._users.get(self._tokens.verify(token))
-        if user is None:
+        claims = self._tokens.verify(token)
+        user = self._users.get(claims.username)
+        if user is None or claims.predates(user.created_at):
             raise auth.Unauthenticated()
         if permission != _LOGGED_IN:
             auth.require(user.role, permission)

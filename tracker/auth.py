@@ -11,7 +11,7 @@ import os
 import secrets
 import tempfile
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import argon2
 import jwt
@@ -69,6 +69,18 @@ class Passwords:
             return False
 
 
+class Claims(NamedTuple):
+    """What a valid token says: whose it is and when it was issued (whole seconds since the epoch)."""
+
+    username: str
+    issued_at: int
+
+    def predates(self, created_at: dt.datetime) -> bool:
+        """Whether the token was issued before an account of this name was created (then it was
+        another account's, since deleted). Whole seconds, because that is all ``iat`` holds."""
+        return self.issued_at < int(created_at.timestamp())
+
+
 class Tokens:
     """HS256 tokens naming a user, signed with the server secret, expiring after ``ttl_s``."""
 
@@ -88,8 +100,8 @@ class Tokens:
         }
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
 
-    def verify(self, token: str) -> str:
-        """The username a valid token names; raises Unauthenticated otherwise."""
+    def verify(self, token: str) -> Claims:
+        """The claims of a valid token; raises Unauthenticated otherwise."""
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, self._secret, algorithms=[_ALGORITHM],
@@ -97,10 +109,10 @@ class Tokens:
             )
         except jwt.PyJWTError:
             raise Unauthenticated() from None
-        subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject:
+        subject, issued = claims.get("sub"), claims.get("iat")
+        if not isinstance(subject, str) or not subject or not isinstance(issued, int):
             raise Unauthenticated()
-        return subject
+        return Claims(subject, issued)
 
 
 def load_secret(secret: str | None, secret_file: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
+import time
 
 import argon2
 import falcon.testing
@@ -91,7 +92,7 @@ def test_login_sets_session_cookies_that_authenticate(api: Api) -> None:
     for cookie in cookies.values():
         assert (cookie.http_only, cookie.path, cookie.max_age, cookie.secure, cookie.same_site) == (
             True, "/", api.settings.token_ttl_s, False, "Strict")
-    assert api.tokens.verify(cookies["access_token"].value) == "ops"
+    assert api.tokens.verify(cookies["access_token"].value).username == "ops"
 
     created = api.client.simulate_post("/api/5.0/async_status", cookies={"access_token": cookies["access_token"].value})
     assert created.status_code == 202
@@ -292,3 +293,16 @@ def test_ping_answers_without_credentials(api: Api) -> None:
     result = api.client.simulate_get("/api/5.0/ping")
     assert result.status_code == 200
     assert result.json == {"ping": "pong"}
+
+
+def test_a_deleted_users_token_does_not_work_for_a_new_account_of_the_same_name(api: Api) -> None:
+    old_token = api.bearer("ops")
+    job_id = api.jobs.create_job().id
+    assert api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=old_token).status_code == 200
+    assert api.users.remove("ops")
+    time.sleep(1.05)  # tokens carry whole seconds: the new account must be created in a later one
+    api.users.add("ops", "operations", PASSWORD)
+    api.clock.now += api.settings.user_cache_s + 0.1
+    assert_alert(api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=old_token), 401,
+                 "unauthorized, please log in.")
+    assert api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=api.bearer("ops")).status_code == 200

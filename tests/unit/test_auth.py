@@ -18,7 +18,8 @@ FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 def test_a_token_names_its_user_until_it_expires():
     tokens = auth.Tokens(SECRET, ttl_s=60)
-    assert tokens.verify(tokens.issue("ops")) == "ops"
+    claims = tokens.verify(tokens.issue("ops"))
+    assert claims.username == "ops" and abs(claims.issued_at - dt.datetime.now().timestamp()) < 5
     old = tokens.issue("ops", now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=61))
     with pytest.raises(auth.Unauthenticated):
         tokens.verify(old)
@@ -87,3 +88,12 @@ def test_the_configured_secret_wins_and_the_generated_one_is_private_and_stable(
     assert len(set(results)) == 1 and len(results[0]) >= auth.MIN_SECRET_BYTES
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert [name for name in os.listdir(tmp_path)] == ["secret"]
+
+
+def test_a_token_issued_before_the_account_existed_predates_it():
+    created = dt.datetime(2026, 1, 1, 12, 0, 0, 500000, tzinfo=dt.timezone.utc)
+    tokens = auth.Tokens(SECRET, ttl_s=10**9)
+    before = tokens.verify(tokens.issue("alice", now=created - dt.timedelta(seconds=1)))
+    same_second = tokens.verify(tokens.issue("alice", now=created.replace(microsecond=900000)))
+    assert before.predates(created)
+    assert not same_second.predates(created)
