@@ -1,12 +1,18 @@
 """The pika loop: deliveries gathered into batches, committed, dead-lettered, then acked.
 
+The connection's thread receives, dead-letters and acks (pika is not thread-safe); writer
+threads commit batches, up to ``_WRITERS`` at once, and the connection's thread acks them in
+the order they were received. While the writers wait on the database the next batch is being
+received, so prefetch should hold a batch more than the writers do.
+
 Failure policy:
 - bad input (``Outcome.dead``): republished to the dead-letter exchange with ``x-tracker-reason``,
   confirmed, then acked with the rest of its batch;
-- database unavailable: nothing acked, the same batch retried with capped back-off while the
-  connection keeps its heartbeats;
-- broker connection lost: deliveries not yet acked are dropped (the broker redelivers them) and
-  the consumer reconnects with capped back-off;
+- database unavailable: nothing acked, the same batch retried with capped back-off by the writer
+  while the connection keeps its heartbeats;
+- broker connection lost: deliveries not yet acked are dropped (the broker redelivers them), a
+  batch being written is abandoned after its current attempt, and the consumer reconnects with
+  capped back-off;
 - broker refuses our credentials or topology: fatal, exit status 2;
 - SIGTERM/SIGINT: the batch in hand is finished if the database answers, else abandoned
   (unacked, so redelivered); exit status 0.
@@ -14,6 +20,9 @@ Failure policy:
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import dataclasses
 import logging
 import signal
 import threading
@@ -24,7 +33,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from consumers.status import DeadLetter, Delivery, StatusProjector
+from consumers.status import DeadLetter, Delivery, Outcome, StatusProjector
 from tracker import broker
 from tracker.config import Settings
 from tracker.db import make_engine
@@ -40,10 +49,29 @@ _RECONNECTABLE = (
     pika.exceptions.ConnectionWrongStateError,
 )
 _IDLE_WAIT_S = 0.5  # how long an idle loop blocks before looking at the stop flag again
+# Batches being committed at once. While PostgreSQL merges one, Python parses the next; the
+# writers share one interpreter lock, but most of a batch's time is spent in the database. In
+# measurement (docs/performance.md): 2 writers 10,100 events/s, 3 12,700, 4 13,400, when
+# prefetch holds them all (2,500 for batches of 500); with a prefetch of 1,000 only two batches
+# are ever out, and more writers neither help nor hurt. Batches over the same jobs wait for
+# each other on the row locks.
+_WRITERS = 4
+_STEADY_S = 5.0  # a broker connection that lasted this long resets the reconnect back-off
+_MAX_REASON_CHARS = 1000
+_MAX_KEPT_HEADER_BYTES = 16 * 1024  # far below any broker frame size, whatever we add
 
 
 class FatalBrokerError(RuntimeError):
     """The broker will not take us as configured (credentials, permissions, topology)."""
+
+
+@dataclasses.dataclass
+class _Batch:
+    """Deliveries handed to a writer; ``outcome`` resolves to None if the batch was abandoned."""
+
+    deliveries: list[Delivery]
+    outcome: concurrent.futures.Future[Outcome | None]
+    abandon: threading.Event
 
 
 class Consumer:
@@ -55,7 +83,10 @@ class Consumer:
         self._projector = projector
         self._on_batch = on_batch
         self._stop = threading.Event()
-        self._pending: list[Delivery] = []
+        self._pending: list[Delivery] = []  # received, not yet handed to a writer
+        self._pending_since = 0.0  # when the oldest of them arrived (monotonic)
+        self._writing: collections.deque[_Batch] = collections.deque()
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self.dead_lettered = 0
@@ -72,10 +103,18 @@ class Consumer:
     def run(self) -> None:
         """Consume until stopped; reconnects by itself. Raises FatalBrokerError."""
         backoff = broker.Backoff()
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="tracker-writer")
+        try:
+            self._run(backoff)
+        finally:
+            self._writer.shutdown(wait=True)
+
+    def _run(self, backoff: broker.Backoff) -> None:
         while not self._stop.is_set():
+            connected_at = None
             try:
                 self._connect()
-                backoff.reset()
+                connected_at = time.monotonic()
                 self._consume()
             except pika.exceptions.ProbableAuthenticationError as exc:
                 raise FatalBrokerError(f"RabbitMQ refused the credentials: {exc}") from None
@@ -84,16 +123,21 @@ class Consumer:
             except pika.exceptions.ChannelClosedByBroker as exc:
                 if exc.reply_code in (403, 406):
                     raise FatalBrokerError(f"RabbitMQ refused the topology: {exc.reply_text}") from None
-                self._lost(exc, backoff)
+                self._lost(exc, backoff, connected_at)
             except _RECONNECTABLE as exc:
-                self._lost(exc, backoff)
+                self._lost(exc, backoff, connected_at)
             finally:
                 self._close()
 
-    def _lost(self, exc: BaseException, backoff: broker.Backoff) -> None:
+    def _lost(self, exc: BaseException, backoff: broker.Backoff, connected_at: float | None) -> None:
+        # Only a connection that held for a while earns a quick reconnect: one that breaks at
+        # once, again and again (say, on a message it cannot handle), backs off like a refused one.
+        if connected_at is not None and time.monotonic() - connected_at >= _STEADY_S:
+            backoff.reset()
         delay = backoff.next()
+        unacked = len(self._pending) + sum(len(b.deliveries) for b in self._writing)
         log.warning("broker connection lost (%s: %s); %d unacked deliveries will be redelivered; "
-                    "reconnecting in %.1f s", type(exc).__name__, exc, len(self._pending), delay)
+                    "reconnecting in %.1f s", type(exc).__name__, exc, unacked, delay)
         self._pending.clear()
         self._stop.wait(delay)
 
@@ -110,6 +154,7 @@ class Consumer:
                  self._settings.batch_size, self._settings.flush_ms, self._settings.prefetch)
 
     def _close(self) -> None:
+        self._abandon_writing()
         connection, self._connection, self._channel = self._connection, None, None
         self._pending.clear()
         if connection is not None and connection.is_open:
@@ -120,7 +165,9 @@ class Consumer:
 
     def _on_message(self, _channel: BlockingChannel, method: pika.spec.Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
-        """Runs inside process_data_events/sleep for each delivery: only buffers it."""
+        """Runs inside process_data_events for each delivery: only buffers it."""
+        if not self._pending:
+            self._pending_since = time.monotonic()
         self._pending.append(Delivery(
             tag=method.delivery_tag,
             body=body,
@@ -134,66 +181,96 @@ class Consumer:
         assert self._connection is not None
         flush_s = self._settings.flush_ms / 1000
         batch_size = self._settings.batch_size
-        first_seen = 0.0
         while not self._stop.is_set():
-            if not self._pending:
-                self._connection.process_data_events(time_limit=_IDLE_WAIT_S)
-                first_seen = time.monotonic()
-                continue
-            wait = first_seen + flush_s - time.monotonic()
-            if len(self._pending) < batch_size and wait > 0:
-                self._connection.process_data_events(time_limit=wait)
-                continue
-            started = time.monotonic()
-            self._flush(self._pending[:batch_size])
-            first_seen = started  # what is left arrived while the batch was being written
+            while self._writing and self._writing[0].outcome.done():
+                self._finish(self._writing[0])
+            if len(self._writing) < _WRITERS and self._pending:
+                wait = self._pending_since + flush_s - time.monotonic()
+                if len(self._pending) >= batch_size or wait <= 0:
+                    self._start_writing(batch_size)
+                    continue
+            else:
+                # Idle, or every writer is busy: a completion wakes us (see _start_writing).
+                wait = _IDLE_WAIT_S
+            self._connection.process_data_events(time_limit=wait)
         # Stopping: finish what is in hand if the database answers; whatever is left unacked
         # goes back to the queue when the connection closes.
+        while self._writing:
+            if not self._finish(self._writing[0], block=True):
+                return
         while self._pending:
-            if not self._flush(self._pending[:batch_size]):
-                break
+            self._start_writing(batch_size)
+            if not self._finish(self._writing[0], block=True):
+                return
 
-    def _flush(self, batch: list[Delivery]) -> bool:
-        """Commit, dead-letter and ack one batch; False if abandoned because we are stopping."""
-        backoff = broker.Backoff()
-        while True:
-            try:
-                outcome = self._projector.handle(batch)
-                break
-            except StoreUnavailable as exc:
-                if self._stop.is_set():
-                    log.warning("database unavailable while stopping; abandoning %d deliveries "
-                                "(they will be redelivered)", len(batch))
-                    return False
-                delay = backoff.next()
-                log.warning("database unavailable (%s); retrying %d deliveries in %.1f s",
-                            exc, len(batch), delay)
-                self._sleep(delay)
+    def _start_writing(self, batch_size: int) -> None:
+        """Hand the oldest pending deliveries, up to a batch, to a writer."""
+        assert self._writer is not None and self._connection is not None
+        deliveries = self._pending[:batch_size]
+        del self._pending[:batch_size]
+        # What is left arrived while this batch was gathered: count its wait from now.
+        self._pending_since = time.monotonic()
+        abandon = threading.Event()
+        batch = _Batch(deliveries, self._writer.submit(self._write, deliveries, abandon), abandon)
+        connection = self._connection
+        batch.outcome.add_done_callback(lambda _done: _wake(connection))
+        self._writing.append(batch)
+
+    def _finish(self, batch: _Batch, block: bool = False) -> bool:
+        """Dead-letter and ack a written batch; False if the writer abandoned it.
+
+        Re-raises what the writer raised other than StoreUnavailable: that is a bug.
+        """
+        outcome = batch.outcome.result() if block else batch.outcome.result(timeout=0)
+        self._writing.popleft()
+        if outcome is None:
+            return False
         for dead in outcome.dead:
             self._dead_letter(dead)
         assert self._channel is not None
-        self._channel.basic_ack(delivery_tag=batch[-1].tag, multiple=True)
-        del self._pending[:len(batch)]
+        self._channel.basic_ack(delivery_tag=batch.deliveries[-1].tag, multiple=True)
         self.applied += outcome.applied
         self.dead_lettered += len(outcome.dead)
         if self._on_batch is not None:
             self._on_batch(outcome.applied, len(outcome.dead))
         return True
 
-    def _sleep(self, seconds: float) -> None:
-        """Wait while keeping heartbeats and deliveries flowing; wakes early when stopping."""
-        assert self._connection is not None
-        deadline = time.monotonic() + seconds
-        while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            self._connection.sleep(min(left, _IDLE_WAIT_S))
+    def _abandon_writing(self) -> None:
+        """Drop the batches being written (their deliveries will be redelivered) once their attempts end."""
+        batches = list(self._writing)
+        self._writing.clear()
+        for batch in batches:
+            batch.abandon.set()
+        concurrent.futures.wait([batch.outcome for batch in batches])
+
+    def _write(self, deliveries: list[Delivery], abandon: threading.Event) -> Outcome | None:
+        """Runs on a writer thread: commit one batch, retrying while the database is away.
+
+        None if the batch was abandoned instead: we are stopping, or its deliveries were lost
+        with the broker connection.
+        """
+        backoff = broker.Backoff()
+        while True:
+            try:
+                return self._projector.handle(deliveries)
+            except StoreUnavailable as exc:
+                if self._stop.is_set() or abandon.is_set():
+                    why = "while stopping" if self._stop.is_set() else "and the broker connection is gone"
+                    log.warning("database unavailable %s; abandoning %d deliveries "
+                                "(they will be redelivered)", why, len(deliveries))
+                    return None
+                delay = backoff.next()
+                log.warning("database unavailable (%s); retrying %d deliveries in %.1f s",
+                            exc, len(deliveries), delay)
+                deadline = time.monotonic() + delay
+                while not (self._stop.is_set() or abandon.is_set()) and (left := deadline - time.monotonic()) > 0:
+                    abandon.wait(min(left, _IDLE_WAIT_S))
 
     def _dead_letter(self, dead: DeadLetter) -> None:
         """Republish to the dead-letter exchange, confirmed, with the reason in a header."""
         assert self._channel is not None
         delivery = dead.delivery
-        headers = dict(delivery.headers or {})
-        headers["x-tracker-reason"] = dead.reason
-        headers["x-tracker-routing-key"] = delivery.routing_key
+        headers = _dead_letter_headers(delivery, dead.reason)
         self._channel.basic_publish(
             self._settings.dead_exchange,
             delivery.routing_key,
@@ -207,12 +284,56 @@ class Consumer:
             mandatory=True,
         )
         log.warning("dead-lettered delivery %s (message_id %s): %s",
-                    delivery.tag, delivery.message_id, dead.reason)
+                    delivery.tag, delivery.message_id, headers["x-tracker-reason"])
+
+
+def _dead_letter_headers(delivery: Delivery, reason: str) -> dict[str, object]:
+    """The delivery's own headers, unless they are big, plus ``x-tracker-reason`` and the routing key.
+
+    A dead letter must always fit in one frame: if it did not, the broker would close the
+    connection, the message would come back, and the consumer would stall on it for ever. So the
+    reason (which may quote the input) is cut short, and large original headers are left out.
+    """
+    if len(reason) > _MAX_REASON_CHARS:
+        reason = reason[:_MAX_REASON_CHARS - 1] + "…"
+    headers: dict[str, object] = {}
+    if delivery.headers:
+        size = _encoded_size(delivery.headers)
+        if size is not None and size <= _MAX_KEPT_HEADER_BYTES:
+            headers.update(delivery.headers)
+        else:
+            headers["x-tracker-headers-dropped"] = f"{size} bytes" if size is not None else "not encodable"
+    headers["x-tracker-reason"] = reason
+    headers["x-tracker-routing-key"] = delivery.routing_key
+    return headers
+
+
+def _encoded_size(headers: dict[str, object]) -> int | None:
+    """Bytes the headers take on the wire, or None when pika cannot encode them back."""
+    try:
+        return len(b"".join(pika.BasicProperties(headers=headers).encode()))
+    except (pika.exceptions.AMQPError, TypeError, ValueError, OverflowError):
+        return None
+
+
+def _wake(connection: pika.BlockingConnection) -> None:
+    """Runs on a writer thread when a batch is done: wake the connection's thread to ack it."""
+    try:
+        connection.add_callback_threadsafe(_nothing)
+    except pika.exceptions.ConnectionWrongStateError:
+        pass  # closed meanwhile: the batch is being abandoned
+
+
+def _nothing() -> None:
+    """A callback whose only effect is to end the connection thread's wait."""
 
 
 def consume(settings: Settings) -> int:
     """Run one consumer process until SIGTERM/SIGINT; the exit status (0, or 2 when fatal)."""
-    engine = make_engine(settings.database_url)
+    # No ping before each batch: a batch that finds its connection dead fails as StoreUnavailable,
+    # the pool drops every connection of that age, and the retry connects afresh. A ping would be
+    # one more round trip in every event's latency.
+    engine = make_engine(settings.database_url, pool_pre_ping=False)
     consumer = Consumer(settings, StatusProjector(JobStore(engine)))
     consumer.install_signal_handlers()
     try:

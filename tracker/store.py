@@ -1,5 +1,9 @@
 """Jobs in the database: create, read, and apply batches of events under the merge rule.
 
+PostgreSQL folds a batch in two statements, whatever its size: lock the rows, then merge in SQL
+(``_MERGE_IN_POSTGRESQL``, the rule of ``tracker.merge`` restated over sets). SQLite folds with
+``tracker.merge`` itself.
+
 Errors: ``JobNotFound`` for a missing row; ``StoreUnavailable`` when the database cannot be
 reached or fails mid-transaction (retry later: nothing was committed); anything else from the
 database is a bug or bad data and propagates.
@@ -12,6 +16,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -68,8 +73,8 @@ class JobStore:
             .where(async_status.c.id == sa.bindparam("job_id"))
             .values({name: sa.bindparam(name) for name in _WRITTEN})
         )
-        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        self._remember = insert(async_status_message).on_conflict_do_nothing()
+        self._remember = sqlite.insert(async_status_message).on_conflict_do_nothing()
+        self._in_postgresql = engine.dialect.name == "postgresql"
 
     @property
     def engine(self) -> Engine:
@@ -90,7 +95,10 @@ class JobStore:
 
     def get_job(self, job_id: int) -> Job:
         """The job's public row; raises JobNotFound."""
+        # One statement needs no transaction around it: in autocommit the driver sends no BEGIN
+        # before it and no ROLLBACK after, two of the round trips a GET would otherwise wait on.
         with unavailable_as_error(), self._engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
             row = conn.execute(self._get, {"job_id": job_id}).first()
         if row is None:
             raise JobNotFound(job_id)
@@ -101,37 +109,181 @@ class JobStore:
 
         Rows are locked in id order, so concurrent batches over the same jobs serialise instead
         of losing updates or deadlocking. Raises StoreUnavailable when nothing was committed.
+        A PostgreSQL connection that has folded a batch keeps JIT and sequential scans off for
+        the rest of its session (see ``_PLAN_FOR_BATCHES``).
         """
+        with unavailable_as_error(), self._engine.connect() as conn:
+            conn.execution_options(immediate=True)
+            if not self._in_postgresql:
+                with conn.begin():
+                    return self._fold_in_python(conn, events)
+            planned = conn.connection.info.get(_PLANNED_FOR_BATCHES, False)
+            with conn.begin():
+                if not planned:
+                    conn.execute(_PLAN_FOR_BATCHES)
+                applied = _fold_in_postgresql(conn, events)
+            # Only now: had the transaction failed, the settings would have been undone with it.
+            conn.connection.info[_PLANNED_FOR_BATCHES] = True
+            return applied
+
+    def _fold_in_python(self, conn: sa.Connection, events: Sequence[Event]) -> Applied:
         by_job: dict[int, list[Event]] = defaultdict(list)
         for event in events:
             by_job[event.job_id].append(event)
         ids = sorted(by_job)
-        with unavailable_as_error(), self._engine.connect() as conn:
-            conn.execution_options(immediate=True)
-            with conn.begin():
-                updates, remembered = [], []
-                found: set[int] = set()
-                for chunk in _chunks(ids, _ID_CHUNK):
-                    rows = conn.execute(
-                        sa.select(*_STATE)
-                        .where(async_status.c.id.in_(chunk))
-                        .order_by(async_status.c.id)
-                        .with_for_update()
-                    ).all()
-                    for row in rows:
-                        found.add(row.id)
-                        before = _state_of(row)
-                        after = merge.merge(before, by_job[row.id], _history(conn, row.id))
-                        if after != before:
-                            updates.append(_params_of(row.id, after))
-                        remembered.extend(
-                            _remembered_row(e) for e in merge.to_remember(after, by_job[row.id])
-                        )
-                if updates:
-                    conn.execute(self._update, updates)
-                if remembered:
-                    conn.execute(self._remember, remembered)
+        updates, remembered = [], []
+        found: set[int] = set()
+        for chunk in _chunks(ids, _ID_CHUNK):
+            rows = conn.execute(
+                sa.select(*_STATE)
+                .where(async_status.c.id.in_(chunk))
+                .order_by(async_status.c.id)
+                .with_for_update()
+            ).all()
+            for row in rows:
+                found.add(row.id)
+                before = _state_of(row)
+                after = merge.merge(before, by_job[row.id], _history(conn, row.id))
+                if after != before:
+                    updates.append(_params_of(row.id, after))
+                remembered.extend(
+                    _remembered_row(e) for e in merge.to_remember(after, by_job[row.id])
+                )
+        if updates:
+            conn.execute(self._update, updates)
+        if remembered:
+            conn.execute(self._remember, remembered)
         return Applied(changed_jobs=len(updates), missing_jobs=frozenset(ids) - found)
+
+
+def _fold_in_postgresql(conn: sa.Connection, events: Sequence[Event]) -> Applied:
+    ids = sorted({event.job_id for event in events})
+    found = set(conn.execute(_LOCK_IN_POSTGRESQL, {"ids": ids}).scalars())
+    # The events go as one JSON text: orjson writes it far faster than the driver adapts
+    # parameters one by one, and PostgreSQL reads the instants back exactly (µs, with offset).
+    batch = orjson.dumps([
+        {"job_id": e.job_id, "event_id": e.event_id, "occurred_at": e.occurred_at, "seq": e.seq,
+         "type": e.type, "message": e.message}
+        for e in events
+    ]).decode()
+    # A new statement, so a new snapshot: it sees everything committed by whoever held these
+    # locks before us, message history included.
+    changed = conn.execute(_MERGE_IN_POSTGRESQL, {"events": batch, "ids": ids}).scalar_one()
+    return Applied(changed_jobs=changed, missing_jobs=frozenset(ids) - found)
+
+
+# Set once on each pooled connection that folds batches, for its whole session (a round trip
+# per batch is worth saving: it is on the path of every event's latency). The planner prices
+# the history lookup high enough to JIT-compile the merge, which takes longer than running it;
+# and on a table of some ten thousand rows it scans all of them, twice, rather than look a
+# batch's rows up by primary key: several times slower in measurement (docs/performance.md),
+# and worse as the table grows. Neither setting changes what any statement returns.
+_PLAN_FOR_BATCHES = sa.text("SELECT set_config('jit', 'off', false), set_config('enable_seqscan', 'off', false)")
+_PLANNED_FOR_BATCHES = "tracker.store: planned for batches"
+
+# Locking in id order is what makes concurrent batches over the same jobs wait for each other
+# instead of deadlocking.
+_LOCK_IN_POSTGRESQL = (
+    sa.select(async_status.c.id)
+    .where(async_status.c.id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger))))
+    .order_by(async_status.c.id)
+    .with_for_update()
+)
+
+# tracker.merge over a whole batch at once. Keys compare as (occurred_at, seq, event_id) with
+# event_id in the "C" collation, which is Python's order for these ASCII texts. Ties keep what
+# ``merge.merge`` keeps: the stored state first, then the earlier event of the batch (``n``).
+_MERGE_IN_POSTGRESQL = sa.text("""
+WITH batch AS (
+    SELECT e.job_id, e.event_id COLLATE "C" AS event_id, e.occurred_at, e.seq, e.type, e.message, e.n
+    FROM ROWS FROM (json_to_recordset(CAST(:events AS json)) AS (
+             job_id bigint, event_id text, occurred_at timestamptz, seq bigint, type text, message text))
+         WITH ORDINALITY AS e(job_id, event_id, occurred_at, seq, type, message, n)
+),
+job AS (
+    SELECT id, start_time, initial_message, status, terminal_at, terminal_seq,
+           terminal_event_id COLLATE "C" AS terminal_event_id,
+           message_at, message_seq, message_event_id COLLATE "C" AS message_event_id, message
+    FROM async_status WHERE id = ANY(CAST(:ids AS bigint[]))
+),
+-- t: the earliest terminal event by key, the stored one or one of the batch
+terminal AS (
+    SELECT DISTINCT ON (job_id) job_id, at, seq, event_id, type
+    FROM (
+        SELECT id AS job_id, terminal_at AS at, terminal_seq AS seq, terminal_event_id AS event_id,
+               lower(status) AS type, 0 AS n
+        FROM job WHERE terminal_at IS NOT NULL
+        UNION ALL
+        SELECT job_id, occurred_at, seq, event_id, type, n FROM batch WHERE type <> 'progress'
+    ) AS candidate
+    ORDER BY job_id, at, seq, event_id, n
+),
+folded AS (
+    SELECT job.*, t.at AS t_at, t.seq AS t_seq, t.event_id AS t_event_id, t.type AS t_type
+    FROM job LEFT JOIN terminal AS t ON t.job_id = job.id
+),
+-- the latest message event in R (key <= t's): the stored one if still in R, else the latest
+-- such in the history; or one of the batch
+latest AS (
+    SELECT DISTINCT ON (job_id) job_id, at, seq, event_id, message
+    FROM (
+        SELECT id AS job_id, message_at AS at, message_seq AS seq, message_event_id AS event_id,
+               message, 0 AS n
+        FROM folded
+        WHERE message_at IS NOT NULL
+          AND (t_at IS NULL OR (message_at, message_seq, message_event_id) <= (t_at, t_seq, t_event_id))
+        UNION ALL
+        SELECT f.id, h.occurred_at, h.seq, h.event_id, h.message, 0
+        FROM folded AS f CROSS JOIN LATERAL (
+            SELECT occurred_at, seq, event_id COLLATE "C" AS event_id, message
+            FROM async_status_message
+            WHERE job_id = f.id
+              AND (occurred_at, seq, event_id COLLATE "C") <= (f.t_at, f.t_seq, f.t_event_id)
+            ORDER BY occurred_at DESC, seq DESC, event_id COLLATE "C" DESC
+            LIMIT 1
+        ) AS h
+        WHERE f.message_at IS NOT NULL
+          AND (f.message_at, f.message_seq, f.message_event_id) > (f.t_at, f.t_seq, f.t_event_id)
+        UNION ALL
+        SELECT b.job_id, b.occurred_at, b.seq, b.event_id, b.message, b.n
+        FROM batch AS b JOIN folded AS f ON f.id = b.job_id
+        WHERE b.message IS NOT NULL
+          AND (f.t_at IS NULL OR (b.occurred_at, b.seq, b.event_id) <= (f.t_at, f.t_seq, f.t_event_id))
+    ) AS candidate
+    ORDER BY job_id, at DESC, seq DESC, event_id DESC, n
+),
+-- merge.to_remember: the batch's message events inside R
+remembered AS (
+    INSERT INTO async_status_message (job_id, event_id, occurred_at, seq, message)
+    SELECT b.job_id, b.event_id, b.occurred_at, b.seq, b.message
+    FROM batch AS b JOIN folded AS f ON f.id = b.job_id
+    WHERE b.message IS NOT NULL
+      AND (f.t_at IS NULL OR (b.occurred_at, b.seq, b.event_id) <= (f.t_at, f.t_seq, f.t_event_id))
+    ON CONFLICT DO NOTHING
+),
+next AS (
+    SELECT f.id,
+           CASE f.t_type WHEN 'succeeded' THEN 'SUCCEEDED' WHEN 'failed' THEN 'FAILED' ELSE 'PENDING' END
+               AS status,
+           CASE WHEN l.job_id IS NULL THEN f.initial_message ELSE l.message END AS message,
+           CASE WHEN f.t_at IS NOT NULL THEN greatest(f.t_at, f.start_time) END AS end_time,
+           f.t_at, f.t_seq, f.t_event_id, l.at AS l_at, l.seq AS l_seq, l.event_id AS l_event_id
+    FROM folded AS f LEFT JOIN latest AS l ON l.job_id = f.id
+),
+changed AS (
+    UPDATE async_status AS a
+    SET status = n.status, message = n.message, end_time = n.end_time,
+        terminal_at = n.t_at, terminal_seq = n.t_seq, terminal_event_id = n.t_event_id,
+        message_at = n.l_at, message_seq = n.l_seq, message_event_id = n.l_event_id
+    FROM next AS n
+    WHERE a.id = n.id AND a.id = ANY(CAST(:ids AS bigint[]))
+      AND (a.status, a.message, a.terminal_at, a.terminal_seq, a.terminal_event_id,
+           a.message_at, a.message_seq, a.message_event_id)
+          IS DISTINCT FROM (n.status, n.message, n.t_at, n.t_seq, n.t_event_id, n.l_at, n.l_seq, n.l_event_id)
+    RETURNING a.id
+)
+SELECT count(*) FROM changed
+""")
 
 
 _WRITTEN = ("status", "message", "end_time", "terminal_at", "terminal_seq", "terminal_event_id",

@@ -1,0 +1,294 @@
+"""Load from outside the processes under test: HTTP (wrk, or Python when wrk is absent) and paced publishing.
+
+    python -m bench.load publish ...      publish events at a steady rate, each stamped with its send time
+    python -m bench.load visibility ...   the same, and time each sampled event until GET shows it
+
+The commands print one JSON object on stdout when done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import http.client
+import multiprocessing
+import pathlib
+import queue
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import orjson
+import pika
+
+from bench.references import percentiles_ms
+from bench.workload import event_body
+from tracker import broker, timefmt
+
+JOB_PATH = "/api/5.0/async_status/{}"
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpLoad:
+    """What a load generator saw: throughput, latency, and anything but 200."""
+
+    tool: str
+    requests_per_s: float
+    requests: int
+    not_ok: int
+    errors: int
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def http_load(port: int, ids: range, token: str | None, duration_s: float, connections: int,
+              threads: int, work_dir: pathlib.Path) -> HttpLoad:
+    """GET random job ids on 127.0.0.1:``port`` for ``duration_s``, from processes of its own."""
+    if wrk_available():
+        return _wrk(port, ids, token, duration_s, connections, threads, work_dir)
+    return _python_load(port, ids, token, duration_s, processes=threads * 2)
+
+
+def _wrk(port: int, ids: range, token: str | None, duration_s: float, connections: int, threads: int,
+         work_dir: pathlib.Path) -> HttpLoad:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    script = work_dir / f"wrk-{port}.lua"
+    header = f'wrk.headers["Authorization"] = "Bearer {token}"\n' if token else ""
+    # Each wrk thread seeds its own generator, so the threads ask for different ids.
+    script.write_text(
+        header
+        + "local counter = 0\n"
+        + "function setup(thread) counter = counter + 1; thread:set('seed', counter) end\n"
+        + "function init(args) math.randomseed(seed * 7919) end\n"
+        + f"function request() return wrk.format(nil, string.format('{JOB_PATH.format('%d')}', "
+        + f"math.random({ids.start}, {ids.stop - 1}))) end\n"
+    )
+    done = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency",
+         "-s", str(script), f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=duration_s + 60,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    return parse_wrk(done.stdout)
+
+
+def parse_wrk(text: str) -> HttpLoad:
+    """wrk's --latency report as an HttpLoad."""
+    def number(pattern: str, default: float = 0.0) -> float:
+        found = re.search(pattern, text)
+        return float(found.group(1)) if found else default
+
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+    return HttpLoad(
+        tool="wrk",
+        requests_per_s=number(r"Requests/sec:\s+([\d.]+)"),
+        requests=int(number(r"(\d+) requests in")),
+        not_ok=int(number(r"Non-2xx or 3xx responses: (\d+)")),
+        errors=errors,
+        p50_ms=_wrk_ms(re.search(r"\s50%\s+([\d.]+)(us|ms|s)\b", text)),
+        p99_ms=_wrk_ms(re.search(r"\s99%\s+([\d.]+)(us|ms|s)\b", text)),
+    )
+
+
+def _wrk_ms(found: re.Match[str] | None) -> float | None:
+    if found is None:
+        return None
+    value, unit = float(found.group(1)), found.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def _python_load(port: int, ids: range, token: str | None, duration_s: float, processes: int) -> HttpLoad:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes) as pool:
+        parts = pool.starmap(_hammer, [(port, ids.start, ids.stop, token, duration_s, seed)
+                                       for seed in range(processes)])
+    latencies = [s for part in parts for s in part["latencies"]]
+    requests = sum(part["requests"] for part in parts)
+    cuts = percentiles_ms(latencies)
+    return HttpLoad(
+        tool=f"python ({processes} processes; wrk not installed)",
+        requests_per_s=requests / duration_s,
+        requests=requests,
+        not_ok=sum(part["not_ok"] for part in parts),
+        errors=sum(part["errors"] for part in parts),
+        p50_ms=cuts["p50_ms"],
+        p99_ms=cuts["p99_ms"],
+    )
+
+
+def _hammer(port: int, first: int, stop: int, token: str | None, duration_s: float, seed: int) -> dict[str, Any]:
+    """One load process: GET random ids back to back for ``duration_s``."""
+    rng = random.Random(seed)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    requests = not_ok = errors = 0
+    latencies = []
+    deadline = time.monotonic() + duration_s
+    while (started := time.monotonic()) < deadline:
+        try:
+            status, _ = get(port, JOB_PATH.format(rng.randrange(first, stop)), headers)
+            not_ok += status != 200
+        except OSError:
+            errors += 1
+            continue
+        requests += 1
+        if requests % 10 == 0:
+            latencies.append(time.monotonic() - started)
+    return {"requests": requests, "not_ok": not_ok, "errors": errors, "latencies": latencies}
+
+
+def get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """One GET on a new connection (gunicorn's sync workers close each one anyway)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def sequential_latency(port: int, ids: range, token: str, count: int, seed: int = 1) -> list[float]:
+    """Seconds per GET of ``count`` random ids, one at a time (no queueing in the figure)."""
+    rng = random.Random(seed)
+    return [timed_get(port, rng.randrange(ids.start, ids.stop), token) for _ in range(count)]
+
+
+def timed_get(port: int, job_id: int, token: str) -> float:
+    """Seconds one authenticated GET of ``job_id`` takes, new connection included; raises unless 200."""
+    path = JOB_PATH.format(job_id)
+    started = time.perf_counter()
+    status, body = get(port, path, {"Authorization": f"Bearer {token}"})
+    took = time.perf_counter() - started
+    if status != 200:
+        raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
+    return took
+
+
+class _PacedPublisher:
+    """Publishes at ``rate`` per second, each body stamped with ``bench_sent_at`` (monotonic s)."""
+
+    def __init__(self, amqp_url: str, exchange: str, rate: float) -> None:
+        self._connection = pika.BlockingConnection(broker.parameters(amqp_url, "bench-publisher"))
+        self._channel = self._connection.channel()
+        self._exchange = exchange
+        self._rate = rate
+        self._properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+
+    def run(self, count: int, event_for: Any) -> float:
+        """Publish ``count`` events, ``event_for(i)`` giving (job_id, message, on_sent); the seconds it took."""
+        started = time.monotonic()
+        for i in range(count):
+            wait = started + i / self._rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            job_id, message, on_sent = event_for(i)
+            sent_at = time.monotonic()
+            body = event_body(job_id, "progress", message, timefmt.now(), seq=i, bench_sent_at=sent_at)
+            self._channel.basic_publish(self._exchange, broker.routing_key("progress"), body, self._properties)
+            if on_sent is not None:
+                on_sent(sent_at)
+            if i % 1000 == 999:
+                self._connection.process_data_events(0)  # answer heartbeats
+        took = time.monotonic() - started
+        self._connection.close()
+        return took
+
+
+def publish(args: argparse.Namespace) -> dict[str, Any]:
+    count = round(args.rate * args.duration_s)
+    background = range(args.first_job, args.last_job + 1)
+    rng = random.Random(3)
+    took = _PacedPublisher(args.amqp_url, args.exchange, args.rate).run(
+        count, lambda i: (rng.choice(background), f"step {i}", None))
+    return {"published": count, "rate": count / took}
+
+
+def visibility(args: argparse.Namespace) -> dict[str, Any]:
+    """Publish like ``publish``; every ``sample_every``-th event goes to a job of its own, polled by GET."""
+    count = round(args.rate * args.duration_s)
+    background = range(args.first_job, args.last_job + 1)
+    samples = iter(range(args.first_sample_job, args.last_sample_job + 1))
+    rng = random.Random(3)
+    probes: queue.Queue[tuple[int, str, float] | None] = queue.Queue()
+    latencies: list[float] = []
+    lost: list[int] = []
+    headers = {"Authorization": f"Bearer {args.token}"}
+
+    def probe() -> None:
+        while (item := probes.get()) is not None:
+            job_id, message, sent_at = item
+            deadline = sent_at + args.timeout_s
+            # Nothing is visible sooner than a broker round trip plus a commit: polling from the
+            # first instant would only add load to the processes being measured.
+            time.sleep(max(0.0, sent_at + args.first_poll_s - time.monotonic()))
+            while True:
+                status, body = get(args.port, JOB_PATH.format(job_id), headers)
+                seen = time.monotonic()
+                if status == 200 and orjson.loads(body)["response"]["message"] == message:
+                    latencies.append(seen - sent_at)
+                    break
+                if seen > deadline:
+                    lost.append(job_id)
+                    break
+                time.sleep(args.poll_s)
+
+    probers = [threading.Thread(target=probe, daemon=True) for _ in range(args.probers)]
+    for thread in probers:
+        thread.start()
+
+    def event_for(i: int) -> tuple[int, str, Any]:
+        if i % args.sample_every:
+            return rng.choice(background), f"step {i}", None
+        job_id = next(samples)
+        message = f"probe {i}"
+        return job_id, message, lambda sent_at: probes.put((job_id, message, sent_at))
+
+    took = _PacedPublisher(args.amqp_url, args.exchange, args.rate).run(count, event_for)
+    for _ in probers:
+        probes.put(None)
+    for thread in probers:
+        thread.join(timeout=args.timeout_s + 5)
+    return {"published": count, "rate": count / took, "samples": len(latencies), "lost": len(lost),
+            **percentiles_ms(latencies)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, handler in (("publish", publish), ("visibility", visibility)):
+        command = commands.add_parser(name)
+        command.set_defaults(handler=handler)
+        command.add_argument("--first-job", type=int, required=True)
+        command.add_argument("--last-job", type=int, required=True)
+        command.add_argument("--amqp-url", required=True)
+        command.add_argument("--exchange", required=True)
+        command.add_argument("--rate", type=float, required=True)
+        command.add_argument("--duration-s", type=float, required=True)
+        if name == "visibility":
+            command.add_argument("--port", type=int, required=True)
+            command.add_argument("--token", required=True)
+            command.add_argument("--first-sample-job", type=int, required=True)
+            command.add_argument("--last-sample-job", type=int, required=True)
+            command.add_argument("--sample-every", type=int, default=20)
+            command.add_argument("--probers", type=int, default=4)
+            command.add_argument("--first-poll-s", type=float, default=0.002)
+            command.add_argument("--poll-s", type=float, default=0.002)
+            command.add_argument("--timeout-s", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    print(orjson.dumps(args.handler(args)).decode(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The five measurements of the issue, each beside its reference from the same run."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import orjson
+import sqlalchemy as sa
+
+from bench import load, processes, report, workload
+from bench.processes import bench_command, tracker_command
+from bench.references import percentiles_ms
+from bench.report import Result
+from bench.services import BenchDatabase, QueueWatcher
+from bench.testbed import Testbed
+from tracker.config import Settings
+
+_LIFE = 5  # events per job: four progress reports, then succeeded or failed
+_DONE_CHECK = 2000  # final events whose rows are checked for completion (several batches' worth)
+_MB = 1024 * 1024
+
+
+def ingest(bed: Testbed) -> list[Result]:
+    """#1 and #1b: a full queue drained by one consumer, against a bare drain and a naive consumer."""
+    scale, db = bed.scale, bed.database
+    jobs = scale.ingest_jobs
+    per_job = scale.ingest_events // jobs
+    settings = bed.settings("ingest")
+    db.empty()
+    ids = db.seed_jobs(jobs)
+    work = workload.lifecycles(ids, per_job, random.Random(1))
+    count = len(work.bodies)
+    done_check = work.final_jobs[-_DONE_CHECK:]
+    bed.progress.say(f"ingest: {count:,} events over {jobs:,} jobs, queue {settings.queue} (quorum)")
+
+    limit = _drain(bed, settings, work.bodies, "bare pika drain", bench_command(
+        "references", "drain", "--amqp-url", settings.amqp_url, "--queue", settings.queue,
+        "--count", str(count), "--prefetch", str(settings.prefetch), "--ack-every", str(settings.batch_size)),
+        done=None)
+    tracker = _drain(bed, settings, work.bodies, "tracker consume", tracker_command("consume"),
+                     done=lambda: db.pending_among(done_check) == 0)
+    complete = _complete(bed, ids, count)
+    db.empty()
+    db.seed_jobs(jobs)  # the naive consumer starts from the same rows
+    first = work.bodies[:scale.naive_events]
+    naive = _drain(bed, settings, first, "naive consumer", bench_command(
+        "references", "naive", "--amqp-url", settings.amqp_url, "--queue", settings.queue,
+        "--count", str(len(first)), "--prefetch", "1", "--database-url", settings.database_url),
+        done=None)  # it commits each event before acking it, and exits after the last
+
+    bed.run.charts.append(report.line_chart(
+        "Ingest: events taken from the queue per second (the shorter line: the bare pika drain)",
+        "seconds", "events/s", [limit.per_second, tracker.per_second]))
+    common = {"events": count, "jobs": jobs, "queue_type": "quorum", "batch_size": settings.batch_size,
+              "prefetch": settings.prefetch, "flush_ms": settings.flush_ms}
+    return [
+        Result("1 ingest", "events/s drained and committed by one consumer", "events/s",
+               tracker.rate, limit.rate, "bare pika drain: parse and ack only", ">= 0.7x the limit",
+               complete and tracker.rate >= 0.7 * limit.rate,
+               {**common, "tracker_seconds": round(tracker.seconds, 2), "limit_seconds": round(limit.seconds, 2),
+                "tracker_cpu_s": tracker.cpu_s, "rows_complete": complete}),
+        Result("1b ingest", "events/s drained and committed by one consumer", "events/s",
+               tracker.rate, naive.rate, "naive: one event per transaction, prefetch 1", ">= 5x the naive",
+               complete and tracker.rate >= 5 * naive.rate,
+               {**common, "naive_events": len(first), "naive_seconds": round(naive.seconds, 2)}),
+    ]
+
+
+class _Drained:
+    def __init__(self, count: int, seconds: float, per_second: list[float], cpu_s: float | None) -> None:
+        self.rate = count / seconds
+        self.seconds = seconds
+        self.per_second = per_second
+        self.cpu_s = cpu_s
+
+
+def _drain(bed: Testbed, settings: Settings, bodies: list[bytes], name: str, command: list[str],
+           done: Callable[[], bool] | None) -> _Drained:
+    """Fill the queue, start ``command``, and time it from the first delivery to ``done``.
+
+    Every consumer is timed the same way, from outside: it starts when the queue's ready count
+    first drops, and ends when ``done()`` holds with the queue empty (``done`` None: when the
+    process exits, which the bare drain and the naive consumer do after their last ack).
+    """
+    bed.progress.say(f"ingest: filling the queue for {name}")
+    bed.broker.fill(settings, bodies, on_progress=lambda n: bed.progress.tick("fill", f"  published {n:,}"))
+    watcher = QueueWatcher(bed.broker, settings.queue)
+    total = watcher.ready()
+    child = bed.start(name.replace(" ", "-"), command, settings, capture_stdout=done is None)
+    try:
+        deadline = time.monotonic() + 60
+        while watcher.ready() >= total:
+            child.check_alive()
+            if time.monotonic() > deadline:
+                raise processes.ProcessFailed(f"{name} consumed nothing within 60 s:\n{child.tail()}")
+            time.sleep(0.005)
+        started = time.monotonic()
+        cpu_before = child.cpu_seconds()
+        consumed_at: list[tuple[float, int]] = [(0.0, 0)]
+        while True:
+            ready = watcher.ready()
+            now = time.monotonic()
+            if now - started - consumed_at[-1][0] >= 1.0:
+                consumed_at.append((now - started, total - ready))
+                rate = (consumed_at[-1][1] - consumed_at[-2][1]) / (consumed_at[-1][0] - consumed_at[-2][0])
+                bed.progress.tick("drain", f"  {name}: {total - ready:,}/{total:,} taken, ~{rate:,.0f}/s")
+            if ready == 0 and (not child.alive if done is None else done()):
+                break
+            if done is not None:
+                child.check_alive()
+            time.sleep(0.01 if ready == 0 else 0.05)
+        seconds = time.monotonic() - started
+        if done is None:
+            cpu = None  # it has exited; its own report has its times
+            own = orjson.loads(child.output(timeout=10).strip().splitlines()[-1])
+            bed.progress.say(f"  {name}: by its own clock {own['events'] / (own['last_at'] - own['first_at']):,.0f}/s")
+        else:
+            cpu = round(child.cpu_seconds() - cpu_before, 2)
+    finally:
+        watcher.close()
+        child.stop()
+    per_second = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(consumed_at, consumed_at[1:])]
+    bed.progress.say(f"  {name}: {total:,} events in {seconds:.2f} s = {total / seconds:,.0f}/s")
+    return _Drained(total, seconds, per_second, cpu)
+
+
+def _complete(bed: Testbed, ids: range, events: int) -> bool:
+    """Whether every job is finished and every event is in the history: the tracker did the work."""
+    with bed.database.engine.connect() as conn:
+        history = conn.exec_driver_sql("SELECT count(*) FROM async_status_message").scalar_one()
+    pending = bed.database.pending_among(list(ids))
+    if history != events or pending:
+        bed.run.notes.append(f"ingest: after the tracker's drain {pending} jobs were PENDING and the "
+                             f"history held {history} of {events} events")
+    return history == events and pending == 0
+
+
+def latency(bed: Testbed) -> list[Result]:
+    """#2: publish -> visible through GET at a steady rate, against publish -> consume on the same broker."""
+    scale, db = bed.scale, bed.database
+    settings = bed.settings("latency")
+    count = round(scale.latency_rate * scale.latency_s)
+    db.empty()
+    background = db.seed_jobs(2000)
+    samples = db.seed_jobs(count // scale.latency_sample_every + 10)
+    token = db.add_reader(settings)
+    pace = ["--amqp-url", settings.amqp_url, "--exchange", settings.exchange, "--rate", str(scale.latency_rate),
+            "--duration-s", str(scale.latency_s), "--first-job", str(background.start),
+            "--last-job", str(background.stop - 1)]
+    bed.progress.say(f"latency: {scale.latency_rate:,.0f} events/s for {scale.latency_s:.0f} s, "
+                     f"every {scale.latency_sample_every}th timed")
+
+    bed.progress.say("  reference: publish -> consume round trip")
+    receiver = bed.start("roundtrip", bench_command("references", "roundtrip", "--amqp-url", settings.amqp_url,
+                                                    "--queue", settings.queue, "--count", str(count),
+                                                    "--prefetch", str(settings.prefetch)),
+                         settings, capture_stdout=True)
+    receiver.wait_for_log("ready")
+    publisher = bed.start("publisher", bench_command("load", "publish", *pace), settings, capture_stdout=True)
+    published = orjson.loads(publisher.output(timeout=scale.latency_s + 60))
+    reference = orjson.loads(receiver.output(timeout=60))
+
+    bed.progress.say("  tracker: publish -> visible through GET (tracker consume + tracker api)")
+    port = processes.free_port()
+    api_settings = settings.with_(bind=f"127.0.0.1:{port}")
+    consumer = bed.start("latency-consume", tracker_command("consume"), api_settings)
+    api = bed.start("latency-api", tracker_command("api"), api_settings)
+    consumer.wait_for_log("consuming ")
+    api.wait_for_port(port)
+    prober = bed.start("visibility", bench_command(
+        "load", "visibility", *pace, "--port", str(port), "--token", token,
+        "--first-sample-job", str(samples.start), "--last-sample-job", str(samples.stop - 1),
+        "--sample-every", str(scale.latency_sample_every)), api_settings, capture_stdout=True)
+    seen = orjson.loads(prober.output(timeout=scale.latency_s + 120))
+    api.stop()
+    consumer.stop()
+
+    bed.run.charts.append(report.bar_chart(
+        "Latency at 1,000 events/s, ms", "ms",
+        [("round trip p50", reference["p50_ms"]), ("round trip p99", reference["p99_ms"]),
+         ("GET shows it p50", seen["p50_ms"]), ("GET shows it p99", seen["p99_ms"])]))
+    details = {"rate": round(seen["rate"]), "reference_rate": round(published["rate"]),
+               "samples": seen["samples"], "lost": seen["lost"], "reference_received": reference["received"],
+               "flush_ms": settings.flush_ms}
+    return [
+        Result("2 latency", "publish -> visible through GET, p50", "ms", seen["p50_ms"], reference["p50_ms"],
+               "publish -> consume round trip, p50", "—", None, details),
+        Result("2 latency", "publish -> visible through GET, p99", "ms", seen["p99_ms"], reference["p99_ms"],
+               "publish -> consume round trip, p99", "<= reference + 25 ms",
+               seen["lost"] == 0 and seen["p99_ms"] <= reference["p99_ms"] + 25,
+               {**details, "over_reference_ms": round(seen["p99_ms"] - reference["p99_ms"], 2), "p90_ms": seen["p90_ms"], "reference_p90_ms": reference["p90_ms"],
+                "max_ms": seen["max_ms"], "reference_max_ms": reference["max_ms"]}),
+    ]
+
+
+def api(bed: Testbed) -> list[Result]:
+    """#3: authenticated GET through `tracker api`, against a constant-JSON endpoint under the same gunicorn."""
+    scale, db = bed.scale, bed.database
+    settings = bed.settings("api")
+    db.empty()
+    ids = db.seed_jobs(10_000, terminal_every=2)
+    token = db.add_reader(settings)
+    db.analyze()
+    tool = "wrk" if load.wrk_available() else "python (wrk not installed)"
+    bed.progress.say(f"api: GET random ids of {len(ids):,} jobs (half finished) with {tool}, "
+                     f"{settings.workers} gunicorn workers, {scale.api_rounds} round(s) of {scale.api_s:.0f} s each")
+    tracker_runs, reference_runs = [], []
+    for round_number in range(scale.api_rounds):
+        for name, command, auth_token, runs in (
+                ("constant", bench_command("references", "constant-api"), None, reference_runs),
+                ("tracker", tracker_command("api"), token, tracker_runs)):
+            port = processes.free_port()
+            server = bed.start(f"{name}-api-{round_number}", command, settings.with_(bind=f"127.0.0.1:{port}"))
+            server.wait_for_port(port)
+            load.http_load(port, ids, auth_token, 2.0, 16, 2, bed.out_dir)  # warm-up: imports, pools, prepares
+            found = load.http_load(port, ids, auth_token, scale.api_s, 16, 2, bed.out_dir)
+            server.stop()
+            runs.append(found)
+            bed.progress.say(f"  {name}: {found.requests_per_s:,.0f} requests/s, p50 {found.p50_ms} ms, "
+                             f"p99 {found.p99_ms} ms, not 200: {found.not_ok}, errors: {found.errors}")
+    tracker = statistics.fmean(r.requests_per_s for r in tracker_runs)
+    reference = statistics.fmean(r.requests_per_s for r in reference_runs)
+    wrong = sum(r.not_ok + r.errors for r in tracker_runs)
+    return [Result(
+        "3 api", "authenticated GET /api/5.0/async_status/{id}, requests/s", "requests/s", tracker, reference,
+        f"constant-JSON Falcon endpoint, same gunicorn settings, {settings.workers} workers", ">= 0.6x",
+        tracker >= 0.6 * reference and wrong == 0,
+        {"tool": tracker_runs[0].tool, "connections": 16, "rounds": scale.api_rounds, "seconds": scale.api_s,
+         "p50_ms": tracker_runs[-1].p50_ms, "p99_ms": tracker_runs[-1].p99_ms,
+         "reference_p50_ms": reference_runs[-1].p50_ms, "reference_p99_ms": reference_runs[-1].p99_ms,
+         "not_200_or_errors": wrong, "workers": settings.workers},
+    )]
+
+
+def memory(bed: Testbed) -> list[Result]:
+    """#4: the consumer's resident memory before and after a long stream of events."""
+    scale, db = bed.scale, bed.database
+    settings = bed.settings("memory")
+    db.empty()
+    rng = random.Random(4)
+    warmup_ids = db.seed_jobs(scale.memory_warmup_events // _LIFE)
+    chunk_jobs = min(20_000, scale.memory_events // _LIFE)  # published a chunk at a time
+    chunks = [db.seed_jobs(chunk_jobs) for _ in range(scale.memory_events // (_LIFE * chunk_jobs))]
+    total = sum(len(c) for c in chunks) * _LIFE
+    db.analyze()
+    bed.progress.say(f"memory: {scale.memory_warmup_events:,} events to warm up, then {total:,} events")
+    consumer = bed.start("memory-consume", tracker_command("consume"), settings)
+    consumer.wait_for_log("consuming ")
+    watcher = QueueWatcher(bed.broker, settings.queue)
+    samples: list[float] = []
+    try:
+        warmup = workload.lifecycles(warmup_ids, _LIFE, rng)
+        bed.broker.fill(settings, warmup.bodies, keep_below=200_000)
+        _wait_drained(bed, watcher, consumer, warmup.final_jobs[-_DONE_CHECK:], samples)
+        time.sleep(1.0)
+        before = consumer.rss_bytes()
+        started = time.monotonic()
+        work = None
+        for number, chunk in enumerate(chunks, start=1):
+            work = workload.lifecycles(chunk, _LIFE, rng)
+            bed.broker.fill(settings, work.bodies, keep_below=200_000)
+            samples.append(consumer.rss_bytes() / _MB)
+            bed.progress.say(f"  published {number * len(chunk) * _LIFE:,}/{total:,}; "
+                             f"consumer RSS {samples[-1]:.1f} MB")
+        assert work is not None
+        _wait_drained(bed, watcher, consumer, work.final_jobs[-_DONE_CHECK:], samples)
+        seconds = time.monotonic() - started
+        time.sleep(1.0)
+        after = consumer.rss_bytes()
+    finally:
+        watcher.close()
+        consumer.stop()
+    growth = (after - before) / _MB
+    bed.run.charts.append(report.line_chart("Consumer RSS (MB) while folding the events", "sample",
+                                            "MB", [samples]))
+    return [Result(
+        "4 memory", f"consumer RSS growth over {total:,} events", "MB", growth, None, None, "< 10 MB",
+        growth < 10,
+        {"rss_before_mb": round(before / _MB, 1), "rss_after_mb": round(after / _MB, 1),
+         "rss_peak_mb": round(max(samples, default=after / _MB), 1), "events": total,
+         "events_per_s": round(total / seconds)},
+    )]
+
+
+def _wait_drained(bed: Testbed, watcher: QueueWatcher, consumer: processes.Child, last_jobs: list[int],
+                  samples: list[float]) -> None:
+    while True:
+        consumer.check_alive()
+        ready = watcher.ready()
+        if ready == 0 and bed.database.pending_among(last_jobs) == 0:
+            return
+        samples.append(consumer.rss_bytes() / _MB)
+        bed.progress.tick("memory", f"  {ready:,} events queued; consumer RSS {samples[-1]:.1f} MB")
+        time.sleep(1.0 if ready else 0.1)
+
+
+def table_size(bed: Testbed) -> list[Result]:
+    """#5: GET latency from a table of few rows beside one of millions (made with generate_series).
+
+    Two databases, each behind its own `tracker api`, asked in turn one request at a time, so
+    whatever else the machine is doing falls on both alike.
+    """
+    scale = bed.scale
+    settings = bed.settings("scale")
+    small_db = bed.database
+    large_db = BenchDatabase(sa.make_url(small_db.url).set(database=f"{sa.make_url(small_db.url).database}_large")
+                             .render_as_string(hide_password=False))
+    try:
+        small_db.empty()
+        small = small_db.seed_jobs(scale.scale_small_rows, terminal_every=2)
+        bed.progress.say(f"table size: {len(small):,} rows in one database; creating "
+                         f"{scale.scale_large_rows:,} in another (generate_series)")
+        large_db.recreate()
+        large = large_db.seed_jobs(scale.scale_large_rows, terminal_every=2)
+        small_db.analyze()
+        large_db.analyze()
+        tokens, ports = [], []
+        for name, database in (("small", small_db), ("large", large_db)):
+            port = processes.free_port()
+            own = settings.with_(database_url=database.url, bind=f"127.0.0.1:{port}")
+            tokens.append(database.add_reader(own))
+            bed.start(f"scale-api-{name}", tracker_command("api"), own).wait_for_port(port)
+            ports.append(port)
+        bed.progress.say(f"  {scale.scale_requests:,} GETs of random ids from each, alternating")
+        for port, ids, token in zip(ports, (small, large), tokens):
+            load.sequential_latency(port, ids, token, 300)  # warm-up: workers, pools, prepared statements
+        few_s, many_s = [], []
+        rng = random.Random(5)
+        for _ in range(scale.scale_requests):
+            few_s.append(load.timed_get(ports[0], rng.randrange(small.start, small.stop), tokens[0]))
+            many_s.append(load.timed_get(ports[1], rng.randrange(large.start, large.stop), tokens[1]))
+    finally:
+        bed.stop_all()
+        large_db.drop()
+    few, many = percentiles_ms(few_s), percentiles_ms(many_s)
+    bed.progress.say(f"  {len(small):,} rows: p50 {few['p50_ms']:.2f} ms, p99 {few['p99_ms']:.2f} ms; "
+                     f"{len(large):,} rows: p50 {many['p50_ms']:.2f} ms, p99 {many['p99_ms']:.2f} ms")
+    return [Result(
+        "5 scale", f"GET latency p50 with {len(large):,} rows vs {len(small):,}", "ms", many["p50_ms"],
+        few["p50_ms"], f"the same GETs with {len(small):,} rows", "ratio <= 1.2",
+        many["p50_ms"] <= 1.2 * few["p50_ms"],
+        {"p99_ms": many["p99_ms"], "reference_p99_ms": few["p99_ms"], "requests": scale.scale_requests,
+         "rows": len(large), "reference_rows": len(small)},
+    )]
+
+
+MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
+    "ingest": ingest, "latency": latency, "api": api, "memory": memory, "scale": table_size,
+}

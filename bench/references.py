@@ -1,0 +1,186 @@
+"""The references the tracker is measured against, each run as its own process.
+
+    python -m bench.references drain ...       bare pika loop: parse and ack, nothing else (the limit)
+    python -m bench.references naive ...       one event per transaction, acked one by one
+    python -m bench.references roundtrip ...   publish -> consume latency on the same broker
+    python -m bench.references constant-api    a constant-JSON Falcon endpoint under the API's gunicorn
+
+The consuming ones print one JSON object on stdout when done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import falcon
+import falcon.media
+import orjson
+import pika
+
+from tracker import auth, broker, events
+from tracker.config import Settings
+from tracker.db import make_engine
+from tracker.store import JobStore
+
+
+def drain(args: argparse.Namespace) -> dict[str, Any]:
+    """Consume ``count`` messages: parse each body as the tracker does (json), ack every ``ack_every``.
+
+    The same client library, connection class, prefetch and multiple-acks as the tracker's
+    consumer: what is left is the cost of the broker and of pika themselves.
+    """
+    connection = pika.BlockingConnection(broker.parameters(args.amqp_url, "bench-drain"))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=args.prefetch)
+    seen = 0
+    first_at = 0.0
+
+    def on_message(ch: Any, method: Any, _properties: Any, body: bytes) -> None:
+        nonlocal seen, first_at
+        if seen == 0:
+            first_at = time.monotonic()
+        json.loads(body)
+        seen += 1
+        if seen % args.ack_every == 0 or seen == args.count:
+            ch.basic_ack(method.delivery_tag, multiple=True)
+        if seen == args.count:
+            ch.stop_consuming()
+
+    channel.basic_consume(args.queue, on_message)
+    channel.start_consuming()
+    last_at = time.monotonic()
+    connection.close()
+    return {"events": seen, "first_at": first_at, "last_at": last_at}
+
+
+def naive(args: argparse.Namespace) -> dict[str, Any]:
+    """The consumer of a tutorial: for each message, validate, fold it in its own transaction, ack.
+
+    The fold is the tracker's own (``JobStore.apply`` of one event), so the difference from the
+    tracker is batching alone. Prefetch 1, as tutorials set it.
+    """
+    engine = make_engine(args.database_url)
+    store = JobStore(engine)
+    connection = pika.BlockingConnection(broker.parameters(args.amqp_url, "bench-naive"))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=args.prefetch)
+    seen = 0
+    first_at = 0.0
+
+    def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+        nonlocal seen, first_at
+        if seen == 0:
+            first_at = time.monotonic()
+        store.apply([events.parse(body, properties.content_type)])
+        ch.basic_ack(method.delivery_tag)
+        seen += 1
+        if seen == args.count:
+            ch.stop_consuming()
+
+    channel.basic_consume(args.queue, on_message)
+    channel.start_consuming()
+    last_at = time.monotonic()
+    connection.close()
+    engine.dispose()
+    return {"events": seen, "first_at": first_at, "last_at": last_at}
+
+
+def roundtrip(args: argparse.Namespace) -> dict[str, Any]:
+    """Receive until ``count`` messages or ``idle_s`` of silence; latency from ``bench_sent_at`` in each body.
+
+    Publisher and consumer read the same monotonic clock (one machine, CLOCK_MONOTONIC).
+    """
+    connection = pika.BlockingConnection(broker.parameters(args.amqp_url, "bench-roundtrip"))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=args.prefetch)
+    latencies: list[float] = []
+    last_seen = time.monotonic()
+
+    def on_message(ch: Any, method: Any, _properties: Any, body: bytes) -> None:
+        nonlocal last_seen
+        last_seen = time.monotonic()
+        latencies.append(last_seen - json.loads(body)["bench_sent_at"])
+        ch.basic_ack(method.delivery_tag)
+
+    channel.basic_consume(args.queue, on_message)
+    print("ready", file=sys.stderr, flush=True)
+    while len(latencies) < args.count and (not latencies or time.monotonic() - last_seen < args.idle_s):
+        connection.process_data_events(time_limit=0.2)
+    connection.close()
+    return {"received": len(latencies), **percentiles_ms(latencies)}
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float | None]:
+    """p50, p90, p99 and max of latencies given in seconds, in milliseconds."""
+    if len(seconds) < 2:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
+    cuts = statistics.quantiles(seconds, n=100, method="inclusive")
+    return {"p50_ms": cuts[49] * 1000, "p90_ms": cuts[89] * 1000, "p99_ms": cuts[98] * 1000,
+            "max_ms": max(seconds) * 1000}
+
+
+def constant_app() -> falcon.App:
+    """The job-status route answering one constant job, rendered as the API renders JSON."""
+    app = falcon.App()
+    json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    app.resp_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json_handler})
+    app.add_route("/api/{version}/async_status/{job_id}", _ConstantJob())
+    return app
+
+
+class _ConstantJob:
+    _BODY = {"response": {"id": 1, "status": "SUCCEEDED", "start_time": "2021-02-18T17:13:56.352261Z",
+                          "end_time": "2021-02-18T17:14:02.000001Z", "message": "Async job has started."}}
+
+    def on_get(self, _req: falcon.Request, resp: falcon.Response, version: str, job_id: str) -> None:
+        resp.media = self._BODY
+
+
+def constant_api(_args: argparse.Namespace) -> None:
+    """Serve ``constant_app`` with the gunicorn configuration ``tracker api`` uses, from the environment."""
+    # The API's own gunicorn application class, with only the app swapped: whatever worker
+    # class, worker count and limits `tracker api` runs with, the reference runs with too.
+    from api import server
+
+    class ConstantGunicorn(server._Gunicorn):  # noqa: SLF001 - see above
+        def load(self) -> falcon.App:
+            return constant_app()
+
+    settings = Settings.from_env(os.environ)
+    secret = auth.load_secret(settings.secret, settings.secret_file)
+    ConstantGunicorn(settings.with_(secret=secret), False).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.references", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, handler in (("drain", drain), ("naive", naive), ("roundtrip", roundtrip)):
+        command = commands.add_parser(name)
+        command.add_argument("--amqp-url", required=True)
+        command.add_argument("--queue", required=True)
+        command.add_argument("--count", type=int, required=True)
+        command.add_argument("--prefetch", type=int, default=1000)
+        command.set_defaults(handler=handler)
+        if name == "drain":
+            command.add_argument("--ack-every", type=int, default=500)
+        if name == "naive":
+            command.add_argument("--database-url", required=True)
+        if name == "roundtrip":
+            command.add_argument("--idle-s", type=float, default=5.0)
+    commands.add_parser("constant-api").set_defaults(handler=constant_api)
+    args = parser.parse_args(argv)
+    found = args.handler(args)
+    if found is not None:
+        print(orjson.dumps(found).decode(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The events a run publishes: job lifecycles as workers report them, as message bodies."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+import uuid
+from collections.abc import Sequence
+
+import orjson
+
+from tracker import timefmt
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    bodies: list[bytes]
+    final_jobs: list[int]  # the jobs of the last round, in the order their final events come
+
+
+def lifecycles(job_ids: Sequence[int], per_job: int, rng: random.Random) -> Workload:
+    """Each job's life as ``per_job`` events: progress with a message, then succeeded or failed.
+
+    Jobs are interleaved round by round, in a new order each round, as many workers running at
+    once would report them; every event carries a message, so each is also kept in the history.
+    """
+    base = timefmt.now()
+    order = list(job_ids)
+    bodies = []
+    for step in range(per_job):
+        rng.shuffle(order)
+        final = step == per_job - 1
+        for job_id in order:
+            kind = rng.choice(("succeeded", "failed")) if final else "progress"
+            at = base + dt.timedelta(milliseconds=step, microseconds=rng.randrange(1000))
+            bodies.append(event_body(job_id, kind, f"step {step + 1} of {per_job}", at, seq=step))
+    return Workload(bodies, order)
+
+
+def event_body(job_id: int, kind: str, message: str | None, at: dt.datetime, seq: int = 0,
+               **extra: object) -> bytes:
+    """One valid event as a worker's publisher would send it, with ``extra`` fields beside."""
+    return orjson.dumps({
+        "event_id": str(uuid.uuid4()),
+        "job_id": job_id,
+        "type": kind,
+        "occurred_at": timefmt.format_time(at),
+        "message": message,
+        "seq": seq,
+        **extra,
+    })
