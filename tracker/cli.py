@@ -1,4 +1,4 @@
-"""The ``tracker`` command: migrate, serve, consume, run everything, manage users, drive jobs."""
+"""The ``tracker`` command: migrate, serve, consume, run everything, manage users, drive jobs, count dead letters."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("TRACKER_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    logging.getLogger("pika").setLevel(logging.WARNING)  # its INFO lines are per-connection noise
+    # pika logs every connection attempt, and each failed one with a traceback; the consumer and
+    # publisher log what they do about a lost connection themselves, once, in one line.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         settings = Settings.from_env(os.environ)
         return args.handler(settings, args)
@@ -44,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("api", help="serve the HTTP API under gunicorn").set_defaults(handler=_api)
     commands.add_parser("consume", help="fold events from RabbitMQ into rows").set_defaults(handler=_consume)
     commands.add_parser("run", help="migrate, then run the API and a consumer").set_defaults(handler=_run)
+    dead = commands.add_parser("dead", help="count dead-lettered messages by reason (they stay queued)")
+    dead.add_argument("--limit", type=int, default=1000, help="read the reasons of at most this many")
+    dead.set_defaults(handler=_dead)
 
     users = commands.add_parser("users", help="manage API users").add_subparsers(dest="action", required=True)
     add = users.add_parser("add", help="add a user (password from TRACKER_PASSWORD or a prompt)")
@@ -102,6 +107,25 @@ def _consume(settings: Settings, _args: argparse.Namespace) -> int:
     from consumers.amqp import consume
 
     return consume(settings)
+
+
+def _dead(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.deadletters import DeadLettersUnavailable, count
+
+    if args.limit < 0:
+        raise ValueError("--limit must be at least 0")
+    try:
+        found = count(settings, args.limit)
+    except DeadLettersUnavailable as exc:
+        print(f"tracker: {exc}", file=sys.stderr)
+        return 1
+    print(f"{found.queue}: {found.total} dead-lettered messages")
+    if found.examined:
+        which = "all" if found.examined == found.total else f"the first {found.examined}"
+        print(f"reasons ({which}):")
+        for reason, times in found.reasons:
+            print(f"{times:8d}  {reason}")
+    return 0
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:

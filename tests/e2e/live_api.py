@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import http.client
 import json
-import os
 import pathlib
 import signal
 import socket
@@ -18,7 +17,9 @@ from collections.abc import Iterator
 import argon2
 
 from tests.conftest import TEST_SECRET
+from tests.processes import environment
 from tracker import auth
+from tracker.config import Settings
 from tracker.db import make_engine
 from tracker.users import UserStore
 
@@ -114,15 +115,9 @@ def running_api(database_url: str, workdir: pathlib.Path, **settings: str) -> It
 
     ``settings`` are Settings fields (``login_max_failures="20"``), passed as TRACKER_* variables.
     """
-    env = {name: value for name, value in os.environ.items() if not name.startswith("TRACKER_")}
-    env.update({
-        "TRACKER_DATABASE_URL": database_url,
-        "TRACKER_SECRET": TEST_SECRET,
-        "TRACKER_SECRET_FILE": str(workdir / "secret"),
-        "TRACKER_WORKERS": "2",
-        "TRACKER_LOG_LEVEL": "WARNING",
-        **{f"TRACKER_{name.upper()}": value for name, value in settings.items()},
-    })
+    configured = Settings(database_url=database_url, secret=TEST_SECRET, secret_file=str(workdir / "secret"))
+    env = environment(configured, TRACKER_LOG_LEVEL="WARNING",
+                      **{f"TRACKER_{name.upper()}": value for name, value in settings.items()})
     for attempt in range(3):  # another process may take the port between our probe and gunicorn's bind
         port = free_port()
         log_path = workdir / f"api-{port}.log"

@@ -13,14 +13,13 @@ import urllib.request
 
 import pytest
 
-from tests.e2e import processes
-from tracker.db import make_engine
+from tests.e2e.live_api import CHEAP_PASSWORDS, PASSWORD, running_api
+from tests.processes import ConsumerProcess, environment
 from tracker.publisher import Publisher
 from tracker.users import UserStore
 
 pytestmark = [pytest.mark.rabbitmq]
 
-PASSWORD = "e2e password 1"
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
@@ -53,17 +52,18 @@ def alert(body: dict) -> str:
 
 
 @pytest.fixture
-def system(settings, engine):
-    users = UserStore(engine)
+def system(settings, engine, tmp_path):
+    users = UserStore(engine, CHEAP_PASSWORDS)
     users.add("ops", "operations", PASSWORD)
     users.add("viewer", "read-only", PASSWORD)
-    consumer = processes.start("consume", processes.environment(settings))
+    consumer = ConsumerProcess(environment(settings), tmp_path / "consumer.log").start()
     try:
-        with processes.running_api(settings) as base:
-            yield Http(base)
+        consumer.wait_ready()
+        with running_api(settings.database_url, tmp_path, amqp_url=settings.amqp_url) as api:
+            yield Http(api.base_url)
     finally:
-        code, output = processes.stop(consumer)
-        assert code == 0, f"tracker consume exited with {code}:\n{output}"
+        code, _ = consumer.terminate(timeout=15)
+        assert code == 0, f"tracker consume exited with {code}:\n{consumer.tail()}"
 
 
 def login(client: Http, username: str) -> None:
@@ -162,8 +162,7 @@ def test_wrong_password_is_401_and_missing_fields_400(system: Http):
 
 
 def test_the_cli_creates_and_emits(system: Http, settings, engine):
-    env = processes.environment(settings, TRACKER_API_URL=system.base, TRACKER_API_USER="ops",
-                                TRACKER_PASSWORD=PASSWORD)
+    env = environment(settings, TRACKER_API_URL=system.base, TRACKER_API_USER="ops", TRACKER_PASSWORD=PASSWORD)
     created = subprocess.run(
         [sys.executable, "-m", "tracker.cli", "jobs", "create", "From the CLI."],
         env=env, capture_output=True, text=True, timeout=30)

@@ -1,0 +1,1 @@
+"""Fault scenarios: real consumer processes, RabbitMQ and PostgreSQL, broken on purpose."""

@@ -1,0 +1,101 @@
+"""Looking into and briefly stopping the local RabbitMQ node, always leaving it running."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pika
+import pika.exceptions
+
+_CTL_TIMEOUT_S = 120
+
+
+def _ctl(*args: str) -> str:
+    try:
+        done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=_CTL_TIMEOUT_S)
+    except FileNotFoundError:
+        raise RuntimeError("rabbitmqctl is not on PATH: the fault tests need it, next to the broker") from None
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def _ctl_json(*args: str) -> list[dict[str, object]]:
+    return json.loads(_ctl(*args, "-q", "--formatter", "json") or "[]")
+
+
+def _connect(url: str, timeout: float = 5.0) -> pika.BlockingConnection:
+    params = pika.URLParameters(url)
+    params.socket_timeout = timeout
+    params.blocked_connection_timeout = timeout
+    params.connection_attempts = 1
+    return pika.BlockingConnection(params)
+
+
+def ready_count(url: str, queue: str) -> int:
+    """Messages ready for delivery in ``queue`` (unacked ones are not counted)."""
+    connection = _connect(url)
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        connection.close()
+
+
+def unacked_count(queue: str) -> int:
+    """Messages delivered from ``queue`` to its consumers and not yet acked, counted right now.
+
+    Asked of the consumers' channels: a quorum queue's own ``messages`` figure is a metric
+    refreshed every few seconds, and lags far behind under load.
+    """
+    channels = {entry["channel_pid"] for entry in _ctl_json("list_consumers", "queue_name", "channel_pid")
+                if entry["queue_name"] == queue}
+    if not channels:
+        return 0
+    return sum(int(entry["messages_unacknowledged"])
+               for entry in _ctl_json("list_channels", "pid", "messages_unacknowledged")
+               if entry["pid"] in channels)
+
+
+def answering(url: str) -> bool:
+    """Whether the broker takes a connection and opens a channel right now."""
+    try:
+        connection = _connect(url, timeout=3)
+    except pika.exceptions.AMQPError:
+        return False
+    try:
+        connection.channel()
+        return True
+    except pika.exceptions.AMQPError:
+        return False
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def wait_until_answering(url: str, timeout: float = 90.0) -> float:
+    """Block until the broker answers; the seconds waited. Raises AssertionError on timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if answering(url):
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"RabbitMQ did not answer at {url} within {timeout} s")
+
+
+@contextlib.contextmanager
+def application_stopped(url: str) -> Iterator[None]:
+    """Stop the RabbitMQ application (the Erlang node stays up) for the body of the ``with``.
+
+    It is started again however the body ends, and this returns only once it answers at ``url``:
+    other test sessions share this broker.
+    """
+    _ctl("stop_app")
+    try:
+        yield
+    finally:
+        _ctl("start_app")
+        wait_until_answering(url)
