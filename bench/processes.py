@@ -36,23 +36,9 @@ def bench_command(module: str, *args: str) -> list[str]:
 def tracker_environment(settings: Settings, **extra: str) -> dict[str, str]:
     """An environment that makes the tracker use ``settings`` and nothing else of ours."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("TRACKER_")}
-    env.update({
-        "TRACKER_DATABASE_URL": settings.database_url,
-        "TRACKER_AMQP_URL": settings.amqp_url,
-        "TRACKER_SECRET": settings.secret or "",
-        "TRACKER_SECRET_FILE": settings.secret_file,
-        "TRACKER_BIND": settings.bind,
-        "TRACKER_EXCHANGE": settings.exchange,
-        "TRACKER_QUEUE": settings.queue,
-        "TRACKER_DEAD_EXCHANGE": settings.dead_exchange,
-        "TRACKER_DEAD_QUEUE": settings.dead_queue,
-        "TRACKER_BATCH_SIZE": str(settings.batch_size),
-        "TRACKER_FLUSH_MS": str(settings.flush_ms),
-        "TRACKER_PREFETCH": str(settings.prefetch),
-        "TRACKER_WORKERS": str(settings.workers),
-        "TRACKER_LOG_LEVEL": "INFO",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    })
+    env.update(settings.to_env())
+    env["TRACKER_LOG_LEVEL"] = "INFO"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env.update(extra)
     return env
 

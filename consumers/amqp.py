@@ -24,6 +24,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
+import pathlib
 import signal
 import threading
 import time
@@ -56,6 +57,7 @@ _IDLE_WAIT_S = 0.5  # how long an idle loop blocks before looking at the stop fl
 # are ever out, and more writers neither help nor hurt. Batches over the same jobs wait for
 # each other on the row locks.
 _WRITERS = 4
+_BEAT_EVERY_S = 5.0  # how often the loop touches settings.health_file
 _STEADY_S = 5.0  # a broker connection that lasted this long resets the reconnect back-off
 _MAX_REASON_CHARS = 1000
 _MAX_KEPT_HEADER_BYTES = 16 * 1024  # far below any broker frame size, whatever we add
@@ -89,6 +91,7 @@ class Consumer:
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self._beat_at = 0.0
         self.dead_lettered = 0
         self.applied = 0
 
@@ -182,6 +185,7 @@ class Consumer:
         flush_s = self._settings.flush_ms / 1000
         batch_size = self._settings.batch_size
         while not self._stop.is_set():
+            self._beat()
             while self._writing and self._writing[0].outcome.done():
                 self._finish(self._writing[0])
             if len(self._writing) < _WRITERS and self._pending:
@@ -202,6 +206,14 @@ class Consumer:
             self._start_writing(batch_size)
             if not self._finish(self._writing[0], block=True):
                 return
+
+    def _beat(self) -> None:
+        """Touch the health file, every few seconds at most: the loop is turning (container checks)."""
+        now = time.monotonic()
+        if self._settings.health_file is None or now - self._beat_at < _BEAT_EVERY_S:
+            return
+        self._beat_at = now
+        pathlib.Path(self._settings.health_file).touch()
 
     def _start_writing(self, batch_size: int) -> None:
         """Hand the oldest pending deliveries, up to a batch, to a writer."""

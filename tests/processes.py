@@ -19,19 +19,8 @@ READY_LINE = "consuming "  # what consumers.amqp logs once it is subscribed
 def environment(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that makes a `tracker` command use ``settings`` and nothing from outside."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("TRACKER_")}
-    env.update({
-        "TRACKER_DATABASE_URL": settings.database_url,
-        "TRACKER_AMQP_URL": settings.amqp_url,
-        "TRACKER_SECRET": settings.secret or "",
-        "TRACKER_SECRET_FILE": settings.secret_file,
-        "TRACKER_EXCHANGE": settings.exchange,
-        "TRACKER_QUEUE": settings.queue,
-        "TRACKER_DEAD_EXCHANGE": settings.dead_exchange,
-        "TRACKER_DEAD_QUEUE": settings.dead_queue,
-        "TRACKER_BIND": settings.bind,
-        "TRACKER_WORKERS": str(settings.workers),
-        "TRACKER_LOG_LEVEL": "INFO",
-    })
+    env.update(settings.to_env())
+    env["TRACKER_LOG_LEVEL"] = "INFO"
     env.update(extra)
     return env
 

@@ -69,6 +69,19 @@ class Settings:
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"TRACKER_BIND must be HOST:PORT, not {self.bind!r}")
 
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that ``from_env`` reads back into these settings.
+
+        For starting tracker processes configured like this one; unset (None) fields are left out.
+        """
+        env = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is not None:
+                text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+                env["TRACKER_" + field.name.upper()] = text
+        return env
+
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests and the CLI use this)."""
         return dataclasses.replace(self, **changes)

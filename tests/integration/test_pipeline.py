@@ -234,3 +234,14 @@ def test_an_event_published_before_its_timestamp_is_kept_in_utc(store, start_con
                                        event_id=str(uuid.uuid4())))
     wait_until(lambda: store.get_job(job.id).status == merge.SUCCEEDED)
     assert timefmt.format_time(store.get_job(job.id).end_time) == "2030-05-01T10:00:00.123456Z"
+
+
+def test_the_consumer_touches_its_health_file(settings, engine, tmp_path):
+    alive = tmp_path / "alive"
+    running = RunningConsumer(settings.with_(health_file=str(alive)), engine)
+    try:
+        wait_until(alive.exists, what="the health file")
+        first = alive.stat().st_mtime
+        wait_until(lambda: alive.stat().st_mtime > first, timeout=15, what="the health file to be touched again")
+    finally:
+        running.stop()

@@ -45,3 +45,10 @@ def test_bad_values_name_the_variable(env, message):
 
 def test_the_secret_is_not_in_the_repr():
     assert "s3cret-value" not in repr(Settings.from_env({"TRACKER_SECRET": "s3cret-value"}))
+
+
+def test_to_env_is_read_back_by_from_env():
+    settings = Settings(database_url="sqlite:///x.db", secret="k" * 40, batch_size=7, prefetch=9,
+                        secure_cookies=True, user_cache_s=1.5, health_file="/tmp/alive")
+    assert Settings.from_env(settings.to_env()) == settings
+    assert "TRACKER_SECRET" not in Settings().to_env()
