@@ -79,7 +79,12 @@ class Publisher:
         """Publish a new event for ``job_id`` now, with this client's next seq for the job."""
         with self._lock:
             seq = self._seq[job_id]
-            self._seq[job_id] += 1
+            if type in events.TERMINAL_TYPES:
+                # A finished job needs no more numbers: forget it, so that a long-lived worker's
+                # memory does not grow with every job it ever reported on.
+                del self._seq[job_id]
+            else:
+                self._seq[job_id] += 1
         event = events.new_event(job_id, type, message, seq=seq)
         self.publish(event)
         return event
