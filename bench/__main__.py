@@ -22,7 +22,7 @@ import pika.exceptions
 
 from bench import load, measurements, processes
 from bench.report import Progress, Run, describe_machine, summary, write_docs
-from bench.services import BenchBroker, BenchDatabase
+from bench.services import BenchBroker, BenchDatabase, MessagesLost
 from bench.testbed import FULL, QUICK, Testbed
 from tracker.config import ConfigError, Settings
 
@@ -118,15 +118,17 @@ def _changes(assignments: list[str]) -> dict[str, object]:
 
 
 def _measure(name: str, bed: Testbed) -> list:
-    """Run one measurement, from the start again if the broker restarts during it."""
+    """Run one measurement, from the start again if the broker restarts or drops messages during it."""
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             return measurements.MEASUREMENTS[name](bed)
-        except (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError) as exc:
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError,
+                MessagesLost) as exc:
             bed.stop_all()
             if attempt == _ATTEMPTS:
                 raise
-            bed.progress.say(f"{name}: lost the broker ({type(exc).__name__}); measuring again once it is back")
+            bed.progress.say(f"{name}: the broker failed us ({type(exc).__name__}: {exc}); "
+                             "measuring again once it answers")
             bed.broker.wait_until_up(timeout=300)
     raise AssertionError("unreachable")
 

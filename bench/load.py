@@ -2,6 +2,7 @@
 
     python -m bench.load publish ...      publish events at a steady rate, each stamped with its send time
     python -m bench.load visibility ...   the same, and time each sampled event until GET shows it
+    python -m bench.load hammer ...       GET random job ids back to back (the load without wrk)
 
 The commands print one JSON object on stdout when done.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import http.client
-import multiprocessing
 import pathlib
 import queue
 import random
@@ -31,6 +31,7 @@ from bench.workload import event_body
 from tracker import broker, timefmt
 
 JOB_PATH = "/api/5.0/async_status/{}"
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +109,13 @@ def _wrk_ms(found: re.Match[str] | None) -> float | None:
 
 
 def _python_load(port: int, ids: range, token: str | None, duration_s: float, processes: int) -> HttpLoad:
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(processes) as pool:
-        parts = pool.starmap(_hammer, [(port, ids.start, ids.stop, token, duration_s, seed)
-                                       for seed in range(processes)])
+    command = [sys.executable, "-m", "bench.load", "hammer", "--port", str(port), "--first-job", str(ids.start),
+               "--last-job", str(ids.stop - 1), "--duration-s", str(duration_s)]
+    if token:
+        command += ["--token", token]
+    children = [subprocess.Popen([*command, "--seed", str(seed)], stdout=subprocess.PIPE, cwd=_ROOT)
+                for seed in range(processes)]
+    parts = [orjson.loads(child.communicate(timeout=duration_s + 60)[0]) for child in children]
     latencies = [s for part in parts for s in part["latencies"]]
     requests = sum(part["requests"] for part in parts)
     cuts = percentiles_ms(latencies)
@@ -126,16 +130,16 @@ def _python_load(port: int, ids: range, token: str | None, duration_s: float, pr
     )
 
 
-def _hammer(port: int, first: int, stop: int, token: str | None, duration_s: float, seed: int) -> dict[str, Any]:
-    """One load process: GET random ids back to back for ``duration_s``."""
-    rng = random.Random(seed)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+def hammer(args: argparse.Namespace) -> dict[str, Any]:
+    """One Python load process: GET random ids back to back for ``duration_s``."""
+    rng = random.Random(args.seed)
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     requests = not_ok = errors = 0
     latencies = []
-    deadline = time.monotonic() + duration_s
+    deadline = time.monotonic() + args.duration_s
     while (started := time.monotonic()) < deadline:
         try:
-            status, _ = get(port, JOB_PATH.format(rng.randrange(first, stop)), headers)
+            status, _ = get(args.port, JOB_PATH.format(rng.randint(args.first_job, args.last_job)), headers)
             not_ok += status != 200
         except OSError:
             errors += 1
@@ -266,6 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    hammering = commands.add_parser("hammer")
+    hammering.set_defaults(handler=hammer)
+    hammering.add_argument("--first-job", type=int, required=True)
+    hammering.add_argument("--last-job", type=int, required=True)
+    hammering.add_argument("--port", type=int, required=True)
+    hammering.add_argument("--token")
+    hammering.add_argument("--duration-s", type=float, required=True)
+    hammering.add_argument("--seed", type=int, default=0)
     for name, handler in (("publish", publish), ("visibility", visibility)):
         command = commands.add_parser(name)
         command.set_defaults(handler=handler)

@@ -18,6 +18,14 @@ from tracker.users import UserStore
 
 BENCH_USER = "bench"
 _TABLES = "async_status, async_status_message, tracker_user, tracker_login_failure"
+_ARRIVAL_TIMEOUT_S = 60.0
+
+
+class MessagesLost(RuntimeError):
+    """Published messages never reached the queue, or never reached the consumer.
+
+    The run publishes without confirms, for speed; a broker under heavy load may drop some.
+    """
 
 
 class BenchDatabase:
@@ -157,8 +165,9 @@ class BenchBroker:
              keep_below: int | None = None) -> None:
         """Publish ``bodies`` (persistent, routed by their type) and return once all are queued.
 
-        Without publisher confirms, so that filling is quick; the queue's count is the check.
-        With ``keep_below``, publishing pauses while that many are ready (a consumer is draining).
+        Without publisher confirms, so that filling is quick; the queue's count is the check
+        (MessagesLost when it falls short). With ``keep_below`` a consumer is draining the queue
+        meanwhile: publishing pauses while that many are ready, and there is no count to check.
         """
         connection = self.connect()
         try:
@@ -173,7 +182,10 @@ class BenchBroker:
                     while keep_below is not None and self.ready(settings.queue, connection) >= keep_below:
                         connection.sleep(0.05)
             if keep_below is None:
-                while self.ready(settings.queue, connection) < len(bodies):
+                deadline = time.monotonic() + _ARRIVAL_TIMEOUT_S
+                while (queued := self.ready(settings.queue, connection)) < len(bodies):
+                    if time.monotonic() > deadline:
+                        raise MessagesLost(f"{settings.queue}: {queued} of {len(bodies)} published messages queued")
                     connection.sleep(0.02)
         finally:
             if connection.is_open:
