@@ -1,0 +1,98 @@
+"""PostgreSQL tells listeners which async_status rows changed (the API's row cache drops them).
+
+Statement-level triggers, so every writer is caught (the consumer's fold, an operator's SQL) at
+the cost of one trigger call per statement, not per row. Each notification on the channel
+``tracker_async_status`` carries up to 300 changed ids, comma-separated (at most 20 bytes each,
+so at most 6,000 bytes: PostgreSQL refuses payloads of 8,000); ``*`` means every row (TRUNCATE).
+Inserts notify nothing: a reader never caches a row it did not find. SQLite: nothing to do.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-28
+"""
+
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+# Written out rather than imported: a migration states what it did, whatever the code says later.
+_CREATE = [
+    """
+    CREATE FUNCTION tracker_notify_async_status_changed() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        payload text;
+    BEGIN
+        IF TG_OP = 'TRUNCATE' THEN
+            PERFORM pg_notify('tracker_async_status', '*');
+            RETURN NULL;
+        END IF;
+        -- The transition tables exist only for the event the trigger was made for, and PL/pgSQL
+        -- plans a statement when it first runs it: each branch names only its own.
+        IF TG_OP = 'UPDATE' THEN
+            FOR payload IN
+                SELECT string_agg(id::text, ',')
+                FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / 300 AS chunk
+                      FROM (SELECT id FROM tracker_old_rows UNION SELECT id FROM tracker_new_rows) AS ids
+                     ) AS numbered
+                GROUP BY chunk
+            LOOP
+                PERFORM pg_notify('tracker_async_status', payload);
+            END LOOP;
+        ELSE
+            FOR payload IN
+                SELECT string_agg(id::text, ',')
+                FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / 300 AS chunk
+                      FROM (SELECT DISTINCT id FROM tracker_old_rows) AS ids
+                     ) AS numbered
+                GROUP BY chunk
+            LOOP
+                PERFORM pg_notify('tracker_async_status', payload);
+            END LOOP;
+        END IF;
+        RETURN NULL;
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER tracker_async_status_updated
+    AFTER UPDATE ON async_status
+    REFERENCING OLD TABLE AS tracker_old_rows NEW TABLE AS tracker_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracker_notify_async_status_changed()
+    """,
+    """
+    CREATE TRIGGER tracker_async_status_deleted
+    AFTER DELETE ON async_status
+    REFERENCING OLD TABLE AS tracker_old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracker_notify_async_status_changed()
+    """,
+    """
+    CREATE TRIGGER tracker_async_status_truncated
+    AFTER TRUNCATE ON async_status
+    FOR EACH STATEMENT EXECUTE FUNCTION tracker_notify_async_status_changed()
+    """,
+]
+
+_DROP = [
+    "DROP TRIGGER IF EXISTS tracker_async_status_truncated ON async_status",
+    "DROP TRIGGER IF EXISTS tracker_async_status_deleted ON async_status",
+    "DROP TRIGGER IF EXISTS tracker_async_status_updated ON async_status",
+    "DROP FUNCTION IF EXISTS tracker_notify_async_status_changed()",
+]
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    for statement in _CREATE:
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    for statement in _DROP:
+        op.execute(statement)
