@@ -70,10 +70,12 @@ class Passwords:
 
 
 class Claims(NamedTuple):
-    """What a valid token says: whose it is and when it was issued (whole seconds since the epoch)."""
+    """What a valid token says: whose it is, when it was issued and when it expires (whole
+    seconds since the epoch; it is valid while the time is before ``expires_at``)."""
 
     username: str
     issued_at: int
+    expires_at: int
 
     def predates(self, created_at: dt.datetime) -> bool:
         """Whether the token was issued before an account of this name was created (then it was
@@ -109,10 +111,11 @@ class Tokens:
             )
         except jwt.PyJWTError:
             raise Unauthenticated() from None
-        subject, issued = claims.get("sub"), claims.get("iat")
-        if not isinstance(subject, str) or not subject or not isinstance(issued, int):
+        subject, issued, expires = claims.get("sub"), claims.get("iat"), claims.get("exp")
+        if (not isinstance(subject, str) or not subject or not isinstance(issued, int)
+                or not isinstance(expires, int)):
             raise Unauthenticated()
-        return Claims(subject, issued)
+        return Claims(subject, issued, expires)
 
 
 def load_secret(secret: str | None, secret_file: str) -> str:
