@@ -11,6 +11,7 @@ import orjson
 
 from api.errors import alerts
 from api.middleware import COOKIES, requires
+from api.reads import JobReads
 from tracker import auth, merge, timefmt
 from tracker.events import check_message
 from tracker.store import Job, JobNotFound, JobStore
@@ -56,7 +57,7 @@ def job_view(job: Job) -> dict[str, Any]:
 class JobStatus:
     """GET /api/{version}/async_status/{id}: one job's status."""
 
-    def __init__(self, jobs: JobStore) -> None:
+    def __init__(self, jobs: JobReads) -> None:
         self._jobs = jobs
 
     @requires(auth.READ)
