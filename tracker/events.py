@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
+import typing
 import uuid
 from typing import Annotated, Any, Literal
 
+import orjson
 import pydantic
 
 from tracker import timefmt
@@ -19,6 +22,7 @@ CONTENT_TYPE = "application/json"
 
 EventType = Literal["progress", "succeeded", "failed"]
 TERMINAL_TYPES = frozenset({"succeeded", "failed"})
+_TYPES = frozenset(typing.get_args(EventType))
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII)
 
@@ -64,17 +68,19 @@ def check_message(value: Any) -> str | None:
     return value
 
 
-class Event(pydantic.BaseModel):
-    """One job lifecycle event, as published by a worker. Times are aware and in UTC."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One job lifecycle event, as published by a worker, once validated. Times are aware and in UTC.
 
-    model_config = pydantic.ConfigDict(frozen=True, extra="ignore", strict=True)
+    Made only by ``parse`` and ``new_event``, which hold it to the wire contract (``_Wire``).
+    """
 
-    event_id: Annotated[str, pydantic.BeforeValidator(_event_id)]
-    job_id: Annotated[int, pydantic.Field(ge=1, le=MAX_JOB_ID)]
-    type: EventType
-    occurred_at: Annotated[dt.datetime, pydantic.BeforeValidator(_occurred_at)]
-    message: Annotated[str | None, pydantic.BeforeValidator(check_message)] = None
-    seq: Annotated[int, pydantic.Field(ge=0, le=MAX_JOB_ID)] = 0
+    event_id: str  # lowercase
+    job_id: int
+    type: str  # one of EventType
+    occurred_at: dt.datetime
+    message: str | None = None
+    seq: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -90,6 +96,19 @@ class Event(pydantic.BaseModel):
             "message": self.message,
             "seq": self.seq,
         }
+
+
+class _Wire(pydantic.BaseModel):
+    """The wire contract (SPEC §3) as pydantic states it: what makes a body an Event, and why not."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    event_id: Annotated[str, pydantic.BeforeValidator(_event_id)]
+    job_id: Annotated[int, pydantic.Field(ge=1, le=MAX_JOB_ID)]
+    type: EventType
+    occurred_at: Annotated[dt.datetime, pydantic.BeforeValidator(_occurred_at)]
+    message: Annotated[str | None, pydantic.BeforeValidator(check_message)] = None
+    seq: Annotated[int, pydantic.Field(ge=0, le=MAX_JOB_ID)] = 0
 
 
 def new_event(
@@ -115,11 +134,61 @@ def new_event(
 
 def parse(body: bytes, content_type: str | None = CONTENT_TYPE) -> Event:
     """Turn one message body into an Event, or raise InvalidEvent saying exactly what is wrong."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    if media != CONTENT_TYPE:
-        raise InvalidEvent(f"content_type must be {CONTENT_TYPE}, not {content_type!r}")
+    if content_type != CONTENT_TYPE:
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        if media != CONTENT_TYPE:
+            raise InvalidEvent(f"content_type must be {CONTENT_TYPE}, not {content_type!r}")
     if len(body) > MAX_BODY_BYTES:
         raise InvalidEvent(f"body is {len(body)} bytes, over the limit of {MAX_BODY_BYTES}")
+    return _parse_plain(body) or _parse_fully(body)
+
+
+def _parse_plain(body: bytes) -> Event | None:
+    """The common body, taken exactly as ``_parse_fully`` would take it, in a third of the time; or None.
+
+    None means "not plainly valid": ``_parse_fully`` then decides, and gives the reason. Plain means:
+    no backslash (so every ``"`` opens or closes a string), valid JSON to orjson (which refuses
+    NaN and invalid UTF-8 as the full parse does), one flat object with as many keys and string
+    values as the body has quoted strings (so no key is repeated), and fields that pass the checks below,
+    which are those of ``_Wire`` in strict mode. tests/unit/test_events.py holds the two parses to
+    the same answer for generated bodies.
+    """
+    if b"\\" in body:
+        return None
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(document) is not dict:
+        return None
+    # Each key and each string value is two quotes in the body; a repeated key would be more.
+    quotes = 2 * len(document)
+    for value in document.values():
+        if type(value) is str:
+            quotes += 2
+        elif type(value) is dict or type(value) is list:
+            return None
+    if body.count(b'"') != quotes:
+        return None
+    event_id, job_id, kind = document.get("event_id"), document.get("job_id"), document.get("type")
+    occurred_at, message, seq = document.get("occurred_at"), document.get("message"), document.get("seq", 0)
+    if (type(event_id) is not str or _UUID.fullmatch(event_id) is None
+            or type(job_id) is not int or not 1 <= job_id <= MAX_JOB_ID
+            or type(kind) is not str or kind not in _TYPES
+            or type(occurred_at) is not str
+            or (message is not None and (type(message) is not str or len(message) > MAX_MESSAGE_CHARS
+                                         or "\x00" in message))
+            or type(seq) is not int or not 0 <= seq <= MAX_JOB_ID):
+        return None
+    try:
+        instant = timefmt.parse_time(occurred_at)
+    except ValueError:
+        return None
+    return Event(event_id.lower(), job_id, kind, instant, message, seq)
+
+
+def _parse_fully(body: bytes) -> Event:
+    """Any body: the Event, or InvalidEvent with the first thing wrong with it."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -140,9 +209,10 @@ def parse(body: bytes, content_type: str | None = CONTENT_TYPE) -> Event:
 
 def _validate(document: dict[str, Any]) -> Event:
     try:
-        return Event.model_validate(document)
+        wire = _Wire.model_validate(document)
     except pydantic.ValidationError as exc:
         raise InvalidEvent(_reason(exc)) from None
+    return Event(wire.event_id, wire.job_id, wire.type, wire.occurred_at, wire.message, wire.seq)
 
 
 def _reason(exc: pydantic.ValidationError) -> str:

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracker import events, timefmt
@@ -115,3 +115,95 @@ def test_time_format_round_trips(instant):
 def test_to_wire_round_trips_through_parse():
     event = events.new_event(9, "failed", "boom", seq=2)
     assert events.parse(json.dumps(event.to_wire()).encode()) == event
+
+
+# The plain path (orjson and hand checks) must answer exactly as the full parse (pydantic) does:
+# for every body it takes, the same Event; every other body it leaves to the full parse.
+
+_FIELD_VALUES = {
+    "event_id": st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()), st.text(max_size=40),
+                          st.integers(), st.none()),
+    "job_id": st.one_of(st.integers(min_value=-2, max_value=2**64 + 1), st.booleans(), st.floats(allow_nan=False),
+                        st.text(max_size=3), st.none()),
+    "type": st.one_of(st.sampled_from(["progress", "succeeded", "failed", "Progress", "done", ""]), st.integers()),
+    "occurred_at": st.one_of(st.datetimes(timezones=st.just(dt.timezone.utc)).map(lambda d: d.isoformat()),
+                             st.sampled_from(["2021-02-18T17:13:56Z", "2021-02-18T17:13:60Z", "2021-02-18",
+                                              "2021-02-30T00:00:00Z", "2021-02-18T17:13:56.1234567-05:30"]),
+                             st.text(max_size=30), st.integers()),
+    "message": st.one_of(st.none(), st.text(max_size=50), st.text(min_size=4095, max_size=4097, alphabet="ab"),
+                         st.integers(), st.lists(st.integers(), max_size=2)),
+    "seq": st.one_of(st.integers(min_value=-2, max_value=2**63 + 1), st.none(), st.floats(allow_nan=False),
+                     st.booleans()),
+}
+_EXTRA = st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=5), st.none(),
+                                                        st.lists(st.integers(), max_size=2)), max_size=2)
+
+
+_VALID_VALUES = {
+    "event_id": st.uuids().map(str),
+    "job_id": st.integers(min_value=1, max_value=2**63 - 1),
+    "type": st.sampled_from(["progress", "succeeded", "failed"]),
+    "occurred_at": st.datetimes(timezones=st.just(dt.timezone.utc)).map(timefmt.format_time),
+    "message": st.one_of(st.none(), st.text(max_size=50)),
+    "seq": st.integers(min_value=0, max_value=2**63 - 1),
+}
+
+
+@st.composite
+def _bodies(draw: st.DrawFn) -> bytes:
+    """Mostly valid bodies, some with a field or two broken, missing, repeated, or written oddly."""
+    broken = draw(st.sets(st.sampled_from(sorted(_FIELD_VALUES)), max_size=2)) if draw(st.booleans()) else set()
+    document = {name: draw(_FIELD_VALUES[name] if name in broken else _VALID_VALUES[name]) for name in _FIELD_VALUES}
+    if draw(st.integers(0, 4)) == 0:
+        document.pop(draw(st.sampled_from(sorted(_FIELD_VALUES))))
+    document.update(draw(_EXTRA))
+    separators = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,", " : ")]))
+    text = json.dumps(document, ensure_ascii=draw(st.booleans()), separators=separators)
+    if document and draw(st.integers(0, 4)) == 0:  # a key said twice, the first time with another value
+        name = draw(st.sampled_from(sorted(document)))
+        said = json.dumps(draw(_FIELD_VALUES.get(name, st.integers())))
+        text = "{" + json.dumps(name) + separators[1] + said + separators[0] + text[1:]
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _full(raw: bytes) -> events.Event | str:
+    try:
+        return events._parse_fully(raw)
+    except events.InvalidEvent as exc:
+        return "invalid: " + exc.reason
+
+
+@settings(max_examples=600)
+@given(_bodies())
+def test_the_plain_path_takes_only_what_the_full_parse_takes_and_makes_the_same_event(raw):
+    plain = events._parse_plain(raw)
+    if plain is not None:
+        assert _full(raw) == plain
+    parsed: events.Event | str
+    try:
+        parsed = events.parse(raw)
+    except events.InvalidEvent as exc:
+        parsed = "invalid: " + exc.reason
+    assert parsed == _full(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    body(),
+    body(message=None),
+    body(seq=...),
+    body(message=..., extra="x"),
+    json.dumps({**GOOD, "message": "10:00 UTC"}, separators=(" ,", " : ")).encode(),
+])
+def test_plain_bodies_take_the_plain_path(raw):
+    assert events._parse_plain(raw) == events._parse_fully(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"job_id": 1, ' + body()[1:],  # a repeated key
+    body(message='say "hi"'),  # an escape
+    body(extra={"nested": 1}),
+    body(job_id=2**64),  # orjson reads this as a float
+    body(occurred_at="2021-02-18"),
+])
+def test_other_bodies_are_left_to_the_full_parse(raw):
+    assert events._parse_plain(raw) is None
