@@ -53,9 +53,9 @@ _IDLE_WAIT_S = 0.5  # how long an idle loop blocks before looking at the stop fl
 # Batches being committed at once. While PostgreSQL merges one, Python parses the next; the
 # writers share one interpreter lock, but most of a batch's time is spent in the database. In
 # measurement (docs/performance.md): 2 writers 10,100 events/s, 3 12,700, 4 13,400, when
-# prefetch holds them all (2,500 for batches of 500); with a prefetch of 1,000 only two batches
-# are ever out, and more writers neither help nor hurt. Batches over the same jobs wait for
-# each other on the row locks.
+# prefetch holds them all, as the default of 2,500 does for batches of 500 (a prefetch of 1,000
+# keeps only two batches out, and then more writers neither help nor hurt). Batches over the
+# same jobs wait for each other on the row locks.
 _WRITERS = 4
 _BEAT_EVERY_S = 5.0  # how often the loop touches settings.health_file
 _STEADY_S = 5.0  # a broker connection that lasted this long resets the reconnect back-off
@@ -189,8 +189,11 @@ class Consumer:
             while self._writing and self._writing[0].outcome.done():
                 self._finish(self._writing[0])
             if len(self._writing) < _WRITERS and self._pending:
+                # Group commit: with no batch being written, what has arrived goes at once (a
+                # lone event waits for nobody); while batches are being written, deliveries
+                # gather until a batch is full or the oldest has waited flush_ms.
                 wait = self._pending_since + flush_s - time.monotonic()
-                if len(self._pending) >= batch_size or wait <= 0:
+                if not self._writing or len(self._pending) >= batch_size or wait <= 0:
                     self._start_writing(batch_size)
                     continue
             else:

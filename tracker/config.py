@@ -29,7 +29,7 @@ class Settings:
     # consumer batching
     batch_size: int = 500
     flush_ms: int = 10
-    prefetch: int = 1000
+    prefetch: int = 2500
     health_file: str | None = None  # touched by the consumer's loop, for container health checks
 
     # API

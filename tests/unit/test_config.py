@@ -34,7 +34,7 @@ def test_values_are_read_and_converted():
 @pytest.mark.parametrize(("env", "message"), [
     ({"TRACKER_BATCH_SIZE": "many"}, "TRACKER_BATCH_SIZE must be an integer"),
     ({"TRACKER_FLUSH_MS": "0"}, "TRACKER_FLUSH_MS must be at least 1"),
-    ({"TRACKER_BATCH_SIZE": "2000"}, "TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE"),
+    ({"TRACKER_BATCH_SIZE": "3000"}, "TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE"),
     ({"TRACKER_BIND": "8000"}, "TRACKER_BIND must be HOST:PORT"),
     ({"TRACKER_SECURE_COOKIES": "maybe"}, "TRACKER_SECURE_COOKIES must be true or false"),
 ])
