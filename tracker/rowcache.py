@@ -6,15 +6,23 @@ its own drops those rows from the cache. What keeps the cache exact:
 
 - Only rows that exist are kept: a miss (JobNotFound) is never remembered, so inserts need no
   notification.
-- Every invalidation bumps a counter. A load remembers its row only if the counter has not
-  moved since before it read the database; otherwise a change may have landed between its read
-  and now, and its row is handed out once but not kept.
+- Every invalidation bumps a counter. A request's read is kept only if the counter has not moved
+  since before it read the database; otherwise a change may have landed between its read and
+  now, and its row is handed out once but not kept.
+- The listener's own bulk reads (below) are followed by a round trip on its connection, before
+  whose answer PostgreSQL sends every notification of what committed since the read; rows named
+  by one are not kept.
 - The cache is used only while the listener is listening and has proved so recently (a query
-  every ``check_s`` that also checks the triggers are there and enabled; PostgreSQL sends a
-  listener its pending notifications before it answers, so every change committed before the
-  check was sent has been applied by then). Otherwise every read goes to the database, and the cache is emptied on the way out
-  and again once LISTEN has succeeded on a new connection.
-- Every entry also expires ``ttl_s`` after it was loaded, a safety net and nothing more.
+  every ``check_s`` that also checks the triggers are there and enabled). Otherwise every read
+  goes to the database, and the cache is emptied on the way out and again once LISTEN has
+  succeeded on a new connection.
+- Every row was read from the database at most ``ttl_s`` ago, whatever the notifications said:
+  the safety net. Rows that were used are read again in bulk by the listener shortly before they
+  would expire (a row that then differs means a notification was missed, and is logged); the
+  others leave.
+
+Once listening, the listener fills the cache with the newest rows (one query, the jobs clients
+are likely polling), rather than leave each of them to a request's round trip.
 
 A GET that arrives after a commit but before its notification (well under a millisecond on one
 host) may still get the row as it was just before that commit, as a GET a moment earlier would.
@@ -27,12 +35,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 
+from tracker import timefmt
 from tracker.store import Job
 
 log = logging.getLogger(__name__)
@@ -45,6 +54,7 @@ TTL_S = 5.0
 CHECK_S = 1.0
 _MIN_BACKOFF_S = 0.1
 _MAX_BACKOFF_S = 5.0
+_IDS_PER_READ = 10_000
 # Libpq options of the listener's connection: notice a dead peer within about half a minute even
 # when no packet says so (the periodic checks stop the cache from being used well before that).
 _CONNECT_OPTIONS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
@@ -54,9 +64,12 @@ Connect = Callable[[], psycopg.Connection[Any]]
 
 # The triggers of migration 0002, and the check (one round trip every CHECK_S) that they are all
 # there and fire: without them the cache would never hear of a change.
-_TRIGGERS = ("tracker_async_status_updated", "tracker_async_status_deleted", "tracker_async_status_truncated")
+_TRIGGERS = ["tracker_async_status_updated", "tracker_async_status_deleted", "tracker_async_status_truncated"]
 _CHECK_TRIGGERS = ("SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('async_status') "
                    "AND tgname = ANY(%s) AND tgenabled IN ('O', 'A')")
+# The public columns, as tracker.store reads them for GET.
+_ROWS_BY_ID = "SELECT id, status, start_time, end_time, message FROM async_status WHERE id = ANY(%s::bigint[])"
+_NEWEST_ROWS = "SELECT id, status, start_time, end_time, message FROM async_status ORDER BY id DESC LIMIT %s"
 
 
 class NotNotified(RuntimeError):
@@ -78,21 +91,37 @@ def connector_for(engine: sa.Engine) -> Connect:
     return connect
 
 
+class _Entry:
+    __slots__ = ("expires_at", "job", "used")
+
+    def __init__(self, expires_at: float, job: Job) -> None:
+        self.expires_at = expires_at
+        self.job = job
+        # Asked for since it was read (by a request, or by the listener before): worth reading
+        # again before it expires. So a row stays while it is asked for at least once a TTL.
+        self.used = False
+
+
 class RowCache:
     """Job rows by id, at most ``max_entries`` (least recently used leave first). Thread-safe.
 
     The listener thread starts on first use in each process (so under gunicorn it starts in the
-    worker, after the fork); until it is listening every read goes to the database.
+    worker, after the fork); until it is listening every read goes to the database. ``warm_rows``
+    newest rows are read when it starts listening (0: none).
     """
 
     def __init__(self, connect: Connect, *, max_entries: int = MAX_ENTRIES, ttl_s: float = TTL_S,
-                 check_s: float = CHECK_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 check_s: float = CHECK_S, warm_rows: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._connect = connect
         self._max_entries = max_entries
         self._ttl_s = ttl_s
         self._check_s = check_s
+        self._warm_rows = max_entries if warm_rows is None else min(warm_rows, max_entries)
         # The listener must have proved itself within this long for the cache to be used.
         self._trusted_for_s = 2 * check_s + 1.0
+        # Used rows are read again when they would expire before the listener's next turn or two.
+        self._refresh_ahead_s = min(2 * check_s + 0.5, ttl_s / 2)
         self._clock = clock
         self._pid: int | None = None
         self._set_up_process()
@@ -100,11 +129,14 @@ class RowCache:
     def _set_up_process(self) -> None:
         """Fresh state for this process: nothing inherited across a fork is trusted."""
         self._lock = threading.Lock()
-        self._entries: collections.OrderedDict[int, tuple[float, Job]] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
+        # (expires_at, id) in the order rows were read, hence of expiry; stale pairs are skipped.
+        self._expiries: collections.deque[tuple[float, int]] = collections.deque()
         self._invalidations = 0
         self._listening = False
         self._proved_at = float("-inf")
         self._backend_pid: int | None = None
+        self._missed = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -123,9 +155,10 @@ class RowCache:
             if trusted:
                 entry = self._entries.get(job_id)
                 if entry is not None:
-                    if entry[0] > now:
+                    if entry.expires_at > now:
+                        entry.used = True
                         self._entries.move_to_end(job_id)
-                        return entry[1]
+                        return entry.job
                     del self._entries[job_id]
             seen = self._invalidations
         job = load(job_id)
@@ -134,19 +167,18 @@ class RowCache:
                 # Kept only if no invalidation at all came in since before the read: one for this
                 # row may have been meant for a change the read did not see.
                 if self._listening and self._invalidations == seen:
-                    self._remember(job_id, job, now)
+                    self._remember(job, now, used=True)
         return job
 
-    def _remember(self, job_id: int, job: Job, now: float) -> None:
-        entries = self._entries
-        entries[job_id] = (now + self._ttl_s, job)
-        entries.move_to_end(job_id)
-        # The oldest first: those that have expired, then as many as the bound needs.
-        while entries:
-            oldest_id, (expires_at, _job) = next(iter(entries.items()))
-            if expires_at > now and len(entries) <= self._max_entries:
-                break
-            del entries[oldest_id]
+    def _remember(self, job: Job, read_at: float, used: bool) -> None:
+        """Keep ``job`` as read at ``read_at``; the caller holds the lock."""
+        entry = _Entry(read_at + self._ttl_s, job)
+        entry.used = used
+        self._entries[job.id] = entry
+        self._entries.move_to_end(job.id)
+        self._expiries.append((entry.expires_at, job.id))
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
 
     # --- what tests and operators may look at ---
 
@@ -159,6 +191,11 @@ class RowCache:
     def invalidations(self) -> int:
         """How many invalidations have been applied (notifications, connection losses, resets)."""
         return self._invalidations
+
+    @property
+    def missed_notifications(self) -> int:
+        """Rows found changed when read again although no notification had said so (should be 0)."""
+        return self._missed
 
     @property
     def backend_pid(self) -> int | None:
@@ -215,35 +252,105 @@ class RowCache:
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
     def _listen(self, conn: psycopg.Connection[Any], on_live: Callable[[], None]) -> None:
-        """Apply notifications as they come; every ``check_s`` prove the connection and the triggers.
+        """Apply notifications as they come; every ``check_s`` prove the connection and the
+        triggers, and read again the used rows about to expire.
 
         Returns when close() is called; raises whatever the connection raises, and NotNotified.
         """
         live = False
         while not self._stopping.is_set():
             sent_at = self._clock()
-            enabled = conn.execute(_CHECK_TRIGGERS, (list(_TRIGGERS),)).fetchone()
-            if enabled is None or enabled[0] != len(_TRIGGERS):
-                raise NotNotified("the async_status triggers of migration 0002 are missing or "
-                                  "disabled (run `tracker migrate`)")
-            # Notifications sent before the answer; psycopg keeps them until asked.
-            for notify in conn.notifies(timeout=0):
-                self._invalidate(notify.payload)
+            self._apply_pending(conn)
             if live:
                 with self._lock:
                     self._proved_at = sent_at
+                self._read_again(conn, self._due())
             else:
                 self._go_live(sent_at)
                 live = True
                 on_live()
+                if self._warm_rows:
+                    self._keep_read_rows(conn, _NEWEST_ROWS, (self._warm_rows,), refresh=False)
             for notify in conn.notifies(timeout=self._check_s):
                 self._invalidate(notify.payload)
 
-    def _invalidate(self, payload: str) -> None:
-        ids: list[int] | None = []
+    def _apply_pending(self, conn: psycopg.Connection[Any]) -> set[int] | None:
+        """Check the triggers, then apply every notification PostgreSQL sent before answering:
+        all of those of changes committed before the check was sent. The ids they named; None
+        for every row. Raises NotNotified without the triggers."""
+        enabled = conn.execute(_CHECK_TRIGGERS, (_TRIGGERS,)).fetchone()
+        if enabled is None or enabled[0] != len(_TRIGGERS):
+            raise NotNotified("the async_status triggers of migration 0002 are missing or "
+                              "disabled (run `tracker migrate`)")
+        named: set[int] | None = set()
+        for notify in conn.notifies(timeout=0):  # psycopg kept those that came with the answer
+            ids = self._invalidate(notify.payload)
+            named = None if ids is None or named is None else named | ids
+        return named
+
+    def _due(self) -> list[int]:
+        """Rows used since they were read that would expire before the listener's next turn or
+        two. Drops the expired ones nobody used."""
+        due = []
+        now = self._clock()
+        horizon = now + self._refresh_ahead_s
+        with self._lock:
+            for _ in range(len(self._expiries)):
+                if self._expiries[0][0] > horizon:
+                    break
+                expires_at, job_id = self._expiries.popleft()
+                entry = self._entries.get(job_id)
+                if entry is None or entry.expires_at != expires_at:
+                    continue  # gone, or read again since
+                if entry.used:
+                    due.append(job_id)
+                elif expires_at <= now:
+                    del self._entries[job_id]
+                else:
+                    self._expiries.append((expires_at, job_id))  # may still be used: look again later
+        return due
+
+    def _read_again(self, conn: psycopg.Connection[Any], ids: list[int]) -> None:
+        for start in range(0, len(ids), _IDS_PER_READ):
+            self._keep_read_rows(conn, _ROWS_BY_ID, (ids[start:start + _IDS_PER_READ],), refresh=True)
+
+    def _keep_read_rows(self, conn: psycopg.Connection[Any], query: str, params: tuple[object, ...],
+                        refresh: bool) -> None:
+        """Read rows on the listener's connection and keep those no notification has named since.
+
+        ``refresh``: only rows still cached are replaced (the others have left on purpose);
+        otherwise only rows not cached are added.
+        """
+        read_at = self._clock()
+        rows = conn.execute(query, params).fetchall()
+        changed = self._apply_pending(conn)  # everything committed since the read has been applied
+        if changed is None:
+            return
+        with self._lock:
+            if not self._listening:
+                return
+            for job in _jobs_of(rows):
+                if job.id in changed:
+                    continue
+                entry = self._entries.get(job.id)
+                if refresh:
+                    if entry is None:
+                        continue
+                    if entry.job != job:
+                        self._missed += 1
+                        log.warning("row cache: job %d had changed without a notification; corrected",
+                                    job.id)
+                    self._entries[job.id] = entry = _Entry(read_at + self._ttl_s, job)
+                    self._expiries.append((entry.expires_at, job.id))
+                elif entry is None and len(self._entries) < self._max_entries:
+                    self._remember(job, read_at, used=False)
+
+    def _invalidate(self, payload: str) -> set[int] | None:
+        """Drop the rows a notification names; the ids, or None when it meant every row."""
+        ids: set[int] | None = set()
         for part in payload.split(","):
             try:
-                ids.append(int(part))  # type: ignore[union-attr]
+                ids.add(int(part))  # type: ignore[union-attr]
             except ValueError:
                 ids = None  # "*", or anything unexpected: drop every row
                 break
@@ -251,14 +358,17 @@ class RowCache:
             self._invalidations += 1
             if ids is None:
                 self._entries.clear()
-                return
-            for job_id in ids:
-                self._entries.pop(job_id, None)
+                self._expiries.clear()
+            else:
+                for job_id in ids:
+                    self._entries.pop(job_id, None)
+        return ids
 
     def _go_live(self, proved_at: float) -> None:
         """LISTEN has succeeded: anything remembered before may have missed a notification."""
         with self._lock:
             self._entries.clear()
+            self._expiries.clear()
             self._invalidations += 1
             self._proved_at = proved_at
             self._listening = True
@@ -269,4 +379,12 @@ class RowCache:
             self._listening = False
             self._backend_pid = None
             self._entries.clear()
+            self._expiries.clear()
             self._invalidations += 1
+
+
+def _jobs_of(rows: Iterable[tuple[Any, ...]]) -> Iterable[Job]:
+    """Rows of (id, status, start_time, end_time, message) as tracker.store returns them: in UTC."""
+    for job_id, status, start_time, end_time, message in rows:
+        yield Job(job_id, status, start_time.astimezone(timefmt.UTC),
+                  None if end_time is None else end_time.astimezone(timefmt.UTC), message)

@@ -32,7 +32,8 @@ class FakeConnection:
         pass
 
     def execute(self, query: str, _params: object = None) -> Any:
-        return SimpleNamespace(fetchone=lambda: (self.triggers,))
+        # The trigger check counts the triggers; the bulk reads of rows find none here.
+        return SimpleNamespace(fetchone=lambda: (self.triggers,), fetchall=list)
 
     def notifies(self, timeout: float) -> Iterator[SimpleNamespace]:
         deadline = time.monotonic() + timeout
