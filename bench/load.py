@@ -161,12 +161,6 @@ def get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
         connection.close()
 
 
-def sequential_latency(port: int, ids: range, token: str, count: int, seed: int = 1) -> list[float]:
-    """Seconds per GET of ``count`` random ids, one at a time (no queueing in the figure)."""
-    rng = random.Random(seed)
-    return [timed_get(port, rng.randrange(ids.start, ids.stop), token) for _ in range(count)]
-
-
 def timed_get(port: int, job_id: int, token: str) -> float:
     """Seconds one authenticated GET of ``job_id`` takes, new connection included; raises unless 200."""
     path = JOB_PATH.format(job_id)

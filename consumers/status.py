@@ -14,9 +14,13 @@ from tracker.store import JobStore
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class Delivery:
-    """One message as the broker handed it over."""
+    """One message as the broker handed it over; not to be changed once made.
+
+    Not ``frozen``: one is made for every message on the connection's thread, and a frozen
+    dataclass takes three times as long to make (~3 µs against ~1 µs).
+    """
 
     tag: int
     body: bytes
