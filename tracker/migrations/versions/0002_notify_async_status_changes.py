@@ -24,35 +24,20 @@ _CREATE = [
     CREATE FUNCTION tracker_notify_async_status_changed() RETURNS trigger
     LANGUAGE plpgsql AS $$
     DECLARE
-        payload text;
+        ids bigint[];
+        i integer;
     BEGIN
         IF TG_OP = 'TRUNCATE' THEN
             PERFORM pg_notify('tracker_async_status', '*');
             RETURN NULL;
         END IF;
-        -- The transition tables exist only for the event the trigger was made for, and PL/pgSQL
-        -- plans a statement when it first runs it: each branch names only its own.
-        IF TG_OP = 'UPDATE' THEN
-            FOR payload IN
-                SELECT string_agg(id::text, ',')
-                FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / 300 AS chunk
-                      FROM (SELECT id FROM tracker_old_rows UNION SELECT id FROM tracker_new_rows) AS ids
-                     ) AS numbered
-                GROUP BY chunk
-            LOOP
-                PERFORM pg_notify('tracker_async_status', payload);
-            END LOOP;
-        ELSE
-            FOR payload IN
-                SELECT string_agg(id::text, ',')
-                FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / 300 AS chunk
-                      FROM (SELECT DISTINCT id FROM tracker_old_rows) AS ids
-                     ) AS numbered
-                GROUP BY chunk
-            LOOP
-                PERFORM pg_notify('tracker_async_status', payload);
-            END LOOP;
-        END IF;
+        -- The ids before the statement are enough, for UPDATE too: an id a row is given that it
+        -- did not have cannot be in any cache (misses are never kept; a row deleted earlier in
+        -- the transaction was announced by its DELETE).
+        ids := ARRAY(SELECT id FROM tracker_old_rows);
+        FOR i IN 1 .. coalesce(array_length(ids, 1), 0) BY 300 LOOP
+            PERFORM pg_notify('tracker_async_status', array_to_string(ids[i:i + 299], ','));
+        END LOOP;
         RETURN NULL;
     END
     $$
@@ -60,7 +45,7 @@ _CREATE = [
     """
     CREATE TRIGGER tracker_async_status_updated
     AFTER UPDATE ON async_status
-    REFERENCING OLD TABLE AS tracker_old_rows NEW TABLE AS tracker_new_rows
+    REFERENCING OLD TABLE AS tracker_old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tracker_notify_async_status_changed()
     """,
     """
