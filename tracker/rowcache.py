@@ -17,9 +17,9 @@ its own drops those rows from the cache. What keeps the cache exact:
   goes to the database, and the cache is emptied on the way out and again once LISTEN has
   succeeded on a new connection.
 - Every row was read from the database at most ``ttl_s`` ago, whatever the notifications said:
-  the safety net. Rows that were used are read again in bulk by the listener shortly before they
-  would expire (a row that then differs means a notification was missed, and is logged); the
-  others leave.
+  the safety net. Rows asked for within the last ``idle_s`` are read again in bulk by the
+  listener shortly before they would expire (a row that then differs means a notification was
+  missed, and is logged); the others leave when they expire.
 
 Once listening, the listener fills the cache with the newest rows (one query, the jobs clients
 are likely polling), rather than leave each of them to a request's round trip.
@@ -51,6 +51,7 @@ EVERY_ROW = "*"  # the payload that means "every row may have changed" (TRUNCATE
 
 MAX_ENTRIES = 100_000
 TTL_S = 5.0
+IDLE_S = 60.0
 CHECK_S = 1.0
 _MIN_BACKOFF_S = 0.1
 _MAX_BACKOFF_S = 5.0
@@ -92,14 +93,12 @@ def connector_for(engine: sa.Engine) -> Connect:
 
 
 class _Entry:
-    __slots__ = ("expires_at", "job", "used")
+    __slots__ = ("expires_at", "job", "used_at")
 
-    def __init__(self, expires_at: float, job: Job) -> None:
+    def __init__(self, expires_at: float, job: Job, used_at: float) -> None:
         self.expires_at = expires_at
         self.job = job
-        # Asked for since it was read (by a request, or by the listener before): worth reading
-        # again before it expires. So a row stays while it is asked for at least once a TTL.
-        self.used = False
+        self.used_at = used_at  # when a request last asked for it (-inf: never)
 
 
 class RowCache:
@@ -111,11 +110,12 @@ class RowCache:
     """
 
     def __init__(self, connect: Connect, *, max_entries: int = MAX_ENTRIES, ttl_s: float = TTL_S,
-                 check_s: float = CHECK_S, warm_rows: int | None = None,
+                 idle_s: float = IDLE_S, check_s: float = CHECK_S, warm_rows: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._connect = connect
         self._max_entries = max_entries
         self._ttl_s = ttl_s
+        self._idle_s = idle_s
         self._check_s = check_s
         self._warm_rows = max_entries if warm_rows is None else min(warm_rows, max_entries)
         # The listener must have proved itself within this long for the cache to be used.
@@ -156,7 +156,7 @@ class RowCache:
                 entry = self._entries.get(job_id)
                 if entry is not None:
                     if entry.expires_at > now:
-                        entry.used = True
+                        entry.used_at = now
                         self._entries.move_to_end(job_id)
                         return entry.job
                     del self._entries[job_id]
@@ -167,13 +167,12 @@ class RowCache:
                 # Kept only if no invalidation at all came in since before the read: one for this
                 # row may have been meant for a change the read did not see.
                 if self._listening and self._invalidations == seen:
-                    self._remember(job, now, used=True)
+                    self._remember(job, now, used_at=now)
         return job
 
-    def _remember(self, job: Job, read_at: float, used: bool) -> None:
+    def _remember(self, job: Job, read_at: float, used_at: float) -> None:
         """Keep ``job`` as read at ``read_at``; the caller holds the lock."""
-        entry = _Entry(read_at + self._ttl_s, job)
-        entry.used = used
+        entry = _Entry(read_at + self._ttl_s, job, used_at)
         self._entries[job.id] = entry
         self._entries.move_to_end(job.id)
         self._expiries.append((entry.expires_at, job.id))
@@ -253,7 +252,7 @@ class RowCache:
 
     def _listen(self, conn: psycopg.Connection[Any], on_live: Callable[[], None]) -> None:
         """Apply notifications as they come; every ``check_s`` prove the connection and the
-        triggers, and read again the used rows about to expire.
+        triggers, and read again the rows in use that are about to expire.
 
         Returns when close() is called; raises whatever the connection raises, and NotNotified.
         """
@@ -289,8 +288,8 @@ class RowCache:
         return named
 
     def _due(self) -> list[int]:
-        """Rows used since they were read that would expire before the listener's next turn or
-        two. Drops the expired ones nobody used."""
+        """Rows asked for within ``idle_s`` that would expire before the listener's next turn or
+        two. Drops the expired others."""
         due = []
         now = self._clock()
         horizon = now + self._refresh_ahead_s
@@ -302,12 +301,12 @@ class RowCache:
                 entry = self._entries.get(job_id)
                 if entry is None or entry.expires_at != expires_at:
                     continue  # gone, or read again since
-                if entry.used:
+                if now - entry.used_at <= self._idle_s:
                     due.append(job_id)
                 elif expires_at <= now:
                     del self._entries[job_id]
                 else:
-                    self._expiries.append((expires_at, job_id))  # may still be used: look again later
+                    self._expiries.append((expires_at, job_id))  # may yet be asked for: look again later
         return due
 
     def _read_again(self, conn: psycopg.Connection[Any], ids: list[int]) -> None:
@@ -340,10 +339,10 @@ class RowCache:
                         self._missed += 1
                         log.warning("row cache: job %d had changed without a notification; corrected",
                                     job.id)
-                    self._entries[job.id] = entry = _Entry(read_at + self._ttl_s, job)
+                    self._entries[job.id] = entry = _Entry(read_at + self._ttl_s, job, entry.used_at)
                     self._expiries.append((entry.expires_at, job.id))
                 elif entry is None and len(self._entries) < self._max_entries:
-                    self._remember(job, read_at, used=False)
+                    self._remember(job, read_at, used_at=float("-inf"))
 
     def _invalidate(self, payload: str) -> set[int] | None:
         """Drop the rows a notification names; the ids, or None when it meant every row."""

@@ -334,7 +334,7 @@ def test_rows_nobody_asks_for_expire_after_their_ttl(engine: sa.Engine, store: C
 
 
 def test_rows_in_use_are_read_again_in_bulk_before_they_expire(engine: sa.Engine, store: CountingStore) -> None:
-    cache = RowCache(connector_for(engine), check_s=CHECK_S, ttl_s=0.6, warm_rows=0)
+    cache = RowCache(connector_for(engine), check_s=CHECK_S, ttl_s=0.6, idle_s=0.3, warm_rows=0)
     try:
         polled, left = store.create_job("polled"), store.create_job("left alone")
         start_listening(cache, store)
