@@ -13,6 +13,8 @@ Failure policy:
 - broker connection lost: deliveries not yet acked are dropped (the broker redelivers them), a
   batch being written is abandoned after its current attempt, and the consumer reconnects with
   capped back-off;
+- broker cancels our subscription (``basic.cancel``, e.g. the queue was deleted): as a lost
+  connection, so the topology is declared again and consuming resumes;
 - broker refuses our credentials or topology: fatal, exit status 2;
 - SIGTERM/SIGINT: the batch in hand is finished if the database answers, else abandoned
   (unacked, so redelivered); exit status 0.
@@ -32,6 +34,7 @@ from collections.abc import Callable
 
 import pika
 import pika.exceptions
+import pika.frame
 from pika.adapters.blocking_connection import BlockingChannel
 
 from consumers.status import DeadLetter, Delivery, Outcome, StatusProjector
@@ -67,6 +70,13 @@ class FatalBrokerError(RuntimeError):
     """The broker will not take us as configured (credentials, permissions, topology)."""
 
 
+class ConsumerCancelled(RuntimeError):
+    """The broker ended our subscription (``basic.cancel``: say, the queue was deleted).
+
+    Handled like a lost connection: reconnect, declare the topology again, consume again.
+    """
+
+
 @dataclasses.dataclass
 class _Batch:
     """Deliveries handed to a writer; ``outcome`` resolves to None if the batch was abandoned."""
@@ -92,6 +102,7 @@ class Consumer:
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._beat_at = 0.0
+        self._cancelled = False  # set by the broker's basic.cancel
         self.dead_lettered = 0
         self.applied = 0
 
@@ -127,7 +138,7 @@ class Consumer:
                 if exc.reply_code in (403, 406):
                     raise FatalBrokerError(f"RabbitMQ refused the topology: {exc.reply_text}") from None
                 self._lost(exc, backoff, connected_at)
-            except _RECONNECTABLE as exc:
+            except (*_RECONNECTABLE, ConsumerCancelled) as exc:
                 self._lost(exc, backoff, connected_at)
             finally:
                 self._close()
@@ -151,6 +162,8 @@ class Consumer:
         broker.declare_topology(channel, self._settings)
         channel.confirm_delivery()
         channel.basic_qos(prefetch_count=self._settings.prefetch)
+        self._cancelled = False
+        channel.add_on_cancel_callback(self._on_cancelled)
         channel.basic_consume(self._settings.queue, self._on_message)
         self._channel = channel
         log.info("consuming %s (batch %d, flush %d ms, prefetch %d)", self._settings.queue,
@@ -180,11 +193,19 @@ class Consumer:
             message_id=properties.message_id,
         ))
 
+    def _on_cancelled(self, _method: pika.frame.Method) -> None:
+        """Runs inside process_data_events when the broker cancels our subscription."""
+        self._cancelled = True
+
     def _consume(self) -> None:
         assert self._connection is not None
         flush_s = self._settings.flush_ms / 1000
         batch_size = self._settings.batch_size
         while not self._stop.is_set():
+            if self._cancelled:
+                # Without a subscription nothing more would arrive, ever: start over. What is
+                # being written is abandoned unacked (redelivered if the queue still holds it).
+                raise ConsumerCancelled(f"RabbitMQ cancelled the subscription to {self._settings.queue}")
             self._beat()
             while self._writing and self._writing[0].outcome.done():
                 self._finish(self._writing[0])

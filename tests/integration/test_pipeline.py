@@ -245,3 +245,23 @@ def test_the_consumer_touches_its_health_file(settings, engine, tmp_path):
         wait_until(lambda: alive.stat().st_mtime > first, timeout=15, what="the health file to be touched again")
     finally:
         running.stop()
+
+
+def test_a_deleted_queue_is_declared_again_and_consumed(settings, store, start_consumer, publisher, raw_channel):
+    """basic.cancel (the queue was deleted under the consumer): it reconnects and consumes again."""
+    job = store.create_job()
+    start_consumer()
+    publisher.emit(job.id, "progress", "before")
+    wait_until(lambda: store.get_job(job.id).message == "before", what="the first event applied")
+    raw_channel.queue_delete(settings.queue)
+
+    def declared_again() -> bool:
+        try:
+            raw_channel.connection.channel().queue_declare(settings.queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return False
+        return True
+    wait_until(declared_again, timeout=30, what="the consumer to declare its queue again")
+    publisher.emit(job.id, "succeeded", "after")
+    wait_until(lambda: store.get_job(job.id).status == merge.SUCCEEDED, timeout=30, what="the event after the deletion")
+    assert store.get_job(job.id).message == "after"
