@@ -47,7 +47,6 @@ from tracker.store import Job
 log = logging.getLogger(__name__)
 
 CHANNEL = "tracker_async_status"  # the channel migration 0002's triggers notify
-EVERY_ROW = "*"  # the payload that means "every row may have changed" (TRUNCATE)
 
 MAX_ENTRIES = 100_000
 TTL_S = 5.0
@@ -290,23 +289,28 @@ class RowCache:
     def _due(self) -> list[int]:
         """Rows asked for within ``idle_s`` that would expire before the listener's next turn or
         two. Drops the expired others."""
-        due = []
+        due: list[int] = []
         now = self._clock()
         horizon = now + self._refresh_ahead_s
-        with self._lock:
-            for _ in range(len(self._expiries)):
-                if self._expiries[0][0] > horizon:
-                    break
-                expires_at, job_id = self._expiries.popleft()
-                entry = self._entries.get(job_id)
-                if entry is None or entry.expires_at != expires_at:
-                    continue  # gone, or read again since
-                if now - entry.used_at <= self._idle_s:
-                    due.append(job_id)
-                elif expires_at <= now:
-                    del self._entries[job_id]
-                else:
-                    self._expiries.append((expires_at, job_id))  # may yet be asked for: look again later
+        looked, pending = 0, len(self._expiries)
+        while looked < pending:
+            # A thousand at a time, so that requests need not wait for the lock while a whole
+            # warm-up's worth of rows comes due.
+            with self._lock:
+                for _ in range(min(1000, pending - looked)):
+                    looked += 1
+                    if not self._expiries or self._expiries[0][0] > horizon:
+                        return due
+                    expires_at, job_id = self._expiries.popleft()
+                    entry = self._entries.get(job_id)
+                    if entry is None or entry.expires_at != expires_at:
+                        continue  # gone, or read again since
+                    if now - entry.used_at <= self._idle_s:
+                        due.append(job_id)
+                    elif expires_at <= now:
+                        del self._entries[job_id]
+                    else:
+                        self._expiries.append((expires_at, job_id))  # may yet be asked for: look again later
         return due
 
     def _read_again(self, conn: psycopg.Connection[Any], ids: list[int]) -> None:
