@@ -15,10 +15,9 @@ from falcon.routing import BaseConverter
 
 from api import errors, middleware, openapi, resources
 from api.reads import JobReads
-from tracker import auth
+from tracker import auth, rowcache
 from tracker.config import Settings
 from tracker.db import make_engine
-from tracker.rowcache import RowCache, connector_for
 from tracker.store import JobStore
 from tracker.users import LoginThrottle, UserStore
 
@@ -101,16 +100,19 @@ def get_app(settings: Settings | None = None) -> falcon.App:
     ))
 
 
-def job_reads(database_url: str) -> JobReads:
+def job_reads(database_url: str, cached_rows: int = rowcache.MAX_ENTRIES,
+              warm_rows: int | None = None) -> JobReads:
     """GET's reads: an engine of their own without pre-ping (a round trip less per GET; a read
-    that meets a dropped connection is retried instead), through the exact row cache on
-    PostgreSQL. Opens no connection: the cache's listener starts on first use, in the process
-    that serves (after gunicorn's fork)."""
+    that meets a dropped connection is retried instead), through the exact row cache of up to
+    ``cached_rows`` rows (0: none) on PostgreSQL, which starts with the ``warm_rows`` newest
+    (default: as many as it holds). Opens no connection: the cache's listener starts on first
+    use, in the process that serves (after gunicorn's fork)."""
     engine = make_engine(database_url, pool_pre_ping=False)
     store = JobStore(engine)
-    if engine.dialect.name != "postgresql":
+    if engine.dialect.name != "postgresql" or cached_rows <= 0:
         return JobReads(store)
-    return JobReads(store, RowCache(connector_for(engine)))
+    return JobReads(store, rowcache.RowCache(rowcache.connector_for(engine), max_entries=cached_rows,
+                                             warm_rows=warm_rows))
 
 
 def is_later_version(version: str) -> bool:

@@ -510,6 +510,7 @@ def test_job_reads_use_the_cache_on_postgresql_only(pg_url: str, tmp_path) -> No
     schema.migrate(sqlite)
     sqlite.dispose()
     assert job_reads(sqlite_url)._cache is None  # noqa: SLF001
+    assert job_reads(pg_url, cached_rows=0)._cache is None  # noqa: SLF001
     reads = job_reads(pg_url)
     assert isinstance(reads._cache, RowCache)  # noqa: SLF001
     reads.close()
