@@ -96,7 +96,7 @@ def get_app(settings: Settings | None = None) -> falcon.App:
         throttle=LoginThrottle(engine, settings.login_max_failures, settings.login_lockout_s),
         tokens=auth.Tokens(secret, settings.token_ttl_s),
         settings=settings,
-        reads=job_reads(settings.database_url),
+        reads=job_reads(settings.database_url, cached_rows=settings.row_cache_rows),
     ))
 
 

@@ -39,6 +39,7 @@ class Settings:
     user_cache_s: float = 30.0
     login_max_failures: int = 5
     login_lockout_s: int = 60
+    row_cache_rows: int = 100_000  # job rows each API worker keeps (PostgreSQL only; 0: none)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -63,6 +64,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"TRACKER_{name.upper()} must be at least 1")
+        if self.row_cache_rows < 0:
+            raise ConfigError("TRACKER_ROW_CACHE_ROWS must be at least 0")
         if self.prefetch < self.batch_size:
             raise ConfigError("TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE")
         host, sep, port = self.bind.rpartition(":")

@@ -24,11 +24,13 @@ def test_values_are_read_and_converted():
         "TRACKER_PREFETCH": "100",
         "TRACKER_SECURE_COOKIES": "true",
         "TRACKER_USER_CACHE_S": "2.5",
+        "TRACKER_ROW_CACHE_ROWS": "0",
         "UNRELATED": "ignored",
     })
     assert settings.database_url == "postgresql+psycopg://db/x"
     assert (settings.batch_size, settings.prefetch, settings.secure_cookies) == (50, 100, True)
     assert settings.user_cache_s == 2.5
+    assert settings.row_cache_rows == 0
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -37,6 +39,7 @@ def test_values_are_read_and_converted():
     ({"TRACKER_BATCH_SIZE": "3000"}, "TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE"),
     ({"TRACKER_BIND": "8000"}, "TRACKER_BIND must be HOST:PORT"),
     ({"TRACKER_SECURE_COOKIES": "maybe"}, "TRACKER_SECURE_COOKIES must be true or false"),
+    ({"TRACKER_ROW_CACHE_ROWS": "-1"}, "TRACKER_ROW_CACHE_ROWS must be at least 0"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
