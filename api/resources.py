@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -54,6 +55,15 @@ def job_view(job: Job) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=4096)
+def _job_body(job: Job) -> bytes:
+    """The body of GET for ``job``, kept for the rows asked for most (Job is immutable, so exact).
+
+    Rendering the times and the JSON is about half of what a GET answered from the row cache costs.
+    """
+    return orjson.dumps({"response": job_view(job)})
+
+
 class JobStatus:
     """GET /api/{version}/async_status/{id}: one job's status."""
 
@@ -65,7 +75,8 @@ class JobStatus:
         number = parse_job_id(job_id)
         if number <= 0:
             raise JobNotFound(number)  # ids start at 1; no need to ask the database
-        resp.media = {"response": job_view(self._jobs.get_job(number))}
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = _job_body(self._jobs.get_job(number))
 
 
 class JobStatuses:
