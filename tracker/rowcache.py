@@ -362,11 +362,10 @@ class RowCache:
                 ids = None  # "*", or anything unexpected: drop every row
                 break
         with self._lock:
-            self._invalidations += 1
             if ids is None:
-                self._entries.clear()
-                self._expiries.clear()
+                self._forget_all()
             else:
+                self._invalidations += 1
                 for job_id in ids:
                     self._entries.pop(job_id, None)
         return ids
@@ -374,9 +373,7 @@ class RowCache:
     def _go_live(self, proved_at: float) -> None:
         """LISTEN has succeeded: anything remembered before may have missed a notification."""
         with self._lock:
-            self._entries.clear()
-            self._expiries.clear()
-            self._invalidations += 1
+            self._forget_all()
             self._proved_at = proved_at
             self._listening = True
 
@@ -385,9 +382,14 @@ class RowCache:
         with self._lock:
             self._listening = False
             self._backend_pid = None
-            self._entries.clear()
-            self._expiries.clear()
-            self._invalidations += 1
+            self._forget_all()
+
+    def _forget_all(self) -> None:
+        """Drop every row, and count it as an invalidation (so reads in flight are not kept);
+        the caller holds the lock."""
+        self._entries.clear()
+        self._expiries.clear()
+        self._invalidations += 1
 
 
 def _jobs_of(rows: Iterable[tuple[Any, ...]]) -> Iterable[Job]:
