@@ -16,6 +16,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -35,28 +36,12 @@ def drain(args: argparse.Namespace) -> dict[str, Any]:
     The same client library, connection class, prefetch and multiple-acks as the tracker's
     consumer: what is left is the cost of the broker and of pika themselves.
     """
-    connection = pika.BlockingConnection(broker.parameters(args.amqp_url, "bench-drain"))
-    channel = connection.channel()
-    channel.basic_qos(prefetch_count=args.prefetch)
-    seen = 0
-    first_at = 0.0
-
-    def on_message(ch: Any, method: Any, _properties: Any, body: bytes) -> None:
-        nonlocal seen, first_at
-        if seen == 0:
-            first_at = time.monotonic()
+    def handle(ch: Any, method: Any, _properties: Any, body: bytes, seen: int) -> None:
         json.loads(body)
-        seen += 1
         if seen % args.ack_every == 0 or seen == args.count:
             ch.basic_ack(method.delivery_tag, multiple=True)
-        if seen == args.count:
-            ch.stop_consuming()
 
-    channel.basic_consume(args.queue, on_message)
-    channel.start_consuming()
-    last_at = time.monotonic()
-    connection.close()
-    return {"events": seen, "first_at": first_at, "last_at": last_at}
+    return _consume_counted(args, "bench-drain", handle)
 
 
 def naive(args: argparse.Namespace) -> dict[str, Any]:
@@ -67,7 +52,22 @@ def naive(args: argparse.Namespace) -> dict[str, Any]:
     """
     engine = make_engine(args.database_url)
     store = JobStore(engine)
-    connection = pika.BlockingConnection(broker.parameters(args.amqp_url, "bench-naive"))
+
+    def handle(ch: Any, method: Any, properties: Any, body: bytes, _seen: int) -> None:
+        store.apply([events.parse(body, properties.content_type)])
+        ch.basic_ack(method.delivery_tag)
+
+    try:
+        return _consume_counted(args, "bench-naive", handle)
+    finally:
+        engine.dispose()
+
+
+def _consume_counted(args: argparse.Namespace, client: str,
+                     handle: Callable[[Any, Any, Any, bytes, int], None]) -> dict[str, Any]:
+    """Consume ``args.count`` messages from ``args.queue``, each passed to ``handle`` with how many
+    have been seen (itself included); when the first arrived and when the last was handled."""
+    connection = pika.BlockingConnection(broker.parameters(args.amqp_url, client))
     channel = connection.channel()
     channel.basic_qos(prefetch_count=args.prefetch)
     seen = 0
@@ -77,9 +77,8 @@ def naive(args: argparse.Namespace) -> dict[str, Any]:
         nonlocal seen, first_at
         if seen == 0:
             first_at = time.monotonic()
-        store.apply([events.parse(body, properties.content_type)])
-        ch.basic_ack(method.delivery_tag)
         seen += 1
+        handle(ch, method, properties, body, seen)
         if seen == args.count:
             ch.stop_consuming()
 
@@ -87,7 +86,6 @@ def naive(args: argparse.Namespace) -> dict[str, Any]:
     channel.start_consuming()
     last_at = time.monotonic()
     connection.close()
-    engine.dispose()
     return {"events": seen, "first_at": first_at, "last_at": last_at}
 
 
