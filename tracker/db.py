@@ -63,7 +63,8 @@ async_status = sa.Table(
     sqlite_autoincrement=True,
 )
 
-# Message events inside R, kept for the one merge case that needs more than the row.
+# Message events inside R, kept for the one merge case that needs more than the row. The foreign
+# key is SQLite's; on PostgreSQL migration 0003 replaced it by triggers that delete with the job.
 async_status_message = sa.Table(
     "async_status_message",
     metadata,

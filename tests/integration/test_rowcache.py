@@ -1,6 +1,7 @@
 """The exact row cache on a real PostgreSQL: every change reaches it, and it never serves a stale row.
 
-Also migration 0002 (the triggers that notify) and GET's retry after a dropped connection.
+Also GET's retry after a dropped connection. Migration 0002 (the triggers that notify) is
+tested in test_migrations.py.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import dataclasses
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,8 +17,6 @@ import falcon.testing
 import psycopg
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
 from api.app import Deps, create_app, job_reads
 from api.reads import JobReads
@@ -536,65 +534,6 @@ def test_the_api_under_gunicorn_serves_fresh_rows_from_its_workers_caches(pg_url
         # Well within the 5 s TTL: the notification did it, not the expiry.
         assert time.monotonic() - changed_at < 2.5
     store.engine.dispose()
-
-
-# --- migration 0002 ---
-
-@pytest.fixture
-def fresh_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database of this test's own."""
-    name = f"tracker_test_{uuid.uuid4().hex[:10]}_mig"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
-
-
-def _alembic(engine: sa.Engine, action: Callable[[Config], None]) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(schema._SCRIPTS))  # noqa: SLF001
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        action(config)
-
-
-def _notify_objects(engine: sa.Engine) -> tuple[list[str], int]:
-    with engine.connect() as conn:
-        triggers = conn.exec_driver_sql(
-            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'async_status'::regclass AND NOT tgisinternal "
-            "ORDER BY tgname").scalars().all()
-        functions = conn.exec_driver_sql(
-            "SELECT count(*) FROM pg_proc WHERE proname = 'tracker_notify_async_status_changed'").scalar_one()
-    return list(triggers), functions
-
-
-def test_migration_0002_upgrades_and_downgrades(fresh_database: str) -> None:
-    engine = make_engine(fresh_database)
-    try:
-        schema.migrate(engine)
-        expected = ["tracker_async_status_deleted", "tracker_async_status_truncated", "tracker_async_status_updated"]
-        assert _notify_objects(engine) == (expected, 1)
-        _alembic(engine, lambda config: command.downgrade(config, "0001"))
-        assert _notify_objects(engine) == ([], 0)
-        schema.migrate(engine)
-        assert _notify_objects(engine) == (expected, 1)
-    finally:
-        engine.dispose()
-
-
-def test_migration_0002_does_nothing_on_sqlite(tmp_path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'tracker.db'}")
-    try:
-        schema.migrate(engine)
-        _alembic(engine, lambda config: command.downgrade(config, "0001"))
-        schema.migrate(engine)
-        with engine.connect() as conn:
-            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0002"
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("statement", ["UPDATE async_status SET message = 'all'", "DELETE FROM async_status"])
