@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Engine
 
 from tracker import merge, timefmt
@@ -157,8 +157,9 @@ class JobStore:
 
 
 def _fold_in_postgresql(conn: sa.Connection, events: Sequence[Event]) -> Applied:
-    ids = sorted({event.job_id for event in events})
-    found = set(conn.execute(_LOCK_IN_POSTGRESQL, {"ids": ids}).scalars())
+    # The ids travel as one array literal: psycopg adapts a list of ints one by one.
+    ids = "{" + ",".join(map(str, sorted({event.job_id for event in events}))) + "}"
+    missing = conn.execute(_LOCK_IN_POSTGRESQL, {"ids": ids}).scalar_one()
     # The events go as one JSON text: orjson writes it far faster than the driver adapts
     # parameters one by one, and PostgreSQL reads the instants back exactly (µs, with offset).
     batch = orjson.dumps([
@@ -169,7 +170,7 @@ def _fold_in_postgresql(conn: sa.Connection, events: Sequence[Event]) -> Applied
     # A new statement, so a new snapshot: it sees everything committed by whoever held these
     # locks before us, message history included.
     changed = conn.execute(_MERGE_IN_POSTGRESQL, {"events": batch, "ids": ids}).scalar_one()
-    return Applied(changed_jobs=changed, missing_jobs=frozenset(ids) - found)
+    return Applied(changed_jobs=changed, missing_jobs=frozenset(missing))
 
 
 # Set once on each pooled connection that folds batches, for its whole session (a round trip
@@ -185,13 +186,14 @@ _PLAN_FOR_BATCHES = sa.text("SELECT set_config('jit', 'off', false), set_config(
 _PLANNED_FOR_BATCHES = "tracker.store: planned for batches"
 
 # Locking in id order is what makes concurrent batches over the same jobs wait for each other
-# instead of deadlocking.
-_LOCK_IN_POSTGRESQL = (
-    sa.select(async_status.c.id)
-    .where(async_status.c.id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger))))
-    .order_by(async_status.c.id)
-    .with_for_update()
+# instead of deadlocking. It answers with the ids that have no row (usually none), not with the
+# rows it locked.
+_LOCK_IN_POSTGRESQL = sa.text("""
+WITH locked AS (
+    SELECT id FROM async_status WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE
 )
+SELECT ARRAY(SELECT unnest(CAST(:ids AS bigint[])) EXCEPT ALL SELECT id FROM locked)
+""")
 
 # tracker.merge over a whole batch at once. Keys compare as (occurred_at, seq, event_id) with
 # event_id in the "C" collation, which is Python's order for these ASCII texts. Ties keep what
