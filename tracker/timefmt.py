@@ -27,6 +27,20 @@ def parse_time(text: str) -> dt.datetime:
 
     Raises ValueError with a reason a publisher can act on.
     """
+    # The shape format_time writes, which is what publishers send: fromisoformat reads exactly
+    # these 27 ASCII characters, in UTC, in a tenth of the time of the general path below (it
+    # refuses what that path refuses, and then that path gives the reason).
+    # tests/unit/test_timefmt.py holds the two to the same answer.
+    if (len(text) == 27 and text[26] == "Z" and text[10] == "T" and text[19] == "." and text.isascii()
+            and text[4] == text[7] == "-" and text[13] == text[16] == ":"):
+        try:
+            return dt.datetime.fromisoformat(text)
+        except ValueError:
+            pass
+    return _parse_time_generally(text)
+
+
+def _parse_time_generally(text: str) -> dt.datetime:
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise ValueError("must be an RFC 3339 timestamp with an offset, like 2021-02-18T17:13:56.352261Z")

@@ -1,0 +1,55 @@
+"""Timestamps: the quick path for the common shape answers exactly as the general path does."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tracker import timefmt
+
+# Characters that matter to either parser at any position of the 27-character shape.
+_CHARS = st.sampled_from(list("0123456789-:.TtZz+ _٣") + ["\u0661"])
+_COMMON = "2026-11-28T23:02:01.623673Z"
+
+
+def _answer(parse, text: str) -> tuple[str, object]:
+    try:
+        instant = parse(text)
+    except ValueError as exc:
+        return "refused", str(exc)
+    return "parsed", (instant, instant.utcoffset(), instant.tzinfo)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.tuples(st.integers(0, 26), _CHARS), max_size=4), st.datetimes(
+    min_value=dt.datetime(1000, 1, 1), max_value=dt.datetime(9999, 12, 31)))
+def test_the_quick_path_agrees_with_the_general_one(changes: list[tuple[int, str]], instant: dt.datetime) -> None:
+    text = list(timefmt.format_time(instant.replace(tzinfo=dt.timezone.utc)) or "")
+    for position, char in changes:
+        text[position] = char
+    candidate = "".join(text)
+    assert _answer(timefmt.parse_time, candidate) == _answer(timefmt._parse_time_generally, candidate)  # noqa: SLF001
+
+
+@pytest.mark.parametrize("text", [
+    _COMMON,
+    "2026-11-28T23:02:60.000000Z",  # a leap second: refused, with its own reason
+    "2026-02-30T23:02:01.623673Z",  # no such day
+    "2026-11-28T24:00:00.000000Z",
+    "2026-11-28t23:02:01.623673Z",
+    "2026-11-28T23:02:01.623673z",
+    "2026-11-28 23:02:01.623673Z",
+    "2026-11-28T23:02:01,623673Z",
+    "2026-11-28T23:02:01.62367\u0663Z",  # a digit, but not an ASCII one
+])
+def test_the_common_shape_and_its_near_misses(text: str) -> None:
+    assert _answer(timefmt.parse_time, text) == _answer(timefmt._parse_time_generally, text)  # noqa: SLF001
+
+
+def test_the_common_shape_is_read_in_utc_to_the_microsecond() -> None:
+    parsed = timefmt.parse_time(_COMMON)
+    assert parsed == dt.datetime(2026, 11, 28, 23, 2, 1, 623673, tzinfo=dt.timezone.utc)
+    assert parsed.tzinfo is dt.timezone.utc
