@@ -17,6 +17,17 @@ CHECKS = ",".join([
 ])
 
 
+_MEANT_TO_REFUSE = {"POST /api/{version}/user/login"}
+
+
+def _operations_warned_about(stdout: str) -> set[str]:
+    """The operations listed in the WARNINGS section of schemathesis's report; empty if it lists none."""
+    if "WARNINGS" not in stdout:
+        return set()
+    section = stdout.split("WARNINGS", 1)[1].split("SUMMARY", 1)[0]
+    return {line.strip()[2:] for line in section.splitlines() if line.strip().startswith("- ")}
+
+
 def test_the_live_api_keeps_its_openapi_contract(database_url: str, tmp_path: pathlib.Path) -> None:
     add_users(database_url, ops="operations")
     # Fuzzed logins fail by the hundred: a low limit with a short lockout gets 429s checked too,
@@ -32,6 +43,10 @@ def test_the_live_api_keeps_its_openapi_contract(database_url: str, tmp_path: pa
             cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
         )
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
-    assert "No issues found" in run.stdout, run.stdout[-20000:]
+    if "No issues found" not in run.stdout:
+        # Newer schemathesis warns of an operation that only ever answered 401/403 (or 429): the
+        # login, whose fuzzed credentials are all wrong, is meant to. Any other warning fails.
+        warned = _operations_warned_about(run.stdout)
+        assert warned and warned <= _MEANT_TO_REFUSE, run.stdout[-20000:]
     log = api.log()
     assert "Traceback" not in log and "unhandled error" not in log, log[-20000:]
