@@ -23,11 +23,10 @@ import pika.exceptions
 from bench import load, measurements, processes
 from bench.report import Progress, Run, describe_machine, summary, write_docs
 from bench.services import BenchBroker, BenchDatabase, MessagesLost
-from bench.testbed import FULL, QUICK, Testbed
-from tracker.config import ConfigError, Settings
+from bench.testbed import DEFAULT_AMQP_URL, FULL, QUICK, Testbed, settings_changes
+from tracker.config import ConfigError
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tracker_bench"
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 _ATTEMPTS = 3  # per measurement, when the broker goes away under it (others' fault tests restart it)
 
 
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown measurement(s): {', '.join(unknown)}")
     docs = args.docs or (None if args.quick else processes.ROOT / "docs" / "performance.md")
     try:
-        changes = _changes(args.set)
+        changes = settings_changes(args.set)
     except ConfigError as exc:
         parser.error(str(exc))
 
@@ -102,19 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         write_docs(docs, run)
         progress.say(f"wrote {docs}")
     return 0
-
-
-def _changes(assignments: list[str]) -> dict[str, object]:
-    """``FIELD=VALUE`` pairs as Settings changes, read the way TRACKER_FIELD would be; raises ConfigError."""
-    env = {}
-    for assignment in assignments:
-        field, sep, value = assignment.partition("=")
-        if not sep or field not in Settings.__dataclass_fields__:
-            raise ConfigError(f"--set takes FIELD=VALUE with a field of tracker.config.Settings, not {assignment!r}")
-        env[f"TRACKER_{field.upper()}"] = value
-    configured = Settings.from_env(env)
-    return {field.lower().removeprefix("tracker_"): getattr(configured, field.lower().removeprefix("tracker_"))
-            for field in env}
 
 
 def _measure(name: str, bed: Testbed) -> list:

@@ -49,6 +49,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def cpu_seconds(stat: pathlib.Path) -> float:
+    """User plus system CPU time so far of the process or thread whose ``/proc/…/stat`` this is.
+
+    Raises OSError if it has gone.
+    """
+    text = stat.read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
 class Child:
     """One child process, its output kept in ``log``; stopped with SIGTERM (then SIGKILL)."""
 
@@ -84,9 +94,7 @@ class Child:
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time so far, of the process itself (threads included)."""
-        stat = pathlib.Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return cpu_seconds(pathlib.Path(f"/proc/{self.pid}/stat"))
 
     def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from bench import processes
 from bench.report import Progress, Run
 from bench.services import BenchBroker, BenchDatabase
-from tracker.config import Settings
+from tracker.config import ConfigError, Settings
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,3 +81,16 @@ class Testbed:
         for child in self._children:
             child.stop()
         self._children.clear()
+
+
+def settings_changes(assignments: list[str]) -> dict[str, object]:
+    """``FIELD=VALUE`` pairs as Settings changes, read the way TRACKER_FIELD would be; raises ConfigError."""
+    env = {}
+    for assignment in assignments:
+        field, sep, value = assignment.partition("=")
+        if not sep or field not in Settings.__dataclass_fields__:
+            raise ConfigError(f"--set takes FIELD=VALUE with a field of tracker.config.Settings, not {assignment!r}")
+        env[f"TRACKER_{field.upper()}"] = value
+    configured = Settings.from_env(env)
+    return {field.lower().removeprefix("tracker_"): getattr(configured, field.lower().removeprefix("tracker_"))
+            for field in env}
