@@ -59,6 +59,12 @@ class _Nothing:
         return Outcome(applied=len(deliveries), dead=())
 
 
+def settings_for(database: BenchDatabase, broker: BenchBroker, **changes: object) -> Settings:
+    """The consumer's settings against ``database`` and ``broker``: names of the run's own, a fresh secret."""
+    return Settings(database_url=database.url, amqp_url=broker.url,
+                    secret=secrets.token_urlsafe(48)).with_(**broker.names("anatomy"), **changes)
+
+
 def measure(settings: Settings, count: int, store: str, database: BenchDatabase, broker: BenchBroker) -> dict[str, object]:
     """Fill the queue with ``count`` events, drain it with the consumer, and say where the CPU went."""
     database.recreate()
@@ -166,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     database = BenchDatabase(args.postgres_url)
     broker = BenchBroker(args.amqp_url, uuid.uuid4().hex[:8])
-    settings = Settings(database_url=args.postgres_url, amqp_url=args.amqp_url,
-                        secret=secrets.token_urlsafe(48)).with_(**broker.names("anatomy"), **changes)
+    settings = settings_for(database, broker, **changes)
     try:
         print(json.dumps(measure(settings, args.events, args.store, database, broker)), flush=True)
     finally:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
-from bench.anatomy import measure
+from bench.anatomy import measure, settings_for
 from bench.services import BenchBroker, BenchDatabase
 from tests.conftest import AMQP_URL, POSTGRES_URL
-from tracker.config import Settings
 
 EVENTS = 10_000  # enough CPU for the clock ticks of /proc (10 ms) to see every part
 
@@ -21,8 +19,7 @@ def bench_parts():
     url = sa.make_url(POSTGRES_URL).set(database=f"tracker_test_{uuid.uuid4().hex[:10]}_anatomy")
     database = BenchDatabase(url.render_as_string(hide_password=False))
     broker = BenchBroker(AMQP_URL, uuid.uuid4().hex[:8])
-    settings = Settings(database_url=database.url, amqp_url=AMQP_URL,
-                        secret=secrets.token_urlsafe(48)).with_(**broker.names("anatomy"))
+    settings = settings_for(database, broker)
     yield settings, database, broker
     broker.delete_all()
     database.drop()
