@@ -40,7 +40,6 @@ from tracker.store import JobStore
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tracker_bench_anatomy"
 _SERVERS = {"postgresql": ("postgres",), "rabbitmq": ("beam.smp", "beam")}  # process names, as /proc/*/comm
-_PER_JOB = 5
 
 
 class _ParseOnly:
@@ -68,8 +67,8 @@ def settings_for(database: BenchDatabase, broker: BenchBroker, **changes: object
 def measure(settings: Settings, count: int, store: str, database: BenchDatabase, broker: BenchBroker) -> dict[str, object]:
     """Fill the queue with ``count`` events, drain it with the consumer, and say where the CPU went."""
     database.recreate()
-    ids = database.seed_jobs(max(count // _PER_JOB, 1))
-    bodies = workload.lifecycles(ids, _PER_JOB, random.Random(1)).bodies[:count]
+    ids = database.seed_jobs(max(count // workload.EVENTS_PER_JOB, 1))
+    bodies = workload.lifecycles(ids, workload.EVENTS_PER_JOB, random.Random(1)).bodies[:count]
     broker.declare(settings)
     broker.fill(settings, bodies)
     engine = make_engine(settings.database_url, pool_pre_ping=False)

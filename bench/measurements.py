@@ -18,7 +18,6 @@ from bench.services import BenchDatabase, MessagesLost, QueueWatcher
 from bench.testbed import Testbed
 from tracker.config import Settings
 
-_LIFE = 5  # events per job: four progress reports, then succeeded or failed
 _DONE_CHECK = 2000  # final events whose rows are checked for completion (several batches' worth)
 _MB = 1024 * 1024
 _SCALE_WARMUP = 300  # GETs before #5 starts its clock
@@ -247,10 +246,10 @@ def memory(bed: Testbed) -> list[Result]:
     settings = bed.settings("memory")
     db.empty()
     rng = random.Random(4)
-    warmup_ids = db.seed_jobs(scale.memory_warmup_events // _LIFE)
-    chunk_jobs = min(20_000, scale.memory_events // _LIFE)  # published a chunk at a time
-    chunks = [db.seed_jobs(chunk_jobs) for _ in range(scale.memory_events // (_LIFE * chunk_jobs))]
-    total = sum(len(c) for c in chunks) * _LIFE
+    warmup_ids = db.seed_jobs(scale.memory_warmup_events // workload.EVENTS_PER_JOB)
+    chunk_jobs = min(20_000, scale.memory_events // workload.EVENTS_PER_JOB)  # published a chunk at a time
+    chunks = [db.seed_jobs(chunk_jobs) for _ in range(scale.memory_events // (workload.EVENTS_PER_JOB * chunk_jobs))]
+    total = sum(len(c) for c in chunks) * workload.EVENTS_PER_JOB
     db.analyze()
     bed.progress.say(f"memory: {scale.memory_warmup_events:,} events to warm up, then {total:,} events")
     consumer = bed.start("memory-consume", tracker_command("consume"), settings)
@@ -258,7 +257,7 @@ def memory(bed: Testbed) -> list[Result]:
     watcher = QueueWatcher(bed.broker, settings.queue)
     samples: list[float] = []
     try:
-        warmup = workload.lifecycles(warmup_ids, _LIFE, rng)
+        warmup = workload.lifecycles(warmup_ids, workload.EVENTS_PER_JOB, rng)
         bed.broker.fill(settings, warmup.bodies, keep_below=200_000)
         _wait_drained(bed, watcher, consumer, warmup.final_jobs[-_DONE_CHECK:], samples)
         time.sleep(1.0)
@@ -266,10 +265,10 @@ def memory(bed: Testbed) -> list[Result]:
         started = time.monotonic()
         work = None
         for number, chunk in enumerate(chunks, start=1):
-            work = workload.lifecycles(chunk, _LIFE, rng)
+            work = workload.lifecycles(chunk, workload.EVENTS_PER_JOB, rng)
             bed.broker.fill(settings, work.bodies, keep_below=200_000)
             samples.append(consumer.rss_bytes() / _MB)
-            bed.progress.say(f"  published {number * len(chunk) * _LIFE:,}/{total:,}; "
+            bed.progress.say(f"  published {number * len(chunk) * workload.EVENTS_PER_JOB:,}/{total:,}; "
                              f"consumer RSS {samples[-1]:.1f} MB")
         assert work is not None
         unfinished = _wait_drained(bed, watcher, consumer, work.final_jobs[-_DONE_CHECK:], samples)

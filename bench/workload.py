@@ -12,6 +12,8 @@ import orjson
 
 from tracker import timefmt
 
+EVENTS_PER_JOB = 5  # as the measurements publish them: four progress reports, then succeeded or failed
+
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
