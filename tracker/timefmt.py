@@ -19,7 +19,10 @@ def format_time(instant: dt.datetime | None) -> str | None:
     if instant is None:
         return None
     utc = instant.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond:06d}Z"
+    # Written out field by field: strftime's %Y gives "999" for the year 999 on glibc, which no
+    # RFC 3339 reader (parse_time included) takes back.
+    return (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
+            f".{utc.microsecond:06d}Z")
 
 
 def parse_time(text: str) -> dt.datetime:
