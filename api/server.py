@@ -15,7 +15,7 @@ from gunicorn.workers.sync import SyncWorker
 from api.app import get_app
 from api.errors import (MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE_BYTES, alerts,
                         refusal_for)
-from tracker import auth
+from tracker import auth, heap
 from tracker.config import Settings
 
 GRACEFUL_TIMEOUT_S = 10
@@ -59,7 +59,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             self.cfg.set("control_socket_disable", True)
 
     def load(self) -> falcon.App:
-        return get_app(self._settings)
+        app = get_app(self._settings)
+        heap.freeze_startup_objects()  # in each worker, as it is about to take requests
+        return app
 
 
 class JsonErrorsWorker(SyncWorker):  # type: ignore[misc]

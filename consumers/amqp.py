@@ -38,7 +38,7 @@ import pika.frame
 from pika.adapters.blocking_connection import BlockingChannel
 
 from consumers.status import DeadLetter, Delivery, Outcome, StatusProjector
-from tracker import broker
+from tracker import broker, heap
 from tracker.config import Settings
 from tracker.db import make_engine
 from tracker.store import JobStore, StoreUnavailable
@@ -372,6 +372,7 @@ def consume(settings: Settings) -> int:
     engine = make_engine(settings.database_url, pool_pre_ping=False)
     consumer = Consumer(settings, StatusProjector(JobStore(engine)))
     consumer.install_signal_handlers()
+    heap.freeze_startup_objects()
     try:
         consumer.run()
     except FatalBrokerError as exc:
