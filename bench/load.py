@@ -257,7 +257,7 @@ def visibility(args: argparse.Namespace) -> dict[str, Any]:
     for thread in probers:
         thread.join(timeout=args.timeout_s + 5)
     return {"published": count, "rate": count / took, "samples": len(latencies), "lost": len(lost),
-            **percentiles_ms(latencies)}
+            **percentiles_ms(latencies), "latencies_s": latencies}
 
 
 def main(argv: list[str] | None = None) -> int:

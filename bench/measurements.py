@@ -156,10 +156,58 @@ def _complete(bed: Testbed, ids: range, events: int) -> bool:
 
 
 def latency(bed: Testbed) -> list[Result]:
-    """#2: publish -> visible through GET at a steady rate, against publish -> consume on the same broker."""
-    scale, db = bed.scale, bed.database
+    """#2: publish -> visible through GET at a steady rate, against publish -> consume on the same broker.
+
+    The two alternate ``scale.latency_rounds`` times, each round from fresh rows, and each side's
+    percentiles are of all its rounds' samples together: a stall of the machine during one round
+    (seen here: a reference p99 of 83 ms against its usual 3-4 ms) then moves the p99 of neither
+    side by much, instead of deciding the target alone.
+    """
+    scale = bed.scale
     settings = bed.settings("latency")
     count = round(scale.latency_rate * scale.latency_s)
+    bed.progress.say(f"latency: {scale.latency_rate:,.0f} events/s for {scale.latency_s:.0f} s, "
+                     f"every {scale.latency_sample_every}th timed, {scale.latency_rounds} round(s)")
+    round_trips: list[float] = []
+    visible: list[float] = []
+    lost = received = 0
+    rates, reference_rates, p99s, reference_p99s = [], [], [], []
+    for round_number in range(scale.latency_rounds):
+        reference, seen = _latency_round(bed, settings, count, round_number)
+        round_trips.extend(reference["latencies_s"])
+        visible.extend(seen["latencies_s"])
+        lost += seen["lost"]
+        received += reference["received"]
+        rates.append(seen["rate"])
+        reference_rates.append(reference["published_rate"])
+        p99s.append(seen["p99_ms"])
+        reference_p99s.append(reference["p99_ms"])
+    reference_cuts, seen_cuts = percentiles_ms(round_trips), percentiles_ms(visible)
+
+    bed.run.charts.append(report.bar_chart(
+        "Latency at 1,000 events/s, ms", "ms",
+        [("round trip p50", reference_cuts["p50_ms"]), ("round trip p99", reference_cuts["p99_ms"]),
+         ("GET shows it p50", seen_cuts["p50_ms"]), ("GET shows it p99", seen_cuts["p99_ms"])]))
+    details = {"rate": round(statistics.fmean(rates)), "reference_rate": round(statistics.fmean(reference_rates)),
+               "rounds": scale.latency_rounds, "samples": len(visible), "lost": lost,
+               "reference_received": received, "flush_ms": settings.flush_ms}
+    return [
+        Result("2 latency", "publish -> visible through GET, p50", "ms", seen_cuts["p50_ms"], reference_cuts["p50_ms"],
+               "publish -> consume round trip, p50", "—", None, details),
+        Result("2 latency", "publish -> visible through GET, p99", "ms", seen_cuts["p99_ms"], reference_cuts["p99_ms"],
+               "publish -> consume round trip, p99", "<= reference + 25 ms",
+               lost == 0 and seen_cuts["p99_ms"] <= reference_cuts["p99_ms"] + 25,
+               {**details, "over_reference_ms": round(seen_cuts["p99_ms"] - reference_cuts["p99_ms"], 2),
+                "p90_ms": seen_cuts["p90_ms"], "reference_p90_ms": reference_cuts["p90_ms"],
+                "max_ms": seen_cuts["max_ms"], "reference_max_ms": reference_cuts["max_ms"],
+                "p99_per_round_ms": [round(p, 1) for p in p99s],
+                "reference_p99_per_round_ms": [round(p, 1) for p in reference_p99s]}),
+    ]
+
+
+def _latency_round(bed: Testbed, settings: Settings, count: int, round_number: int) -> tuple[dict, dict]:
+    """One round of #2 from fresh rows: the reference's report, then the tracker's (raw latencies included)."""
+    scale, db = bed.scale, bed.database
     db.empty()
     background = db.seed_jobs(2000)
     samples = db.seed_jobs(count // scale.latency_sample_every + 10)
@@ -167,53 +215,42 @@ def latency(bed: Testbed) -> list[Result]:
     pace = ["--amqp-url", settings.amqp_url, "--exchange", settings.exchange, "--rate", str(scale.latency_rate),
             "--duration-s", str(scale.latency_s), "--first-job", str(background.start),
             "--last-job", str(background.stop - 1)]
-    bed.progress.say(f"latency: {scale.latency_rate:,.0f} events/s for {scale.latency_s:.0f} s, "
-                     f"every {scale.latency_sample_every}th timed")
 
-    bed.progress.say("  reference: publish -> consume round trip")
-    receiver = bed.start("roundtrip", bench_command("references", "roundtrip", "--amqp-url", settings.amqp_url,
-                                                    "--queue", settings.queue, "--count", str(count),
-                                                    "--prefetch", str(settings.prefetch)),
-                         settings, capture_stdout=True)
+    bed.progress.say(f"  round {round_number + 1}, reference: publish -> consume round trip")
+    receiver = bed.start(f"roundtrip-{round_number}", bench_command(
+        "references", "roundtrip", "--amqp-url", settings.amqp_url, "--queue", settings.queue,
+        "--count", str(count), "--prefetch", str(settings.prefetch)), settings, capture_stdout=True)
     receiver.wait_for_log("ready")
-    publisher = bed.start("publisher", bench_command("load", "publish", *pace), settings, capture_stdout=True)
+    publisher = bed.start(f"publisher-{round_number}", bench_command("load", "publish", *pace), settings,
+                          capture_stdout=True)
     published = orjson.loads(publisher.output(timeout=scale.latency_s + 60))
-    reference = orjson.loads(receiver.output(timeout=60))
+    reference = {**orjson.loads(receiver.output(timeout=60)), "published_rate": published["rate"]}
 
-    bed.progress.say("  tracker: publish -> visible through GET (tracker consume + tracker api)")
+    bed.progress.say(f"  round {round_number + 1}, tracker: publish -> visible through GET "
+                     "(tracker consume + tracker api)")
     port = processes.free_port()
     api_settings = settings.with_(bind=f"127.0.0.1:{port}")
-    consumer = bed.start("latency-consume", tracker_command("consume"), api_settings)
-    api = bed.start("latency-api", tracker_command("api"), api_settings)
+    consumer = bed.start(f"latency-consume-{round_number}", tracker_command("consume"), api_settings)
+    api = bed.start(f"latency-api-{round_number}", tracker_command("api"), api_settings)
     consumer.wait_for_log("consuming ")
     api.wait_for_port(port)
     # The port opens before the workers have built their apps: a second of GETs (of jobs the
     # probe does not time) so that every worker is serving when the timed events start, as #3 does.
     load.http_load(port, background, token, 1.0, 4, 1, bed.out_dir)
-    prober = bed.start("visibility", bench_command(
+    prober = bed.start(f"visibility-{round_number}", bench_command(
         "load", "visibility", *pace, "--port", str(port), "--token", token,
         "--first-sample-job", str(samples.start), "--last-sample-job", str(samples.stop - 1),
         "--sample-every", str(scale.latency_sample_every)), api_settings, capture_stdout=True)
     seen = orjson.loads(prober.output(timeout=scale.latency_s + 120))
     api.stop()
     consumer.stop()
+    bed.progress.say(f"  round {round_number + 1}: GET shows it p99 {_ms(seen['p99_ms'])}, "
+                     f"round trip p99 {_ms(reference['p99_ms'])}")
+    return reference, seen
 
-    bed.run.charts.append(report.bar_chart(
-        "Latency at 1,000 events/s, ms", "ms",
-        [("round trip p50", reference["p50_ms"]), ("round trip p99", reference["p99_ms"]),
-         ("GET shows it p50", seen["p50_ms"]), ("GET shows it p99", seen["p99_ms"])]))
-    details = {"rate": round(seen["rate"]), "reference_rate": round(published["rate"]),
-               "samples": seen["samples"], "lost": seen["lost"], "reference_received": reference["received"],
-               "flush_ms": settings.flush_ms}
-    return [
-        Result("2 latency", "publish -> visible through GET, p50", "ms", seen["p50_ms"], reference["p50_ms"],
-               "publish -> consume round trip, p50", "—", None, details),
-        Result("2 latency", "publish -> visible through GET, p99", "ms", seen["p99_ms"], reference["p99_ms"],
-               "publish -> consume round trip, p99", "<= reference + 25 ms",
-               seen["lost"] == 0 and seen["p99_ms"] <= reference["p99_ms"] + 25,
-               {**details, "over_reference_ms": round(seen["p99_ms"] - reference["p99_ms"], 2), "p90_ms": seen["p90_ms"], "reference_p90_ms": reference["p90_ms"],
-                "max_ms": seen["max_ms"], "reference_max_ms": reference["max_ms"]}),
-    ]
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} ms"
 
 
 def api(bed: Testbed) -> list[Result]:

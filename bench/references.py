@@ -92,6 +92,8 @@ def _consume_counted(args: argparse.Namespace, client: str,
 def roundtrip(args: argparse.Namespace) -> dict[str, Any]:
     """Receive until ``count`` messages or ``idle_s`` of silence; latency from ``bench_sent_at`` in each body.
 
+    Prints the percentiles and every latency (``latencies_s``), for runs that pool several rounds.
+
     Publisher and consumer read the same monotonic clock (one machine, CLOCK_MONOTONIC).
     """
     connection = pika.BlockingConnection(broker.parameters(args.amqp_url, "bench-roundtrip"))
@@ -111,7 +113,7 @@ def roundtrip(args: argparse.Namespace) -> dict[str, Any]:
     while len(latencies) < args.count and (not latencies or time.monotonic() - last_seen < args.idle_s):
         connection.process_data_events(time_limit=0.2)
     connection.close()
-    return {"received": len(latencies), **percentiles_ms(latencies)}
+    return {"received": len(latencies), **percentiles_ms(latencies), "latencies_s": latencies}
 
 
 def percentiles_ms(seconds: list[float]) -> dict[str, float | None]:

@@ -25,6 +25,7 @@ class Scale:
     naive_events: int  # the naive consumer's rate is steady; it is timed over the first of the events
     latency_rate: float  # events per second
     latency_s: float
+    latency_rounds: int  # reference and tracker alternate this many times; their samples are pooled
     latency_sample_every: int  # every n-th event is timed until GET shows it
     api_s: float  # per load run
     api_rounds: int  # reference and tracker alternate this many times
@@ -35,11 +36,11 @@ class Scale:
     scale_requests: int
 
 
-FULL = Scale(ingest_events=100_000, ingest_jobs=20_000, ingest_rounds=3, naive_events=20_000, latency_rate=1000, latency_s=40,
+FULL = Scale(ingest_events=100_000, ingest_jobs=20_000, ingest_rounds=3, naive_events=20_000, latency_rate=1000, latency_s=40, latency_rounds=3,
              latency_sample_every=50, api_s=15, api_rounds=2, memory_events=1_000_000,
              memory_warmup_events=50_000, scale_small_rows=10_000, scale_large_rows=5_000_000,
              scale_requests=4000)
-QUICK = Scale(ingest_events=10_000, ingest_jobs=2_000, ingest_rounds=1, naive_events=1_500, latency_rate=1000, latency_s=8,
+QUICK = Scale(ingest_events=10_000, ingest_jobs=2_000, ingest_rounds=1, naive_events=1_500, latency_rate=1000, latency_s=8, latency_rounds=1,
               latency_sample_every=50, api_s=4, api_rounds=1, memory_events=50_000,
               memory_warmup_events=5_000, scale_small_rows=10_000, scale_large_rows=300_000,
               scale_requests=1000)
