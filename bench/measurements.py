@@ -200,8 +200,8 @@ def latency(bed: Testbed) -> list[Result]:
                {**details, "over_reference_ms": round(seen_cuts["p99_ms"] - reference_cuts["p99_ms"], 2),
                 "p90_ms": seen_cuts["p90_ms"], "reference_p90_ms": reference_cuts["p90_ms"],
                 "max_ms": seen_cuts["max_ms"], "reference_max_ms": reference_cuts["max_ms"],
-                "p99_per_round_ms": [round(p, 1) for p in p99s],
-                "reference_p99_per_round_ms": [round(p, 1) for p in reference_p99s]}),
+                "p99_per_round_ms": [p if p is None else round(p, 1) for p in p99s],
+                "reference_p99_per_round_ms": [p if p is None else round(p, 1) for p in reference_p99s]}),
     ]
 
 
