@@ -168,29 +168,22 @@ def latency(bed: Testbed) -> list[Result]:
     count = round(scale.latency_rate * scale.latency_s)
     bed.progress.say(f"latency: {scale.latency_rate:,.0f} events/s for {scale.latency_s:.0f} s, "
                      f"every {scale.latency_sample_every}th timed, {scale.latency_rounds} round(s)")
-    round_trips: list[float] = []
-    visible: list[float] = []
-    lost = received = 0
-    rates, reference_rates, p99s, reference_p99s = [], [], [], []
-    for round_number in range(scale.latency_rounds):
-        reference, seen = _latency_round(bed, settings, count, round_number)
-        round_trips.extend(reference["latencies_s"])
-        visible.extend(seen["latencies_s"])
-        lost += seen["lost"]
-        received += reference["received"]
-        rates.append(seen["rate"])
-        reference_rates.append(reference["published_rate"])
-        p99s.append(seen["p99_ms"])
-        reference_p99s.append(reference["p99_ms"])
+    rounds = [_latency_round(bed, settings, count, n) for n in range(scale.latency_rounds)]
+    references, seens = [reference for reference, _ in rounds], [seen for _, seen in rounds]
+    round_trips = [s for reference in references for s in reference["latencies_s"]]
+    visible = [s for seen in seens for s in seen["latencies_s"]]
+    lost = sum(seen["lost"] for seen in seens)
     reference_cuts, seen_cuts = percentiles_ms(round_trips), percentiles_ms(visible)
 
     bed.run.charts.append(report.bar_chart(
         "Latency at 1,000 events/s, ms", "ms",
         [("round trip p50", reference_cuts["p50_ms"]), ("round trip p99", reference_cuts["p99_ms"]),
          ("GET shows it p50", seen_cuts["p50_ms"]), ("GET shows it p99", seen_cuts["p99_ms"])]))
-    details = {"rate": round(statistics.fmean(rates)), "reference_rate": round(statistics.fmean(reference_rates)),
+    details = {"rate": round(statistics.fmean(seen["rate"] for seen in seens)),
+               "reference_rate": round(statistics.fmean(reference["published_rate"] for reference in references)),
                "rounds": scale.latency_rounds, "samples": len(visible), "lost": lost,
-               "reference_received": received, "flush_ms": settings.flush_ms}
+               "reference_received": sum(reference["received"] for reference in references),
+               "flush_ms": settings.flush_ms}
     return [
         Result("2 latency", "publish -> visible through GET, p50", "ms", seen_cuts["p50_ms"], reference_cuts["p50_ms"],
                "publish -> consume round trip, p50", "—", None, details),
@@ -200,8 +193,8 @@ def latency(bed: Testbed) -> list[Result]:
                {**details, "over_reference_ms": round(seen_cuts["p99_ms"] - reference_cuts["p99_ms"], 2),
                 "p90_ms": seen_cuts["p90_ms"], "reference_p90_ms": reference_cuts["p90_ms"],
                 "max_ms": seen_cuts["max_ms"], "reference_max_ms": reference_cuts["max_ms"],
-                "p99_per_round_ms": [p if p is None else round(p, 1) for p in p99s],
-                "reference_p99_per_round_ms": [p if p is None else round(p, 1) for p in reference_p99s]}),
+                "p99_per_round_ms": [_rounded(seen["p99_ms"]) for seen in seens],
+                "reference_p99_per_round_ms": [_rounded(reference["p99_ms"]) for reference in references]}),
     ]
 
 
@@ -251,6 +244,10 @@ def _latency_round(bed: Testbed, settings: Settings, count: int, round_number: i
 
 def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f} ms"
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def api(bed: Testbed) -> list[Result]:

@@ -36,14 +36,14 @@ class Scale:
     scale_requests: int
 
 
-FULL = Scale(ingest_events=100_000, ingest_jobs=20_000, ingest_rounds=3, naive_events=20_000, latency_rate=1000, latency_s=40, latency_rounds=3,
-             latency_sample_every=50, api_s=15, api_rounds=2, memory_events=1_000_000,
-             memory_warmup_events=50_000, scale_small_rows=10_000, scale_large_rows=5_000_000,
-             scale_requests=4000)
-QUICK = Scale(ingest_events=10_000, ingest_jobs=2_000, ingest_rounds=1, naive_events=1_500, latency_rate=1000, latency_s=8, latency_rounds=1,
-              latency_sample_every=50, api_s=4, api_rounds=1, memory_events=50_000,
-              memory_warmup_events=5_000, scale_small_rows=10_000, scale_large_rows=300_000,
-              scale_requests=1000)
+FULL = Scale(ingest_events=100_000, ingest_jobs=20_000, ingest_rounds=3, naive_events=20_000,
+             latency_rate=1000, latency_s=40, latency_rounds=3, latency_sample_every=50,
+             api_s=15, api_rounds=2, memory_events=1_000_000, memory_warmup_events=50_000,
+             scale_small_rows=10_000, scale_large_rows=5_000_000, scale_requests=4000)
+QUICK = Scale(ingest_events=10_000, ingest_jobs=2_000, ingest_rounds=1, naive_events=1_500,
+              latency_rate=1000, latency_s=8, latency_rounds=1, latency_sample_every=50,
+              api_s=4, api_rounds=1, memory_events=50_000, memory_warmup_events=5_000,
+              scale_small_rows=10_000, scale_large_rows=300_000, scale_requests=1000)
 
 
 class Testbed:
@@ -87,12 +87,12 @@ class Testbed:
 
 def settings_changes(assignments: list[str]) -> dict[str, object]:
     """``FIELD=VALUE`` pairs as Settings changes, read the way TRACKER_FIELD would be; raises ConfigError."""
-    env = {}
+    env, fields = {}, []
     for assignment in assignments:
         field, sep, value = assignment.partition("=")
         if not sep or field not in Settings.__dataclass_fields__:
             raise ConfigError(f"--set takes FIELD=VALUE with a field of tracker.config.Settings, not {assignment!r}")
         env[f"TRACKER_{field.upper()}"] = value
+        fields.append(field)
     configured = Settings.from_env(env)
-    return {field.lower().removeprefix("tracker_"): getattr(configured, field.lower().removeprefix("tracker_"))
-            for field in env}
+    return {field: getattr(configured, field) for field in fields}

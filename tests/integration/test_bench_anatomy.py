@@ -7,6 +7,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from bench import workload
 from bench.anatomy import measure, settings_for
 from bench.services import BenchBroker, BenchDatabase
 from tests.conftest import AMQP_URL, POSTGRES_URL
@@ -44,4 +45,4 @@ def test_the_empty_store_leaves_the_database_alone(bench_parts) -> None:
     assert report["events"] == EVENTS
     assert report["cpu_us_per_event"]["writer_threads"] < 1
     with database.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT count(*) FROM async_status WHERE status = 'PENDING'").scalar_one() == EVENTS // 5
+        assert conn.exec_driver_sql("SELECT count(*) FROM async_status WHERE status = 'PENDING'").scalar_one() == EVENTS // workload.EVENTS_PER_JOB
