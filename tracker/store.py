@@ -162,11 +162,8 @@ def _fold_in_postgresql(conn: sa.Connection, events: Sequence[Event]) -> Applied
     missing = conn.execute(_LOCK_IN_POSTGRESQL, {"ids": ids}).scalar_one()
     # The events go as one JSON text: orjson writes it far faster than the driver adapts
     # parameters one by one, and PostgreSQL reads the instants back exactly (µs, with offset).
-    batch = orjson.dumps([
-        {"job_id": e.job_id, "event_id": e.event_id, "occurred_at": e.occurred_at, "seq": e.seq,
-         "type": e.type, "message": e.message}
-        for e in events
-    ]).decode()
+    # orjson writes an Event (a dataclass) as an object of its fields, which the merge reads by name.
+    batch = orjson.dumps(list(events)).decode()
     # A new statement, so a new snapshot: it sees everything committed by whoever held these
     # locks before us, message history included.
     changed = conn.execute(_MERGE_IN_POSTGRESQL, {"events": batch, "ids": ids}).scalar_one()
@@ -185,6 +182,22 @@ _PLAN_FOR_BATCHES = sa.text("SELECT set_config('jit', 'off', false), set_config(
                             "set_config('plan_cache_mode', 'force_generic_plan', false)")
 _PLANNED_FOR_BATCHES = "tracker.store: planned for batches"
 
+
+def _compact(sql: str) -> sa.TextClause:
+    """The statement without its comment lines and with each run of white space made one space.
+
+    psycopg converts and caches a query's text only up to 4,096 characters
+    (``psycopg._queries.MAX_CACHED_STATEMENT_LENGTH``); a longer one is split afresh on every
+    execution. Only for statements whose literals hold no runs of white space; a comment must
+    have its own line (on one line, a comment after code would swallow the rest of the statement).
+    """
+    lines = (line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    compacted = " ".join(" ".join(lines).split())
+    if "--" in compacted:
+        raise ValueError("a comment after code on the same line: give it a line of its own")
+    return sa.text(compacted)
+
+
 # Locking in id order is what makes concurrent batches over the same jobs wait for each other
 # instead of deadlocking. It answers with the ids that have no row (usually none), not with the
 # rows it locked.
@@ -198,7 +211,7 @@ SELECT ARRAY(SELECT unnest(CAST(:ids AS bigint[])) EXCEPT ALL SELECT id FROM loc
 # tracker.merge over a whole batch at once. Keys compare as (occurred_at, seq, event_id) with
 # event_id in the "C" collation, which is Python's order for these ASCII texts. Ties keep what
 # ``merge.merge`` keeps: the stored state first, then the earlier event of the batch (``n``).
-_MERGE_IN_POSTGRESQL = sa.text("""
+_MERGE_IN_POSTGRESQL = _compact("""
 WITH batch AS (
     SELECT e.job_id, e.event_id COLLATE "C" AS event_id, e.occurred_at, e.seq, e.type, e.message, e.n
     FROM ROWS FROM (json_to_recordset(CAST(:events AS json)) AS (

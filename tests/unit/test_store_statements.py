@@ -1,0 +1,33 @@
+"""The PostgreSQL fold's statements as they are sent: compacted, and short enough for psycopg's cache."""
+
+import psycopg._queries
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from tracker import store
+
+
+def _as_sent(clause: sa.TextClause) -> str:
+    return str(clause.compile(dialect=postgresql.psycopg.dialect()))
+
+
+def test_the_merge_fits_psycopgs_cache_of_converted_queries():
+    # Over the limit, psycopg splits the 4 kB text with a regular expression on every batch.
+    assert len(_as_sent(store._MERGE_IN_POSTGRESQL)) <= psycopg._queries.MAX_CACHED_STATEMENT_LENGTH
+
+
+def test_compacting_drops_comment_lines_and_runs_of_white_space():
+    clause = store._compact("""
+        -- a comment of its own
+        SELECT a,
+               b   FROM t
+          -- another
+        WHERE a = 'x'
+    """)
+    assert clause.text == "SELECT a, b FROM t WHERE a = 'x'"
+
+
+def test_a_comment_after_code_is_refused_rather_than_swallowing_the_rest():
+    with pytest.raises(ValueError, match="line of its own"):
+        store._compact("SELECT a -- why\nFROM t")
