@@ -46,10 +46,8 @@ def ingest(bed: Testbed) -> list[Result]:
             db.empty()
             if db.seed_jobs(jobs) != ids:  # every round folds the same events into the same rows
                 raise RuntimeError("the jobs of a new ingest round did not get the ids of the first")
-        limits.append(_drain(bed, settings, work.bodies, "bare pika drain", bench_command(
-            "references", "drain", "--amqp-url", settings.amqp_url, "--queue", settings.queue,
-            "--count", str(count), "--prefetch", str(settings.prefetch), "--ack-every", str(settings.batch_size)),
-            done=None))
+        limits.append(_drain(bed, settings, work.bodies, "bare pika drain",
+                             _bare_drain(settings, count, ack_every=settings.batch_size), done=None))
         trackers.append(_drain(bed, settings, work.bodies, "tracker consume", tracker_command("consume"),
                                done=lambda: db.pending_among(done_check) == 0))
         complete = _complete(bed, ids, count) and complete
@@ -58,10 +56,8 @@ def ingest(bed: Testbed) -> list[Result]:
     # Context, not a target: the same drain acking each message, as most consumers do. The
     # issue's "roughly 14,000 [...] 19,000 on a quorum queue" for a bare drain matches this one;
     # the reference above acks as the tracker does, every batch, and is about three times faster.
-    ack_each = _drain(bed, settings, work.bodies, "bare pika drain acking each message", bench_command(
-        "references", "drain", "--amqp-url", settings.amqp_url, "--queue", settings.queue,
-        "--count", str(count), "--prefetch", str(settings.prefetch), "--ack-every", "1"),
-        done=None)
+    ack_each = _drain(bed, settings, work.bodies, "bare pika drain acking each message",
+                      _bare_drain(settings, count, ack_every=1), done=None)
     db.empty()
     db.seed_jobs(jobs)  # the naive consumer starts from the same rows
     first = work.bodies[:scale.naive_events]
@@ -89,6 +85,12 @@ def ingest(bed: Testbed) -> list[Result]:
                complete and tracker_rate >= 5 * naive.rate,
                {**common, "naive_events": len(first), "naive_seconds": round(naive.seconds, 2)}),
     ]
+
+
+def _bare_drain(settings: Settings, count: int, ack_every: int) -> list[str]:
+    """``references drain`` of ``count`` messages from the queue, with the tracker's prefetch."""
+    return bench_command("references", "drain", "--amqp-url", settings.amqp_url, "--queue", settings.queue,
+                         "--count", str(count), "--prefetch", str(settings.prefetch), "--ack-every", str(ack_every))
 
 
 class _Drained:
