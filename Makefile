@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install migrate bench bench-quick faults-long clean
+.PHONY: run test lint format install migrate bench bench-quick faults-long clean
 
 # One venv, reinstalled whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -25,6 +25,18 @@ run: $(STAMP)
 ## test: every test, against the local RabbitMQ, PostgreSQL and SQLite.
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lint: ruff (lint and format check), mypy (strict on the packages), the import-linter layers.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## format: rewrite the tree as `make lint` wants it (ruff's fixes and formatting).
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 ## bench: the side-by-side benchmark (docs/performance.md); bench-quick: a small run CI makes.
 bench: $(STAMP)

@@ -13,12 +13,11 @@ import falcon.media
 import orjson
 from falcon.routing import BaseConverter
 
-from api import errors, middleware, openapi, resources
+from api import errors, middleware, openapi, resources, rowcache
 from api.reads import JobReads
-from tracker import auth, rowcache
+from tracker import auth
 from tracker.config import Settings
-from tracker.db import make_engine
-from tracker.store import JobStore
+from tracker.store import JobStore, make_engine, open_job_store
 from tracker.users import LoginThrottle, UserStore
 
 SERVED_VERSIONS = ("4.0", "4.1", "5.0")
@@ -69,10 +68,8 @@ def create_app(deps: Deps) -> falcon.App:
     app.router_options.converters["served"] = _ServedVersion
     secure = deps.settings.secure_cookies
     app.add_route("/api/{version:served}/async_status", resources.JobStatuses(deps.jobs))
-    app.add_route("/api/{version:served}/async_status/{job_id}",
-                  resources.JobStatus(deps.reads or JobReads(deps.jobs)))
-    app.add_route("/api/{version:served}/user/login",
-                  resources.Login(deps.users, deps.throttle, deps.tokens, secure))
+    app.add_route("/api/{version:served}/async_status/{job_id}", resources.JobStatus(deps.reads or JobReads(deps.jobs)))
+    app.add_route("/api/{version:served}/user/login", resources.Login(deps.users, deps.throttle, deps.tokens, secure))
     app.add_route("/api/{version:served}/user/logout", resources.Logout(secure))
     app.add_route("/api/{version:served}/ping", resources.Ping())
     app.add_route("/api/{version:served}/openapi.json", resources.OpenApiDocument(openapi.document(SERVED_VERSIONS)))
@@ -90,29 +87,31 @@ def get_app(settings: Settings | None = None) -> falcon.App:
     # makes sure the connection is alive, so a restarted database costs them nothing.
     engine = make_engine(settings.database_url)
     secret = auth.load_secret(settings.secret, settings.secret_file)
-    return create_app(Deps(
-        jobs=JobStore(engine),
-        users=UserStore(engine),
-        throttle=LoginThrottle(engine, settings.login_max_failures, settings.login_lockout_s),
-        tokens=auth.Tokens(secret, settings.token_ttl_s),
-        settings=settings,
-        reads=job_reads(settings.database_url, cached_rows=settings.row_cache_rows),
-    ))
+    return create_app(
+        Deps(
+            jobs=open_job_store(engine),
+            users=UserStore(engine),
+            throttle=LoginThrottle(engine, settings.login_max_failures, settings.login_lockout_s),
+            tokens=auth.Tokens(secret, settings.token_ttl_s),
+            settings=settings,
+            reads=job_reads(settings.database_url, cached_rows=settings.row_cache_rows),
+        )
+    )
 
 
-def job_reads(database_url: str, cached_rows: int = rowcache.MAX_ENTRIES,
-              warm_rows: int | None = None) -> JobReads:
+def job_reads(database_url: str, cached_rows: int = rowcache.MAX_ENTRIES, warm_rows: int | None = None) -> JobReads:
     """GET's reads: an engine of their own without pre-ping (a round trip less per GET; a read
     that meets a dropped connection is retried instead), through the exact row cache of up to
     ``cached_rows`` rows (0: none) on PostgreSQL, which starts with the ``warm_rows`` newest
     (default: as many as it holds). Opens no connection: the cache's listener starts on first
     use, in the process that serves (after gunicorn's fork)."""
     engine = make_engine(database_url, pool_pre_ping=False)
-    store = JobStore(engine)
+    store = open_job_store(engine)
     if engine.dialect.name != "postgresql" or cached_rows <= 0:
         return JobReads(store)
-    return JobReads(store, rowcache.RowCache(rowcache.connector_for(engine), max_entries=cached_rows,
-                                             warm_rows=warm_rows))
+    return JobReads(
+        store, rowcache.RowCache(rowcache.connector_for(engine), max_entries=cached_rows, warm_rows=warm_rows)
+    )
 
 
 def is_later_version(version: str) -> bool:

@@ -66,8 +66,7 @@ def _internal_error(req: falcon.Request, _resp: falcon.Response, exc: Exception,
 
 def _store_unavailable(req: falcon.Request, _resp: falcon.Response, exc: StoreUnavailable, _params: Any) -> None:
     log.warning("database unavailable on %s %s: %s", req.method, req.path, exc)
-    raise falcon.HTTPServiceUnavailable(description="database unavailable, try again later",
-                                        retry_after=RETRY_AFTER_S)
+    raise falcon.HTTPServiceUnavailable(description="database unavailable, try again later", retry_after=RETRY_AFTER_S)
 
 
 def _job_not_found(_req: falcon.Request, _resp: falcon.Response, _exc: JobNotFound, _params: Any) -> None:
@@ -78,8 +77,7 @@ def _unauthenticated(_req: falcon.Request, _resp: falcon.Response, _exc: auth.Un
     raise falcon.HTTPUnauthorized(description=UNAUTHORIZED)
 
 
-def _permission_denied(_req: falcon.Request, _resp: falcon.Response, exc: auth.PermissionDenied,
-                       _params: Any) -> None:
+def _permission_denied(_req: falcon.Request, _resp: falcon.Response, exc: auth.PermissionDenied, _params: Any) -> None:
     raise falcon.HTTPForbidden(description=f"missing required Permissions: {exc.permission}")
 
 
@@ -88,15 +86,20 @@ def refusal_for(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, http_errors.LimitRequestLine):
         return 414, f"the request line must be at most {MAX_REQUEST_LINE_BYTES} bytes"
     if isinstance(exc, http_errors.LimitRequestHeaders):
-        return 431, (f"the request headers must be at most {MAX_HEADER_FIELDS} fields "
-                     f"of at most {MAX_HEADER_FIELD_BYTES} bytes each")
+        return 431, (
+            f"the request headers must be at most {MAX_HEADER_FIELDS} fields "
+            f"of at most {MAX_HEADER_FIELD_BYTES} bytes each"
+        )
     if isinstance(exc, http_errors.UnsupportedTransferCoding):
         return 501, "unsupported transfer coding"
     if isinstance(exc, http_errors.ExpectationFailed):
         return 417, "unsupported expectation"
     # A bad response header is the app's fault (500); every other parse error is the client's.
-    app_fault = (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName,
-                 http_errors.ConfigurationProblem)
+    app_fault = (
+        http_errors.InvalidResponseHeader,
+        http_errors.InvalidResponseHeaderName,
+        http_errors.ConfigurationProblem,
+    )
     if isinstance(exc, http_errors.ParseException) and not isinstance(exc, app_fault):
         return 400, "malformed HTTP request"
     return 500, "Internal Server Error"

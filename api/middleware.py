@@ -25,9 +25,11 @@ def requires(permission: str | None = None) -> Callable[[_Responder], _Responder
 
     With no permission, any logged-in caller will do. Unmarked responders are public.
     """
+
     def mark(responder: _Responder) -> _Responder:
         setattr(responder, _REQUIRED, permission or _LOGGED_IN)
         return responder
+
     return mark
 
 
@@ -109,8 +111,9 @@ class Authentication:
         self._tokens = tokens
         self._users = users
 
-    def process_resource(self, req: falcon.Request, _resp: falcon.Response, resource: object,
-                         _params: dict[str, Any]) -> None:
+    def process_resource(
+        self, req: falcon.Request, _resp: falcon.Response, resource: object, _params: dict[str, Any]
+    ) -> None:
         # Sinks and 404s come with no resource; methods a resource lacks have no responder (405).
         responder = getattr(resource, "on_" + req.method.lower(), None)
         permission = getattr(responder, _REQUIRED, None)

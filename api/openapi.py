@@ -15,8 +15,14 @@ _SECURED = [{"bearer": []}, {"access_token": []}, {"mojolicious": []}]
 _PUBLIC: list[dict[str, list[str]]] = []
 # Every operation can meet these: a path outside the served versions, a later minor of a served
 # major, and the requests gunicorn refuses before the app sees them (api.errors.refusal_for).
-_ANY_PATH = {"400": "Malformed", "404": "NotFound", "414": "UriTooLong", "417": "ExpectationFailed",
-             "431": "HeadersTooLarge", "501": "NotImplemented"}
+_ANY_PATH = {
+    "400": "Malformed",
+    "404": "NotFound",
+    "414": "UriTooLong",
+    "417": "ExpectationFailed",
+    "431": "HeadersTooLarge",
+    "501": "NotImplemented",
+}
 _BODY = {"411": "LengthRequired", "413": "ContentTooLarge", "415": "UnsupportedMediaType"}
 
 
@@ -28,7 +34,7 @@ def document(versions: tuple[str, ...]) -> dict[str, Any]:
             "title": "async_status tracker",
             "version": versions[-1],
             "description": "Traffic Ops compatible job statuses. Every body is JSON; every error is "
-                           '`{"alerts":[{"text":"…","level":"error"}]}`.',
+            '`{"alerts":[{"text":"…","level":"error"}]}`.',
         },
         "paths": {
             "/api/{version}/async_status": {
@@ -49,13 +55,21 @@ def document(versions: tuple[str, ...]) -> dict[str, Any]:
             },
             "/api/{version}/ping": {
                 "parameters": [{"$ref": "#/components/parameters/Version"}],
-                "get": _operation("ping", "Answers while the process serves (health checks).", _PUBLIC,
-                                  {"200": _json("pong", "#/components/schemas/Pong")}),
+                "get": _operation(
+                    "ping",
+                    "Answers while the process serves (health checks).",
+                    _PUBLIC,
+                    {"200": _json("pong", "#/components/schemas/Pong")},
+                ),
             },
             "/api/{version}/openapi.json": {
                 "parameters": [{"$ref": "#/components/parameters/Version"}],
-                "get": _operation("getOpenApiDocument", "This document.", _PUBLIC,
-                                  {"200": _json("The OpenAPI 3.1 document", "#/components/schemas/Document")}),
+                "get": _operation(
+                    "getOpenApiDocument",
+                    "This document.",
+                    _PUBLIC,
+                    {"200": _json("The OpenAPI 3.1 document", "#/components/schemas/Document")},
+                ),
             },
         },
         "components": _components(versions),
@@ -64,14 +78,27 @@ def document(versions: tuple[str, ...]) -> dict[str, Any]:
 
 def _create_job() -> dict[str, Any]:
     operation = _operation(
-        "createJob", f"Start tracking a new job. Permission {auth.CREATE}.", _SECURED,
+        "createJob",
+        f"Start tracking a new job. Permission {auth.CREATE}.",
+        _SECURED,
         {
-            "202": {**_json("The job, PENDING", "#/components/schemas/JobCreated"),
-                    "headers": {"Location": {"description": "/api/{version}/async_status/{id} of the new job",
-                                             "required": True, "schema": {"type": "string"}}}},
-            "400": _ref("BadRequest"), "401": _ref("Unauthorized"), "403": _ref("Forbidden"),
-            "503": _ref("Unavailable"), **{code: _ref(name) for code, name in _BODY.items()},
-        })
+            "202": {
+                **_json("The job, PENDING", "#/components/schemas/JobCreated"),
+                "headers": {
+                    "Location": {
+                        "description": "/api/{version}/async_status/{id} of the new job",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                },
+            },
+            "400": _ref("BadRequest"),
+            "401": _ref("Unauthorized"),
+            "403": _ref("Forbidden"),
+            "503": _ref("Unavailable"),
+            **{code: _ref(name) for code, name in _BODY.items()},
+        },
+    )
     operation["requestBody"] = {
         "required": False,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewJob"}}},
@@ -81,37 +108,55 @@ def _create_job() -> dict[str, Any]:
 
 def _get_job() -> dict[str, Any]:
     operation = _operation(
-        "getJobStatus", f"One job's status. Permission {auth.READ}.", _SECURED,
+        "getJobStatus",
+        f"One job's status. Permission {auth.READ}.",
+        _SECURED,
         {
             "200": _json("The job", "#/components/schemas/JobStatus"),
-            "400": _ref("BadRequest", f"`{resources.ID_NOT_INTEGER}`"), "401": _ref("Unauthorized"),
-            "403": _ref("Forbidden"), "404": _ref("NotFound", "`Not Found`, or a path nothing serves"),
+            "400": _ref("BadRequest", f"`{resources.ID_NOT_INTEGER}`"),
+            "401": _ref("Unauthorized"),
+            "403": _ref("Forbidden"),
+            "404": _ref("NotFound", "`Not Found`, or a path nothing serves"),
             "503": _ref("Unavailable"),
-        })
-    operation["parameters"] = [{
-        "name": "id", "in": "path", "required": True,
-        "description": "The job's id, read as Go's strconv.ParseInt does (sign and leading zeros allowed). "
-                       "Not an integer, or beyond int64: 400. No such job (0 and negatives included): 404.",
-        "schema": {"type": "integer", "format": "int64", "minimum": -MAX_ID - 1, "maximum": MAX_ID},
-    }]
+        },
+    )
+    operation["parameters"] = [
+        {
+            "name": "id",
+            "in": "path",
+            "required": True,
+            "description": "The job's id, read as Go's strconv.ParseInt does (sign and leading zeros allowed). "
+            "Not an integer, or beyond int64: 400. No such job (0 and negatives included): 404.",
+            "schema": {"type": "integer", "format": "int64", "minimum": -MAX_ID - 1, "maximum": MAX_ID},
+        }
+    ]
     return operation
 
 
 def _login() -> dict[str, Any]:
     operation = _operation(
-        "login", "Trade a username and password for the session cookies.", _PUBLIC,
+        "login",
+        "Trade a username and password for the session cookies.",
+        _PUBLIC,
         {
-            "200": {**_json("`Successfully logged in.`", "#/components/schemas/SuccessAlerts"),
-                    "headers": {"Set-Cookie": {
+            "200": {
+                **_json("`Successfully logged in.`", "#/components/schemas/SuccessAlerts"),
+                "headers": {
+                    "Set-Cookie": {
                         "description": "`access_token` and `mojolicious`: the same signed token; HttpOnly, "
-                                       "Path=/, SameSite=Strict, Max-Age the token lifetime, Secure when "
-                                       "configured.",
-                        "schema": {"type": "string"}}}},
+                        "Path=/, SameSite=Strict, Max-Age the token lifetime, Secure when "
+                        "configured.",
+                        "schema": {"type": "string"},
+                    }
+                },
+            },
             "400": _ref("BadRequest", f"`{resources.CREDENTIALS_REQUIRED}`, or a body that is not a JSON object"),
             "401": _ref("Unauthorized", f"`{resources.INVALID_LOGIN}`"),
-            "429": _ref("TooManyRequests"), "503": _ref("Unavailable"),
+            "429": _ref("TooManyRequests"),
+            "503": _ref("Unavailable"),
             **{code: _ref(name) for code, name in _BODY.items()},
-        })
+        },
+    )
     operation["requestBody"] = {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Credentials"}}},
@@ -121,13 +166,20 @@ def _login() -> dict[str, Any]:
 
 def _logout() -> dict[str, Any]:
     return _operation(
-        "logout", "End the cookie session: both cookies are cleared (Max-Age=0).", _SECURED,
-        {"200": _json("`You are logged out.`", "#/components/schemas/SuccessAlerts"),
-         "401": _ref("Unauthorized"), "503": _ref("Unavailable")})
+        "logout",
+        "End the cookie session: both cookies are cleared (Max-Age=0).",
+        _SECURED,
+        {
+            "200": _json("`You are logged out.`", "#/components/schemas/SuccessAlerts"),
+            "401": _ref("Unauthorized"),
+            "503": _ref("Unavailable"),
+        },
+    )
 
 
-def _operation(operation_id: str, summary: str, security: list[dict[str, list[str]]],
-               responses: dict[str, Any]) -> dict[str, Any]:
+def _operation(
+    operation_id: str, summary: str, security: list[dict[str, list[str]]], responses: dict[str, Any]
+) -> dict[str, Any]:
     common = {code: _ref(name) for code, name in _ANY_PATH.items() if code not in responses}
     return {
         "operationId": operation_id,
@@ -152,44 +204,61 @@ def _error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
 
 
 def _components(versions: tuple[str, ...]) -> dict[str, Any]:
-    retry_after = {"description": "Seconds to wait", "required": True,
-                   "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+    retry_after = {
+        "description": "Seconds to wait",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
     return {
         "parameters": {
-            "Version": {"name": "version", "in": "path", "required": True,
-                        "description": "A served API version. A later minor of a served major answers 501; "
-                                       "anything else 404.",
-                        "schema": {"type": "string", "enum": list(versions)}},
+            "Version": {
+                "name": "version",
+                "in": "path",
+                "required": True,
+                "description": "A served API version. A later minor of a served major answers 501; anything else 404.",
+                "schema": {"type": "string", "enum": list(versions)},
+            },
         },
         "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                       "description": "The token of the login cookies, signed with the server secret (HS256)."},
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "The token of the login cookies, signed with the server secret (HS256).",
+            },
             "access_token": {"type": "apiKey", "in": "cookie", "name": "access_token"},
             "mojolicious": {"type": "apiKey", "in": "cookie", "name": "mojolicious"},
         },
         "responses": {
             "BadRequest": _error("Malformed input"),
             "Malformed": _error("A request gunicorn cannot parse as HTTP/1.x"),
-            "Unauthorized": _error(f"`{errors.UNAUTHORIZED}`: no, invalid or expired credentials, or of a "
-                                   "deleted user"),
+            "Unauthorized": _error(
+                f"`{errors.UNAUTHORIZED}`: no, invalid or expired credentials, or of a deleted user"
+            ),
             "Forbidden": _error("`missing required Permissions: <PERMISSION>`"),
             "NotFound": _error("A path nothing serves"),
             "LengthRequired": _error(f"`{resources.LENGTH_REQUIRED}`: a chunked body"),
             "ContentTooLarge": _error(f"A body over {resources.MAX_BODY_BYTES} bytes"),
             "UriTooLong": _error(f"A request line over {errors.MAX_REQUEST_LINE_BYTES} bytes"),
             "UnsupportedMediaType": _error("A body that is not application/json"),
-            "TooManyRequests": _error("`too many failed login attempts; try again in N seconds`",
-                                      **{"Retry-After": retry_after}),
-            "HeadersTooLarge": _error(f"More than {errors.MAX_HEADER_FIELDS} header fields, or one over "
-                                      f"{errors.MAX_HEADER_FIELD_BYTES} bytes"),
+            "TooManyRequests": _error(
+                "`too many failed login attempts; try again in N seconds`", **{"Retry-After": retry_after}
+            ),
+            "HeadersTooLarge": _error(
+                f"More than {errors.MAX_HEADER_FIELDS} header fields, or one over {errors.MAX_HEADER_FIELD_BYTES} bytes"
+            ),
             "ExpectationFailed": _error("An `Expect` header other than `100-continue`"),
-            "NotImplemented": _error("A later minor version of a served major version, or a transfer coding "
-                                     "other than chunked"),
+            "NotImplemented": _error(
+                "A later minor version of a served major version, or a transfer coding other than chunked"
+            ),
             "Unavailable": _error("`database unavailable, try again later`", **{"Retry-After": retry_after}),
         },
         "schemas": {
-            "Time": {"type": "string", "pattern": TIME_PATTERN,
-                     "description": "RFC 3339 in UTC with exactly six fractional digits"},
+            "Time": {
+                "type": "string",
+                "pattern": TIME_PATTERN,
+                "description": "RFC 3339 in UTC with exactly six fractional digits",
+            },
             "Job": {
                 "type": "object",
                 "required": ["id", "status", "start_time", "end_time", "message"],
@@ -198,41 +267,65 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                     "id": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
                     "status": {"enum": [merge.PENDING, merge.SUCCEEDED, merge.FAILED]},
                     "start_time": {"$ref": "#/components/schemas/Time"},
-                    "end_time": {"oneOf": [{"$ref": "#/components/schemas/Time"}, {"type": "null"}],
-                                 "description": "null until the job is SUCCEEDED or FAILED"},
+                    "end_time": {
+                        "oneOf": [{"$ref": "#/components/schemas/Time"}, {"type": "null"}],
+                        "description": "null until the job is SUCCEEDED or FAILED",
+                    },
                     "message": {"type": ["string", "null"], "maxLength": MAX_MESSAGE_CHARS},
                 },
             },
             "JobStatus": {
-                "type": "object", "required": ["response"], "additionalProperties": False,
+                "type": "object",
+                "required": ["response"],
+                "additionalProperties": False,
                 "properties": {"response": {"$ref": "#/components/schemas/Job"}},
             },
             "JobCreated": {
-                "type": "object", "required": ["alerts", "response"], "additionalProperties": False,
+                "type": "object",
+                "required": ["alerts", "response"],
+                "additionalProperties": False,
                 "properties": {
                     "alerts": _alert_list("success"),
-                    "response": {"allOf": [{"$ref": "#/components/schemas/Job"}, {
-                        "properties": {"status": {"const": merge.PENDING}, "end_time": {"type": "null"}}}]},
+                    "response": {
+                        "allOf": [
+                            {"$ref": "#/components/schemas/Job"},
+                            {"properties": {"status": {"const": merge.PENDING}, "end_time": {"type": "null"}}},
+                        ]
+                    },
                 },
             },
             "NewJob": {
                 "type": "object",
-                "properties": {"message": {
-                    "type": ["string", "null"], "maxLength": MAX_MESSAGE_CHARS, "pattern": "^[^\\u0000]*$",
-                    "description": f"Absent or null: `{merge.DEFAULT_MESSAGE}`"}},
+                "properties": {
+                    "message": {
+                        "type": ["string", "null"],
+                        "maxLength": MAX_MESSAGE_CHARS,
+                        "pattern": "^[^\\u0000]*$",
+                        "description": f"Absent or null: `{merge.DEFAULT_MESSAGE}`",
+                    }
+                },
             },
             "Credentials": {
-                "type": "object", "required": ["u", "p"],
+                "type": "object",
+                "required": ["u", "p"],
                 "properties": {"u": {"type": "string", "minLength": 1}, "p": {"type": "string", "minLength": 1}},
             },
-            "Pong": {"type": "object", "required": ["ping"], "additionalProperties": False,
-                     "properties": {"ping": {"const": "pong"}}},
-            "Document": {"type": "object", "required": ["openapi", "info", "paths"],
-                         "properties": {"openapi": {"const": "3.1.0"}}},
+            "Pong": {
+                "type": "object",
+                "required": ["ping"],
+                "additionalProperties": False,
+                "properties": {"ping": {"const": "pong"}},
+            },
+            "Document": {
+                "type": "object",
+                "required": ["openapi", "info", "paths"],
+                "properties": {"openapi": {"const": "3.1.0"}},
+            },
             "Alert": {
-                "type": "object", "required": ["text", "level"], "additionalProperties": False,
-                "properties": {"text": {"type": "string"},
-                               "level": {"enum": ["success", "info", "warning", "error"]}},
+                "type": "object",
+                "required": ["text", "level"],
+                "additionalProperties": False,
+                "properties": {"text": {"type": "string"}, "level": {"enum": ["success", "info", "warning", "error"]}},
             },
             "SuccessAlerts": _alerts("success"),
             "ErrorAlerts": _alerts("error"),
@@ -241,10 +334,17 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _alerts(level: str) -> dict[str, Any]:
-    return {"type": "object", "required": ["alerts"], "additionalProperties": False,
-            "properties": {"alerts": _alert_list(level)}}
+    return {
+        "type": "object",
+        "required": ["alerts"],
+        "additionalProperties": False,
+        "properties": {"alerts": _alert_list(level)},
+    }
 
 
 def _alert_list(level: str) -> dict[str, Any]:
-    return {"type": "array", "minItems": 1,
-            "items": {"allOf": [{"$ref": "#/components/schemas/Alert"}, {"properties": {"level": {"const": level}}}]}}
+    return {
+        "type": "array",
+        "minItems": 1,
+        "items": {"allOf": [{"$ref": "#/components/schemas/Alert"}, {"properties": {"level": {"const": level}}}]},
+    }

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from tracker.rowcache import RowCache
+from api.rowcache import RowCache
 from tracker.store import Job, JobStore, StoreUnavailable
 
 _T = TypeVar("_T")

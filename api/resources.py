@@ -135,7 +135,8 @@ class Login:
         wait = math.ceil(self._throttle.locked_for(subjects))
         if wait > 0:
             raise falcon.HTTPTooManyRequests(
-                description=f"too many failed login attempts; try again in {wait} seconds", retry_after=wait)
+                description=f"too many failed login attempts; try again in {wait} seconds", retry_after=wait
+            )
         user = self._users.authenticate(username, password) if storable else None
         if user is None:
             self._throttle.failed(subjects)
@@ -143,8 +144,15 @@ class Login:
         self._throttle.succeeded(f"user:{username}")
         token = self._tokens.issue(user.username)
         for name in COOKIES:
-            resp.set_cookie(name, token, max_age=self._tokens.ttl_s, path="/", secure=self._secure,
-                            http_only=True, same_site="Strict")
+            resp.set_cookie(
+                name,
+                token,
+                max_age=self._tokens.ttl_s,
+                path="/",
+                secure=self._secure,
+                http_only=True,
+                same_site="Strict",
+            )
         resp.media = alerts("Successfully logged in.", "success")
 
 
@@ -158,8 +166,15 @@ class Logout:
     def on_post(self, _req: falcon.Request, resp: falcon.Response, version: str) -> None:
         for name in COOKIES:
             # "0" as text: Falcon leaves out a falsy max_age, and Max-Age=0 is what deletes a cookie.
-            resp.set_cookie(name, "", max_age="0", path="/", secure=self._secure,  # type: ignore[arg-type]
-                            http_only=True, same_site="Strict")
+            resp.set_cookie(
+                name,
+                "",
+                max_age="0",
+                path="/",
+                secure=self._secure,  # type: ignore[arg-type]
+                http_only=True,
+                same_site="Strict",
+            )
         resp.media = alerts("You are logged out.", "success")
 
 

@@ -13,9 +13,8 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.sync import SyncWorker
 
 from api.app import get_app
-from api.errors import (MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE_BYTES, alerts,
-                        refusal_for)
-from tracker import auth, heap
+from api.errors import MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE_BYTES, alerts, refusal_for
+from tracker import auth, gcfreeze
 from tracker.config import Settings
 
 GRACEFUL_TIMEOUT_S = 10
@@ -60,7 +59,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> falcon.App:
         app = get_app(self._settings)
-        heap.freeze_startup_objects()  # in each worker, as it is about to take requests
+        gcfreeze.freeze_startup_objects()  # in each worker, as it is about to take requests
         return app
 
 
@@ -79,8 +78,10 @@ class JsonErrorsWorker(SyncWorker):  # type: ignore[misc]
             # The exception text may quote what the client sent, so it goes to the log only.
             self.log.warning("refused a request from %s: %s", (addr or ("?",))[0], exc)
         body = orjson.dumps(alerts(text))
-        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        head = (
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         try:
             util.write_nonblock(client, head.encode("ascii") + body)
         except OSError:

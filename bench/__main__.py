@@ -31,22 +31,39 @@ _ATTEMPTS = 3  # per measurement, when the broker goes away under it (others' fa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="scaled-down sizes (CI); writes no docs unless --docs")
-    parser.add_argument("--only", default=",".join(measurements.MEASUREMENTS),
-                        help="comma-separated subset of: %(default)s")
-    parser.add_argument("--postgres-url", default=os.environ.get("TRACKER_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
-                        help="the database to drop, create and use (default %(default)s)")
+    parser.add_argument(
+        "--only", default=",".join(measurements.MEASUREMENTS), help="comma-separated subset of: %(default)s"
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("TRACKER_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="the database to drop, create and use (default %(default)s)",
+    )
     parser.add_argument("--amqp-url", default=os.environ.get("TRACKER_BENCH_AMQP_URL", DEFAULT_AMQP_URL))
-    parser.add_argument("--docs", type=pathlib.Path, default=None,
-                        help="where to write the report (default docs/performance.md, full runs only)")
-    parser.add_argument("--out", type=pathlib.Path, default=processes.ROOT / "bench-out",
-                        help="logs of the child processes (default %(default)s)")
+    parser.add_argument(
+        "--docs",
+        type=pathlib.Path,
+        default=None,
+        help="where to write the report (default docs/performance.md, full runs only)",
+    )
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=processes.ROOT / "bench-out",
+        help="logs of the child processes (default %(default)s)",
+    )
     parser.add_argument("--keep-database", action="store_true", help="leave the benchmark database behind")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="run the tracker with a setting other than its default, e.g. flush_ms=5 "
-                             "(repeatable; noted in the report)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="run the tracker with a setting other than its default, e.g. flush_ms=5 (repeatable; noted in the report)",
+    )
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(measurements.MEASUREMENTS))
@@ -69,17 +86,26 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     database = BenchDatabase(args.postgres_url)
     broker = BenchBroker(args.amqp_url, uuid.uuid4().hex[:8])
-    progress.say(f"{'quick' if args.quick else 'full'} run of {', '.join(chosen)}; database "
-                 f"{database.url.rsplit('/', 1)[-1]} (dropped and created afresh), logs in {args.out}")
+    progress.say(
+        f"{'quick' if args.quick else 'full'} run of {', '.join(chosen)}; database "
+        f"{database.url.rsplit('/', 1)[-1]} (dropped and created afresh), logs in {args.out}"
+    )
     database.recreate()
     tool = "wrk" if load.wrk_available() else "Python processes (wrk is not installed)"
-    run = Run(command=command, mode="quick" if args.quick else "full", started=dt.datetime.now(dt.timezone.utc),
-              machine=describe_machine(database.version(), broker.version(), tool))
+    run = Run(
+        command=command,
+        mode="quick" if args.quick else "full",
+        started=dt.datetime.now(dt.UTC),
+        machine=describe_machine(database.version(), broker.version(), tool),
+    )
     if not load.wrk_available():
         progress.say("wrk is not installed: the API is loaded by Python processes instead")
     if changes:
-        run.notes.append("The tracker ran with settings other than its defaults: "
-                         + ", ".join(f"`{name}={value}`" for name, value in changes.items()) + ".")
+        run.notes.append(
+            "The tracker ran with settings other than its defaults: "
+            + ", ".join(f"`{name}={value}`" for name, value in changes.items())
+            + "."
+        )
     base = Testbed.settings_for(args.postgres_url, args.amqp_url, args.out).with_(**changes)
     bed = Testbed(QUICK if args.quick else FULL, database, broker, base, args.out, progress, run)
     try:
@@ -94,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             database.dispose()
         else:
             database.drop()
-    run.finished = dt.datetime.now(dt.timezone.utc)
+    run.finished = dt.datetime.now(dt.UTC)
     run.load_after = os.getloadavg()
     progress.say(summary(run.results))
     if docs is not None:
@@ -108,13 +134,13 @@ def _measure(name: str, bed: Testbed) -> list:
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             return measurements.MEASUREMENTS[name](bed)
-        except (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError,
-                MessagesLost) as exc:
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError, MessagesLost) as exc:
             bed.stop_all()
             if attempt == _ATTEMPTS:
                 raise
-            bed.progress.say(f"{name}: the broker failed us ({type(exc).__name__}: {exc}); "
-                             "measuring again once it answers")
+            bed.progress.say(
+                f"{name}: the broker failed us ({type(exc).__name__}: {exc}); measuring again once it answers"
+            )
             bed.broker.wait_until_up(timeout=300)
     raise AssertionError("unreachable")
 

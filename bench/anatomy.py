@@ -35,8 +35,7 @@ from consumers.amqp import Consumer
 from consumers.status import Delivery, Outcome, StatusProjector
 from tracker import events
 from tracker.config import ConfigError, Settings
-from tracker.db import make_engine
-from tracker.store import JobStore
+from tracker.store import make_engine, open_job_store
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tracker_bench_anatomy"
 _SERVERS = {"postgresql": ("postgres",), "rabbitmq": ("beam.smp", "beam")}  # process names, as /proc/*/comm
@@ -60,11 +59,14 @@ class _Nothing:
 
 def settings_for(database: BenchDatabase, broker: BenchBroker, **changes: object) -> Settings:
     """The consumer's settings against ``database`` and ``broker``: names of the run's own, a fresh secret."""
-    return Settings(database_url=database.url, amqp_url=broker.url,
-                    secret=secrets.token_urlsafe(48)).with_(**broker.names("anatomy"), **changes)
+    return Settings(database_url=database.url, amqp_url=broker.url, secret=secrets.token_urlsafe(48)).with_(
+        **broker.names("anatomy"), **changes
+    )
 
 
-def measure(settings: Settings, count: int, store: str, database: BenchDatabase, broker: BenchBroker) -> dict[str, object]:
+def measure(
+    settings: Settings, count: int, store: str, database: BenchDatabase, broker: BenchBroker
+) -> dict[str, object]:
     """Fill the queue with ``count`` events, drain it with the consumer, and say where the CPU went."""
     database.recreate()
     ids = database.seed_jobs(max(count // workload.EVENTS_PER_JOB, 1))
@@ -72,7 +74,9 @@ def measure(settings: Settings, count: int, store: str, database: BenchDatabase,
     broker.declare(settings)
     broker.fill(settings, bodies)
     engine = make_engine(settings.database_url, pool_pre_ping=False)
-    projector = {"real": lambda: StatusProjector(JobStore(engine)), "parse": _ParseOnly, "none": _Nothing}[store]()
+    projector = {"real": lambda: StatusProjector(open_job_store(engine)), "parse": _ParseOnly, "none": _Nothing}[
+        store
+    ]()
     drained = threading.Event()
     taken = 0
 
@@ -99,20 +103,26 @@ def measure(settings: Settings, count: int, store: str, database: BenchDatabase,
     per_event = 1e6 / taken
     threads = collections.Counter()
     for tid, (name, cpu) in threads_after.items():
-        kind = "writer_threads" if name.startswith("tracker-writer") else (
-            "connection_thread" if name == "tracker-connection" else "other_threads")
+        kind = (
+            "writer_threads"
+            if name.startswith("tracker-writer")
+            else ("connection_thread" if name == "tracker-connection" else "other_threads")
+        )
         threads[kind] += cpu - threads_before.get(tid, (name, 0.0))[1]
     busy = 1 - (machine_after[1] - machine_before[1]) / (machine_after[0] - machine_before[0])
     return {
-        "store": store, "events": taken, "seconds": round(seconds, 2), "events_per_s": round(taken / seconds),
+        "store": store,
+        "events": taken,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(taken / seconds),
         "cpu_us_per_event": {
             **{kind: round(cpu * per_event, 1) for kind, cpu in sorted(threads.items())},
-            **{name: round((servers_after[name] - servers_before.get(name, 0.0)) * per_event, 1)
-               for name in _SERVERS},
+            **{name: round((servers_after[name] - servers_before.get(name, 0.0)) * per_event, 1) for name in _SERVERS},
         },
         "machine_busy": round(busy, 3),
         "cores": os.cpu_count(),
-        "batch_size": settings.batch_size, "prefetch": settings.prefetch,
+        "batch_size": settings.batch_size,
+        "prefetch": settings.prefetch,
     }
 
 
@@ -151,15 +161,24 @@ def _machine() -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.anatomy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.anatomy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--store", choices=("real", "parse", "none"), default="real")
-    parser.add_argument("--postgres-url", default=os.environ.get("TRACKER_BENCH_ANATOMY_POSTGRES_URL", DEFAULT_POSTGRES_URL),
-                        help="the database to drop, create and use (default %(default)s)")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("TRACKER_BENCH_ANATOMY_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="the database to drop, create and use (default %(default)s)",
+    )
     parser.add_argument("--amqp-url", default=os.environ.get("TRACKER_BENCH_AMQP_URL", DEFAULT_AMQP_URL))
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a setting other than its default, e.g. prefetch=5000 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a setting other than its default, e.g. prefetch=5000 (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.events < 1:
         parser.error("--events must be at least 1")

@@ -51,16 +51,18 @@ def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def http_load(port: int, ids: range, token: str | None, duration_s: float, connections: int,
-              threads: int, work_dir: pathlib.Path) -> HttpLoad:
+def http_load(
+    port: int, ids: range, token: str | None, duration_s: float, connections: int, threads: int, work_dir: pathlib.Path
+) -> HttpLoad:
     """GET random job ids on 127.0.0.1:``port`` for ``duration_s``, from processes of its own."""
     if wrk_available():
         return _wrk(port, ids, token, duration_s, connections, threads, work_dir)
     return _python_load(port, ids, token, duration_s, processes=threads * 2)
 
 
-def _wrk(port: int, ids: range, token: str | None, duration_s: float, connections: int, threads: int,
-         work_dir: pathlib.Path) -> HttpLoad:
+def _wrk(
+    port: int, ids: range, token: str | None, duration_s: float, connections: int, threads: int, work_dir: pathlib.Path
+) -> HttpLoad:
     work_dir.mkdir(parents=True, exist_ok=True)
     script = work_dir / f"wrk-{port}.lua"
     header = f'wrk.headers["Authorization"] = "Bearer {token}"\n' if token else ""
@@ -74,9 +76,19 @@ def _wrk(port: int, ids: range, token: str | None, duration_s: float, connection
         + f"math.random({ids.start}, {ids.stop - 1}))) end\n"
     )
     done = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency",
-         "-s", str(script), f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, timeout=duration_s + 60,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(duration_s))}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration_s + 60,
     )
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
@@ -85,6 +97,7 @@ def _wrk(port: int, ids: range, token: str | None, duration_s: float, connection
 
 def parse_wrk(text: str) -> HttpLoad:
     """wrk's --latency report as an HttpLoad."""
+
     def number(pattern: str, default: float = 0.0) -> float:
         found = re.search(pattern, text)
         return float(found.group(1)) if found else default
@@ -109,12 +122,26 @@ def _wrk_ms(found: re.Match[str] | None) -> float | None:
 
 
 def _python_load(port: int, ids: range, token: str | None, duration_s: float, processes: int) -> HttpLoad:
-    command = [sys.executable, "-m", "bench.load", "hammer", "--port", str(port), "--first-job", str(ids.start),
-               "--last-job", str(ids.stop - 1), "--duration-s", str(duration_s)]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.load",
+        "hammer",
+        "--port",
+        str(port),
+        "--first-job",
+        str(ids.start),
+        "--last-job",
+        str(ids.stop - 1),
+        "--duration-s",
+        str(duration_s),
+    ]
     if token:
         command += ["--token", token]
-    children = [subprocess.Popen([*command, "--seed", str(seed)], stdout=subprocess.PIPE, cwd=_ROOT)
-                for seed in range(processes)]
+    children = [
+        subprocess.Popen([*command, "--seed", str(seed)], stdout=subprocess.PIPE, cwd=_ROOT)
+        for seed in range(processes)
+    ]
     parts = [orjson.loads(child.communicate(timeout=duration_s + 60)[0]) for child in children]
     latencies = [s for part in parts for s in part["latencies"]]
     requests = sum(part["requests"] for part in parts)
@@ -207,7 +234,8 @@ def publish(args: argparse.Namespace) -> dict[str, Any]:
     background = range(args.first_job, args.last_job + 1)
     rng = random.Random(3)
     took = _PacedPublisher(args.amqp_url, args.exchange, args.rate).run(
-        count, lambda i: (rng.choice(background), f"step {i}", None))
+        count, lambda i: (rng.choice(background), f"step {i}", None)
+    )
     return {"published": count, "rate": count / took}
 
 
@@ -256,13 +284,20 @@ def visibility(args: argparse.Namespace) -> dict[str, Any]:
         probes.put(None)
     for thread in probers:
         thread.join(timeout=args.timeout_s + 5)
-    return {"published": count, "rate": count / took, "samples": len(latencies), "lost": len(lost),
-            **percentiles_ms(latencies), "latencies_s": latencies}
+    return {
+        "published": count,
+        "rate": count / took,
+        "samples": len(latencies),
+        "lost": len(lost),
+        **percentiles_ms(latencies),
+        "latencies_s": latencies,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     hammering = commands.add_parser("hammer")
     hammering.set_defaults(handler=hammer)

@@ -46,51 +46,132 @@ def ingest(bed: Testbed) -> list[Result]:
             db.empty()
             if db.seed_jobs(jobs) != ids:  # every round folds the same events into the same rows
                 raise RuntimeError("the jobs of a new ingest round did not get the ids of the first")
-        limits.append(_drain(bed, settings, work.bodies, "bare pika drain",
-                             _bare_drain(settings, count, ack_every=settings.batch_size), done=None))
-        trackers.append(_drain(bed, settings, work.bodies, "tracker consume", tracker_command("consume"),
-                               done=lambda: db.pending_among(done_check) == 0))
+        limits.append(
+            _drain(
+                bed,
+                settings,
+                work.bodies,
+                "bare pika drain",
+                _bare_drain(settings, count, ack_every=settings.batch_size),
+                done=None,
+            )
+        )
+        trackers.append(
+            _drain(
+                bed,
+                settings,
+                work.bodies,
+                "tracker consume",
+                tracker_command("consume"),
+                done=lambda: db.pending_among(done_check) == 0,
+            )
+        )
         complete = _complete(bed, ids, count) and complete
     limit_rate = statistics.fmean(d.rate for d in limits)
     tracker_rate = statistics.fmean(d.rate for d in trackers)
     # Context, not a target: the same drain acking each message, as most consumers do. The
     # issue's "roughly 14,000 [...] 19,000 on a quorum queue" for a bare drain matches this one;
     # the reference above acks as the tracker does, every batch, and is about three times faster.
-    ack_each = _drain(bed, settings, work.bodies, "bare pika drain acking each message",
-                      _bare_drain(settings, count, ack_every=1), done=None)
+    ack_each = _drain(
+        bed,
+        settings,
+        work.bodies,
+        "bare pika drain acking each message",
+        _bare_drain(settings, count, ack_every=1),
+        done=None,
+    )
     db.empty()
     db.seed_jobs(jobs)  # the naive consumer starts from the same rows
-    first = work.bodies[:scale.naive_events]
-    naive = _drain(bed, settings, first, "naive consumer", bench_command(
-        "references", "naive", "--amqp-url", settings.amqp_url, "--queue", settings.queue,
-        "--count", str(len(first)), "--prefetch", "1", "--database-url", settings.database_url),
-        done=None)  # it commits each event before acking it, and exits after the last
+    first = work.bodies[: scale.naive_events]
+    naive = _drain(
+        bed,
+        settings,
+        first,
+        "naive consumer",
+        bench_command(
+            "references",
+            "naive",
+            "--amqp-url",
+            settings.amqp_url,
+            "--queue",
+            settings.queue,
+            "--count",
+            str(len(first)),
+            "--prefetch",
+            "1",
+            "--database-url",
+            settings.database_url,
+        ),
+        done=None,
+    )  # it commits each event before acking it, and exits after the last
 
-    bed.run.charts.append(report.line_chart(
-        "Ingest, last round: events taken from the queue per second (the shorter line: the bare pika drain)",
-        "seconds", "events/s", [limits[-1].per_second, trackers[-1].per_second]))
-    common = {"events": count, "jobs": jobs, "queue_type": "quorum", "batch_size": settings.batch_size,
-              "prefetch": settings.prefetch, "flush_ms": settings.flush_ms, "rounds": scale.ingest_rounds}
+    bed.run.charts.append(
+        report.line_chart(
+            "Ingest, last round: events taken from the queue per second (the shorter line: the bare pika drain)",
+            "seconds",
+            "events/s",
+            [limits[-1].per_second, trackers[-1].per_second],
+        )
+    )
+    common = {
+        "events": count,
+        "jobs": jobs,
+        "queue_type": "quorum",
+        "batch_size": settings.batch_size,
+        "prefetch": settings.prefetch,
+        "flush_ms": settings.flush_ms,
+        "rounds": scale.ingest_rounds,
+    }
     return [
-        Result("1 ingest", "events/s drained and committed by one consumer", "events/s",
-               tracker_rate, limit_rate, "bare pika drain: parse and ack only", ">= 0.7x the limit",
-               complete and tracker_rate >= 0.7 * limit_rate,
-               {**common, "tracker_per_round": [round(d.rate) for d in trackers],
+        Result(
+            "1 ingest",
+            "events/s drained and committed by one consumer",
+            "events/s",
+            tracker_rate,
+            limit_rate,
+            "bare pika drain: parse and ack only",
+            ">= 0.7x the limit",
+            complete and tracker_rate >= 0.7 * limit_rate,
+            {
+                **common,
+                "tracker_per_round": [round(d.rate) for d in trackers],
                 "limit_per_round": [round(d.rate) for d in limits],
-                "tracker_cpu_s": [d.cpu_s for d in trackers], "rows_complete": complete,
+                "tracker_cpu_s": [d.cpu_s for d in trackers],
+                "rows_complete": complete,
                 "ack_each_drain": round(ack_each.rate),
-                "ratio_to_ack_each_drain": round(tracker_rate / ack_each.rate, 2)}),
-        Result("1b ingest", "events/s drained and committed by one consumer", "events/s",
-               tracker_rate, naive.rate, "naive: one event per transaction, prefetch 1", ">= 5x the naive",
-               complete and tracker_rate >= 5 * naive.rate,
-               {**common, "naive_events": len(first), "naive_seconds": round(naive.seconds, 2)}),
+                "ratio_to_ack_each_drain": round(tracker_rate / ack_each.rate, 2),
+            },
+        ),
+        Result(
+            "1b ingest",
+            "events/s drained and committed by one consumer",
+            "events/s",
+            tracker_rate,
+            naive.rate,
+            "naive: one event per transaction, prefetch 1",
+            ">= 5x the naive",
+            complete and tracker_rate >= 5 * naive.rate,
+            {**common, "naive_events": len(first), "naive_seconds": round(naive.seconds, 2)},
+        ),
     ]
 
 
 def _bare_drain(settings: Settings, count: int, ack_every: int) -> list[str]:
     """``references drain`` of ``count`` messages from the queue, with the tracker's prefetch."""
-    return bench_command("references", "drain", "--amqp-url", settings.amqp_url, "--queue", settings.queue,
-                         "--count", str(count), "--prefetch", str(settings.prefetch), "--ack-every", str(ack_every))
+    return bench_command(
+        "references",
+        "drain",
+        "--amqp-url",
+        settings.amqp_url,
+        "--queue",
+        settings.queue,
+        "--count",
+        str(count),
+        "--prefetch",
+        str(settings.prefetch),
+        "--ack-every",
+        str(ack_every),
+    )
 
 
 class _Drained:
@@ -101,8 +182,14 @@ class _Drained:
         self.cpu_s = cpu_s
 
 
-def _drain(bed: Testbed, settings: Settings, bodies: list[bytes], name: str, command: list[str],
-           done: Callable[[], bool] | None) -> _Drained:
+def _drain(
+    bed: Testbed,
+    settings: Settings,
+    bodies: list[bytes],
+    name: str,
+    command: list[str],
+    done: Callable[[], bool] | None,
+) -> _Drained:
     """Fill the queue, start ``command``, and time it from the first delivery to ``done``.
 
     Every consumer is timed the same way, from outside: it starts when the queue's ready count
@@ -161,8 +248,10 @@ def _complete(bed: Testbed, ids: range, events: int) -> bool:
         history = conn.exec_driver_sql("SELECT count(*) FROM async_status_message").scalar_one()
     pending = bed.database.pending_among(list(ids))
     if history != events or pending:
-        bed.run.notes.append(f"ingest: after the tracker's drain {pending} jobs were PENDING and the "
-                             f"history held {history} of {events} events")
+        bed.run.notes.append(
+            f"ingest: after the tracker's drain {pending} jobs were PENDING and the "
+            f"history held {history} of {events} events"
+        )
     return history == events and pending == 0
 
 
@@ -177,8 +266,10 @@ def latency(bed: Testbed) -> list[Result]:
     scale = bed.scale
     settings = bed.settings("latency")
     count = round(scale.latency_rate * scale.latency_s)
-    bed.progress.say(f"latency: {scale.latency_rate:,.0f} events/s for {scale.latency_s:.0f} s, "
-                     f"every {scale.latency_sample_every}th timed, {scale.latency_rounds} round(s)")
+    bed.progress.say(
+        f"latency: {scale.latency_rate:,.0f} events/s for {scale.latency_s:.0f} s, "
+        f"every {scale.latency_sample_every}th timed, {scale.latency_rounds} round(s)"
+    )
     rounds = [_latency_round(bed, settings, count, n) for n in range(scale.latency_rounds)]
     references, seens = [reference for reference, _ in rounds], [seen for _, seen in rounds]
     round_trips = [s for reference in references for s in reference["latencies_s"]]
@@ -186,26 +277,59 @@ def latency(bed: Testbed) -> list[Result]:
     lost = sum(seen["lost"] for seen in seens)
     reference_cuts, seen_cuts = percentiles_ms(round_trips), percentiles_ms(visible)
 
-    bed.run.charts.append(report.bar_chart(
-        "Latency at 1,000 events/s, ms", "ms",
-        [("round trip p50", reference_cuts["p50_ms"]), ("round trip p99", reference_cuts["p99_ms"]),
-         ("GET shows it p50", seen_cuts["p50_ms"]), ("GET shows it p99", seen_cuts["p99_ms"])]))
-    details = {"rate": round(statistics.fmean(seen["rate"] for seen in seens)),
-               "reference_rate": round(statistics.fmean(reference["published_rate"] for reference in references)),
-               "rounds": scale.latency_rounds, "samples": len(visible), "lost": lost,
-               "reference_received": sum(reference["received"] for reference in references),
-               "flush_ms": settings.flush_ms}
+    bed.run.charts.append(
+        report.bar_chart(
+            "Latency at 1,000 events/s, ms",
+            "ms",
+            [
+                ("round trip p50", reference_cuts["p50_ms"]),
+                ("round trip p99", reference_cuts["p99_ms"]),
+                ("GET shows it p50", seen_cuts["p50_ms"]),
+                ("GET shows it p99", seen_cuts["p99_ms"]),
+            ],
+        )
+    )
+    details = {
+        "rate": round(statistics.fmean(seen["rate"] for seen in seens)),
+        "reference_rate": round(statistics.fmean(reference["published_rate"] for reference in references)),
+        "rounds": scale.latency_rounds,
+        "samples": len(visible),
+        "lost": lost,
+        "reference_received": sum(reference["received"] for reference in references),
+        "flush_ms": settings.flush_ms,
+    }
     return [
-        Result("2 latency", "publish -> visible through GET, p50", "ms", seen_cuts["p50_ms"], reference_cuts["p50_ms"],
-               "publish -> consume round trip, p50", "—", None, details),
-        Result("2 latency", "publish -> visible through GET, p99", "ms", seen_cuts["p99_ms"], reference_cuts["p99_ms"],
-               "publish -> consume round trip, p99", "<= reference + 25 ms",
-               lost == 0 and seen_cuts["p99_ms"] <= reference_cuts["p99_ms"] + 25,
-               {**details, "over_reference_ms": round(seen_cuts["p99_ms"] - reference_cuts["p99_ms"], 2),
-                "p90_ms": seen_cuts["p90_ms"], "reference_p90_ms": reference_cuts["p90_ms"],
-                "max_ms": seen_cuts["max_ms"], "reference_max_ms": reference_cuts["max_ms"],
+        Result(
+            "2 latency",
+            "publish -> visible through GET, p50",
+            "ms",
+            seen_cuts["p50_ms"],
+            reference_cuts["p50_ms"],
+            "publish -> consume round trip, p50",
+            "—",
+            None,
+            details,
+        ),
+        Result(
+            "2 latency",
+            "publish -> visible through GET, p99",
+            "ms",
+            seen_cuts["p99_ms"],
+            reference_cuts["p99_ms"],
+            "publish -> consume round trip, p99",
+            "<= reference + 25 ms",
+            lost == 0 and seen_cuts["p99_ms"] <= reference_cuts["p99_ms"] + 25,
+            {
+                **details,
+                "over_reference_ms": round(seen_cuts["p99_ms"] - reference_cuts["p99_ms"], 2),
+                "p90_ms": seen_cuts["p90_ms"],
+                "reference_p90_ms": reference_cuts["p90_ms"],
+                "max_ms": seen_cuts["max_ms"],
+                "reference_max_ms": reference_cuts["max_ms"],
                 "p99_per_round_ms": [_rounded(seen["p99_ms"]) for seen in seens],
-                "reference_p99_per_round_ms": [_rounded(reference["p99_ms"]) for reference in references]}),
+                "reference_p99_per_round_ms": [_rounded(reference["p99_ms"]) for reference in references],
+            },
+        ),
     ]
 
 
@@ -216,22 +340,49 @@ def _latency_round(bed: Testbed, settings: Settings, count: int, round_number: i
     background = db.seed_jobs(2000)
     samples = db.seed_jobs(count // scale.latency_sample_every + 10)
     token = db.add_reader(settings)
-    pace = ["--amqp-url", settings.amqp_url, "--exchange", settings.exchange, "--rate", str(scale.latency_rate),
-            "--duration-s", str(scale.latency_s), "--first-job", str(background.start),
-            "--last-job", str(background.stop - 1)]
+    pace = [
+        "--amqp-url",
+        settings.amqp_url,
+        "--exchange",
+        settings.exchange,
+        "--rate",
+        str(scale.latency_rate),
+        "--duration-s",
+        str(scale.latency_s),
+        "--first-job",
+        str(background.start),
+        "--last-job",
+        str(background.stop - 1),
+    ]
 
     bed.progress.say(f"  round {round_number + 1}, reference: publish -> consume round trip")
-    receiver = bed.start(f"roundtrip-{round_number}", bench_command(
-        "references", "roundtrip", "--amqp-url", settings.amqp_url, "--queue", settings.queue,
-        "--count", str(count), "--prefetch", str(settings.prefetch)), settings, capture_stdout=True)
+    receiver = bed.start(
+        f"roundtrip-{round_number}",
+        bench_command(
+            "references",
+            "roundtrip",
+            "--amqp-url",
+            settings.amqp_url,
+            "--queue",
+            settings.queue,
+            "--count",
+            str(count),
+            "--prefetch",
+            str(settings.prefetch),
+        ),
+        settings,
+        capture_stdout=True,
+    )
     receiver.wait_for_log("ready")
-    publisher = bed.start(f"publisher-{round_number}", bench_command("load", "publish", *pace), settings,
-                          capture_stdout=True)
+    publisher = bed.start(
+        f"publisher-{round_number}", bench_command("load", "publish", *pace), settings, capture_stdout=True
+    )
     published = orjson.loads(publisher.output(timeout=scale.latency_s + 60))
     reference = {**orjson.loads(receiver.output(timeout=60)), "published_rate": published["rate"]}
 
-    bed.progress.say(f"  round {round_number + 1}, tracker: publish -> visible through GET "
-                     "(tracker consume + tracker api)")
+    bed.progress.say(
+        f"  round {round_number + 1}, tracker: publish -> visible through GET (tracker consume + tracker api)"
+    )
     port = processes.free_port()
     api_settings = settings.with_(bind=f"127.0.0.1:{port}")
     consumer = bed.start(f"latency-consume-{round_number}", tracker_command("consume"), api_settings)
@@ -241,15 +392,32 @@ def _latency_round(bed: Testbed, settings: Settings, count: int, round_number: i
     # The port opens before the workers have built their apps: a second of GETs (of jobs the
     # probe does not time) so that every worker is serving when the timed events start, as #3 does.
     load.http_load(port, background, token, 1.0, 4, 1, bed.out_dir)
-    prober = bed.start(f"visibility-{round_number}", bench_command(
-        "load", "visibility", *pace, "--port", str(port), "--token", token,
-        "--first-sample-job", str(samples.start), "--last-sample-job", str(samples.stop - 1),
-        "--sample-every", str(scale.latency_sample_every)), api_settings, capture_stdout=True)
+    prober = bed.start(
+        f"visibility-{round_number}",
+        bench_command(
+            "load",
+            "visibility",
+            *pace,
+            "--port",
+            str(port),
+            "--token",
+            token,
+            "--first-sample-job",
+            str(samples.start),
+            "--last-sample-job",
+            str(samples.stop - 1),
+            "--sample-every",
+            str(scale.latency_sample_every),
+        ),
+        api_settings,
+        capture_stdout=True,
+    )
     seen = orjson.loads(prober.output(timeout=scale.latency_s + 120))
     api.stop()
     consumer.stop()
-    bed.progress.say(f"  round {round_number + 1}: GET shows it p99 {_ms(seen['p99_ms'])}, "
-                     f"round trip p99 {_ms(reference['p99_ms'])}")
+    bed.progress.say(
+        f"  round {round_number + 1}: GET shows it p99 {_ms(seen['p99_ms'])}, round trip p99 {_ms(reference['p99_ms'])}"
+    )
     return reference, seen
 
 
@@ -270,13 +438,16 @@ def api(bed: Testbed) -> list[Result]:
     token = db.add_reader(settings)
     db.analyze()
     tool = "wrk" if load.wrk_available() else "python (wrk not installed)"
-    bed.progress.say(f"api: GET random ids of {len(ids):,} jobs (half finished) with {tool}, "
-                     f"{settings.workers} gunicorn workers, {scale.api_rounds} round(s) of {scale.api_s:.0f} s each")
+    bed.progress.say(
+        f"api: GET random ids of {len(ids):,} jobs (half finished) with {tool}, "
+        f"{settings.workers} gunicorn workers, {scale.api_rounds} round(s) of {scale.api_s:.0f} s each"
+    )
     tracker_runs, reference_runs = [], []
     for round_number in range(scale.api_rounds):
         for name, command, auth_token, runs in (
-                ("constant", bench_command("references", "constant-api"), None, reference_runs),
-                ("tracker", tracker_command("api"), token, tracker_runs)):
+            ("constant", bench_command("references", "constant-api"), None, reference_runs),
+            ("tracker", tracker_command("api"), token, tracker_runs),
+        ):
             port = processes.free_port()
             server = bed.start(f"{name}-api-{round_number}", command, settings.with_(bind=f"127.0.0.1:{port}"))
             server.wait_for_port(port)
@@ -284,20 +455,37 @@ def api(bed: Testbed) -> list[Result]:
             found = load.http_load(port, ids, auth_token, scale.api_s, 16, 2, bed.out_dir)
             server.stop()
             runs.append(found)
-            bed.progress.say(f"  {name}: {found.requests_per_s:,.0f} requests/s, p50 {found.p50_ms} ms, "
-                             f"p99 {found.p99_ms} ms, not 200: {found.not_ok}, errors: {found.errors}")
+            bed.progress.say(
+                f"  {name}: {found.requests_per_s:,.0f} requests/s, p50 {found.p50_ms} ms, "
+                f"p99 {found.p99_ms} ms, not 200: {found.not_ok}, errors: {found.errors}"
+            )
     tracker = statistics.fmean(r.requests_per_s for r in tracker_runs)
     reference = statistics.fmean(r.requests_per_s for r in reference_runs)
     wrong = sum(r.not_ok + r.errors for r in tracker_runs)
-    return [Result(
-        "3 api", "authenticated GET /api/5.0/async_status/{id}, requests/s", "requests/s", tracker, reference,
-        f"constant-JSON Falcon endpoint, same gunicorn settings, {settings.workers} workers", ">= 0.6x",
-        tracker >= 0.6 * reference and wrong == 0,
-        {"tool": tracker_runs[0].tool, "connections": 16, "rounds": scale.api_rounds, "seconds": scale.api_s,
-         "p50_ms": tracker_runs[-1].p50_ms, "p99_ms": tracker_runs[-1].p99_ms,
-         "reference_p50_ms": reference_runs[-1].p50_ms, "reference_p99_ms": reference_runs[-1].p99_ms,
-         "not_200_or_errors": wrong, "workers": settings.workers},
-    )]
+    return [
+        Result(
+            "3 api",
+            "authenticated GET /api/5.0/async_status/{id}, requests/s",
+            "requests/s",
+            tracker,
+            reference,
+            f"constant-JSON Falcon endpoint, same gunicorn settings, {settings.workers} workers",
+            ">= 0.6x",
+            tracker >= 0.6 * reference and wrong == 0,
+            {
+                "tool": tracker_runs[0].tool,
+                "connections": 16,
+                "rounds": scale.api_rounds,
+                "seconds": scale.api_s,
+                "p50_ms": tracker_runs[-1].p50_ms,
+                "p99_ms": tracker_runs[-1].p99_ms,
+                "reference_p50_ms": reference_runs[-1].p50_ms,
+                "reference_p99_ms": reference_runs[-1].p99_ms,
+                "not_200_or_errors": wrong,
+                "workers": settings.workers,
+            },
+        )
+    ]
 
 
 def memory(bed: Testbed) -> list[Result]:
@@ -328,8 +516,10 @@ def memory(bed: Testbed) -> list[Result]:
             work = workload.lifecycles(chunk, workload.EVENTS_PER_JOB, rng)
             bed.broker.fill(settings, work.bodies, keep_below=200_000)
             samples.append(consumer.rss_bytes() / _MB)
-            bed.progress.say(f"  published {number * len(chunk) * workload.EVENTS_PER_JOB:,}/{total:,}; "
-                             f"consumer RSS {samples[-1]:.1f} MB")
+            bed.progress.say(
+                f"  published {number * len(chunk) * workload.EVENTS_PER_JOB:,}/{total:,}; "
+                f"consumer RSS {samples[-1]:.1f} MB"
+            )
         assert work is not None
         unfinished = _wait_drained(bed, watcher, consumer, work.final_jobs[-_DONE_CHECK:], samples)
         seconds = time.monotonic() - started
@@ -339,20 +529,32 @@ def memory(bed: Testbed) -> list[Result]:
         watcher.close()
         consumer.stop()
     growth = (after - before) / _MB
-    bed.run.charts.append(report.line_chart("Consumer RSS (MB) while folding the events", "sample",
-                                            "MB", [samples]))
-    return [Result(
-        "4 memory", f"consumer RSS growth over {total:,} events", "MB", growth, None, None, "< 10 MB",
-        growth < 10,
-        {"rss_before_mb": round(before / _MB, 1), "rss_after_mb": round(after / _MB, 1),
-         "rss_peak_mb": round(max(samples, default=after / _MB), 1), "events": total,
-         "unfinished_jobs_checked": unfinished,
-         "events_per_s": round(total / seconds)},
-    )]
+    bed.run.charts.append(report.line_chart("Consumer RSS (MB) while folding the events", "sample", "MB", [samples]))
+    return [
+        Result(
+            "4 memory",
+            f"consumer RSS growth over {total:,} events",
+            "MB",
+            growth,
+            None,
+            None,
+            "< 10 MB",
+            growth < 10,
+            {
+                "rss_before_mb": round(before / _MB, 1),
+                "rss_after_mb": round(after / _MB, 1),
+                "rss_peak_mb": round(max(samples, default=after / _MB), 1),
+                "events": total,
+                "unfinished_jobs_checked": unfinished,
+                "events_per_s": round(total / seconds),
+            },
+        )
+    ]
 
 
-def _wait_drained(bed: Testbed, watcher: QueueWatcher, consumer: processes.Child, last_jobs: list[int],
-                  samples: list[float]) -> int:
+def _wait_drained(
+    bed: Testbed, watcher: QueueWatcher, consumer: processes.Child, last_jobs: list[int], samples: list[float]
+) -> int:
     """Wait until the consumer has folded everything; how many of ``last_jobs`` it never finished.
 
     Publishing here is unconfirmed and overlaps the draining, so the broker may drop a few
@@ -382,13 +584,18 @@ def table_size(bed: Testbed) -> list[Result]:
     scale = bed.scale
     settings = bed.settings("scale")
     small_db = bed.database
-    large_db = BenchDatabase(sa.make_url(small_db.url).set(database=f"{sa.make_url(small_db.url).database}_large")
-                             .render_as_string(hide_password=False))
+    large_db = BenchDatabase(
+        sa.make_url(small_db.url)
+        .set(database=f"{sa.make_url(small_db.url).database}_large")
+        .render_as_string(hide_password=False)
+    )
     try:
         small_db.empty()
         small = small_db.seed_jobs(scale.scale_small_rows, terminal_every=2)
-        bed.progress.say(f"table size: {len(small):,} rows in one database; creating "
-                         f"{scale.scale_large_rows:,} in another (generate_series)")
+        bed.progress.say(
+            f"table size: {len(small):,} rows in one database; creating "
+            f"{scale.scale_large_rows:,} in another (generate_series)"
+        )
         large_db.recreate()
         large = large_db.seed_jobs(scale.scale_large_rows, terminal_every=2)
         small_db.analyze()
@@ -417,17 +624,35 @@ def table_size(bed: Testbed) -> list[Result]:
         bed.stop_all()
         large_db.drop()
     few, many = percentiles_ms(few_s), percentiles_ms(many_s)
-    bed.progress.say(f"  {len(small):,} rows: p50 {few['p50_ms']:.2f} ms, p99 {few['p99_ms']:.2f} ms; "
-                     f"{len(large):,} rows: p50 {many['p50_ms']:.2f} ms, p99 {many['p99_ms']:.2f} ms")
-    return [Result(
-        "5 scale", f"GET latency p50 with {len(large):,} rows vs {len(small):,}", "ms", many["p50_ms"],
-        few["p50_ms"], f"the same GETs with {len(small):,} rows", "ratio <= 1.2",
-        many["p50_ms"] <= 1.2 * few["p50_ms"],
-        {"p99_ms": many["p99_ms"], "reference_p99_ms": few["p99_ms"], "requests": scale.scale_requests,
-         "rows": len(large), "reference_rows": len(small)},
-    )]
+    bed.progress.say(
+        f"  {len(small):,} rows: p50 {few['p50_ms']:.2f} ms, p99 {few['p99_ms']:.2f} ms; "
+        f"{len(large):,} rows: p50 {many['p50_ms']:.2f} ms, p99 {many['p99_ms']:.2f} ms"
+    )
+    return [
+        Result(
+            "5 scale",
+            f"GET latency p50 with {len(large):,} rows vs {len(small):,}",
+            "ms",
+            many["p50_ms"],
+            few["p50_ms"],
+            f"the same GETs with {len(small):,} rows",
+            "ratio <= 1.2",
+            many["p50_ms"] <= 1.2 * few["p50_ms"],
+            {
+                "p99_ms": many["p99_ms"],
+                "reference_p99_ms": few["p99_ms"],
+                "requests": scale.scale_requests,
+                "rows": len(large),
+                "reference_rows": len(small),
+            },
+        )
+    ]
 
 
 MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
-    "ingest": ingest, "latency": latency, "api": api, "memory": memory, "scale": table_size,
+    "ingest": ingest,
+    "latency": latency,
+    "api": api,
+    "memory": memory,
+    "scale": table_size,
 }

@@ -55,22 +55,31 @@ def cpu_seconds(stat: pathlib.Path) -> float:
     Raises OSError if it has gone.
     """
     text = stat.read_text()
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 class Child:
     """One child process, its output kept in ``log``; stopped with SIGTERM (then SIGKILL)."""
 
-    def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str], log_dir: pathlib.Path,
-                 capture_stdout: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        log_dir: pathlib.Path,
+        capture_stdout: bool = False,
+    ) -> None:
         self.name = name
         self.log = log_dir / f"{name}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
-                list(command), env=dict(env), cwd=ROOT,
-                stdout=subprocess.PIPE if capture_stdout else log, stderr=log,
+                list(command),
+                env=dict(env),
+                cwd=ROOT,
+                stdout=subprocess.PIPE if capture_stdout else log,
+                stderr=log,
             )
 
     @property

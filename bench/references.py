@@ -26,8 +26,7 @@ import pika
 
 from tracker import auth, broker, events
 from tracker.config import Settings
-from tracker.db import make_engine
-from tracker.store import JobStore
+from tracker.store import make_engine, open_job_store
 
 
 def drain(args: argparse.Namespace) -> dict[str, Any]:
@@ -36,6 +35,7 @@ def drain(args: argparse.Namespace) -> dict[str, Any]:
     The same client library, connection class, prefetch and multiple-acks as the tracker's
     consumer: what is left is the cost of the broker and of pika themselves.
     """
+
     def handle(ch: Any, method: Any, _properties: Any, body: bytes, seen: int) -> None:
         json.loads(body)
         if seen % args.ack_every == 0 or seen == args.count:
@@ -51,7 +51,7 @@ def naive(args: argparse.Namespace) -> dict[str, Any]:
     tracker is batching alone. Prefetch 1, as tutorials set it.
     """
     engine = make_engine(args.database_url)
-    store = JobStore(engine)
+    store = open_job_store(engine)
 
     def handle(ch: Any, method: Any, properties: Any, body: bytes, _seen: int) -> None:
         store.apply([events.parse(body, properties.content_type)])
@@ -63,8 +63,9 @@ def naive(args: argparse.Namespace) -> dict[str, Any]:
         engine.dispose()
 
 
-def _consume_counted(args: argparse.Namespace, client: str,
-                     handle: Callable[[Any, Any, Any, bytes, int], None]) -> dict[str, Any]:
+def _consume_counted(
+    args: argparse.Namespace, client: str, handle: Callable[[Any, Any, Any, bytes, int], None]
+) -> dict[str, Any]:
     """Consume ``args.count`` messages from ``args.queue``, each passed to ``handle`` with how many
     have been seen (itself included); when the first arrived and when the last was handled."""
     connection = pika.BlockingConnection(broker.parameters(args.amqp_url, client))
@@ -121,8 +122,12 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float | None]:
     if len(seconds) < 2:
         return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
     cuts = statistics.quantiles(seconds, n=100, method="inclusive")
-    return {"p50_ms": cuts[49] * 1000, "p90_ms": cuts[89] * 1000, "p99_ms": cuts[98] * 1000,
-            "max_ms": max(seconds) * 1000}
+    return {
+        "p50_ms": cuts[49] * 1000,
+        "p90_ms": cuts[89] * 1000,
+        "p99_ms": cuts[98] * 1000,
+        "max_ms": max(seconds) * 1000,
+    }
 
 
 def constant_app() -> falcon.App:
@@ -135,8 +140,15 @@ def constant_app() -> falcon.App:
 
 
 class _ConstantJob:
-    _BODY = {"response": {"id": 1, "status": "SUCCEEDED", "start_time": "2021-02-18T17:13:56.352261Z",
-                          "end_time": "2021-02-18T17:14:02.000001Z", "message": "Async job has started."}}
+    _BODY = {
+        "response": {
+            "id": 1,
+            "status": "SUCCEEDED",
+            "start_time": "2021-02-18T17:13:56.352261Z",
+            "end_time": "2021-02-18T17:14:02.000001Z",
+            "message": "Async job has started.",
+        }
+    }
 
     def on_get(self, _req: falcon.Request, resp: falcon.Response, version: str, job_id: str) -> None:
         resp.media = self._BODY
@@ -158,8 +170,9 @@ def constant_api(_args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.references", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.references", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, handler in (("drain", drain), ("naive", naive), ("roundtrip", roundtrip)):
         command = commands.add_parser(name)

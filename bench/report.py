@@ -206,8 +206,10 @@ def _block(run: Run) -> str:
         verdict = "" if r.met is None else ("met" if r.met else "**missed**")
         reference = "—" if r.reference is None else f"{_number(r.reference)} {r.unit} ({r.reference_is})"
         ratio = "—" if r.ratio is None else f"{r.ratio:.2f}"
-        out.append(f"| {number} | {name}: {r.figure} | {_number(r.project)} {r.unit} | {reference} "
-                   f"| {ratio} | {r.target} | {verdict} |")
+        out.append(
+            f"| {number} | {name}: {r.figure} | {_number(r.project)} {r.unit} | {reference} "
+            f"| {ratio} | {r.target} | {verdict} |"
+        )
     if run.notes:
         out += ["", *(f"- {note}" for note in run.notes)]
     for chart in run.charts:
@@ -244,15 +246,17 @@ def bar_chart(title: str, y_label: str, bars: Sequence[tuple[str, float]]) -> st
     """A mermaid bar chart, one bar per label."""
     top = max((v for _, v in bars), default=1.0)
     labels = ", ".join(f'"{label}"' for label, _ in bars)
-    return "\n".join([
-        "```mermaid",
-        "xychart-beta",
-        f'    title "{title}"',
-        f"    x-axis [{labels}]",
-        f'    y-axis "{y_label}" 0 --> {_nice_ceiling(top)}',
-        f"    bar [{', '.join(f'{v:.1f}' for _, v in bars)}]",
-        "```",
-    ])
+    return "\n".join(
+        [
+            "```mermaid",
+            "xychart-beta",
+            f'    title "{title}"',
+            f"    x-axis [{labels}]",
+            f'    y-axis "{y_label}" 0 --> {_nice_ceiling(top)}',
+            f"    bar [{', '.join(f'{v:.1f}' for _, v in bars)}]",
+            "```",
+        ]
+    )
 
 
 def _nice_ceiling(value: float) -> float:

@@ -12,8 +12,7 @@ import sqlalchemy as sa
 
 from tracker import auth, broker, merge
 from tracker.config import Settings
-from tracker.db import make_engine
-from tracker.schema import migrate
+from tracker.store import make_engine, migrate
 from tracker.users import UserStore
 
 BENCH_USER = "bench"
@@ -137,8 +136,12 @@ class BenchBroker:
 
     def names(self, tag: str) -> dict[str, str]:
         prefix = f"bench.{self._run_id}.{tag}"
-        return {"exchange": f"{prefix}.x", "queue": f"{prefix}.events",
-                "dead_exchange": f"{prefix}.dlx", "dead_queue": f"{prefix}.dead"}
+        return {
+            "exchange": f"{prefix}.x",
+            "queue": f"{prefix}.events",
+            "dead_exchange": f"{prefix}.dlx",
+            "dead_queue": f"{prefix}.dead",
+        }
 
     def connect(self) -> pika.BlockingConnection:
         return pika.BlockingConnection(broker.parameters(self.url, "tracker-bench"))
@@ -161,8 +164,13 @@ class BenchBroker:
             connection.close()
         self._declared.append(settings)
 
-    def fill(self, settings: Settings, bodies: Sequence[bytes], on_progress: Callable[[int], None] | None = None,
-             keep_below: int | None = None) -> None:
+    def fill(
+        self,
+        settings: Settings,
+        bodies: Sequence[bytes],
+        on_progress: Callable[[int], None] | None = None,
+        keep_below: int | None = None,
+    ) -> None:
         """Publish ``bodies`` (persistent, routed by their type) and return once all are queued.
 
         Without publisher confirms, so that filling is quick; the queue's count is the check
@@ -216,8 +224,12 @@ class BenchBroker:
     def delete_all(self) -> None:
         """Delete every queue and exchange this run declared; absent ones are fine."""
         for settings in self._declared:
-            for kind, name in (("queue", settings.queue), ("queue", settings.dead_queue),
-                               ("exchange", settings.exchange), ("exchange", settings.dead_exchange)):
+            for kind, name in (
+                ("queue", settings.queue),
+                ("queue", settings.dead_queue),
+                ("exchange", settings.exchange),
+                ("exchange", settings.dead_exchange),
+            ):
                 try:
                     connection = self.connect()
                 except pika.exceptions.AMQPError:
@@ -252,8 +264,12 @@ class QueueWatcher:
     def ready(self) -> int:
         try:
             return self._channel.queue_declare(self._queue, passive=True).method.message_count
-        except (pika.exceptions.StreamLostError, pika.exceptions.ConnectionWrongStateError,
-                pika.exceptions.ConnectionClosed, pika.exceptions.ChannelWrongStateError):
+        except (
+            pika.exceptions.StreamLostError,
+            pika.exceptions.ConnectionWrongStateError,
+            pika.exceptions.ConnectionClosed,
+            pika.exceptions.ChannelWrongStateError,
+        ):
             self.close()
             self._connection = self._broker.connect()
             self._channel = self._connection.channel()
@@ -272,4 +288,4 @@ def _routing_key(body: bytes) -> str:
     # way keeps the publisher loop from parsing every body again.
     marker = body.find(b'"type":"')
     end = body.find(b'"', marker + 8)
-    return broker.routing_key(body[marker + 8:end].decode()) if marker >= 0 else "job.progress"
+    return broker.routing_key(body[marker + 8 : end].decode()) if marker >= 0 else "job.progress"

@@ -36,21 +36,55 @@ class Scale:
     scale_requests: int
 
 
-FULL = Scale(ingest_events=100_000, ingest_jobs=20_000, ingest_rounds=3, naive_events=20_000,
-             latency_rate=1000, latency_s=40, latency_rounds=3, latency_sample_every=50,
-             api_s=15, api_rounds=2, memory_events=1_000_000, memory_warmup_events=50_000,
-             scale_small_rows=10_000, scale_large_rows=5_000_000, scale_requests=4000)
-QUICK = Scale(ingest_events=10_000, ingest_jobs=2_000, ingest_rounds=1, naive_events=1_500,
-              latency_rate=1000, latency_s=8, latency_rounds=1, latency_sample_every=50,
-              api_s=4, api_rounds=1, memory_events=50_000, memory_warmup_events=5_000,
-              scale_small_rows=10_000, scale_large_rows=300_000, scale_requests=1000)
+FULL = Scale(
+    ingest_events=100_000,
+    ingest_jobs=20_000,
+    ingest_rounds=3,
+    naive_events=20_000,
+    latency_rate=1000,
+    latency_s=40,
+    latency_rounds=3,
+    latency_sample_every=50,
+    api_s=15,
+    api_rounds=2,
+    memory_events=1_000_000,
+    memory_warmup_events=50_000,
+    scale_small_rows=10_000,
+    scale_large_rows=5_000_000,
+    scale_requests=4000,
+)
+QUICK = Scale(
+    ingest_events=10_000,
+    ingest_jobs=2_000,
+    ingest_rounds=1,
+    naive_events=1_500,
+    latency_rate=1000,
+    latency_s=8,
+    latency_rounds=1,
+    latency_sample_every=50,
+    api_s=4,
+    api_rounds=1,
+    memory_events=50_000,
+    memory_warmup_events=5_000,
+    scale_small_rows=10_000,
+    scale_large_rows=300_000,
+    scale_requests=1000,
+)
 
 
 class Testbed:
     """The run's database, broker names, settings, output directory and child processes."""
 
-    def __init__(self, scale: Scale, database: BenchDatabase, broker: BenchBroker, base: Settings,
-                 out_dir: pathlib.Path, progress: Progress, run: Run) -> None:
+    def __init__(
+        self,
+        scale: Scale,
+        database: BenchDatabase,
+        broker: BenchBroker,
+        base: Settings,
+        out_dir: pathlib.Path,
+        progress: Progress,
+        run: Run,
+    ) -> None:
         self.scale = scale
         self.database = database
         self.broker = broker
@@ -63,8 +97,12 @@ class Testbed:
     @classmethod
     def settings_for(cls, database_url: str, amqp_url: str, out_dir: pathlib.Path) -> Settings:
         """The tracker's settings for this run: its own secret; everything else as shipped."""
-        return Settings(database_url=database_url, amqp_url=amqp_url, secret=secrets.token_urlsafe(48),
-                        secret_file=str(out_dir / "secret"))
+        return Settings(
+            database_url=database_url,
+            amqp_url=amqp_url,
+            secret=secrets.token_urlsafe(48),
+            secret_file=str(out_dir / "secret"),
+        )
 
     def settings(self, tag: str, **changes: object) -> Settings:
         """Settings with broker names of their own (declared now), and any other ``changes``."""
@@ -72,10 +110,13 @@ class Testbed:
         self.broker.declare(settings)
         return settings
 
-    def start(self, name: str, command: Sequence[str], settings: Settings, capture_stdout: bool = False) -> processes.Child:
+    def start(
+        self, name: str, command: Sequence[str], settings: Settings, capture_stdout: bool = False
+    ) -> processes.Child:
         """A child process with the tracker's environment for ``settings``, stopped at the end of the run."""
-        child = processes.Child(name, command, processes.tracker_environment(settings), self.out_dir / "logs",
-                                capture_stdout=capture_stdout)
+        child = processes.Child(
+            name, command, processes.tracker_environment(settings), self.out_dir / "logs", capture_stdout=capture_stdout
+        )
         self._children.append(child)
         return child
 

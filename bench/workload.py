@@ -40,15 +40,16 @@ def lifecycles(job_ids: Sequence[int], per_job: int, rng: random.Random) -> Work
     return Workload(bodies, order)
 
 
-def event_body(job_id: int, kind: str, message: str | None, at: dt.datetime, seq: int = 0,
-               **extra: object) -> bytes:
+def event_body(job_id: int, kind: str, message: str | None, at: dt.datetime, seq: int = 0, **extra: object) -> bytes:
     """One valid event as a worker's publisher would send it, with ``extra`` fields beside."""
-    return orjson.dumps({
-        "event_id": str(uuid.uuid4()),
-        "job_id": job_id,
-        "type": kind,
-        "occurred_at": timefmt.format_time(at),
-        "message": message,
-        "seq": seq,
-        **extra,
-    })
+    return orjson.dumps(
+        {
+            "event_id": str(uuid.uuid4()),
+            "job_id": job_id,
+            "type": kind,
+            "occurred_at": timefmt.format_time(at),
+            "message": message,
+            "seq": seq,
+            **extra,
+        }
+    )

@@ -38,10 +38,9 @@ import pika.frame
 from pika.adapters.blocking_connection import BlockingChannel
 
 from consumers.status import DeadLetter, Delivery, Outcome, StatusProjector
-from tracker import broker, heap
+from tracker import broker, gcfreeze
 from tracker.config import Settings
-from tracker.db import make_engine
-from tracker.store import JobStore, StoreUnavailable
+from tracker.store import StoreUnavailable, make_engine, open_job_store
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +88,9 @@ class _Batch:
 class Consumer:
     """One consumer connection folding ``settings.queue`` into the store."""
 
-    def __init__(self, settings: Settings, projector: StatusProjector,
-                 on_batch: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, projector: StatusProjector, on_batch: Callable[[int, int], None] | None = None
+    ) -> None:
         self._settings = settings
         self._projector = projector
         self._on_batch = on_batch
@@ -150,8 +150,13 @@ class Consumer:
             backoff.reset()
         delay = backoff.next()
         unacked = len(self._pending) + sum(len(b.deliveries) for b in self._writing)
-        log.warning("broker connection lost (%s: %s); %d unacked deliveries will be redelivered; "
-                    "reconnecting in %.1f s", type(exc).__name__, exc, unacked, delay)
+        log.warning(
+            "broker connection lost (%s: %s); %d unacked deliveries will be redelivered; reconnecting in %.1f s",
+            type(exc).__name__,
+            exc,
+            unacked,
+            delay,
+        )
         self._pending.clear()
         self._stop.wait(delay)
 
@@ -166,8 +171,13 @@ class Consumer:
         channel.add_on_cancel_callback(self._on_cancelled)
         channel.basic_consume(self._settings.queue, self._on_message)
         self._channel = channel
-        log.info("consuming %s (batch %d, flush %d ms, prefetch %d)", self._settings.queue,
-                 self._settings.batch_size, self._settings.flush_ms, self._settings.prefetch)
+        log.info(
+            "consuming %s (batch %d, flush %d ms, prefetch %d)",
+            self._settings.queue,
+            self._settings.batch_size,
+            self._settings.flush_ms,
+            self._settings.prefetch,
+        )
 
     def _close(self) -> None:
         self._abandon_writing()
@@ -179,19 +189,22 @@ class Consumer:
             except _RECONNECTABLE:
                 pass
 
-    def _on_message(self, _channel: BlockingChannel, method: pika.spec.Basic.Deliver,
-                    properties: pika.BasicProperties, body: bytes) -> None:
+    def _on_message(
+        self, _channel: BlockingChannel, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
+    ) -> None:
         """Runs inside process_data_events for each delivery: only buffers it."""
         if not self._pending:
             self._pending_since = time.monotonic()
-        self._pending.append(Delivery(
-            tag=method.delivery_tag,
-            body=body,
-            content_type=properties.content_type,
-            routing_key=method.routing_key,
-            headers=properties.headers,
-            message_id=properties.message_id,
-        ))
+        self._pending.append(
+            Delivery(
+                tag=method.delivery_tag,
+                body=body,
+                content_type=properties.content_type,
+                routing_key=method.routing_key,
+                headers=properties.headers,
+                message_id=properties.message_id,
+            )
+        )
 
     def _on_cancelled(self, _method: pika.frame.Method) -> None:
         """Runs inside process_data_events when the broker cancels our subscription."""
@@ -292,12 +305,14 @@ class Consumer:
             except StoreUnavailable as exc:
                 if self._stop.is_set() or abandon.is_set():
                     why = "while stopping" if self._stop.is_set() else "and the broker connection is gone"
-                    log.warning("database unavailable %s; abandoning %d deliveries "
-                                "(they will be redelivered)", why, len(deliveries))
+                    log.warning(
+                        "database unavailable %s; abandoning %d deliveries (they will be redelivered)",
+                        why,
+                        len(deliveries),
+                    )
                     return None
                 delay = backoff.next()
-                log.warning("database unavailable (%s); retrying %d deliveries in %.1f s",
-                            exc, len(deliveries), delay)
+                log.warning("database unavailable (%s); retrying %d deliveries in %.1f s", exc, len(deliveries), delay)
                 deadline = time.monotonic() + delay
                 while not (self._stop.is_set() or abandon.is_set()) and (left := deadline - time.monotonic()) > 0:
                     abandon.wait(min(left, _IDLE_WAIT_S))
@@ -319,8 +334,12 @@ class Consumer:
             ),
             mandatory=True,
         )
-        log.warning("dead-lettered delivery %s (message_id %s): %s",
-                    delivery.tag, delivery.message_id, headers["x-tracker-reason"])
+        log.warning(
+            "dead-lettered delivery %s (message_id %s): %s",
+            delivery.tag,
+            delivery.message_id,
+            headers["x-tracker-reason"],
+        )
 
 
 def _dead_letter_headers(delivery: Delivery, reason: str) -> dict[str, object]:
@@ -331,7 +350,7 @@ def _dead_letter_headers(delivery: Delivery, reason: str) -> dict[str, object]:
     reason (which may quote the input) is cut short, and large original headers are left out.
     """
     if len(reason) > _MAX_REASON_CHARS:
-        reason = reason[:_MAX_REASON_CHARS - 1] + "…"
+        reason = reason[: _MAX_REASON_CHARS - 1] + "…"
     headers: dict[str, object] = {}
     if delivery.headers:
         size = _encoded_size(delivery.headers)
@@ -370,9 +389,9 @@ def consume(settings: Settings) -> int:
     # the pool drops every connection of that age, and the retry connects afresh. A ping would be
     # one more round trip in every event's latency.
     engine = make_engine(settings.database_url, pool_pre_ping=False)
-    consumer = Consumer(settings, StatusProjector(JobStore(engine)))
+    consumer = Consumer(settings, StatusProjector(open_job_store(engine)))
     consumer.install_signal_handlers()
-    heap.freeze_startup_objects()
+    gcfreeze.freeze_startup_objects()
     try:
         consumer.run()
     except FatalBrokerError as exc:

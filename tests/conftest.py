@@ -15,8 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from tracker.config import Settings
-from tracker.db import make_engine
-from tracker.schema import migrate
+from tracker.store import make_engine, migrate
 
 POSTGRES_URL = os.environ.get("TRACKER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 AMQP_URL = os.environ.get("TRACKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -33,16 +32,21 @@ def _check_services() -> None:
             conn.exec_driver_sql("select 1")
         engine.dispose()
     except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
-        pytest.exit(f"PostgreSQL is not answering at {POSTGRES_URL} ({exc.__class__.__name__}). "
-                    f"Start it with: {_START_POSTGRES}", returncode=3)
+        pytest.exit(
+            f"PostgreSQL is not answering at {POSTGRES_URL} ({exc.__class__.__name__}). "
+            f"Start it with: {_START_POSTGRES}",
+            returncode=3,
+        )
     try:
         params = pika.URLParameters(AMQP_URL)
         params.socket_timeout = 3
         params.blocked_connection_timeout = 3
         pika.BlockingConnection(params).close()
     except Exception as exc:  # noqa: BLE001
-        pytest.exit(f"RabbitMQ is not answering at {AMQP_URL} ({exc.__class__.__name__}). "
-                    f"Start it with: {_START_RABBITMQ}", returncode=3)
+        pytest.exit(
+            f"RabbitMQ is not answering at {AMQP_URL} ({exc.__class__.__name__}). Start it with: {_START_RABBITMQ}",
+            returncode=3,
+        )
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -71,8 +75,7 @@ def _empty_postgres(url: str) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "TRUNCATE async_status, async_status_message, tracker_user, tracker_login_failure "
-            "RESTART IDENTITY CASCADE"
+            "TRUNCATE async_status, async_status_message, tracker_user, tracker_login_failure RESTART IDENTITY CASCADE"
         )
     engine.dispose()
 

@@ -41,7 +41,10 @@ class ConsumerProcess:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "tracker.cli", "consume"],
-                env=self._env, stdout=log, stderr=subprocess.STDOUT, cwd=self.log_path.parent,
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.log_path.parent,
             )
         self.starts += 1
         return self

@@ -17,6 +17,7 @@ import argon2
 import jwt
 
 from tracker import timefmt
+from tracker.errors import PermissionDenied, Unauthenticated
 
 READ = "ASYNC-STATUS:READ"
 CREATE = "ASYNC-STATUS:CREATE"
@@ -28,16 +29,6 @@ ROLES: dict[str, frozenset[str]] = {
 }
 MIN_SECRET_BYTES = 32
 _ALGORITHM = "HS256"
-
-
-class Unauthenticated(Exception):
-    """No credentials, or ones that are forged, tampered with, expired or of a deleted user."""
-
-
-class PermissionDenied(Exception):
-    def __init__(self, permission: str) -> None:
-        super().__init__(permission)
-        self.permission = permission
 
 
 def permissions_of(role: str) -> frozenset[str]:
@@ -106,14 +97,15 @@ class Tokens:
         """The claims of a valid token; raises Unauthenticated otherwise."""
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, self._secret, algorithms=[_ALGORITHM],
+                token,
+                self._secret,
+                algorithms=[_ALGORITHM],
                 options={"require": ["sub", "exp", "iat"]},
             )
         except jwt.PyJWTError:
             raise Unauthenticated() from None
         subject, issued, expires = claims.get("sub"), claims.get("iat"), claims.get("exp")
-        if (not isinstance(subject, str) or not subject or not isinstance(issued, int)
-                or not isinstance(expires, int)):
+        if not isinstance(subject, str) or not subject or not isinstance(issued, int) or not isinstance(expires, int):
             raise Unauthenticated()
         return Claims(subject, issued, expires)
 

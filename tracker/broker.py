@@ -60,7 +60,7 @@ class Backoff:
     _attempt: int = 0
 
     def next(self) -> float:
-        delay = min(self.cap, self.first * 2 ** self._attempt)
+        delay = min(self.cap, self.first * 2**self._attempt)
         self._attempt += 1
         return delay * random.uniform(0.8, 1.0)
 

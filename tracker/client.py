@@ -7,15 +7,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from tracker.errors import ApiError
+
 API_VERSION = "5.0"
-
-
-class ApiError(RuntimeError):
-    """The API answered with an error; ``status`` is the HTTP status, the text its alert."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"HTTP {status}: {text}")
-        self.status = status
 
 
 class ApiClient:
@@ -24,8 +18,15 @@ class ApiClient:
     Give a token, or a username and password to log in with on first use.
     """
 
-    def __init__(self, base_url: str, *, token: str | None = None, username: str | None = None,
-                 password: str | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
         if token is None and not (username and password):
             raise ValueError("give a token, or a username and a password")
         self._base = base_url.rstrip("/") + f"/api/{API_VERSION}"
@@ -67,7 +68,7 @@ class ApiClient:
             request.add_header("Content-Type", "application/json")
         return request
 
-    def _open(self, request: urllib.request.Request):  # noqa: ANN202 - http.client.HTTPResponse
+    def _open(self, request: urllib.request.Request):
         try:
             return urllib.request.urlopen(request, timeout=self._timeout)  # noqa: S310 - our own API
         except urllib.error.HTTPError as exc:

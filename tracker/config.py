@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-
-class ConfigError(ValueError):
-    """An environment variable holds a value the tracker cannot use."""
+from tracker.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

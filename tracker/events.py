@@ -14,6 +14,7 @@ import orjson
 import pydantic
 
 from tracker import timefmt
+from tracker.errors import InvalidEvent
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_MESSAGE_CHARS = 4096
@@ -25,14 +26,6 @@ TERMINAL_TYPES = frozenset({"succeeded", "failed"})
 _TYPES = frozenset(typing.get_args(EventType))
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII)
-
-
-class InvalidEvent(ValueError):
-    """A message that breaks the wire contract; ``reason`` says how, for ``x-tracker-reason``."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def _event_id(value: Any) -> str:
@@ -172,13 +165,18 @@ def _parse_plain(body: bytes) -> Event | None:
         return None
     event_id, job_id, kind = document.get("event_id"), document.get("job_id"), document.get("type")
     occurred_at, message, seq = document.get("occurred_at"), document.get("message"), document.get("seq", 0)
-    if (type(event_id) is not str or _UUID.fullmatch(event_id) is None
-            or type(job_id) is not int or not 1 <= job_id <= MAX_JOB_ID
-            or type(kind) is not str or kind not in _TYPES
-            or type(occurred_at) is not str
-            or (message is not None and (type(message) is not str or len(message) > MAX_MESSAGE_CHARS
-                                         or "\x00" in message))
-            or type(seq) is not int or not 0 <= seq <= MAX_JOB_ID):
+    if (
+        type(event_id) is not str
+        or _UUID.fullmatch(event_id) is None
+        or type(job_id) is not int
+        or not 1 <= job_id <= MAX_JOB_ID
+        or type(kind) is not str
+        or kind not in _TYPES
+        or type(occurred_at) is not str
+        or (message is not None and (type(message) is not str or len(message) > MAX_MESSAGE_CHARS or "\x00" in message))
+        or type(seq) is not int
+        or not 0 <= seq <= MAX_JOB_ID
+    ):
         return None
     try:
         instant = timefmt.parse_time(occurred_at)

@@ -27,6 +27,7 @@ import pika.exceptions
 
 from tracker import broker, events
 from tracker.config import Settings
+from tracker.errors import PublishFailed
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ _RETRYABLE = (
     pika.exceptions.ConnectionWrongStateError,
     pika.exceptions.ChannelWrongStateError,
 )
-
-
-class PublishFailed(RuntimeError):
-    """The broker did not confirm the event before the timeout."""
 
 
 class Publisher:
@@ -102,23 +99,23 @@ class Publisher:
         while True:
             try:
                 channel = self._ensure_channel()
-                channel.basic_publish(self._settings.exchange, broker.routing_key(event.type), body,
-                                      properties, mandatory=True)
+                channel.basic_publish(
+                    self._settings.exchange, broker.routing_key(event.type), body, properties, mandatory=True
+                )
                 return
             except _RETRYABLE as exc:
                 self.close()
                 delay = backoff.next()
                 if time.monotonic() + delay > deadline:
                     raise PublishFailed(f"event {event.event_id} not confirmed: {type(exc).__name__}") from exc
-                log.warning("publish of %s failed (%s); retrying in %.1f s", event.event_id,
-                            type(exc).__name__, delay)
+                log.warning("publish of %s failed (%s); retrying in %.1f s", event.event_id, type(exc).__name__, delay)
                 time.sleep(delay)
 
     def job(self, job_id: int) -> JobReport:
         """A context manager reporting on one job: succeeded on exit, failed on an exception."""
         return JobReport(self, job_id)
 
-    def _ensure_channel(self):  # noqa: ANN202 - pika's BlockingChannel
+    def _ensure_channel(self):
         if self._channel is None or not self._channel.is_open:
             self.close()
             params = broker.parameters(self._settings.amqp_url, "tracker-publisher")
@@ -145,8 +142,9 @@ class JobReport:
     def __enter__(self) -> JobReport:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 _tb: types.TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: types.TracebackType | None
+    ) -> None:
         if exc is None:
             self._publisher.emit(self.job_id, "succeeded", self.final_message)
         else:
@@ -158,4 +156,3 @@ def _failure_text(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     text = text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
     return text[: events.MAX_MESSAGE_CHARS]
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 _RFC3339 = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<h>\d{2}):(?P<m>\d{2}):(?P<s>\d{2})"
@@ -21,8 +21,10 @@ def format_time(instant: dt.datetime | None) -> str | None:
     utc = instant.astimezone(UTC)
     # Written out field by field: strftime's %Y gives "999" for the year 999 on glibc, which no
     # RFC 3339 reader (parse_time included) takes back.
-    return (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
-            f".{utc.microsecond:06d}Z")
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
+        f".{utc.microsecond:06d}Z"
+    )
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -34,8 +36,15 @@ def parse_time(text: str) -> dt.datetime:
     # these 27 ASCII characters, in UTC, in a tenth of the time of the general path below (it
     # refuses what that path refuses, and then that path gives the reason).
     # tests/unit/test_timefmt.py holds the two to the same answer.
-    if (len(text) == 27 and text[26] == "Z" and text[10] == "T" and text[19] == "." and text.isascii()
-            and text[4] == text[7] == "-" and text[13] == text[16] == ":"):
+    if (
+        len(text) == 27
+        and text[26] == "Z"
+        and text[10] == "T"
+        and text[19] == "."
+        and text.isascii()
+        and text[4] == text[7] == "-"
+        and text[13] == text[16] == ":"
+    ):
         try:
             return dt.datetime.fromisoformat(text)
         except ValueError:
@@ -53,9 +62,7 @@ def _parse_time_generally(text: str) -> dt.datetime:
     tz = match["tz"]
     offset = "+00:00" if tz in ("Z", "z") else tz
     try:
-        parsed = dt.datetime.fromisoformat(
-            f"{match['date']}T{match['h']}:{match['m']}:{match['s']}.{frac}{offset}"
-        )
+        parsed = dt.datetime.fromisoformat(f"{match['date']}T{match['h']}:{match['m']}:{match['s']}.{frac}{offset}")
         return parsed.astimezone(UTC)
     except (ValueError, OverflowError):
         raise ValueError("is not a valid date and time") from None

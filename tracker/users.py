@@ -9,16 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tracker import auth, timefmt
-from tracker.db import login_failures, unavailable_as_error, users
-
-
-class UserExists(ValueError):
-    def __init__(self, username: str) -> None:
-        super().__init__(f"user {username!r} already exists")
-
-
-class InvalidUser(ValueError):
-    """A username or role that cannot be stored."""
+from tracker.errors import InvalidUser, UserExists
+from tracker.store.engine import unavailable_as_error
+from tracker.store.tables import login_failures, users
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +60,7 @@ class UserStore:
     def get(self, username: str) -> User | None:
         with unavailable_as_error(), self._engine.connect() as conn:
             row = conn.execute(
-                sa.select(users.c.username, users.c.role, users.c.created_at)
-                .where(users.c.username == username)
+                sa.select(users.c.username, users.c.role, users.c.created_at).where(users.c.username == username)
             ).first()
         return User(*row) if row else None
 
@@ -76,8 +68,9 @@ class UserStore:
         """The user if the password is theirs; the same work is done when the user does not exist."""
         with unavailable_as_error(), self._engine.connect() as conn:
             row = conn.execute(
-                sa.select(users.c.username, users.c.role, users.c.created_at, users.c.password_hash)
-                .where(users.c.username == username)
+                sa.select(users.c.username, users.c.role, users.c.created_at, users.c.password_hash).where(
+                    users.c.username == username
+                )
             ).first()
         ok = self._passwords.verify(row.password_hash if row else None, password)
         return User(row.username, row.role, row.created_at) if ok and row else None
@@ -110,9 +103,11 @@ class LoginThrottle:
         """Seconds until the longest lock on any of ``subjects`` ends; 0 when none is locked."""
         now = now or timefmt.now()
         with unavailable_as_error(), self._engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(login_failures.c.locked_until).where(login_failures.c.subject.in_(subjects))
-            ).scalars().all()
+            rows = (
+                conn.execute(sa.select(login_failures.c.locked_until).where(login_failures.c.subject.in_(subjects)))
+                .scalars()
+                .all()
+            )
         remaining = [(until - now).total_seconds() for until in rows if until is not None and until > now]
         return max(remaining, default=0.0)
 
@@ -129,13 +124,17 @@ class LoginThrottle:
                     still_locked = row is not None and row.locked_until is not None and row.locked_until > now
                     if row is None or (not still_locked and row.first_at + self._lockout < now):
                         conn.execute(sa.delete(login_failures).where(login_failures.c.subject == subject))
-                        conn.execute(sa.insert(login_failures).values(
-                            subject=subject, failures=1, first_at=now, locked_until=None))
+                        conn.execute(
+                            sa.insert(login_failures).values(
+                                subject=subject, failures=1, first_at=now, locked_until=None
+                            )
+                        )
                         continue
                     failures = row.failures + 1
                     locked = now + self._lockout if failures >= self._max else row.locked_until
                     conn.execute(
-                        sa.update(login_failures).where(login_failures.c.subject == subject)
+                        sa.update(login_failures)
+                        .where(login_failures.c.subject == subject)
                         .values(failures=failures, locked_until=locked)
                     )
 

@@ -20,7 +20,7 @@ from tests.conftest import TEST_SECRET
 from tests.processes import environment
 from tracker import auth
 from tracker.config import Settings
-from tracker.db import make_engine
+from tracker.store import make_engine
 from tracker.users import UserStore
 
 PASSWORD = "correct horse battery staple"
@@ -56,8 +56,9 @@ class LiveApi:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> Answer:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Answer:
         connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
         try:
             connection.request(method, path, body=body, headers=headers or {})
@@ -76,8 +77,12 @@ class LiveApi:
 
     def login(self, username: str, password: str = PASSWORD) -> str:
         """The access token the login cookies carry; fails the test if login does not answer 200."""
-        answer = self.request("POST", "/api/5.0/user/login", json.dumps({"u": username, "p": password}).encode(),
-                              {"Content-Type": "application/json"})
+        answer = self.request(
+            "POST",
+            "/api/5.0/user/login",
+            json.dumps({"u": username, "p": password}).encode(),
+            {"Content-Type": "application/json"},
+        )
         assert answer.status == 200, answer
         return answer.headers["set-cookie"].split("access_token=", 1)[1].split(";", 1)[0]
 
@@ -116,15 +121,21 @@ def running_api(database_url: str, workdir: pathlib.Path, **settings: str) -> It
     ``settings`` are Settings fields (``login_max_failures="20"``), passed as TRACKER_* variables.
     """
     configured = Settings(database_url=database_url, secret=TEST_SECRET, secret_file=str(workdir / "secret"))
-    env = environment(configured, TRACKER_LOG_LEVEL="WARNING",
-                      **{f"TRACKER_{name.upper()}": value for name, value in settings.items()})
+    env = environment(
+        configured,
+        TRACKER_LOG_LEVEL="WARNING",
+        **{f"TRACKER_{name.upper()}": value for name, value in settings.items()},
+    )
     for attempt in range(3):  # another process may take the port between our probe and gunicorn's bind
         port = free_port()
         log_path = workdir / f"api-{port}.log"
         with open(log_path, "wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "tracker.cli", "api"],
-                                       env={**env, "TRACKER_BIND": f"127.0.0.1:{port}"},
-                                       stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tracker.cli", "api"],
+                env={**env, "TRACKER_BIND": f"127.0.0.1:{port}"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         api = LiveApi(database_url, "127.0.0.1", port, process, log_path)
         try:
             if _wait_until_serving(api):

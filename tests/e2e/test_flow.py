@@ -31,8 +31,9 @@ class Http:
         self.cookies = http.cookiejar.CookieJar()
         self._opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
 
-    def call(self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None,
-             cookies: bool = True):
+    def call(
+        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None, cookies: bool = True
+    ):
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
         if data is not None:
@@ -81,7 +82,8 @@ def test_login_create_publish_and_read_until_succeeded(system: Http, settings):
     job_id = body["response"]["id"]
     assert headers["Location"] == f"/api/5.0/async_status/{job_id}"
     assert body["alerts"][0]["text"] == (
-        f"Async job has started. Status updates can be found here: /api/5.0/async_status/{job_id}")
+        f"Async job has started. Status updates can be found here: /api/5.0/async_status/{job_id}"
+    )
 
     status, _, body = system.call("GET", f"/api/5.0/async_status/{job_id}")
     assert status == 200
@@ -113,8 +115,11 @@ def test_bearer_and_either_cookie_authenticate(system: Http):
     token = next(cookie.value for cookie in system.cookies if cookie.name == "access_token")
     _, _, created = system.call("POST", "/api/5.0/async_status")
     path = f"/api/5.0/async_status/{created['response']['id']}"
-    for headers in ({"Authorization": f"Bearer {token}"}, {"Cookie": f"mojolicious={token}"},
-                    {"Cookie": f"access_token={token}"}):
+    for headers in (
+        {"Authorization": f"Bearer {token}"},
+        {"Cookie": f"mojolicious={token}"},
+        {"Cookie": f"access_token={token}"},
+    ):
         status, _, body = system.call("GET", path, headers=headers, cookies=False)
         assert status == 200 and body["response"]["message"] == "Async job has started."
 
@@ -125,16 +130,24 @@ def test_errors_have_traffic_ops_statuses_and_alerts(system: Http):
     login(system, "ops")
     cases = [
         ("GET", "/api/5.0/async_status/abc", 400, "getting integer parameters: parameter 'id' not an integer"),
-        ("GET", "/api/5.0/async_status/9223372036854775808", 400,
-         "getting integer parameters: parameter 'id' not an integer"),
+        (
+            "GET",
+            "/api/5.0/async_status/9223372036854775808",
+            400,
+            "getting integer parameters: parameter 'id' not an integer",
+        ),
         ("GET", "/api/5.0/async_status/9223372036854775807", 404, "Not Found"),
         ("GET", "/api/5.0/async_status/0", 404, "Not Found"),
         ("GET", "/api/5.0/async_status/-3", 404, "Not Found"),
         ("GET", "/api/5.0/no_such_thing", 404, "The requested path '/api/5.0/no_such_thing' does not exist."),
         ("GET", "/api/3.0/async_status/1", 404, "The requested path '/api/3.0/async_status/1' does not exist."),
-        ("GET", "/api/5.1/async_status/1", 501,
-         "The requested api version is not implemented by this server. If you are using a newer client with "
-         "an older server, you will need to use an older client version or upgrade your server."),
+        (
+            "GET",
+            "/api/5.1/async_status/1",
+            501,
+            "The requested api version is not implemented by this server. If you are using a newer client with "
+            "an older server, you will need to use an older client version or upgrade your server.",
+        ),
         ("GET", "/api/4.2/async_status/1", 501, None),
     ]
     for method, path, want_status, want_alert in cases:
@@ -165,12 +178,20 @@ def test_the_cli_creates_and_emits(system: Http, settings, engine):
     env = environment(settings, TRACKER_API_URL=system.base, TRACKER_API_USER="ops", TRACKER_PASSWORD=PASSWORD)
     created = subprocess.run(
         [sys.executable, "-m", "tracker.cli", "jobs", "create", "From the CLI."],
-        env=env, capture_output=True, text=True, timeout=30)
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert created.returncode == 0, created.stderr
     job_id = int(created.stdout.strip())
     emitted = subprocess.run(
         [sys.executable, "-m", "tracker.cli", "jobs", "emit", str(job_id), "failed", "It broke."],
-        env=env, capture_output=True, text=True, timeout=30)
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert emitted.returncode == 0, emitted.stderr
     login(system, "ops")
     deadline = time.monotonic() + 10

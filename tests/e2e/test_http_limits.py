@@ -11,13 +11,13 @@ import pytest
 from api.errors import MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE_BYTES
 from api.resources import LENGTH_REQUIRED, MAX_BODY_BYTES
 from tests.e2e.live_api import Answer, LiveApi, add_users, running_api
-from tracker.db import make_engine
-from tracker.schema import migrate
+from tracker.store import make_engine, migrate
 from tracker.users import UserStore
 
 USER_CACHE_S = 1.0
-HEADERS_TOO_LARGE = (f"the request headers must be at most {MAX_HEADER_FIELDS} fields "
-                     f"of at most {MAX_HEADER_FIELD_BYTES} bytes each")
+HEADERS_TOO_LARGE = (
+    f"the request headers must be at most {MAX_HEADER_FIELDS} fields of at most {MAX_HEADER_FIELD_BYTES} bytes each"
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +45,25 @@ def assert_alert(answer: Answer, status: int, text: str) -> None:
 
 def test_oversized_headers_are_refused_with_json(live: LiveApi, token: str) -> None:
     big = "a" * (MAX_HEADER_FIELD_BYTES + 1)
-    for headers in ({"X-Padding": big}, {"Cookie": f"access_token={big}"}, {"Authorization": f"Bearer {big}"},
-                    {f"X-Field-{i}": "x" for i in range(MAX_HEADER_FIELDS + 1)}):
+    for headers in (
+        {"X-Padding": big},
+        {"Cookie": f"access_token={big}"},
+        {"Authorization": f"Bearer {big}"},
+        {f"X-Field-{i}": "x" for i in range(MAX_HEADER_FIELDS + 1)},
+    ):
         assert_alert(live.request("GET", "/api/5.0/ping", headers=headers), 431, HEADERS_TOO_LARGE)
     long_id = "1" * MAX_REQUEST_LINE_BYTES
-    assert_alert(live.request("GET", f"/api/5.0/async_status/{long_id}", headers={"Authorization": f"Bearer {token}"}),
-                 414, f"the request line must be at most {MAX_REQUEST_LINE_BYTES} bytes")
+    assert_alert(
+        live.request("GET", f"/api/5.0/async_status/{long_id}", headers={"Authorization": f"Bearer {token}"}),
+        414,
+        f"the request line must be at most {MAX_REQUEST_LINE_BYTES} bytes",
+    )
     # Just under the limits the app answers, and a giant credential is merely a bad one.
-    assert_alert(live.request("GET", "/api/5.0/async_status/1", headers={"Authorization": "Bearer " + "a" * 8000}),
-                 401, "unauthorized, please log in.")
+    assert_alert(
+        live.request("GET", "/api/5.0/async_status/1", headers={"Authorization": "Bearer " + "a" * 8000}),
+        401,
+        "unauthorized, please log in.",
+    )
 
 
 def test_bytes_that_are_not_http_are_refused_with_json(live: LiveApi) -> None:
@@ -62,10 +72,17 @@ def test_bytes_that_are_not_http_are_refused_with_json(live: LiveApi) -> None:
         (b"GET /api/5.0/ping HTTP/9.9\r\nHost: x\r\n\r\n", 400, "malformed HTTP request"),
         (b"GET /api/5.0/ping HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n", 400, "malformed HTTP request"),
         # Both lengths at once is how requests are smuggled past proxies.
-        (b"POST /api/5.0/user/login HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
-         b"0\r\n\r\n", 400, "malformed HTTP request"),
-        (b"POST /api/5.0/user/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: x-unknown\r\n\r\n", 501,
-         "unsupported transfer coding"),
+        (
+            b"POST /api/5.0/user/login HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\n",
+            400,
+            "malformed HTTP request",
+        ),
+        (
+            b"POST /api/5.0/user/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: x-unknown\r\n\r\n",
+            501,
+            "unsupported transfer coding",
+        ),
     ):
         assert_alert(live.send_raw(raw), status, text)
 
@@ -73,20 +90,32 @@ def test_bytes_that_are_not_http_are_refused_with_json(live: LiveApi) -> None:
 def test_bodies_are_bounded_and_need_a_length(live: LiveApi, token: str) -> None:
     auth = f"Authorization: Bearer {token}\r\n".encode()
     # A length far past the limit is refused before the body is read, so the missing bytes do not stall it.
-    promised = live.send_raw(b"POST /api/5.0/async_status HTTP/1.1\r\nHost: x\r\n" + auth +
-                             b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{}")
+    promised = live.send_raw(
+        b"POST /api/5.0/async_status HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{}"
+    )
     assert_alert(promised, 413, f"the request body must be at most {MAX_BODY_BYTES} bytes")
     # Falcon reads by Content-Length: a chunked body would pass for empty, and create a job it did not ask for.
     chunk = json.dumps({"message": "chunked"}).encode()
-    chunked = live.send_raw(b"POST /api/5.0/async_status HTTP/1.1\r\nHost: x\r\n" + auth +
-                            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" +
-                            f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n0\r\n\r\n")
+    chunked = live.send_raw(
+        b"POST /api/5.0/async_status HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{len(chunk):x}\r\n".encode()
+        + chunk
+        + b"\r\n0\r\n\r\n"
+    )
     assert_alert(chunked, 411, LENGTH_REQUIRED)
 
 
 def test_raw_dot_segments_reach_no_file(live: LiveApi, token: str) -> None:
-    for path in ("/api/5.0/async_status/../../../../etc/passwd", "/api/5.0/../../../etc/passwd",
-                 "/api/5.0/async_status/..%2f..%2f..%2fetc%2fpasswd", "/../../etc/passwd"):
+    for path in (
+        "/api/5.0/async_status/../../../../etc/passwd",
+        "/api/5.0/../../../etc/passwd",
+        "/api/5.0/async_status/..%2f..%2f..%2fetc%2fpasswd",
+        "/../../etc/passwd",
+    ):
         answer = live.send_raw(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
         assert answer.status == 404 and answer.headers["content-type"] == "application/json", answer
         assert [alert["level"] for alert in answer.json["alerts"]] == ["error"]  # type: ignore[index]

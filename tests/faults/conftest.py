@@ -18,8 +18,7 @@ import sqlalchemy as sa
 from tests.conftest import AMQP_URL, TEST_SECRET
 from tests.processes import ConsumerProcess, environment
 from tracker.config import Settings
-from tracker.db import make_engine
-from tracker.store import JobStore
+from tracker.store import JobStore, make_engine, open_job_store
 
 T = TypeVar("T")
 
@@ -50,8 +49,13 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
 @pytest.fixture
 def fault_settings(postgres_url: str, amqp_names: dict[str, str], tmp_path) -> Settings:
     """Settings on the session's PostgreSQL database and this test's own broker names."""
-    return Settings(database_url=postgres_url, amqp_url=AMQP_URL, secret=TEST_SECRET,
-                    secret_file=str(tmp_path / "secret"), **amqp_names)
+    return Settings(
+        database_url=postgres_url,
+        amqp_url=AMQP_URL,
+        secret=TEST_SECRET,
+        secret_file=str(tmp_path / "secret"),
+        **amqp_names,
+    )
 
 
 @pytest.fixture
@@ -63,7 +67,7 @@ def pg_engine(postgres_url: str) -> Iterator[sa.Engine]:
 
 @pytest.fixture
 def store(pg_engine: sa.Engine) -> JobStore:
-    return JobStore(pg_engine)
+    return open_job_store(pg_engine)
 
 
 @pytest.fixture

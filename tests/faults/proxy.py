@@ -97,8 +97,7 @@ class _Pair:
     on Linux and would let a reused descriptor be read by the wrong thread.
     """
 
-    def __init__(self, client: socket.socket, server: socket.socket,
-                 on_done: Callable[[_Pair], None]) -> None:
+    def __init__(self, client: socket.socket, server: socket.socket, on_done: Callable[[_Pair], None]) -> None:
         self._sockets = (client, server)
         self._on_done = on_done
         self._lock = threading.Lock()

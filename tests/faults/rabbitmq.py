@@ -51,13 +51,18 @@ def unacked_count(queue: str) -> int:
     Asked of the consumers' channels: a quorum queue's own ``messages`` figure is a metric
     refreshed every few seconds, and lags far behind under load.
     """
-    channels = {entry["channel_pid"] for entry in _ctl_json("list_consumers", "queue_name", "channel_pid")
-                if entry["queue_name"] == queue}
+    channels = {
+        entry["channel_pid"]
+        for entry in _ctl_json("list_consumers", "queue_name", "channel_pid")
+        if entry["queue_name"] == queue
+    }
     if not channels:
         return 0
-    return sum(int(entry["messages_unacknowledged"])
-               for entry in _ctl_json("list_channels", "pid", "messages_unacknowledged")
-               if entry["pid"] in channels)
+    return sum(
+        int(entry["messages_unacknowledged"])
+        for entry in _ctl_json("list_channels", "pid", "messages_unacknowledged")
+        if entry["pid"] in channels
+    )
 
 
 def answering(url: str) -> bool:

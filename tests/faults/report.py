@@ -35,19 +35,34 @@ def table(rows: list[dict[str, object]]) -> str:
     header = ["Scenario", "Scale", "What was done", "What was checked", *_COLUMNS, "Seconds", "Run at (UTC)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["scenario"], row["scale"], row["done"], row["checked"], *(row[c] for c in _COLUMNS),
-                 row["seconds"], str(row["finished_at"])[:19].replace("T", " ")]
+        cells = [
+            row["scenario"],
+            row["scale"],
+            row["done"],
+            row["checked"],
+            *(row[c] for c in _COLUMNS),
+            row["seconds"],
+            str(row["finished_at"])[:19].replace("T", " "),
+        ]
         lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.faults.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("reports", nargs="*", type=pathlib.Path, default=[report_path()], metavar="REPORT",
-                        help="JSON lines the tests wrote (default: $TRACKER_FAULTS_REPORT or its default)")
-    parser.add_argument("--write", type=pathlib.Path, metavar="DOC",
-                        help=f"replace the text between {BEGIN} and {END} in DOC")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.faults.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "reports",
+        nargs="*",
+        type=pathlib.Path,
+        default=[report_path()],
+        metavar="REPORT",
+        help="JSON lines the tests wrote (default: $TRACKER_FAULTS_REPORT or its default)",
+    )
+    parser.add_argument(
+        "--write", type=pathlib.Path, metavar="DOC", help=f"replace the text between {BEGIN} and {END} in DOC"
+    )
     args = parser.parse_args(argv)
     rendered = table(latest([line for path in args.reports for line in path.read_text(encoding="utf-8").splitlines()]))
     if args.write is None:

@@ -31,14 +31,13 @@ from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
 
+from tests.faults.rabbitmq import ready_count, unacked_count
+from tests.processes import ConsumerProcess
 from tracker import events, merge, timefmt
 from tracker.config import Settings
-from tracker.db import async_status, async_status_message
 from tracker.publisher import Publisher, PublishFailed
 from tracker.store import JobStore
-
-from tests.processes import ConsumerProcess
-from tests.faults.rabbitmq import ready_count, unacked_count
+from tracker.store.tables import async_status, async_status_message
 
 REPORT_ENV = "TRACKER_FAULTS_REPORT"
 _MAX_UNSURE = 8  # unconfirmed events per job tried in every combination by the check
@@ -55,8 +54,9 @@ def create_jobs(store: JobStore, count: int, rng: random.Random) -> list[int]:
     return [store.create_job(f"created {n}" if rng.random() < 0.25 else None).id for n in range(count)]
 
 
-def plan_events(job_ids: Sequence[int], count: int, rng: random.Random,
-                around: dt.datetime | None = None) -> list[events.Event]:
+def plan_events(
+    job_ids: Sequence[int], count: int, rng: random.Random, around: dt.datetime | None = None
+) -> list[events.Event]:
     """``count`` distinct valid events over the jobs: mostly progress, about one in ten terminal.
 
     Times fall within a second around ``around`` (so end_time is sometimes the job's start_time),
@@ -72,16 +72,16 @@ def plan_events(job_ids: Sequence[int], count: int, rng: random.Random,
         if times[job_id] and rng.random() < 0.1:
             at = rng.choice(times[job_id])
         else:
-            at = around + dt.timedelta(milliseconds=rng.randrange(-300, 700),
-                                       microseconds=rng.randrange(1000))
+            at = around + dt.timedelta(milliseconds=rng.randrange(-300, 700), microseconds=rng.randrange(1000))
         times[job_id].append(at)
         message = None if rng.random() < 0.15 else f"{kind} {n} of job {job_id}"
         planned.append(events.new_event(job_id, kind, message, seq=rng.randrange(3), occurred_at=at))
     return planned
 
 
-def shuffle_with_duplicates(planned: Sequence[events.Event], rng: random.Random,
-                            duplicates: float = 0.1) -> list[events.Event]:
+def shuffle_with_duplicates(
+    planned: Sequence[events.Event], rng: random.Random, duplicates: float = 0.1
+) -> list[events.Event]:
     """The send order: every event once, a fraction again, all shuffled (so never in time order)."""
     stream = list(planned) + rng.sample(list(planned), int(len(planned) * duplicates))
     rng.shuffle(stream)
@@ -132,8 +132,16 @@ class PacedPublishing:
     recorded as confirmed only once it returned.
     """
 
-    def __init__(self, settings: Settings, stream: Sequence[events.Event], record: Record, *,
-                 duration_s: float, threads: int = 2, timeout_s: float = 180.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stream: Sequence[events.Event],
+        record: Record,
+        *,
+        duration_s: float,
+        threads: int = 2,
+        timeout_s: float = 180.0,
+    ) -> None:
         self._settings = settings
         self._stream = stream
         self._record = record
@@ -141,8 +149,7 @@ class PacedPublishing:
         self._timeout_s = timeout_s
         self._next = itertools.count()
         self._started = 0.0
-        self._threads = [threading.Thread(target=self._run, name=f"publisher-{n}", daemon=True)
-                         for n in range(threads)]
+        self._threads = [threading.Thread(target=self._run, name=f"publisher-{n}", daemon=True) for n in range(threads)]
         self.errors: list[BaseException] = []
 
     def start(self) -> PacedPublishing:
@@ -204,18 +211,27 @@ def check(engine: sa.Engine, job_ids: Sequence[int], record: Record) -> Verdict:
     wrong = []
     for job_id in job_ids:
         row = rows[job_id]
-        candidates = [merge.replay(row.start_time, row.initial_message, [*sure[job_id], *extra])
-                      for extra in _subsets(unsure[job_id])]
+        candidates = [
+            merge.replay(row.start_time, row.initial_message, [*sure[job_id], *extra])
+            for extra in _subsets(unsure[job_id])
+        ]
         actual = (row.status, row.message, row.end_time)
         matching = [state for state in candidates if (state.status, state.message, state.end_time) == actual]
         if not matching:
             expected = candidates[0]
-            wrong.append(f"job {job_id}: row {actual} but the record says "
-                         f"{(expected.status, expected.message, expected.end_time)}")
+            wrong.append(
+                f"job {job_id}: row {actual} but the record says "
+                f"{(expected.status, expected.message, expected.end_time)}"
+            )
         state = (matching or candidates)[0]
         lost += sum(1 for event in sure[job_id] if not _traced(event, state, row, traces))
-    return Verdict(jobs=len(job_ids), confirmed=sum(map(len, sure.values())),
-                   unsure=sum(map(len, unsure.values())), lost=lost, wrong=wrong)
+    return Verdict(
+        jobs=len(job_ids),
+        confirmed=sum(map(len, sure.values())),
+        unsure=sum(map(len, unsure.values())),
+        lost=lost,
+        wrong=wrong,
+    )
 
 
 def _traced(event: events.Event, state: merge.JobState, row: sa.Row, traces: set[tuple[int, str]]) -> bool:
@@ -238,17 +254,26 @@ def _read(engine: sa.Engine, job_ids: Sequence[int]) -> tuple[dict[int, sa.Row],
     traces: set[tuple[int, str]] = set()
     with engine.connect() as conn:
         for start in range(0, len(job_ids), 1000):
-            chunk = list(job_ids[start:start + 1000])
-            for row in conn.execute(sa.select(
-                    async_status.c.id, async_status.c.status, async_status.c.message,
-                    async_status.c.start_time, async_status.c.end_time,
-                    async_status.c.initial_message, async_status.c.terminal_event_id,
-            ).where(async_status.c.id.in_(chunk))):
+            chunk = list(job_ids[start : start + 1000])
+            for row in conn.execute(
+                sa.select(
+                    async_status.c.id,
+                    async_status.c.status,
+                    async_status.c.message,
+                    async_status.c.start_time,
+                    async_status.c.end_time,
+                    async_status.c.initial_message,
+                    async_status.c.terminal_event_id,
+                ).where(async_status.c.id.in_(chunk))
+            ):
                 rows[row.id] = row
-            traces.update(conn.execute(
-                sa.select(async_status_message.c.job_id, async_status_message.c.event_id)
-                .where(async_status_message.c.job_id.in_(chunk))
-            ).all())
+            traces.update(
+                conn.execute(
+                    sa.select(async_status_message.c.job_id, async_status_message.c.event_id).where(
+                        async_status_message.c.job_id.in_(chunk)
+                    )
+                ).all()
+            )
     return rows, traces
 
 
@@ -274,9 +299,17 @@ class Figures:
 
     @classmethod
     def of(cls, verdict: Verdict, record: Record, *, dead: int, **rest: object) -> Figures:
-        return cls(published=record.sent, confirmed=verdict.confirmed,
-                   applied=verdict.confirmed - verdict.lost, lost=verdict.lost, wrong=len(verdict.wrong),
-                   dead=dead, jobs=verdict.jobs, unconfirmed=verdict.unsure, **rest)  # type: ignore[arg-type]
+        return cls(
+            published=record.sent,
+            confirmed=verdict.confirmed,
+            applied=verdict.confirmed - verdict.lost,
+            lost=verdict.lost,
+            wrong=len(verdict.wrong),
+            dead=dead,
+            jobs=verdict.jobs,
+            unconfirmed=verdict.unsure,
+            **rest,
+        )  # type: ignore[arg-type]
 
     def write(self) -> None:
         """Append these figures as one JSON line to the report file."""
@@ -286,10 +319,22 @@ class Figures:
             report.write(json.dumps(dataclasses.asdict(self)) + "\n")
 
 
-def conclude(*, scenario: str, done: str, checked: str, settings: Settings, engine: sa.Engine,
-             job_ids: Sequence[int], record: Record, consumers: Sequence[ConsumerProcess],
-             started: float, expected_dead: int = 0, timeout: float = 120.0,
-             stop_within_s: float = STOP_WITHIN_S, database: str = "postgresql") -> Figures:
+def conclude(
+    *,
+    scenario: str,
+    done: str,
+    checked: str,
+    settings: Settings,
+    engine: sa.Engine,
+    job_ids: Sequence[int],
+    record: Record,
+    consumers: Sequence[ConsumerProcess],
+    started: float,
+    expected_dead: int = 0,
+    timeout: float = 120.0,
+    stop_within_s: float = STOP_WITHIN_S,
+    database: str = "postgresql",
+) -> Figures:
     """Wait for the rows to settle, stop the consumers, check everything, write and assert the figures.
 
     Holds when every consumer was still running and exits 0 on SIGTERM within ``stop_within_s``,
@@ -301,8 +346,9 @@ def conclude(*, scenario: str, done: str, checked: str, settings: Settings, engi
         crashed = [c for c in consumers if not c.alive]
         verdict = check(engine, job_ids, record)
         # Ready and unacked both gone: a message a consumer holds and cannot finish counts too.
-        settled = (verdict.holds and ready_count(settings.amqp_url, settings.queue) == 0
-                   and unacked_count(settings.queue) == 0)
+        settled = (
+            verdict.holds and ready_count(settings.amqp_url, settings.queue) == 0 and unacked_count(settings.queue) == 0
+        )
         if settled or crashed or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -310,15 +356,24 @@ def conclude(*, scenario: str, done: str, checked: str, settings: Settings, engi
     left = ready_count(settings.amqp_url, settings.queue)
     dead = ready_count(settings.amqp_url, settings.dead_queue)
     verdict = check(engine, job_ids, record)
-    figures = Figures.of(verdict, record, dead=dead, scenario=scenario, done=done, checked=checked,
-                         seconds=round(time.monotonic() - started, 1), database=database)
+    figures = Figures.of(
+        verdict,
+        record,
+        dead=dead,
+        scenario=scenario,
+        done=done,
+        checked=checked,
+        seconds=round(time.monotonic() - started, 1),
+        database=database,
+    )
     figures.write()
 
     logs = "\n\n".join(f"--- {c.log_path.name} ---\n{c.tail()}" for c in consumers)
     assert not crashed, f"consumers exited by themselves: {[c.returncode for c in crashed]}\n{logs}"
     assert all(code == 0 for code, _ in exits), f"exit statuses {exits}\n{logs}"
-    assert verdict.holds, (f"{verdict.lost} lost, {len(verdict.wrong)} wrong rows, e.g.\n"
-                           + "\n".join(verdict.wrong[:10]) + f"\n{logs}")
+    assert verdict.holds, (
+        f"{verdict.lost} lost, {len(verdict.wrong)} wrong rows, e.g.\n" + "\n".join(verdict.wrong[:10]) + f"\n{logs}"
+    )
     assert left == 0, f"{left} messages still in the queue"
     assert dead == expected_dead, f"{dead} dead-lettered, expected {expected_dead}\n{logs}"
     return figures

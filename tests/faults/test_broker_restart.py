@@ -34,10 +34,17 @@ def test_broker_restarts_lose_no_confirmed_event(scale, rng, fault_settings, pg_
     publishing.join(timeout=duration_s + 300)
 
     longest = max(outages)
-    conclude(scenario="2. broker restart",
-             done=f"rabbitmqctl stop_app / start_app {restarts} time(s) mid-stream "
-                  f"(broker away up to {longest:.0f} s); 2 consumers, 3 publishing threads",
-             checked="consumers and publishers reconnect by themselves; every row = merge rule over "
-                     "the confirmed events; queue drained; nothing dead-lettered",
-             settings=fault_settings, engine=pg_engine, job_ids=job_ids, record=record,
-             consumers=consumers, started=started, timeout=180)
+    conclude(
+        scenario="2. broker restart",
+        done=f"rabbitmqctl stop_app / start_app {restarts} time(s) mid-stream "
+        f"(broker away up to {longest:.0f} s); 2 consumers, 3 publishing threads",
+        checked="consumers and publishers reconnect by themselves; every row = merge rule over "
+        "the confirmed events; queue drained; nothing dead-lettered",
+        settings=fault_settings,
+        engine=pg_engine,
+        job_ids=job_ids,
+        record=record,
+        consumers=consumers,
+        started=started,
+        timeout=180,
+    )

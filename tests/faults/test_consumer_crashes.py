@@ -15,8 +15,10 @@ def test_killed_consumers_lose_nothing(scale, rng, fault_settings, pg_engine, st
     job_ids = create_jobs(store, scale.pick(300, 2000), rng)
     stream = shuffle_with_duplicates(plan_events(job_ids, scale.pick(4000, 40000), rng), rng)
     # Batches gathered over 250 ms, so that every kill finds deliveries in hand, unacked.
-    consumers = [spawn_consumer(fault_settings, f"consumer-{n}", TRACKER_FLUSH_MS="250",
-                                TRACKER_BATCH_SIZE="100") for n in range(2)]
+    consumers = [
+        spawn_consumer(fault_settings, f"consumer-{n}", TRACKER_FLUSH_MS="250", TRACKER_BATCH_SIZE="100")
+        for n in range(2)
+    ]
     for consumer in consumers:
         consumer.wait_ready()
     duration_s, kills = scale.pick(18.0, 150.0), scale.pick(10, 80)
@@ -34,9 +36,14 @@ def test_killed_consumers_lose_nothing(scale, rng, fault_settings, pg_engine, st
         victim.start()
     publishing.join(timeout=duration_s + 120)
 
-    conclude(scenario="1. consumer crashes",
-             done=f"2 consumers (250 ms batches); kill -9 one of them {kills} times mid-stream, "
-                  "restarting it each time",
-             checked="every row = merge rule over the confirmed events; queue drained; nothing dead-lettered",
-             settings=fault_settings, engine=pg_engine, job_ids=job_ids, record=record,
-             consumers=consumers, started=started)
+    conclude(
+        scenario="1. consumer crashes",
+        done=f"2 consumers (250 ms batches); kill -9 one of them {kills} times mid-stream, restarting it each time",
+        checked="every row = merge rule over the confirmed events; queue drained; nothing dead-lettered",
+        settings=fault_settings,
+        engine=pg_engine,
+        job_ids=job_ids,
+        record=record,
+        consumers=consumers,
+        started=started,
+    )

@@ -31,8 +31,10 @@ def test_a_confirmed_event_never_applied_is_lost_and_its_row_wrong(rng, store, p
     planned = plan_events(job_ids, 300, rng)
     # The event that decides a row's message: without it the row must come out different. Some
     # jobs have none (their earliest terminal event comes before any message), so take one that does.
-    states = {job_id: merge.replay(store.get_job(job_id).start_time, None, [e for e in planned if e.job_id == job_id])
-              for job_id in dict.fromkeys(e.job_id for e in planned)}
+    states = {
+        job_id: merge.replay(store.get_job(job_id).start_time, None, [e for e in planned if e.job_id == job_id])
+        for job_id in dict.fromkeys(e.job_id for e in planned)
+    }
     job_id, state = next((j, s) for j, s in states.items() if s.latest_message is not None)
     assert state.latest_message is not None
     decisive = state.latest_message.key.event_id

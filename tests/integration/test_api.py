@@ -16,8 +16,7 @@ import sqlalchemy as sa
 from api.app import NOT_IMPLEMENTED, Deps, create_app
 from tracker import auth, events
 from tracker.config import Settings
-from tracker.db import make_engine
-from tracker.store import JobStore
+from tracker.store import JobStore, make_engine, open_job_store
 from tracker.users import LoginThrottle, UserStore
 
 PASSWORD = "correct horse battery staple"
@@ -50,17 +49,23 @@ class Api:
         return {"Authorization": f"Bearer {self.tokens.issue(username)}"}
 
     def login(self, username: str, password: str = PASSWORD, remote_addr: str = "10.0.0.1") -> falcon.testing.Result:
-        return self.client.simulate_post("/api/5.0/user/login", json={"u": username, "p": password},
-                                         remote_addr=remote_addr)
+        return self.client.simulate_post(
+            "/api/5.0/user/login", json={"u": username, "p": password}, remote_addr=remote_addr
+        )
 
 
 def build(settings: Settings, engine: sa.Engine, users: UserStore, jobs: JobStore | None = None) -> Api:
     tokens = auth.Tokens(settings.secret or "", settings.token_ttl_s)
     clock = Clock()
-    jobs = jobs or JobStore(engine)
-    deps = Deps(jobs=jobs, users=users,
-                throttle=LoginThrottle(engine, settings.login_max_failures, settings.login_lockout_s),
-                tokens=tokens, settings=settings, clock=clock)
+    jobs = jobs or open_job_store(engine)
+    deps = Deps(
+        jobs=jobs,
+        users=users,
+        throttle=LoginThrottle(engine, settings.login_max_failures, settings.login_lockout_s),
+        tokens=tokens,
+        settings=settings,
+        clock=clock,
+    )
     return Api(falcon.testing.TestClient(create_app(deps)), tokens, users, jobs, clock, settings)
 
 
@@ -91,7 +96,12 @@ def test_login_sets_session_cookies_that_authenticate(api: Api) -> None:
     assert cookies["access_token"].value == cookies["mojolicious"].value
     for cookie in cookies.values():
         assert (cookie.http_only, cookie.path, cookie.max_age, cookie.secure, cookie.same_site) == (
-            True, "/", api.settings.token_ttl_s, False, "Strict")
+            True,
+            "/",
+            api.settings.token_ttl_s,
+            False,
+            "Strict",
+        )
     assert api.tokens.verify(cookies["access_token"].value).username == "ops"
 
     created = api.client.simulate_post("/api/5.0/async_status", cookies={"access_token": cookies["access_token"].value})
@@ -113,8 +123,15 @@ def test_login_refusals(api: Api) -> None:
     malformed = post("/api/5.0/user/login", body='{"u": "ops", "p":', headers={"Content-Type": "application/json"})
     assert malformed.status_code == 400
     assert malformed.json["alerts"][0]["text"].startswith("Could not parse JSON body")
-    for body in ({}, {"u": "ops"}, {"p": PASSWORD}, {"u": "", "p": PASSWORD}, {"u": "ops", "p": ""},
-                 {"u": 7, "p": PASSWORD}, {"u": "ops", "p": None}):
+    for body in (
+        {},
+        {"u": "ops"},
+        {"p": PASSWORD},
+        {"u": "", "p": PASSWORD},
+        {"u": "ops", "p": ""},
+        {"u": 7, "p": PASSWORD},
+        {"u": "ops", "p": None},
+    ):
         assert_alert(post("/api/5.0/user/login", json=body), 400, "username and password are required")
     assert_alert(post("/api/5.0/user/login"), 400, "username and password are required")
     assert_alert(post("/api/5.0/user/login", json=["ops", PASSWORD]), 400, "the request body must be a JSON object")
@@ -134,8 +151,9 @@ def test_login_is_throttled_per_user_and_per_client(settings: Settings, engine: 
         assert locked.headers["content-type"] == "application/json"
         seconds = int(locked.headers["retry-after"])
         assert 0 < seconds <= 60
-        assert locked.json["alerts"] == [{
-            "text": f"too many failed login attempts; try again in {seconds} seconds", "level": "error"}]
+        assert locked.json["alerts"] == [
+            {"text": f"too many failed login attempts; try again in {seconds} seconds", "level": "error"}
+        ]
     assert api.login("admin", PASSWORD, remote_addr="10.0.0.2").status_code == 200
 
 
@@ -156,8 +174,9 @@ def test_create_job_answers_202_with_its_location(api: Api) -> None:
     job = result.json["response"]
     location = f"/api/4.1/async_status/{job['id']}"
     assert result.headers["location"] == location
-    assert result.json["alerts"] == [{
-        "text": f"Async job has started. Status updates can be found here: {location}", "level": "success"}]
+    assert result.json["alerts"] == [
+        {"text": f"Async job has started. Status updates can be found here: {location}", "level": "success"}
+    ]
     assert list(job) == FIELDS
     assert job["id"] >= 1
     assert (job["status"], job["end_time"], job["message"]) == ("PENDING", None, "Async job has started.")
@@ -195,7 +214,7 @@ def test_get_job_in_traffic_ops_format(api: Api) -> None:
     assert (job["id"], job["status"], job["end_time"]) == (job_id, "PENDING", None)
     assert TIME.fullmatch(job["start_time"])
 
-    finished = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)
+    finished = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
     api.jobs.apply([events.new_event(job_id, "succeeded", "all done", occurred_at=finished)])
     padded = f"+{job_id:05d}"  # Go's ParseInt takes a sign and leading zeros
     job = api.client.simulate_get(f"/api/4.0/async_status/{padded}", headers=api.bearer("admin")).json["response"]
@@ -212,8 +231,11 @@ def test_get_job_errors(api: Api) -> None:
         assert_alert(api.client.simulate_get(f"/api/5.0/async_status/{text}", headers=headers), 404, "Not Found")
     # Who is asking is settled before what is asked.
     assert_alert(api.client.simulate_get("/api/5.0/async_status/abc"), 401, "unauthorized, please log in.")
-    assert_alert(api.client.simulate_get("/api/5.0/async_status/abc", headers=api.bearer("viewer")), 403,
-                 "missing required Permissions: ASYNC-STATUS:READ")
+    assert_alert(
+        api.client.simulate_get("/api/5.0/async_status/abc", headers=api.bearer("viewer")),
+        403,
+        "missing required Permissions: ASYNC-STATUS:READ",
+    )
 
 
 def test_versions_and_unknown_paths(api: Api) -> None:
@@ -222,12 +244,21 @@ def test_versions_and_unknown_paths(api: Api) -> None:
     for version in ("4.0", "4.1", "5.0"):
         assert api.client.simulate_get(f"/api/{version}/async_status/{job_id}", headers=headers).status_code == 200
     for version in ("4.2", "4.10", "5.1"):
-        assert_alert(api.client.simulate_get(f"/api/{version}/async_status/{job_id}", headers=headers),
-                     501, NOT_IMPLEMENTED)
+        assert_alert(
+            api.client.simulate_get(f"/api/{version}/async_status/{job_id}", headers=headers), 501, NOT_IMPLEMENTED
+        )
         assert_alert(api.client.simulate_post(f"/api/{version}/user/login"), 501, NOT_IMPLEMENTED)
-    for path in ("/api/3.0/async_status/1", "/api/6.0/async_status/1", "/api/abc/async_status/1",
-                 "/api/4.01/async_status/1", "/api/5.0/nothing", "/api/5.0/async_status/1/more", "/", "/api",
-                 "/index.html"):
+    for path in (
+        "/api/3.0/async_status/1",
+        "/api/6.0/async_status/1",
+        "/api/abc/async_status/1",
+        "/api/4.01/async_status/1",
+        "/api/5.0/nothing",
+        "/api/5.0/async_status/1/more",
+        "/",
+        "/api",
+        "/index.html",
+    ):
         result = api.client.simulate_get(path, headers={**headers, "Accept": "text/html"})
         assert_alert(result, 404, f"The requested path '{path}' does not exist.")
 
@@ -245,27 +276,37 @@ def test_unsupported_methods_are_405_with_allow(api: Api) -> None:
 
 def test_read_only_users_are_forbidden(api: Api) -> None:
     headers = api.bearer("viewer")
-    assert_alert(api.client.simulate_get("/api/5.0/async_status/1", headers=headers), 403,
-                 "missing required Permissions: ASYNC-STATUS:READ")
-    assert_alert(api.client.simulate_post("/api/5.0/async_status", headers=headers), 403,
-                 "missing required Permissions: ASYNC-STATUS:CREATE")
+    assert_alert(
+        api.client.simulate_get("/api/5.0/async_status/1", headers=headers),
+        403,
+        "missing required Permissions: ASYNC-STATUS:READ",
+    )
+    assert_alert(
+        api.client.simulate_post("/api/5.0/async_status", headers=headers),
+        403,
+        "missing required Permissions: ASYNC-STATUS:CREATE",
+    )
 
 
 def test_bad_credentials_are_refused(api: Api) -> None:
-    now = int(dt.datetime.now(dt.timezone.utc).timestamp())
+    now = int(dt.datetime.now(dt.UTC).timestamp())
     claims = {"sub": "admin", "iat": now, "exp": now + 600}
     forged = auth.Tokens("another-secret-" + "z" * 40, 600).issue("admin")
     unsigned = jwt.encode(claims, None, algorithm="none")
-    expired = api.tokens.issue("admin", now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=7))
+    expired = api.tokens.issue("admin", now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=7))
     ghost = api.tokens.issue("ghost")  # validly signed, but no such user
     for token in (forged, unsigned, expired, ghost, "garbage", api.tokens.issue("admin")[:-2]):
-        for credentials in ({"headers": {"Authorization": f"Bearer {token}"}},
-                            {"cookies": {"access_token": token}}, {"cookies": {"mojolicious": token}}):
+        for credentials in (
+            {"headers": {"Authorization": f"Bearer {token}"}},
+            {"cookies": {"access_token": token}},
+            {"cookies": {"mojolicious": token}},
+        ):
             result = api.client.simulate_get("/api/5.0/async_status/1", **credentials)
             assert_alert(result, 401, "unauthorized, please log in.")
     for headers in ({}, {"Authorization": "Basic YWRtaW46cGFzcw=="}, {"Authorization": "Bearer "}):
-        assert_alert(api.client.simulate_post("/api/5.0/async_status", headers=headers), 401,
-                     "unauthorized, please log in.")
+        assert_alert(
+            api.client.simulate_post("/api/5.0/async_status", headers=headers), 401, "unauthorized, please log in."
+        )
 
 
 def test_deleted_users_are_refused_once_the_cache_expires(api: Api) -> None:
@@ -275,14 +316,15 @@ def test_deleted_users_are_refused_once_the_cache_expires(api: Api) -> None:
     assert api.users.remove("ops")
     api.clock.now += api.settings.user_cache_s + 0.1
     assert api.settings.user_cache_s < 60
-    assert_alert(api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=headers), 401,
-                 "unauthorized, please log in.")
+    assert_alert(
+        api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=headers), 401, "unauthorized, please log in."
+    )
 
 
 def test_database_outage_is_503(settings: Settings, engine: sa.Engine, users: UserStore) -> None:
     # Jobs behind a port where nothing listens; users on the real database so auth passes.
     dead = make_engine("postgresql+psycopg://postgres@127.0.0.1:9/none")
-    api = build(settings, engine, users, jobs=JobStore(dead))
+    api = build(settings, engine, users, jobs=open_job_store(dead))
     result = api.client.simulate_get("/api/5.0/async_status/1", headers=api.bearer("ops"))
     assert_alert(result, 503, "database unavailable, try again later")
     assert result.headers["retry-after"]
@@ -303,6 +345,9 @@ def test_a_deleted_users_token_does_not_work_for_a_new_account_of_the_same_name(
     time.sleep(1.05)  # tokens carry whole seconds: the new account must be created in a later one
     api.users.add("ops", "operations", PASSWORD)
     api.clock.now += api.settings.user_cache_s + 0.1
-    assert_alert(api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=old_token), 401,
-                 "unauthorized, please log in.")
+    assert_alert(
+        api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=old_token),
+        401,
+        "unauthorized, please log in.",
+    )
     assert api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=api.bearer("ops")).status_code == 200

@@ -17,11 +17,11 @@ import pika
 import pytest
 import sqlalchemy as sa
 
-from tests.processes import ConsumerProcess, environment
 from tests.faults.stream import Record, conclude, create_jobs, plan_events
+from tests.processes import ConsumerProcess, environment
 from tracker import events
 from tracker.broker import declare_topology, routing_key
-from tracker.store import JobStore
+from tracker.store import open_job_store
 
 pytestmark = [pytest.mark.rabbitmq]
 
@@ -53,8 +53,11 @@ def corpus(job_id: int) -> list[BadInput]:
     return [
         BadInput("truncated JSON", text.encode()[:-12], "body is not valid JSON"),
         BadInput("empty body", b"", "body is not valid JSON"),
-        BadInput("invalid UTF-8", text.replace('"valid"', '"\udcff"').encode("utf-8", "surrogateescape"),
-                 "body is not valid UTF-8"),
+        BadInput(
+            "invalid UTF-8",
+            text.replace('"valid"', '"\udcff"').encode("utf-8", "surrogateescape"),
+            "body is not valid UTF-8",
+        ),
         BadInput("JSON array", json.dumps([valid]).encode(), "must be a JSON object, not an array"),
         BadInput("JSON string", b'"progress"', "must be a JSON object, not a string"),
         BadInput("JSON null", b"null", "must be a JSON object, not null"),
@@ -64,40 +67,67 @@ def corpus(job_id: int) -> list[BadInput]:
         BadInput("job_id zero", changed(job_id=0), "job_id: must be at least 1"),
         BadInput("negative job_id", changed(job_id=-job_id), "job_id: must be at least 1"),
         BadInput("job_id over 2^63-1", changed(job_id=2**63), "job_id: must be at most 9223372036854775807"),
-        BadInput("job that does not exist", changed(job_id=NO_SUCH_JOB), f"job {NO_SUCH_JOB} does not exist",
-                 headers={"trace-id": "kept on the dead letter"}),
+        BadInput(
+            "job that does not exist",
+            changed(job_id=NO_SUCH_JOB),
+            f"job {NO_SUCH_JOB} does not exist",
+            headers={"trace-id": "kept on the dead letter"},
+        ),
         BadInput("missing event_id", without("event_id"), "event_id: is required"),
         BadInput("missing job_id", without("job_id"), "job_id: is required"),
         BadInput("missing type", without("type"), "type: is required"),
         BadInput("missing occurred_at", without("occurred_at"), "occurred_at: is required"),
         BadInput("event_id not a UUID", changed(event_id="42"), "event_id: must be a UUID"),
         BadInput("unknown type", changed(type="paused"), "type: must be one of progress, succeeded, failed"),
-        BadInput("timestamp without offset", changed(occurred_at="2026-01-01T12:00:00.123456"),
-                 "occurred_at: must be an RFC 3339 timestamp with an offset"),
+        BadInput(
+            "timestamp without offset",
+            changed(occurred_at="2026-01-01T12:00:00.123456"),
+            "occurred_at: must be an RFC 3339 timestamp with an offset",
+        ),
         BadInput("timestamp as a number", changed(occurred_at=1767268800), "occurred_at: must be an RFC 3339"),
-        BadInput("impossible date", changed(occurred_at="2026-02-30T12:00:00Z"),
-                 "occurred_at: is not a valid date and time"),
+        BadInput(
+            "impossible date", changed(occurred_at="2026-02-30T12:00:00Z"), "occurred_at: is not a valid date and time"
+        ),
         BadInput("NaN", text.replace('"seq": 1', '"seq": NaN').encode(), "body holds NaN, which is not JSON"),
         BadInput("Infinity", text.replace('"seq": 1', '"seq": -Infinity').encode(), "body holds -Infinity"),
         BadInput("negative seq", changed(seq=-1), "seq: must be at least 0"),
-        BadInput("message of 4097 characters", changed(message="m" * 4097),
-                 "message: must be at most 4096 characters, not 4097"),
+        BadInput(
+            "message of 4097 characters",
+            changed(message="m" * 4097),
+            "message: must be at most 4096 characters, not 4097",
+        ),
         BadInput("message not a string", changed(message=["a"]), "message: must be a string or null"),
         BadInput("message with NUL", changed(message="a\x00b"), "message: must not contain NUL"),
-        BadInput("message with a lone surrogate", text.replace('"valid"', '"\\ud800"').encode(),
-                 "message: must be valid Unicode"),
+        BadInput(
+            "message with a lone surrogate",
+            text.replace('"valid"', '"\\ud800"').encode(),
+            "message: must be valid Unicode",
+        ),
         BadInput("repeated key", text.replace("{", '{"type": "failed", ', 1).encode(), "body repeats the key 'type'"),
         BadInput("nested too deeply", b"[" * 30000 + b"]" * 30000, "nested too deeply"),
         BadInput("65 KiB body", changed(message=None, padding="p" * (65 * 1024)), "over the limit of 65536"),
-        BadInput("wrong content type", text.encode(), "content_type must be application/json, not 'text/plain'",
-                 content_type="text/plain"),
-        BadInput("no content type", text.encode(), "content_type must be application/json, not None",
-                 content_type=None),
+        BadInput(
+            "wrong content type",
+            text.encode(),
+            "content_type must be application/json, not 'text/plain'",
+            content_type="text/plain",
+        ),
+        BadInput(
+            "no content type", text.encode(), "content_type must be application/json, not None", content_type=None
+        ),
         # Dead-lettering adds headers: with these the copy would outgrow the broker's frame size.
-        BadInput("headers near the frame limit", b"{not json", "body is not valid JSON",
-                 headers={"padding": "h" * (FRAME_MAX - 200)}),
-        BadInput("a 32000-character key, repeated", ('{"%s": 1, "%s": 2}' % (long_key, long_key)).encode(),
-                 "body repeats the key 'kkkk", headers={"padding": "h" * 100_000}),
+        BadInput(
+            "headers near the frame limit",
+            b"{not json",
+            "body is not valid JSON",
+            headers={"padding": "h" * (FRAME_MAX - 200)},
+        ),
+        BadInput(
+            "a 32000-character key, repeated",
+            ('{"%s": 1, "%s": 2}' % (long_key, long_key)).encode(),
+            "body repeats the key 'kkkk",
+            headers={"padding": "h" * 100_000},
+        ),
     ]
 
 
@@ -120,14 +150,21 @@ def consumer(settings, tmp_path) -> Iterator[ConsumerProcess]:
         process.kill()
 
 
-def publish(channel, settings, body: bytes, content_type: str | None, message_id: str,  # noqa: ANN001
-            headers: dict[str, object] | None = None) -> None:
-    properties = pika.BasicProperties(content_type=content_type, delivery_mode=2, message_id=message_id,
-                                      headers=headers)
+def publish(
+    channel,
+    settings,
+    body: bytes,
+    content_type: str | None,
+    message_id: str,
+    headers: dict[str, object] | None = None,
+) -> None:
+    properties = pika.BasicProperties(
+        content_type=content_type, delivery_mode=2, message_id=message_id, headers=headers
+    )
     channel.basic_publish(settings.exchange, routing_key("progress"), body, properties, mandatory=True)
 
 
-def drain(channel, queue: str) -> dict[str, tuple[bytes, dict]]:  # noqa: ANN001
+def drain(channel, queue: str) -> dict[str, tuple[bytes, dict]]:
     """Take every message out of ``queue``: message_id -> (body, headers)."""
     taken = {}
     while True:
@@ -137,16 +174,21 @@ def drain(channel, queue: str) -> dict[str, tuple[bytes, dict]]:  # noqa: ANN001
         taken[properties.message_id] = (body, properties.headers or {})
 
 
-def tracker_dead(settings, *args: str) -> str:  # noqa: ANN001
-    done = subprocess.run([sys.executable, "-m", "tracker.cli", "dead", *args], env=environment(settings),
-                          capture_output=True, text=True, timeout=60)
+def tracker_dead(settings, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", "dead", *args],
+        env=environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def test_bad_messages_are_dead_lettered_with_their_reason_and_good_ones_apply(settings, engine, consumer, channel):
     rng = random.Random(3)
-    store = JobStore(engine)
+    store = open_job_store(engine)
     job_ids = create_jobs(store, 10, rng)
     bad = corpus(job_ids[0])
     assert len({b.kind for b in bad}) >= 15
@@ -155,7 +197,7 @@ def test_bad_messages_are_dead_lettered_with_their_reason_and_good_ones_apply(se
     started = time.monotonic()
     for n, item in enumerate(bad):
         # Each bad message between good ones, in the same batches as they are.
-        for event in good[3 * n:3 * n + 3]:
+        for event in good[3 * n : 3 * n + 3]:
             record.sending()
             publish(channel, settings, json.dumps(event.to_wire()).encode(), events.CONTENT_TYPE, event.event_id)
             record.confirm(event)
@@ -163,12 +205,21 @@ def test_bad_messages_are_dead_lettered_with_their_reason_and_good_ones_apply(se
         publish(channel, settings, item.body, item.content_type, f"bad {n}: {item.kind}", item.headers)
 
     database = sa.make_url(settings.database_url).get_backend_name()
-    conclude(scenario=f"5. bad input ({database})",
-             done=f"{len(bad)} kinds of bad message, each between good events, to a running consumer",
-             checked="each bad one dead-lettered with its own x-tracker-reason and body; every good one "
-                     "applied; consumer never stalls or exits; `tracker dead` counts them",
-             settings=settings, engine=engine, job_ids=job_ids, record=record, consumers=[consumer],
-             started=started, expected_dead=len(bad), timeout=60, database=database)
+    conclude(
+        scenario=f"5. bad input ({database})",
+        done=f"{len(bad)} kinds of bad message, each between good events, to a running consumer",
+        checked="each bad one dead-lettered with its own x-tracker-reason and body; every good one "
+        "applied; consumer never stalls or exits; `tracker dead` counts them",
+        settings=settings,
+        engine=engine,
+        job_ids=job_ids,
+        record=record,
+        consumers=[consumer],
+        started=started,
+        expected_dead=len(bad),
+        timeout=60,
+        database=database,
+    )
 
     shown = tracker_dead(settings)
     assert shown.splitlines()[0] == f"{settings.dead_queue}: {len(bad)} dead-lettered messages"
@@ -190,20 +241,31 @@ def test_bad_messages_are_dead_lettered_with_their_reason_and_good_ones_apply(se
 def test_tracker_dead_counts_by_reason_and_leaves_the_messages_queued(settings, channel):
     reasons = ["job 7 does not exist"] * 3 + ["type: is required"] * 2 + ["body is not valid JSON: x"]
     for reason in reasons:
-        channel.basic_publish(settings.dead_exchange, "job.progress", b"{}", pika.BasicProperties(
-            headers={"x-tracker-reason": reason}, message_id=str(uuid.uuid4())))
+        channel.basic_publish(
+            settings.dead_exchange,
+            "job.progress",
+            b"{}",
+            pika.BasicProperties(headers={"x-tracker-reason": reason}, message_id=str(uuid.uuid4())),
+        )
     channel.basic_publish(settings.dead_exchange, "job.progress", b"{}", pika.BasicProperties())
 
     shown = tracker_dead(settings).splitlines()
     assert shown[0] == f"{settings.dead_queue}: 7 dead-lettered messages"
     assert shown[1] == "reasons (all):"
     counted = collections.Counter({line[10:]: int(line[:8]) for line in shown[2:]})
-    assert counted == {"job 7 does not exist": 3, "type: is required": 2, "body is not valid JSON: x": 1,
-                       "(no x-tracker-reason header)": 1}
+    assert counted == {
+        "job 7 does not exist": 3,
+        "type: is required": 2,
+        "body is not valid JSON: x": 1,
+        "(no x-tracker-reason header)": 1,
+    }
     assert shown[2].endswith("job 7 does not exist"), "most frequent first"
 
     limited = tracker_dead(settings, "--limit", "2").splitlines()
-    assert limited[:3] == [f"{settings.dead_queue}: 7 dead-lettered messages", "reasons (the first 2):",
-                           "       2  job 7 does not exist"]
+    assert limited[:3] == [
+        f"{settings.dead_queue}: 7 dead-lettered messages",
+        "reasons (the first 2):",
+        "       2  job 7 does not exist",
+    ]
     assert len(drain(channel, settings.dead_queue)) == 7, "looking took messages away"
     assert tracker_dead(settings).splitlines() == [f"{settings.dead_queue}: 0 dead-lettered messages"]

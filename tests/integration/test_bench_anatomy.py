@@ -45,4 +45,7 @@ def test_the_empty_store_leaves_the_database_alone(bench_parts) -> None:
     assert report["events"] == EVENTS
     assert report["cpu_us_per_event"]["writer_threads"] < 1
     with database.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT count(*) FROM async_status WHERE status = 'PENDING'").scalar_one() == EVENTS // workload.EVENTS_PER_JOB
+        assert (
+            conn.exec_driver_sql("SELECT count(*) FROM async_status WHERE status = 'PENDING'").scalar_one()
+            == EVENTS // workload.EVENTS_PER_JOB
+        )

@@ -12,8 +12,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from tests.conftest import POSTGRES_URL
-from tracker import schema
-from tracker.db import make_engine
+from tracker.store import make_engine, migrations
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ def fresh_database() -> Iterator[str]:
 
 def _config() -> Config:
     config = Config()
-    config.set_main_option("script_location", str(schema._SCRIPTS))  # noqa: SLF001
+    config.set_main_option("script_location", str(migrations._SCRIPTS))  # noqa: SLF001
     return config
 
 
@@ -45,32 +44,38 @@ def _alembic(engine: sa.Engine, action: Callable[[Config], None]) -> None:
 def _triggers_calling(engine: sa.Engine, function: str) -> tuple[list[str], int]:
     """The triggers on async_status that call ``function``, and how many functions of that name exist."""
     with engine.connect() as conn:
-        triggers = conn.exec_driver_sql(
-            "SELECT tgname FROM pg_trigger JOIN pg_proc ON pg_proc.oid = tgfoid "
-            "WHERE tgrelid = 'async_status'::regclass AND proname = %(function)s ORDER BY tgname",
-            {"function": function}).scalars().all()
+        triggers = (
+            conn.exec_driver_sql(
+                "SELECT tgname FROM pg_trigger JOIN pg_proc ON pg_proc.oid = tgfoid "
+                "WHERE tgrelid = 'async_status'::regclass AND proname = %(function)s ORDER BY tgname",
+                {"function": function},
+            )
+            .scalars()
+            .all()
+        )
         functions = conn.exec_driver_sql(
-            "SELECT count(*) FROM pg_proc WHERE proname = %(function)s", {"function": function}).scalar_one()
+            "SELECT count(*) FROM pg_proc WHERE proname = %(function)s", {"function": function}
+        ).scalar_one()
     return list(triggers), functions
 
 
 def _history_foreign_keys(engine: sa.Engine) -> int:
     with engine.connect() as conn:
         return conn.exec_driver_sql(
-            "SELECT count(*) FROM pg_constraint "
-            "WHERE conrelid = 'async_status_message'::regclass AND contype = 'f'").scalar_one()
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'async_status_message'::regclass AND contype = 'f'"
+        ).scalar_one()
 
 
 def test_migration_0002_upgrades_and_downgrades(fresh_database: str) -> None:
     engine = make_engine(fresh_database)
     notify = "tracker_notify_async_status_changed"
     try:
-        schema.migrate(engine)
+        migrations.migrate(engine)
         expected = ["tracker_async_status_deleted", "tracker_async_status_truncated", "tracker_async_status_updated"]
         assert _triggers_calling(engine, notify) == (expected, 1)
         _alembic(engine, lambda config: command.downgrade(config, "0001"))
         assert _triggers_calling(engine, notify) == ([], 0)
-        schema.migrate(engine)
+        migrations.migrate(engine)
         assert _triggers_calling(engine, notify) == (expected, 1)
     finally:
         engine.dispose()
@@ -81,20 +86,21 @@ def test_migration_0003_trades_the_history_key_for_triggers_and_back(fresh_datab
     forget = "tracker_forget_deleted_jobs"
     expected = ["tracker_async_status_history_deleted", "tracker_async_status_history_truncated"]
     try:
-        schema.migrate(engine)
+        migrations.migrate(engine)
         assert _triggers_calling(engine, forget) == (expected, 1)
         assert _history_foreign_keys(engine) == 0
         with engine.begin() as conn:
             conn.exec_driver_sql("INSERT INTO async_status (id, status, message) VALUES (1, 'PENDING', 'x')")
             conn.exec_driver_sql(
                 "INSERT INTO async_status_message (job_id, event_id, occurred_at, seq, message) "
-                "VALUES (1, 'a', now(), 0, 'kept'), (2, 'b', now(), 0, 'an orphan')")
+                "VALUES (1, 'a', now(), 0, 'kept'), (2, 'b', now(), 0, 'an orphan')"
+            )
         _alembic(engine, lambda config: command.downgrade(config, "0002"))
         assert _triggers_calling(engine, forget) == ([], 0)
         assert _history_foreign_keys(engine) == 1
         with engine.connect() as conn:  # the key could only come back without the orphan
             assert conn.exec_driver_sql("SELECT job_id FROM async_status_message").scalars().all() == [1]
-        schema.migrate(engine)
+        migrations.migrate(engine)
         assert _triggers_calling(engine, forget) == (expected, 1)
         assert _history_foreign_keys(engine) == 0
     finally:
@@ -104,11 +110,13 @@ def test_migration_0003_trades_the_history_key_for_triggers_and_back(fresh_datab
 def test_truncating_the_jobs_empties_the_history(fresh_database: str) -> None:
     engine = make_engine(fresh_database)
     try:
-        schema.migrate(engine)
+        migrations.migrate(engine)
         with engine.begin() as conn:
             conn.exec_driver_sql("INSERT INTO async_status (id, status, message) VALUES (1, 'PENDING', 'x')")
-            conn.exec_driver_sql("INSERT INTO async_status_message (job_id, event_id, occurred_at, seq, message) "
-                                 "VALUES (1, 'a', now(), 0, 'm')")
+            conn.exec_driver_sql(
+                "INSERT INTO async_status_message (job_id, event_id, occurred_at, seq, message) "
+                "VALUES (1, 'a', now(), 0, 'm')"
+            )
             conn.exec_driver_sql("TRUNCATE async_status")
             assert conn.exec_driver_sql("SELECT count(*) FROM async_status_message").scalar_one() == 0
     finally:
@@ -119,9 +127,9 @@ def test_the_migrations_do_nothing_on_sqlite_and_still_record_their_revisions(tm
     engine = make_engine(f"sqlite:///{tmp_path / 'tracker.db'}")
     head = ScriptDirectory.from_config(_config()).get_current_head()
     try:
-        schema.migrate(engine)
+        migrations.migrate(engine)
         _alembic(engine, lambda config: command.downgrade(config, "0001"))
-        schema.migrate(engine)
+        migrations.migrate(engine)
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == head
     finally:

@@ -18,7 +18,7 @@ from consumers.status import StatusProjector
 from tracker import events, merge, timefmt
 from tracker.broker import declare_topology
 from tracker.publisher import Publisher
-from tracker.store import JobStore
+from tracker.store import JobStore, open_job_store
 
 pytestmark = [pytest.mark.rabbitmq]
 
@@ -34,7 +34,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "co
 
 class RunningConsumer:
     def __init__(self, settings, engine) -> None:
-        self.consumer = Consumer(settings, StatusProjector(JobStore(engine)))
+        self.consumer = Consumer(settings, StatusProjector(open_job_store(engine)))
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -54,7 +54,7 @@ class RunningConsumer:
 
 @pytest.fixture
 def store(engine) -> JobStore:
-    return JobStore(engine)
+    return open_job_store(engine)
 
 
 @pytest.fixture
@@ -100,16 +100,19 @@ def drain_dead(channel, queue: str) -> list[tuple[bytes, dict]]:
 
 
 def random_events(job_ids: list[int], count: int, rng: random.Random) -> list[events.Event]:
-    base = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     result = []
     for _ in range(count):
         kind = rng.choices(["progress", "succeeded", "failed"], weights=[8, 1, 1])[0]
-        result.append(events.new_event(
-            rng.choice(job_ids), kind,
-            rng.choice([None, f"note {rng.randrange(1000)}"]),
-            seq=rng.randrange(3),
-            occurred_at=base + dt.timedelta(microseconds=rng.randrange(2000)),
-        ))
+        result.append(
+            events.new_event(
+                rng.choice(job_ids),
+                kind,
+                rng.choice([None, f"note {rng.randrange(1000)}"]),
+                seq=rng.randrange(3),
+                occurred_at=base + dt.timedelta(microseconds=rng.randrange(2000)),
+            )
+        )
     return result
 
 
@@ -148,9 +151,8 @@ def test_published_event_reaches_the_row(store, start_consumer, publisher):
 def test_failure_in_the_context_manager_reports_failed(store, start_consumer, publisher):
     job = store.create_job("copying")
     start_consumer()
-    with pytest.raises(RuntimeError):
-        with publisher.job(job.id):
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), publisher.job(job.id):
+        raise RuntimeError("disk full")
     wait_until(lambda: store.get_job(job.id).status == merge.FAILED, what="FAILED")
     assert store.get_job(job.id).message == "disk full"
 
@@ -169,7 +171,8 @@ def test_duplicates_and_reordering_converge_to_the_merge_rule(store, start_consu
 
 
 def test_bad_input_is_dead_lettered_with_its_reason_and_good_events_still_apply(
-        settings, store, start_consumer, raw_channel):
+    settings, store, start_consumer, raw_channel
+):
     job = store.create_job()
     good = [events.new_event(job.id, "progress", f"step {i}", seq=i) for i in range(3)]
     valid = good[0].to_wire()
@@ -188,8 +191,9 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_good_events_still_apply(
         good_body = json.dumps(good[i % len(good)].to_wire()).encode()
         raw_channel.basic_publish(settings.exchange, "job.progress", good_body, properties)
         raw_channel.basic_publish(settings.exchange, "job.progress", body, properties)
-    raw_channel.basic_publish(settings.exchange, "job.progress", json.dumps(valid).encode(),
-                              pika.BasicProperties(content_type="text/plain"))
+    raw_channel.basic_publish(
+        settings.exchange, "job.progress", json.dumps(valid).encode(), pika.BasicProperties(content_type="text/plain")
+    )
     start_consumer()
     wait_until(lambda: queue_depth(raw_channel, settings.dead_queue) == len(bad) + 1, what="dead letters")
     dead = drain_dead(raw_channel, settings.dead_queue)
@@ -210,8 +214,7 @@ def test_two_consumers_on_the_same_jobs_converge(store, start_consumer, publishe
     for event in published + rng.sample(published, 200):
         publisher.publish(event)
     expected = expected_rows(store, published)
-    wait_until(lambda: actual_rows(store, expected) == expected, timeout=60,
-               what="rows to match the merge rule")
+    wait_until(lambda: actual_rows(store, expected) == expected, timeout=60, what="rows to match the merge rule")
 
 
 def test_consumer_declares_the_topology_of_the_spec(settings, start_consumer, raw_channel):
@@ -222,16 +225,18 @@ def test_consumer_declares_the_topology_of_the_spec(settings, start_consumer, ra
     raw_channel.queue_declare(settings.queue, passive=True)
     raw_channel.queue_declare(settings.dead_queue, passive=True)
     # Declaring the queue again with the SPEC's arguments is accepted only if they match.
-    raw_channel.queue_declare(settings.queue, durable=True, arguments={
-        "x-queue-type": "quorum", "x-dead-letter-exchange": settings.dead_exchange})
+    raw_channel.queue_declare(
+        settings.queue,
+        durable=True,
+        arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": settings.dead_exchange},
+    )
 
 
 def test_an_event_published_before_its_timestamp_is_kept_in_utc(store, start_consumer, publisher):
     job = store.create_job()
     start_consumer()
     at = dt.datetime(2030, 5, 1, 12, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
-    publisher.publish(events.new_event(job.id, "succeeded", "done", occurred_at=at,
-                                       event_id=str(uuid.uuid4())))
+    publisher.publish(events.new_event(job.id, "succeeded", "done", occurred_at=at, event_id=str(uuid.uuid4())))
     wait_until(lambda: store.get_job(job.id).status == merge.SUCCEEDED)
     assert timefmt.format_time(store.get_job(job.id).end_time) == "2030-05-01T10:00:00.123456Z"
 
@@ -261,6 +266,7 @@ def test_a_deleted_queue_is_declared_again_and_consumed(settings, store, start_c
         except pika.exceptions.ChannelClosedByBroker:
             return False
         return True
+
     wait_until(declared_again, timeout=30, what="the consumer to declare its queue again")
     publisher.emit(job.id, "succeeded", "after")
     wait_until(lambda: store.get_job(job.id).status == merge.SUCCEEDED, timeout=30, what="the event after the deletion")

@@ -21,15 +21,14 @@ import sqlalchemy as sa
 from api.app import Deps, create_app, job_reads
 from api.reads import JobReads
 from api.resources import job_view
-from tests.conftest import POSTGRES_URL, TEST_SECRET
+from api.rowcache import CHANNEL, RowCache, connector_for
+from tests.conftest import TEST_SECRET
 from tests.e2e.live_api import add_users, running_api
 from tests.integration.test_api import FAST_PASSWORDS, PASSWORD
-from tracker import auth, schema
+from tracker import auth
 from tracker.config import Settings
-from tracker.db import make_engine
 from tracker.events import new_event
-from tracker.rowcache import CHANNEL, RowCache, connector_for
-from tracker.store import Job, JobNotFound, JobStore, StoreUnavailable
+from tracker.store import Job, JobNotFound, JobStore, StoreUnavailable, make_engine, migrate, open_job_store
 from tracker.users import LoginThrottle, UserStore
 
 CHECK_S = 0.2  # the listener proves itself five times a second here, so the tests wait less
@@ -61,8 +60,9 @@ def pg_url(postgres_url: str) -> str:
     """The session's PostgreSQL database, emptied (TRUNCATE: which the triggers also announce)."""
     engine = sa.create_engine(postgres_url)
     with engine.begin() as conn:
-        conn.exec_driver_sql("TRUNCATE async_status, async_status_message, tracker_user, tracker_login_failure "
-                             "RESTART IDENTITY CASCADE")
+        conn.exec_driver_sql(
+            "TRUNCATE async_status, async_status_message, tracker_user, tracker_login_failure RESTART IDENTITY CASCADE"
+        )
     engine.dispose()
     return postgres_url
 
@@ -83,6 +83,7 @@ def sql(pg_url: str) -> Iterator[Callable[..., Any]]:
         with engine.connect() as conn:
             result = conn.execute(sa.text(statement), params)
             return result.all() if result.returns_rows else []
+
     yield run
     engine.dispose()
 
@@ -125,8 +126,14 @@ def api(pg_url: str, store: CountingStore, cache: RowCache) -> Iterator[Api]:
     users.add("ops", "operations", PASSWORD)
     settings = Settings(database_url=pg_url, secret=TEST_SECRET)
     tokens = auth.Tokens(TEST_SECRET, settings.token_ttl_s)
-    deps = Deps(jobs=JobStore(engine), users=users, throttle=LoginThrottle(engine, 5, 60), tokens=tokens,
-                settings=settings, reads=JobReads(store, cache))
+    deps = Deps(
+        jobs=open_job_store(engine),
+        users=users,
+        throttle=LoginThrottle(engine, 5, 60),
+        tokens=tokens,
+        settings=settings,
+        reads=JobReads(store, cache),
+    )
     start_listening(cache, store)
     yield Api(falcon.testing.TestClient(create_app(deps)), {"Authorization": f"Bearer {tokens.issue('ops')}"})
     engine.dispose()
@@ -142,8 +149,9 @@ def test_a_row_is_read_once_then_served_from_the_cache(api: Api, store: Counting
     assert store.reads == reads + 1
 
 
-def test_a_row_folded_by_the_store_is_served_fresh_once_notified(api: Api, store: CountingStore,
-                                                                   cache: RowCache) -> None:
+def test_a_row_folded_by_the_store_is_served_fresh_once_notified(
+    api: Api, store: CountingStore, cache: RowCache
+) -> None:
     job = store.create_job("Deploying.")
     assert api.get(job.id).json["response"]["status"] == "PENDING"
     assert api.get(job.id).json["response"]["status"] == "PENDING"  # from the cache
@@ -158,8 +166,9 @@ def test_a_row_folded_by_the_store_is_served_fresh_once_notified(api: Api, store
     assert store.reads == reads
 
 
-def test_an_operators_update_and_delete_are_served_fresh_once_notified(api: Api, store: CountingStore,
-                                                                       cache: RowCache, sql) -> None:
+def test_an_operators_update_and_delete_are_served_fresh_once_notified(
+    api: Api, store: CountingStore, cache: RowCache, sql
+) -> None:
     job, other = store.create_job("one"), store.create_job("two")
     assert api.get(job.id).status_code == api.get(other.id).status_code == 200
     seen = cache.invalidations
@@ -174,8 +183,9 @@ def test_an_operators_update_and_delete_are_served_fresh_once_notified(api: Api,
     assert api.get(job.id).status_code == 404
 
 
-def test_truncate_drops_every_row_even_when_ids_start_again(api: Api, store: CountingStore,
-                                                           cache: RowCache, sql) -> None:
+def test_truncate_drops_every_row_even_when_ids_start_again(
+    api: Api, store: CountingStore, cache: RowCache, sql
+) -> None:
     job = store.create_job("before")
     assert api.get(job.id).json["response"]["message"] == "before"
     seen = cache.invalidations
@@ -217,8 +227,9 @@ def test_a_read_that_overlaps_an_invalidation_is_not_kept(store: CountingStore, 
     assert store.reads == reads + 1  # this one was kept
 
 
-def test_a_read_racing_notifications_about_other_rows_is_not_kept_either(store: CountingStore, cache: RowCache,
-                                                                         sql) -> None:
+def test_a_read_racing_notifications_about_other_rows_is_not_kept_either(
+    store: CountingStore, cache: RowCache, sql
+) -> None:
     job, other = store.create_job("mine"), store.create_job("other")
     start_listening(cache, store)
 
@@ -234,7 +245,8 @@ def test_a_read_racing_notifications_about_other_rows_is_not_kept_either(store: 
 
 
 def test_a_killed_listener_connection_bypasses_and_empties_the_cache_until_it_listens_again(
-        engine: sa.Engine, store: CountingStore, sql) -> None:
+    engine: sa.Engine, store: CountingStore, sql
+) -> None:
     connect = connector_for(engine)
     refused = threading.Event()
 
@@ -276,10 +288,10 @@ def test_a_killed_listener_connection_bypasses_and_empties_the_cache_until_it_li
 
 
 def test_the_cache_is_not_used_while_the_listener_has_not_proved_itself_recently(
-        engine: sa.Engine, store: CountingStore) -> None:
+    engine: sa.Engine, store: CountingStore
+) -> None:
     offset = [0.0]
-    cache = RowCache(connector_for(engine), check_s=CHECK_S, warm_rows=0,
-                     clock=lambda: time.monotonic() + offset[0])
+    cache = RowCache(connector_for(engine), check_s=CHECK_S, warm_rows=0, clock=lambda: time.monotonic() + offset[0])
     try:
         job = store.create_job()
         start_listening(cache, store)
@@ -295,6 +307,7 @@ def test_the_cache_is_not_used_while_the_listener_has_not_proved_itself_recently
             before = store.reads
             cache.get(job.id, store.get_job)
             return store.reads == before
+
         wait_until(served_from_the_cache, "the listener proves itself again and the cache serves once more")
     finally:
         cache.close()
@@ -317,8 +330,9 @@ def test_disabled_triggers_turn_the_cache_off(store: CountingStore, cache: RowCa
 
 def test_rows_nobody_asks_for_expire_after_their_ttl(engine: sa.Engine, store: CountingStore) -> None:
     offset = [0.0]
-    cache = RowCache(connector_for(engine), check_s=CHECK_S, ttl_s=0.5, warm_rows=10,
-                     clock=lambda: time.monotonic() + offset[0])
+    cache = RowCache(
+        connector_for(engine), check_s=CHECK_S, ttl_s=0.5, warm_rows=10, clock=lambda: time.monotonic() + offset[0]
+    )
     try:
         job = store.create_job()
         start_listening(cache, store)
@@ -350,22 +364,25 @@ def test_rows_in_use_are_read_again_in_bulk_before_they_expire(engine: sa.Engine
         cache.close()
 
 
-def test_a_change_no_notification_told_of_is_corrected_within_the_ttl(engine: sa.Engine, store: CountingStore,
-                                                                      pg_url: str) -> None:
+def test_a_change_no_notification_told_of_is_corrected_within_the_ttl(
+    engine: sa.Engine, store: CountingStore, pg_url: str
+) -> None:
     cache = RowCache(connector_for(engine), check_s=CHECK_S, ttl_s=0.6, warm_rows=0)
     try:
         job = store.create_job("before")
         start_listening(cache, store)
         cache.get(job.id, store.get_job)
         cache.get(job.id, store.get_job)
-        with psycopg.connect(sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False),
-                             autocommit=True) as replica:
+        with psycopg.connect(
+            sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
+        ) as replica:
             # What a logical-replication apply worker does: writes with the triggers asleep.
             replica.execute("SET session_replication_role = replica")
             replica.execute("UPDATE async_status SET message = 'behind its back' WHERE id = %s", (job.id,))
         changed_at = time.monotonic()
-        wait_until(lambda: cache.get(job.id, store.get_job).message == "behind its back",
-                   "the safety net catches the change")
+        wait_until(
+            lambda: cache.get(job.id, store.get_job).message == "behind its back", "the safety net catches the change"
+        )
         assert time.monotonic() - changed_at < 0.6 + 3 * CHECK_S
         assert cache.missed_notifications in (0, 1)  # 1 if it was read again, 0 if it expired first
     finally:
@@ -427,13 +444,16 @@ class _Rows:
         return self.rows
 
 
-def test_a_bulk_read_overtaken_by_a_change_does_not_keep_that_row(engine: sa.Engine, store: CountingStore,
-                                                                  sql) -> None:
+def test_a_bulk_read_overtaken_by_a_change_does_not_keep_that_row(engine: sa.Engine, store: CountingStore, sql) -> None:
     changed, untouched = store.create_job("old"), store.create_job("untouched")
     connect = connector_for(engine)
-    cache = RowCache(lambda: _ChangeAfterBulkRead(  # type: ignore[arg-type,return-value]
-        connect(), lambda: sql("UPDATE async_status SET message = 'new' WHERE id = :id", id=changed.id)),
-        check_s=CHECK_S, warm_rows=10)
+    cache = RowCache(
+        lambda: _ChangeAfterBulkRead(  # type: ignore[arg-type,return-value]
+            connect(), lambda: sql("UPDATE async_status SET message = 'new' WHERE id = :id", id=changed.id)
+        ),
+        check_s=CHECK_S,
+        warm_rows=10,
+    )
     try:
         start_listening(cache, store)
         wait_until(lambda: untouched.id in cache, "the warm-up is kept")
@@ -468,13 +488,16 @@ def test_get_is_retried_once_after_its_connection_was_dropped(api: Api, store: C
     def kill_every_other_connection() -> None:
         """What a restart of PostgreSQL does to the pools (and to the cache's listener)."""
         # OFFSET 0 keeps the planner from calling pg_terminate_backend before the other conditions.
-        killed = sql("SELECT pid, pg_terminate_backend(pid) FROM ("
-                     "  SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                     "  AND pid <> pg_backend_pid() AND backend_type = 'client backend' OFFSET 0) AS others")
+        killed = sql(
+            "SELECT pid, pg_terminate_backend(pid) FROM ("
+            "  SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            "  AND pid <> pg_backend_pid() AND backend_type = 'client backend' OFFSET 0) AS others"
+        )
         assert killed
         pids = [row[0] for row in killed]
-        wait_until(lambda: not sql("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(:pids)", pids=pids),
-                   "the backends are gone")
+        wait_until(
+            lambda: not sql("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(:pids)", pids=pids), "the backends are gone"
+        )
 
     # Without the retry, the first read after the kill fails: that is what the test exercises.
     store.get_job(job.id)
@@ -494,7 +517,7 @@ def test_get_is_retried_once_after_its_connection_was_dropped(api: Api, store: C
 def test_get_is_503_when_the_database_is_really_away() -> None:
     dead = make_engine("postgresql+psycopg://postgres@127.0.0.1:9/none", pool_pre_ping=False)
     try:
-        reads = JobReads(JobStore(dead), RowCache(connector_for(dead), check_s=CHECK_S))
+        reads = JobReads(open_job_store(dead), RowCache(connector_for(dead), check_s=CHECK_S))
         with pytest.raises(StoreUnavailable):
             reads.get_job(1)
         reads.close()
@@ -505,7 +528,7 @@ def test_get_is_503_when_the_database_is_really_away() -> None:
 def test_job_reads_use_the_cache_on_postgresql_only(pg_url: str, tmp_path) -> None:
     sqlite_url = f"sqlite:///{tmp_path / 'tracker.db'}"
     sqlite = make_engine(sqlite_url)
-    schema.migrate(sqlite)
+    migrate(sqlite)
     sqlite.dispose()
     assert job_reads(sqlite_url)._cache is None  # noqa: SLF001
     assert job_reads(pg_url, cached_rows=0)._cache is None  # noqa: SLF001
@@ -516,7 +539,7 @@ def test_job_reads_use_the_cache_on_postgresql_only(pg_url: str, tmp_path) -> No
 
 def test_the_api_under_gunicorn_serves_fresh_rows_from_its_workers_caches(pg_url: str, tmp_path, sql) -> None:
     add_users(pg_url, ops="operations")
-    store = JobStore(make_engine(pg_url))
+    store = open_job_store(make_engine(pg_url))
     job = store.create_job("before")
     with running_api(pg_url, tmp_path) as live:
         headers = {"Authorization": f"Bearer {live.login('ops')}"}
@@ -540,10 +563,13 @@ def test_the_api_under_gunicorn_serves_fresh_rows_from_its_workers_caches(pg_url
 def test_many_changed_ids_are_notified_in_chunks_under_the_payload_limit(pg_url: str, sql, statement: str) -> None:
     # The longest ids there are (19 digits), 2,500 of them: 50 kB of ids in one statement.
     ids = {2**63 - 1 - n for n in range(2500)}
-    sql("INSERT INTO async_status (id, status, message) SELECT 9223372036854775807 - g, 'PENDING', 'x' "
-        "FROM generate_series(0, 2499) AS g")
-    with psycopg.connect(sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False),
-                         autocommit=True) as listener:
+    sql(
+        "INSERT INTO async_status (id, status, message) SELECT 9223372036854775807 - g, 'PENDING', 'x' "
+        "FROM generate_series(0, 2499) AS g"
+    )
+    with psycopg.connect(
+        sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
+    ) as listener:
         listener.execute(f"LISTEN {CHANNEL}")
         sql(statement)
         notified: list[int] = []
@@ -556,4 +582,3 @@ def test_many_changed_ids_are_notified_in_chunks_under_the_payload_limit(pg_url:
     assert sorted(notified) == sorted(ids)  # each id once, none missing
     assert len(payloads) == 9  # 300 ids a payload
     assert max(len(payload.encode()) for payload in payloads) <= 6000  # PostgreSQL refuses 8000
-

@@ -10,28 +10,30 @@ import pytest
 import sqlalchemy as sa
 
 from tracker import merge
-from tracker.db import async_status, async_status_message
 from tracker.events import Event, new_event
-from tracker.store import JobNotFound, JobStore
+from tracker.store import JobNotFound, JobStore, open_job_store
+from tracker.store.tables import async_status, async_status_message
 
-BASE = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
+BASE = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 
 
 @pytest.fixture
 def store(engine) -> JobStore:
-    return JobStore(engine)
+    return open_job_store(engine)
 
 
 def random_stream(rng: random.Random, job_ids: list[int], count: int) -> list[Event]:
     stream = []
     for _ in range(count):
-        stream.append(new_event(
-            rng.choice(job_ids),
-            rng.choices(["progress", "succeeded", "failed"], weights=[6, 1, 1])[0],
-            rng.choice([None, None, "m1", "m2", "m3", "m4"]),
-            seq=rng.randrange(2),
-            occurred_at=BASE + dt.timedelta(microseconds=rng.randrange(40)),
-        ))
+        stream.append(
+            new_event(
+                rng.choice(job_ids),
+                rng.choices(["progress", "succeeded", "failed"], weights=[6, 1, 1])[0],
+                rng.choice([None, None, "m1", "m2", "m3", "m4"]),
+                seq=rng.randrange(2),
+                occurred_at=BASE + dt.timedelta(microseconds=rng.randrange(40)),
+            )
+        )
     return stream
 
 
@@ -111,7 +113,7 @@ def test_concurrent_batches_over_the_same_jobs_lose_nothing(store):
         try:
             for start in range(0, len(part), 25):
                 # reversed id order inside a batch must not matter: the store sorts before locking
-                store.apply(sorted(part[start:start + 25], key=lambda e: -e.job_id))
+                store.apply(sorted(part[start : start + 25], key=lambda e: -e.job_id))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

@@ -34,13 +34,18 @@ class FakeJobs:
 
 class FakeUsers:
     def get(self, username: str) -> User | None:
-        return User(username, "operations", dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+        return User(username, "operations", dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
 
 
 def client_over(jobs: FakeJobs) -> tuple[falcon.testing.TestClient, dict[str, str]]:
     tokens = auth.Tokens(SECRET, 60)
-    deps = api_app.Deps(jobs=jobs, users=FakeUsers(), throttle=None, tokens=tokens,  # type: ignore[arg-type]
-                        settings=Settings(secret=SECRET))
+    deps = api_app.Deps(
+        jobs=jobs,
+        users=FakeUsers(),
+        throttle=None,
+        tokens=tokens,  # type: ignore[arg-type]
+        settings=Settings(secret=SECRET),
+    )
     return falcon.testing.TestClient(api_app.create_app(deps)), {"Authorization": f"Bearer {tokens.issue('ops')}"}
 
 
@@ -55,40 +60,82 @@ def test_alerts_is_the_traffic_ops_envelope() -> None:
     assert alerts("done", "success") == {"alerts": [{"text": "done", "level": "success"}]}
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("1", 1), ("007", 7), ("+5", 5), ("-3", -3), ("-0", 0),
-    ("9223372036854775807", 2**63 - 1), ("-9223372036854775808", -(2**63)), ("0" * 5000 + "42", 42),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", 1),
+        ("007", 7),
+        ("+5", 5),
+        ("-3", -3),
+        ("-0", 0),
+        ("9223372036854775807", 2**63 - 1),
+        ("-9223372036854775808", -(2**63)),
+        ("0" * 5000 + "42", 42),
+    ],
+)
 def test_parse_job_id_reads_go_integers(text: str, expected: int) -> None:
     assert parse_job_id(text) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "", "abc", "1.0", "1e3", " 1", "1 ", "1\n", "0x1f", "+", "--1", "١",  # Arabic-Indic one
-    "9223372036854775808", "-9223372036854775809", "1" * 5000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "abc",
+        "1.0",
+        "1e3",
+        " 1",
+        "1 ",
+        "1\n",
+        "0x1f",
+        "+",
+        "--1",
+        "١",  # Arabic-Indic one
+        "9223372036854775808",
+        "-9223372036854775809",
+        "1" * 5000,
+    ],
+)
 def test_parse_job_id_refuses_the_rest(text: str) -> None:
     with pytest.raises(falcon.HTTPBadRequest) as raised:
         parse_job_id(text)
     assert raised.value.description == ID_NOT_INTEGER
 
 
-@pytest.mark.parametrize(("version", "later"), [
-    ("4.2", True), ("4.10", True), ("5.1", True), ("4.02", True), ("4." + "9" * 5000, True),
-    ("4.0", False), ("4.1", False), ("5.0", False), ("4.01", False),
-    ("3.0", False), ("6.0", False), ("abc", False), ("5", False), ("5.1.0", False), ("", False),
-    ("9" * 5000 + ".1", False),
-])
+@pytest.mark.parametrize(
+    ("version", "later"),
+    [
+        ("4.2", True),
+        ("4.10", True),
+        ("5.1", True),
+        ("4.02", True),
+        ("4." + "9" * 5000, True),
+        ("4.0", False),
+        ("4.1", False),
+        ("5.0", False),
+        ("4.01", False),
+        ("3.0", False),
+        ("6.0", False),
+        ("abc", False),
+        ("5", False),
+        ("5.1.0", False),
+        ("", False),
+        ("9" * 5000 + ".1", False),
+    ],
+)
 def test_later_minor_versions_are_recognised(version: str, later: bool) -> None:
     assert api_app.is_later_version(version) is later
 
 
-@pytest.mark.parametrize(("role", "granted"), [
-    ("admin", {auth.READ, auth.CREATE}),
-    ("operations", {auth.READ, auth.CREATE}),
-    ("read-only", set()),
-    ("no-such-role", set()),
-])
+@pytest.mark.parametrize(
+    ("role", "granted"),
+    [
+        ("admin", {auth.READ, auth.CREATE}),
+        ("operations", {auth.READ, auth.CREATE}),
+        ("read-only", set()),
+        ("no-such-role", set()),
+    ],
+)
 def test_roles_grant_their_permissions(role: str, granted: set[str]) -> None:
     for permission in (auth.READ, auth.CREATE):
         if permission in granted:
@@ -100,13 +147,20 @@ def test_roles_grant_their_permissions(role: str, granted: set[str]) -> None:
 
 def test_times_are_rendered_in_utc_with_six_digits() -> None:
     plus_two = dt.timezone(dt.timedelta(hours=2))
-    job = Job(3, "SUCCEEDED", dt.datetime(2021, 2, 18, 19, 13, 56, tzinfo=plus_two),
-              dt.datetime(2021, 2, 18, 17, 14, 0, 5, tzinfo=dt.timezone.utc), "done")
+    job = Job(
+        3,
+        "SUCCEEDED",
+        dt.datetime(2021, 2, 18, 19, 13, 56, tzinfo=plus_two),
+        dt.datetime(2021, 2, 18, 17, 14, 0, 5, tzinfo=dt.UTC),
+        "done",
+    )
     client, headers = client_over(FakeJobs(job))
     result = client.simulate_get("/api/5.0/async_status/3", headers=headers)
     assert result.status_code == 200
-    assert result.text == ('{"response":{"id":3,"status":"SUCCEEDED","start_time":"2021-02-18T17:13:56.000000Z",'
-                           '"end_time":"2021-02-18T17:14:00.000005Z","message":"done"}}')
+    assert result.text == (
+        '{"response":{"id":3,"status":"SUCCEEDED","start_time":"2021-02-18T17:13:56.000000Z",'
+        '"end_time":"2021-02-18T17:14:00.000005Z","message":"done"}}'
+    )
 
 
 def test_ids_below_one_are_not_looked_up() -> None:

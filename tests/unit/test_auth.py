@@ -20,19 +20,22 @@ def test_a_token_names_its_user_until_it_expires():
     tokens = auth.Tokens(SECRET, ttl_s=60)
     claims = tokens.verify(tokens.issue("ops"))
     assert claims.username == "ops" and abs(claims.issued_at - dt.datetime.now().timestamp()) < 5
-    old = tokens.issue("ops", now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=61))
+    old = tokens.issue("ops", now=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=61))
     with pytest.raises(auth.Unauthenticated):
         tokens.verify(old)
 
 
-@pytest.mark.parametrize("forge", [
-    lambda: jwt.encode({"sub": "admin", "iat": 0, "exp": 2**40}, "another key of enough length!!!!!", "HS256"),
-    lambda: jwt.encode({"sub": "admin", "iat": 0, "exp": 2**40}, None, "none"),
-    lambda: jwt.encode({"sub": "admin", "iat": 0}, SECRET, "HS256"),  # no expiry
-    lambda: jwt.encode({"sub": "", "iat": 0, "exp": 2**40}, SECRET, "HS256"),
-    lambda: "not.a.token",
-    lambda: "",
-])
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda: jwt.encode({"sub": "admin", "iat": 0, "exp": 2**40}, "another key of enough length!!!!!", "HS256"),
+        lambda: jwt.encode({"sub": "admin", "iat": 0, "exp": 2**40}, None, "none"),
+        lambda: jwt.encode({"sub": "admin", "iat": 0}, SECRET, "HS256"),  # no expiry
+        lambda: jwt.encode({"sub": "", "iat": 0, "exp": 2**40}, SECRET, "HS256"),
+        lambda: "not.a.token",
+        lambda: "",
+    ],
+)
 def test_forged_or_malformed_tokens_are_refused(forge):
     with pytest.raises(auth.Unauthenticated):
         auth.Tokens(SECRET, 60).verify(forge())
@@ -61,11 +64,17 @@ def test_passwords_hash_and_verify_and_unknown_users_fail():
     assert not passwords.verify("garbage", "right")
 
 
-@pytest.mark.parametrize(("role", "permission", "allowed"), [
-    ("admin", auth.READ, True), ("admin", "ANYTHING:ELSE", True),
-    ("operations", auth.CREATE, True), ("operations", "ANYTHING:ELSE", False),
-    ("read-only", auth.READ, False), ("nobody", auth.READ, False),
-])
+@pytest.mark.parametrize(
+    ("role", "permission", "allowed"),
+    [
+        ("admin", auth.READ, True),
+        ("admin", "ANYTHING:ELSE", True),
+        ("operations", auth.CREATE, True),
+        ("operations", "ANYTHING:ELSE", False),
+        ("read-only", auth.READ, False),
+        ("nobody", auth.READ, False),
+    ],
+)
 def test_roles_decide_permissions(role, permission, allowed):
     if allowed:
         auth.require(role, permission)
@@ -91,7 +100,7 @@ def test_the_configured_secret_wins_and_the_generated_one_is_private_and_stable(
 
 
 def test_a_token_issued_before_the_account_existed_predates_it():
-    created = dt.datetime(2026, 1, 1, 12, 0, 0, 500000, tzinfo=dt.timezone.utc)
+    created = dt.datetime(2026, 1, 1, 12, 0, 0, 500000, tzinfo=dt.UTC)
     tokens = auth.Tokens(SECRET, ttl_s=10**9)
     before = tokens.verify(tokens.issue("alice", now=created - dt.timedelta(seconds=1)))
     same_second = tokens.verify(tokens.issue("alice", now=created.replace(microsecond=900000)))

@@ -18,29 +18,34 @@ def test_defaults_are_the_specs():
 
 
 def test_values_are_read_and_converted():
-    settings = Settings.from_env({
-        "TRACKER_DATABASE_URL": "postgresql+psycopg://db/x",
-        "TRACKER_BATCH_SIZE": "50",
-        "TRACKER_PREFETCH": "100",
-        "TRACKER_SECURE_COOKIES": "true",
-        "TRACKER_USER_CACHE_S": "2.5",
-        "TRACKER_ROW_CACHE_ROWS": "0",
-        "UNRELATED": "ignored",
-    })
+    settings = Settings.from_env(
+        {
+            "TRACKER_DATABASE_URL": "postgresql+psycopg://db/x",
+            "TRACKER_BATCH_SIZE": "50",
+            "TRACKER_PREFETCH": "100",
+            "TRACKER_SECURE_COOKIES": "true",
+            "TRACKER_USER_CACHE_S": "2.5",
+            "TRACKER_ROW_CACHE_ROWS": "0",
+            "UNRELATED": "ignored",
+        }
+    )
     assert settings.database_url == "postgresql+psycopg://db/x"
     assert (settings.batch_size, settings.prefetch, settings.secure_cookies) == (50, 100, True)
     assert settings.user_cache_s == 2.5
     assert settings.row_cache_rows == 0
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"TRACKER_BATCH_SIZE": "many"}, "TRACKER_BATCH_SIZE must be an integer"),
-    ({"TRACKER_FLUSH_MS": "0"}, "TRACKER_FLUSH_MS must be at least 1"),
-    ({"TRACKER_BATCH_SIZE": "3000"}, "TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE"),
-    ({"TRACKER_BIND": "8000"}, "TRACKER_BIND must be HOST:PORT"),
-    ({"TRACKER_SECURE_COOKIES": "maybe"}, "TRACKER_SECURE_COOKIES must be true or false"),
-    ({"TRACKER_ROW_CACHE_ROWS": "-1"}, "TRACKER_ROW_CACHE_ROWS must be at least 0"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TRACKER_BATCH_SIZE": "many"}, "TRACKER_BATCH_SIZE must be an integer"),
+        ({"TRACKER_FLUSH_MS": "0"}, "TRACKER_FLUSH_MS must be at least 1"),
+        ({"TRACKER_BATCH_SIZE": "3000"}, "TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE"),
+        ({"TRACKER_BIND": "8000"}, "TRACKER_BIND must be HOST:PORT"),
+        ({"TRACKER_SECURE_COOKIES": "maybe"}, "TRACKER_SECURE_COOKIES must be true or false"),
+        ({"TRACKER_ROW_CACHE_ROWS": "-1"}, "TRACKER_ROW_CACHE_ROWS must be at least 0"),
+    ],
+)
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
@@ -51,7 +56,14 @@ def test_the_secret_is_not_in_the_repr():
 
 
 def test_to_env_is_read_back_by_from_env():
-    settings = Settings(database_url="sqlite:///x.db", secret="k" * 40, batch_size=7, prefetch=9,
-                        secure_cookies=True, user_cache_s=1.5, health_file="/tmp/alive")
+    settings = Settings(
+        database_url="sqlite:///x.db",
+        secret="k" * 40,
+        batch_size=7,
+        prefetch=9,
+        secure_cookies=True,
+        user_cache_s=1.5,
+        health_file="/tmp/alive",
+    )
     assert Settings.from_env(settings.to_env()) == settings
     assert "TRACKER_SECRET" not in Settings().to_env()

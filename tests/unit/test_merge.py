@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from tracker import merge
 from tracker.events import Event, new_event
 
-START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-def event(type: str = "progress", message: str | None = None, at_us: int = 0, seq: int = 0,
-          event_id: str | None = None) -> Event:
-    return new_event(1, type, message, seq=seq, occurred_at=START + dt.timedelta(microseconds=at_us),
-                     event_id=event_id)
+def event(
+    type: str = "progress", message: str | None = None, at_us: int = 0, seq: int = 0, event_id: str | None = None
+) -> Event:
+    return new_event(1, type, message, seq=seq, occurred_at=START + dt.timedelta(microseconds=at_us), event_id=event_id)
 
 
 events_strategy = st.builds(

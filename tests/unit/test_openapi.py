@@ -22,8 +22,15 @@ from tracker.users import User
 SECRET = "unit-secret-" + "o" * 40
 DOCUMENT = openapi.document(api_app.SERVED_VERSIONS)
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-SEED_EXAMPLE = {"response": {"id": 1, "status": "PENDING", "start_time": "2021-02-18T17:13:56.352261Z",
-                             "end_time": None, "message": "Async job has started."}}
+SEED_EXAMPLE = {
+    "response": {
+        "id": 1,
+        "status": "PENDING",
+        "start_time": "2021-02-18T17:13:56.352261Z",
+        "end_time": None,
+        "message": "Async job has started.",
+    }
+}
 
 
 class OneJob:
@@ -32,25 +39,40 @@ class OneJob:
     def get_job(self, job_id: int) -> Job:
         if job_id != 1:
             raise JobNotFound(job_id)
-        return Job(1, "SUCCEEDED", dt.datetime(2021, 2, 18, 17, 13, 56, 352261, tzinfo=dt.timezone.utc),
-                   dt.datetime(2021, 2, 18, 17, 14, tzinfo=dt.timezone.utc), None)
+        return Job(
+            1,
+            "SUCCEEDED",
+            dt.datetime(2021, 2, 18, 17, 13, 56, 352261, tzinfo=dt.UTC),
+            dt.datetime(2021, 2, 18, 17, 14, tzinfo=dt.UTC),
+            None,
+        )
 
     def create_job(self, message: str | None = None) -> Job:
-        return Job(2, "PENDING", dt.datetime(2021, 2, 18, 17, 15, tzinfo=dt.timezone.utc), None,
-                   message or "Async job has started.")
+        return Job(
+            2,
+            "PENDING",
+            dt.datetime(2021, 2, 18, 17, 15, tzinfo=dt.UTC),
+            None,
+            message or "Async job has started.",
+        )
 
 
 class RolesByName:
     """Every name is a user whose role is the name itself (``operations``, ``read-only``)."""
 
     def get(self, username: str) -> User | None:
-        return User(username, username, dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+        return User(username, username, dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
 
 
 @pytest.fixture(scope="module")
 def client() -> falcon.testing.TestClient:
-    deps = api_app.Deps(jobs=OneJob(), users=RolesByName(), throttle=None,  # type: ignore[arg-type]
-                        tokens=auth.Tokens(SECRET, 60), settings=Settings(secret=SECRET))
+    deps = api_app.Deps(
+        jobs=OneJob(),
+        users=RolesByName(),
+        throttle=None,  # type: ignore[arg-type]
+        tokens=auth.Tokens(SECRET, 60),
+        settings=Settings(secret=SECRET),
+    )
     return falcon.testing.TestClient(api_app.create_app(deps))
 
 
@@ -64,20 +86,28 @@ def shape(path: str) -> str:
 
 
 def operations() -> list[tuple[str, str, dict[str, Any]]]:
-    return [(path, method, operation) for path, item in DOCUMENT["paths"].items()
-            for method, operation in item.items() if method in METHODS]
+    return [
+        (path, method, operation)
+        for path, item in DOCUMENT["paths"].items()
+        for method, operation in item.items()
+        if method in METHODS
+    ]
 
 
 def validator(name: str) -> Any:
     """A validator for one component schema, its references resolved within the document."""
-    return jsonschema_rs.Draft202012Validator({"$ref": f"#/components/schemas/{name}",
-                                               "components": DOCUMENT["components"]})
+    return jsonschema_rs.Draft202012Validator(
+        {"$ref": f"#/components/schemas/{name}", "components": DOCUMENT["components"]}
+    )
 
 
 def test_every_route_is_documented_with_its_methods_and_nothing_else(client: falcon.testing.TestClient) -> None:
-    routed = {(shape(route.path), method.method.lower())
-              for route in falcon.inspect.inspect_app(client.app).routes
-              for method in route.methods if not method.internal}  # internal: Falcon's 405 and OPTIONS
+    routed = {
+        (shape(route.path), method.method.lower())
+        for route in falcon.inspect.inspect_app(client.app).routes
+        for method in route.methods
+        if not method.internal
+    }  # internal: Falcon's 405 and OPTIONS
     documented = {(shape(path), method) for path, method, _ in operations()}
     assert routed == documented
 
@@ -144,8 +174,9 @@ def test_real_answers_match_their_documented_schemas(client: falcon.testing.Test
     ]
     for method, url, headers, body in answers:
         result = client.simulate_request(method, url, headers=headers, json=body)
-        path = next(path for path in DOCUMENT["paths"] if re.fullmatch(
-            re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(path)), url))
+        path = next(
+            path for path in DOCUMENT["paths"] if re.fullmatch(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(path)), url)
+        )
         response = DOCUMENT["paths"][path][method.lower()]["responses"][str(result.status_code)]
         if "$ref" in response:
             response = DOCUMENT["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
@@ -158,15 +189,28 @@ def test_real_answers_match_their_documented_schemas(client: falcon.testing.Test
 def test_the_job_schema_is_the_contract() -> None:
     job_status = validator("JobStatus")
     job_status.validate(SEED_EXAMPLE)
-    finished = {**SEED_EXAMPLE["response"], "status": "FAILED", "end_time": "2021-02-18T17:14:00.000000Z",
-                "message": None}
+    finished = {
+        **SEED_EXAMPLE["response"],
+        "status": "FAILED",
+        "end_time": "2021-02-18T17:14:00.000000Z",
+        "message": None,
+    }
     job_status.validate({"response": finished})
-    for breach in ({"end_time": "2021-02-18T17:14:00.000Z"}, {"start_time": "2021-02-18T17:13:56.352261+00:00"},
-                   {"start_time": None}, {"status": "RUNNING"}, {"id": 0}, {"id": "1"}, {"extra": 1}):
+    for breach in (
+        {"end_time": "2021-02-18T17:14:00.000Z"},
+        {"start_time": "2021-02-18T17:13:56.352261+00:00"},
+        {"start_time": None},
+        {"status": "RUNNING"},
+        {"id": 0},
+        {"id": "1"},
+        {"extra": 1},
+    ):
         assert not job_status.is_valid({"response": {**SEED_EXAMPLE["response"], **breach}}), breach
     created = validator("JobCreated")
-    alert = {"text": "Async job has started. Status updates can be found here: /api/5.0/async_status/1",
-             "level": "success"}
+    alert = {
+        "text": "Async job has started. Status updates can be found here: /api/5.0/async_status/1",
+        "level": "success",
+    }
     created.validate({"alerts": [alert], **SEED_EXAMPLE})
     assert not created.is_valid({"alerts": [alert], "response": finished})
     errors = validator("ErrorAlerts")

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tracker.rowcache import RowCache
+from api.rowcache import RowCache
 from tracker.store import Job, JobNotFound
 
-START = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 
 
 class FakeConnection:
@@ -97,11 +97,20 @@ def test_hits_misses_and_never_a_remembered_miss(connection: FakeConnection) -> 
         cache.close()
 
 
-@pytest.mark.parametrize("payload, dropped", [
-    ("2", {2}), ("1,3", {1, 3}), ("99", set()), ("*", {1, 2, 3}), ("1,oops", {1, 2, 3}), ("", {1, 2, 3}),
-])
+@pytest.mark.parametrize(
+    "payload, dropped",
+    [
+        ("2", {2}),
+        ("1,3", {1, 3}),
+        ("99", set()),
+        ("*", {1, 2, 3}),
+        ("1,oops", {1, 2, 3}),
+        ("", {1, 2, 3}),
+    ],
+)
 def test_a_notification_drops_its_rows_and_anything_unreadable_drops_all(
-        connection: FakeConnection, payload: str, dropped: set[int]) -> None:
+    connection: FakeConnection, payload: str, dropped: set[int]
+) -> None:
     cache, loads = listening_cache(connection), Loads()
     try:
         for job_id in (1, 2, 3):

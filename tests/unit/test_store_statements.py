@@ -3,22 +3,22 @@
 import psycopg._queries
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql as pg_dialect
 
-from tracker import store
+from tracker.store import postgresql
 
 
 def _as_sent(clause: sa.TextClause) -> str:
-    return str(clause.compile(dialect=postgresql.psycopg.dialect()))
+    return str(clause.compile(dialect=pg_dialect.psycopg.dialect()))
 
 
 def test_the_merge_fits_psycopgs_cache_of_converted_queries():
     # Over the limit, psycopg splits the 4 kB text with a regular expression on every batch.
-    assert len(_as_sent(store._MERGE_IN_POSTGRESQL)) <= psycopg._queries.MAX_CACHED_STATEMENT_LENGTH
+    assert len(_as_sent(postgresql._MERGE)) <= psycopg._queries.MAX_CACHED_STATEMENT_LENGTH
 
 
 def test_compacting_drops_comment_lines_and_runs_of_white_space():
-    clause = store._compact("""
+    clause = postgresql.compact("""
         -- a comment of its own
         SELECT a,
                b   FROM t
@@ -30,4 +30,4 @@ def test_compacting_drops_comment_lines_and_runs_of_white_space():
 
 def test_a_comment_after_code_is_refused_rather_than_swallowing_the_rest():
     with pytest.raises(ValueError, match="line of its own"):
-        store._compact("SELECT a -- why\nFROM t")
+        postgresql.compact("SELECT a -- why\nFROM t")

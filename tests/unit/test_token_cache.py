@@ -35,7 +35,7 @@ class WallClock:
 def test_a_valid_token_is_verified_once_and_refused_from_its_expiry_on() -> None:
     tokens, clock = CountingTokens(), WallClock()
     base = int(clock.now)
-    issued = dt.datetime.fromtimestamp(base, dt.timezone.utc)
+    issued = dt.datetime.fromtimestamp(base, dt.UTC)
     token = tokens.issue("ops", now=issued)
     cache = VerifiedTokens(tokens, clock)
     for _ in range(5):

@@ -10,7 +10,7 @@ import pytest
 
 from api import server
 from consumers import amqp
-from tracker import heap
+from tracker import gcfreeze
 from tracker.config import Settings
 
 
@@ -22,7 +22,7 @@ def test_what_is_alive_is_no_longer_traversed_and_what_comes_later_is() -> None:
     kept = _Node()
     before = gc.get_freeze_count()
     try:
-        heap.freeze_startup_objects()
+        gcfreeze.freeze_startup_objects()
         assert gc.get_freeze_count() > before
         assert not any(found is kept for found in gc.get_objects())  # frozen: in no generation
         made_later = _Node()
@@ -37,22 +37,25 @@ def test_what_is_alive_is_no_longer_traversed_and_what_comes_later_is() -> None:
 
 
 def _settings(tmp_path) -> Settings:
-    return Settings(database_url=f"sqlite:///{tmp_path / 'heap.db'}", amqp_url="amqp://127.0.0.1:1/",
-                    secret=secrets.token_urlsafe(48))
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'gcfreeze.db'}",
+        amqp_url="amqp://127.0.0.1:1/",
+        secret=secrets.token_urlsafe(48),
+    )
 
 
 def test_each_api_worker_freezes_once_its_app_is_built(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     steps: list[str] = []
     app = object()
     monkeypatch.setattr(server, "get_app", lambda _settings: steps.append("app") or app)
-    monkeypatch.setattr(heap, "freeze_startup_objects", lambda: steps.append("freeze"))
+    monkeypatch.setattr(gcfreeze, "freeze_startup_objects", lambda: steps.append("freeze"))
     assert server._Gunicorn(_settings(tmp_path), False).load() is app  # noqa: SLF001
     assert steps == ["app", "freeze"]
 
 
 def test_the_consumer_freezes_before_it_consumes(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     steps: list[str] = []
-    monkeypatch.setattr(heap, "freeze_startup_objects", lambda: steps.append("freeze"))
+    monkeypatch.setattr(gcfreeze, "freeze_startup_objects", lambda: steps.append("freeze"))
     monkeypatch.setattr(amqp.Consumer, "install_signal_handlers", lambda _self: steps.append("signals"))
     monkeypatch.setattr(amqp.Consumer, "run", lambda _self: steps.append("run"))
     assert amqp.consume(_settings(tmp_path)) == 0

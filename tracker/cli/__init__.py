@@ -1,8 +1,15 @@
-"""The ``tracker`` command: migrate, serve, consume, run everything, manage users, drive jobs, count dead letters."""
+"""The ``tracker`` command, and the one place that wires processes together.
+
+Each command builds what it needs from ``Settings`` and hands it over: ``tracker api`` to
+``api.server``, ``tracker consume`` to ``consumers.amqp``. The rest of ``tracker`` never imports
+``api`` or ``consumers`` (an import-linter contract holds it); the server's libraries load only
+for the commands that use them, so the worker side (``jobs emit``) runs without them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import logging
 import os
@@ -10,30 +17,43 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from tracker import auth
-from tracker.config import ConfigError, Settings
-from tracker.db import make_engine
-from tracker.events import TERMINAL_TYPES, InvalidEvent
-from tracker.schema import migrate
-from tracker.users import InvalidUser, UserExists, UserStore
+from tracker.config import Settings
+from tracker.errors import ConfigError, InvalidEvent, InvalidUser, UserExists
+from tracker.events import TERMINAL_TYPES
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 log = logging.getLogger("tracker")
+
+
+class UsageError(Exception):
+    """The command was given something it cannot use; printed, exit status 2."""
+
+
+# What a command refuses as the user's mistake (printed, exit 2). Anything else is a bug and
+# keeps its traceback.
+_USER_ERRORS = (UsageError, ConfigError, InvalidUser, UserExists, InvalidEvent)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("TRACKER_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("TRACKER_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
     # pika logs every connection attempt, and each failed one with a traceback; the consumer and
     # publisher log what they do about a lost connection themselves, once, in one line.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         settings = Settings.from_env(os.environ)
         return args.handler(settings, args)
-    except (ConfigError, InvalidUser, UserExists, InvalidEvent, ValueError) as exc:
+    except _USER_ERRORS as exc:
         print(f"tracker: {exc}", file=sys.stderr)
         return 2
 
@@ -72,27 +92,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[Engine]:
+    """An engine on the configured database for one command, disposed of when it is done."""
+    from tracker.store import make_engine
+
     engine = make_engine(settings.database_url)
     try:
-        migrate(engine)
+        yield engine
     finally:
         engine.dispose()
+
+
+def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    from tracker.store import migrate
+
+    with _database(settings) as engine:
+        migrate(engine)
     log.info("database is at the newest schema")
     return 0
 
 
 def _first_admin(settings: Settings) -> None:
-    engine = make_engine(settings.database_url)
-    try:
+    from tracker.users import UserStore
+
+    with _database(settings) as engine:
         password = UserStore(engine).ensure_first_admin()
-    finally:
-        engine.dispose()
     if password is not None:
         # Shown once, on the terminal only: never through logging.
-        print(f"\nNo users yet: created user 'admin' with password {password}\n"
-              "It is shown only this once. Add others with: tracker users add NAME --role ROLE\n",
-              file=sys.stderr, flush=True)
+        print(
+            f"\nNo users yet: created user 'admin' with password {password}\n"
+            "It is shown only this once. Add others with: tracker users add NAME --role ROLE\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _api(settings: Settings, _args: argparse.Namespace) -> int:
@@ -110,10 +143,11 @@ def _consume(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _dead(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.deadletters import DeadLettersUnavailable, count
+    from tracker.cli.deadletters import count
+    from tracker.errors import DeadLettersUnavailable
 
     if args.limit < 0:
-        raise ValueError("--limit must be at least 0")
+        raise UsageError("--limit must be at least 0")
     try:
         found = count(settings, args.limit)
     except DeadLettersUnavailable as exc:
@@ -158,41 +192,38 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _users_add(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.users import UserStore
+
     password = os.environ.get("TRACKER_PASSWORD") or _prompt_new_password()
-    engine = make_engine(settings.database_url)
-    try:
+    with _database(settings) as engine:
         UserStore(engine).add(args.name, args.role, password)
-    finally:
-        engine.dispose()
     print(f"added {args.name} ({args.role})")
     return 0
 
 
 def _prompt_new_password() -> str:
     if not sys.stdin.isatty():
-        raise ValueError("set TRACKER_PASSWORD, or run in a terminal to be asked for the password")
+        raise UsageError("set TRACKER_PASSWORD, or run in a terminal to be asked for the password")
     first = getpass.getpass("Password: ")
     if first != getpass.getpass("Again: "):
-        raise ValueError("the passwords differ")
+        raise UsageError("the passwords differ")
     return first
 
 
 def _users_list(settings: Settings, _args: argparse.Namespace) -> int:
-    engine = make_engine(settings.database_url)
-    try:
+    from tracker.users import UserStore
+
+    with _database(settings) as engine:
         for user in UserStore(engine).list():
             print(f"{user.username}\t{user.role}\t{user.created_at.isoformat()}")
-    finally:
-        engine.dispose()
     return 0
 
 
 def _users_remove(settings: Settings, args: argparse.Namespace) -> int:
-    engine = make_engine(settings.database_url)
-    try:
+    from tracker.users import UserStore
+
+    with _database(settings) as engine:
         removed = UserStore(engine).remove(args.name)
-    finally:
-        engine.dispose()
     if not removed:
         print(f"tracker: no user {args.name!r}", file=sys.stderr)
         return 1
@@ -201,7 +232,8 @@ def _users_remove(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.client import ApiClient, ApiError
+    from tracker.client import ApiClient
+    from tracker.errors import ApiError
 
     token = os.environ.get("TRACKER_API_TOKEN")
     username = os.environ.get("TRACKER_API_USER")
@@ -209,7 +241,7 @@ def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
     if token is None and username and not password and sys.stdin.isatty():
         password = getpass.getpass(f"Password for {username}: ")
     if token is None and not (username and password):
-        raise ValueError("set TRACKER_API_TOKEN, or TRACKER_API_USER and TRACKER_PASSWORD")
+        raise UsageError("set TRACKER_API_TOKEN, or TRACKER_API_USER and TRACKER_PASSWORD")
     url = os.environ.get("TRACKER_API_URL") or f"http://{settings.bind}"
     client = ApiClient(url, token=token, username=username, password=password)
     try:
@@ -221,7 +253,8 @@ def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _jobs_emit(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.publisher import Publisher, PublishFailed
+    from tracker.errors import PublishFailed
+    from tracker.publisher import Publisher
 
     with Publisher(settings, timeout_s=15) as publisher:
         try:
@@ -231,7 +264,3 @@ def _jobs_emit(settings: Settings, args: argparse.Namespace) -> int:
             return 1
     print(event.event_id)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Bringing a database to the current schema with the shipped Alembic migrations."""
+"""The schema's Alembic migrations (``versions/``), and ``migrate``, which applies them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
 
-_SCRIPTS = pathlib.Path(__file__).with_name("migrations")
+_SCRIPTS = pathlib.Path(__file__).parent
 
 
 def migrate(engine: Engine) -> None:

@@ -1,8 +1,8 @@
-"""Alembic environment: runs on the connection that ``tracker.schema.migrate`` hands it."""
+"""Alembic environment: runs on the connection that ``tracker.store.migrate`` hands it."""
 
 from alembic import context
 
-from tracker.db import metadata
+from tracker.store.tables import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)

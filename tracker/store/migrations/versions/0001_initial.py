@@ -8,7 +8,7 @@ Create Date: 2026-11-28
 import sqlalchemy as sa
 from alembic import op
 
-from tracker.db import BigId, UTCDateTime
+from tracker.store.tables import BigId, UTCDateTime
 
 revision = "0001"
 down_revision = None

@@ -15,13 +15,10 @@ import pika.exceptions
 
 from tracker import broker
 from tracker.config import Settings
+from tracker.errors import DeadLettersUnavailable
 
 REASON_HEADER = "x-tracker-reason"
 NO_REASON = "(no x-tracker-reason header)"
-
-
-class DeadLettersUnavailable(RuntimeError):
-    """RabbitMQ could not be reached or refused to let us look at the queue."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +41,8 @@ def count(settings: Settings, limit: int = 1000) -> DeadLetterCount:
         connection = pika.BlockingConnection(params)
     except pika.exceptions.AMQPError as exc:
         raise DeadLettersUnavailable(
-            f"cannot reach RabbitMQ at {params.host}:{params.port}: {type(exc).__name__} {exc}".strip()) from None
+            f"cannot reach RabbitMQ at {params.host}:{params.port}: {type(exc).__name__} {exc}".strip()
+        ) from None
     try:
         return _count(connection, settings.dead_queue, limit)
     except pika.exceptions.ChannelClosedByBroker as exc:

@@ -61,16 +61,23 @@ _MAX_BACKOFF_S = 5.0
 _IDS_PER_READ = 10_000
 # Libpq options of the listener's connection: notice a dead peer within about half a minute even
 # when no packet says so (the periodic checks stop the cache from being used well before that).
-_CONNECT_OPTIONS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
-                    "keepalives_interval": 5, "keepalives_count": 3}
+_CONNECT_OPTIONS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 Connect = Callable[[], psycopg.Connection[Any]]
 
 # The triggers of migration 0002, and the check (one round trip every CHECK_S) that they are all
 # there and fire: without them the cache would never hear of a change.
 _TRIGGERS = ["tracker_async_status_updated", "tracker_async_status_deleted", "tracker_async_status_truncated"]
-_CHECK_TRIGGERS = ("SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('async_status') "
-                   "AND tgname = ANY(%s) AND tgenabled IN ('O', 'A')")
+_CHECK_TRIGGERS = (
+    "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('async_status') "
+    "AND tgname = ANY(%s) AND tgenabled IN ('O', 'A')"
+)
 # The public columns, as tracker.store reads them for GET.
 _ROWS_BY_ID = "SELECT id, status, start_time, end_time, message FROM async_status WHERE id = ANY(%s::bigint[])"
 _NEWEST_ROWS = "SELECT id, status, start_time, end_time, message FROM async_status ORDER BY id DESC LIMIT %s"
@@ -92,6 +99,7 @@ def connector_for(engine: sa.Engine) -> Connect:
 
     def connect() -> psycopg.Connection[Any]:
         return psycopg.connect(**options)
+
     return connect
 
 
@@ -112,9 +120,17 @@ class RowCache:
     newest rows are read when it starts listening (0: none).
     """
 
-    def __init__(self, connect: Connect, *, max_entries: int = MAX_ENTRIES, ttl_s: float = TTL_S,
-                 idle_s: float = IDLE_S, check_s: float = CHECK_S, warm_rows: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        connect: Connect,
+        *,
+        max_entries: int = MAX_ENTRIES,
+        ttl_s: float = TTL_S,
+        idle_s: float = IDLE_S,
+        check_s: float = CHECK_S,
+        warm_rows: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._connect = connect
         self._max_entries = max_entries
         self._ttl_s = ttl_s
@@ -227,8 +243,7 @@ class RowCache:
             return
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._listen_forever, name="tracker-rowcache",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._listen_forever, name="tracker-rowcache", daemon=True)
                 self._thread.start()
 
     def _listen_forever(self) -> None:
@@ -245,8 +260,12 @@ class RowCache:
                 if not self._stopping.is_set():
                     # The type and first line only: never the connection string, which may hold a password.
                     first_line = (str(exc).strip().splitlines() or [""])[0]
-                    log.warning("row cache: not listening (%s: %s); reading from the database, "
-                                "trying again in %.1f s", type(exc).__name__, first_line, backoff)
+                    log.warning(
+                        "row cache: not listening (%s: %s); reading from the database, trying again in %.1f s",
+                        type(exc).__name__,
+                        first_line,
+                        backoff,
+                    )
             finally:
                 self._go_dark()
             if self._stopping.wait(backoff):
@@ -282,8 +301,9 @@ class RowCache:
         for every row. Raises NotNotified without the triggers."""
         enabled = conn.execute(_CHECK_TRIGGERS, (_TRIGGERS,)).fetchone()
         if enabled is None or enabled[0] != len(_TRIGGERS):
-            raise NotNotified("the async_status triggers of migration 0002 are missing or "
-                              "disabled (run `tracker migrate`)")
+            raise NotNotified(
+                "the async_status triggers of migration 0002 are missing or disabled (run `tracker migrate`)"
+            )
         named: set[int] | None = set()
         for notify in conn.notifies(timeout=0):  # psycopg kept those that came with the answer
             ids = self._invalidate(notify.payload)
@@ -319,10 +339,11 @@ class RowCache:
 
     def _read_again(self, conn: psycopg.Connection[Any], ids: list[int]) -> None:
         for start in range(0, len(ids), _IDS_PER_READ):
-            self._keep_read_rows(conn, _ROWS_BY_ID, (ids[start:start + _IDS_PER_READ],), refresh=True)
+            self._keep_read_rows(conn, _ROWS_BY_ID, (ids[start : start + _IDS_PER_READ],), refresh=True)
 
-    def _keep_read_rows(self, conn: psycopg.Connection[Any], query: str, params: tuple[object, ...],
-                        refresh: bool) -> None:
+    def _keep_read_rows(
+        self, conn: psycopg.Connection[Any], query: str, params: tuple[object, ...], refresh: bool
+    ) -> None:
         """Read rows on the listener's connection and keep those no notification has named since.
 
         ``refresh``: only rows still cached are replaced (the others have left on purpose);
@@ -345,8 +366,7 @@ class RowCache:
                         continue
                     if entry.job != job:
                         self._missed += 1
-                        log.warning("row cache: job %d had changed without a notification; corrected",
-                                    job.id)
+                        log.warning("row cache: job %d had changed without a notification; corrected", job.id)
                     self._entries[job.id] = entry = _Entry(read_at + self._ttl_s, job, entry.used_at)
                     self._expiries.append((entry.expires_at, job.id))
                 elif entry is None and len(self._entries) < self._max_entries:
@@ -395,5 +415,10 @@ class RowCache:
 def _jobs_of(rows: Iterable[tuple[Any, ...]]) -> Iterable[Job]:
     """Rows of (id, status, start_time, end_time, message) as tracker.store returns them: in UTC."""
     for job_id, status, start_time, end_time, message in rows:
-        yield Job(job_id, status, start_time.astimezone(timefmt.UTC),
-                  None if end_time is None else end_time.astimezone(timefmt.UTC), message)
+        yield Job(
+            job_id,
+            status,
+            start_time.astimezone(timefmt.UTC),
+            None if end_time is None else end_time.astimezone(timefmt.UTC),
+            message,
+        )

@@ -1,0 +1,96 @@
+"""Every error the tracker's parts raise to each other, in one place.
+
+The tree (each class also derives from the builtin its callers already catch)::
+
+    TrackerError
+    ├── ConfigError(ValueError)            an environment variable the tracker cannot use
+    ├── InvalidEvent(ValueError)           a message breaking the wire contract (SPEC §3); .reason
+    ├── InvalidUser(ValueError)            a username or role that cannot be stored
+    ├── UserExists(ValueError)             adding a user whose name is taken
+    ├── JobNotFound(LookupError)           no row for the job id; .job_id
+    ├── StoreUnavailable(RuntimeError)     the database is away; nothing was committed: retry
+    ├── Unauthenticated                    no, forged, expired or revoked credentials
+    ├── PermissionDenied                   authenticated without the permission; .permission
+    ├── PublishFailed(RuntimeError)        the broker did not confirm an event in time
+    ├── ApiError(RuntimeError)             the HTTP API answered with an error; .status
+    └── DeadLettersUnavailable(RuntimeError)  the dead-letter queue could not be read
+
+Where they become answers: ``api/errors.py`` maps JobNotFound, StoreUnavailable, Unauthenticated
+and PermissionDenied to HTTP once; the consumer dead-letters InvalidEvent and retries
+StoreUnavailable; the ``tracker`` command prints the ValueErrors and exits 2.
+
+Private to one module, never crossing a boundary: ``api.rowcache.NotNotified`` (the listener's
+proof of the triggers failed), ``consumers.amqp.FatalBrokerError`` and ``ConsumerCancelled``
+(the pika loop's reasons to stop or reconnect).
+
+No I/O library is imported here: the worker library (publisher, client) uses this module too.
+"""
+
+from __future__ import annotations
+
+
+class TrackerError(Exception):
+    """The root of the tracker's own errors."""
+
+
+class ConfigError(TrackerError, ValueError):
+    """An environment variable holds a value the tracker cannot use."""
+
+
+class InvalidEvent(TrackerError, ValueError):
+    """A message that breaks the wire contract; ``reason`` says how, for ``x-tracker-reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidUser(TrackerError, ValueError):
+    """A username or role that cannot be stored."""
+
+
+class UserExists(TrackerError, ValueError):
+    """A user of that name already exists."""
+
+    def __init__(self, username: str) -> None:
+        super().__init__(f"user {username!r} already exists")
+
+
+class JobNotFound(TrackerError, LookupError):
+    """No job has this id."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} does not exist")
+        self.job_id = job_id
+
+
+class StoreUnavailable(TrackerError, RuntimeError):
+    """The database could not be reached or dropped the transaction; nothing was committed."""
+
+
+class Unauthenticated(TrackerError):
+    """No credentials, or ones that are forged, tampered with, expired or of a deleted user."""
+
+
+class PermissionDenied(TrackerError):
+    """Authenticated, but without ``permission``."""
+
+    def __init__(self, permission: str) -> None:
+        super().__init__(permission)
+        self.permission = permission
+
+
+class PublishFailed(TrackerError, RuntimeError):
+    """The broker did not confirm the event before the timeout."""
+
+
+class ApiError(TrackerError, RuntimeError):
+    """The API answered with an error; ``status`` is the HTTP status, the text its alert."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"HTTP {status}: {text}")
+        self.status = status
+
+
+class DeadLettersUnavailable(TrackerError, RuntimeError):
+    """RabbitMQ could not be reached or refused to let us look at the queue."""

@@ -1,1 +1,0 @@
-"""Alembic migrations, shipped in the package so ``tracker migrate`` works after install."""

@@ -1,0 +1,22 @@
+"""The database behind one interface: tables, engines, the job store per dialect, migrations.
+
+``open_job_store(make_engine(url))`` is the usual start; ``migrate(engine)`` brings a database to
+the newest schema. Nothing here opens a connection at import time.
+"""
+
+from tracker.errors import JobNotFound, StoreUnavailable
+from tracker.store.engine import make_engine, unavailable_as_error
+from tracker.store.jobs import Applied, Job, JobStore, open_job_store
+from tracker.store.migrations import migrate
+
+__all__ = [
+    "Applied",
+    "Job",
+    "JobNotFound",
+    "JobStore",
+    "StoreUnavailable",
+    "make_engine",
+    "migrate",
+    "open_job_store",
+    "unavailable_as_error",
+]

@@ -1,0 +1,118 @@
+"""Jobs in the database: the one interface both dialects implement, and the factory that picks one.
+
+``open_job_store(engine)`` gives a ``JobStore``: ``SQLiteJobStore`` folds batches with
+``tracker.merge`` in Python (``sqlite.py``); ``PostgresJobStore`` folds a batch in two statements
+whatever its size, the rule restated over sets in ``merge.sql`` (``postgresql.py``). The contract
+tests run the same cases on both.
+
+Errors: ``JobNotFound`` for a missing row; ``StoreUnavailable`` when the database cannot be
+reached or fails mid-transaction (retry later: nothing was committed); anything else from the
+database is a bug or bad data and propagates.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tracker import merge, timefmt
+from tracker.errors import JobNotFound
+from tracker.events import Event
+from tracker.store.engine import unavailable_as_error
+from tracker.store.tables import async_status
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """The public row, as GET returns it."""
+
+    id: int
+    status: str
+    start_time: dt.datetime
+    end_time: dt.datetime | None
+    message: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Applied:
+    """What a batch did: rows changed, and the job ids that have no row (their events not applied)."""
+
+    changed_jobs: int
+    missing_jobs: frozenset[int]
+
+
+PUBLIC_COLUMNS = (
+    async_status.c.id,
+    async_status.c.status,
+    async_status.c.start_time,
+    async_status.c.end_time,
+    async_status.c.message,
+)
+
+
+class JobStore(abc.ABC):
+    """The async_status table behind one engine. Safe to share between threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._get = sa.select(*PUBLIC_COLUMNS).where(async_status.c.id == sa.bindparam("job_id"))
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def create_job(self, message: str | None = None) -> Job:
+        """Insert a PENDING job and return it; its id is new and never reused."""
+        text = merge.DEFAULT_MESSAGE if message is None else message
+        started = timefmt.now()
+        statement = (
+            sa.insert(async_status)
+            .values(status=merge.PENDING, message=text, initial_message=text, start_time=started)
+            .returning(*PUBLIC_COLUMNS)
+        )
+        with unavailable_as_error(), self._engine.begin() as conn:
+            row = conn.execute(statement).one()
+        return Job(*row)
+
+    def get_job(self, job_id: int) -> Job:
+        """The job's public row; raises JobNotFound."""
+        # One statement needs no transaction around it: in autocommit the driver sends no BEGIN
+        # before it and no ROLLBACK after, two round trips a GET would otherwise wait on.
+        with unavailable_as_error(), self._engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            row = conn.execute(self._get, {"job_id": job_id}).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return Job(*row)
+
+    @abc.abstractmethod
+    def apply(self, events: Sequence[Event]) -> Applied:
+        """Fold a batch of events into their jobs in one transaction, committed before returning.
+
+        Rows are locked in id order, so concurrent batches over the same jobs serialise instead
+        of losing updates or deadlocking. Raises StoreUnavailable when nothing was committed.
+        """
+
+
+def open_job_store(engine: Engine) -> JobStore:
+    """The JobStore for ``engine``'s dialect (PostgreSQL or SQLite); opens no connection."""
+    if engine.dialect.name == "postgresql":
+        from tracker.store.postgresql import PostgresJobStore
+
+        return PostgresJobStore(engine)
+    if engine.dialect.name == "sqlite":
+        from tracker.store.sqlite import SQLiteJobStore
+
+        return SQLiteJobStore(engine)
+    raise ValueError(f"unsupported database {engine.dialect.name!r}: use PostgreSQL or SQLite")
+
+
+def chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    """``items`` in consecutive slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,100 @@
+-- The merge rule of tracker.merge over a whole batch at once (PostgreSQL), run by postgresql.py.
+--
+-- Parameters: :events, the batch as one JSON array of events; :ids, the batch's job ids as one
+-- bigint[] literal, already locked in id order by the statement before. Answers the number of rows
+-- it changed.
+--
+-- Keys compare as (occurred_at, seq, event_id) with event_id in the "C" collation, which is
+-- Python's order for these ASCII texts. Ties keep what merge.merge keeps: the stored state first,
+-- then the earlier event of the batch (n).
+--
+-- Each comment has a line of its own: postgresql.py drops comment lines and joins the rest.
+WITH batch AS (
+    SELECT e.job_id, e.event_id COLLATE "C" AS event_id, e.occurred_at, e.seq, e.type, e.message, e.n
+    FROM ROWS FROM (json_to_recordset(CAST(:events AS json)) AS (
+             job_id bigint, event_id text, occurred_at timestamptz, seq bigint, type text, message text))
+         WITH ORDINALITY AS e(job_id, event_id, occurred_at, seq, type, message, n)
+),
+job AS (
+    SELECT id, start_time, initial_message, status, terminal_at, terminal_seq,
+           terminal_event_id COLLATE "C" AS terminal_event_id,
+           message_at, message_seq, message_event_id COLLATE "C" AS message_event_id, message
+    FROM async_status WHERE id = ANY(CAST(:ids AS bigint[]))
+),
+-- t: the earliest terminal event by key, the stored one or one of the batch
+terminal AS (
+    SELECT DISTINCT ON (job_id) job_id, at, seq, event_id, type
+    FROM (
+        SELECT id AS job_id, terminal_at AS at, terminal_seq AS seq, terminal_event_id AS event_id,
+               lower(status) AS type, 0 AS n
+        FROM job WHERE terminal_at IS NOT NULL
+        UNION ALL
+        SELECT job_id, occurred_at, seq, event_id, type, n FROM batch WHERE type <> 'progress'
+    ) AS candidate
+    ORDER BY job_id, at, seq, event_id, n
+),
+folded AS (
+    SELECT job.*, t.at AS t_at, t.seq AS t_seq, t.event_id AS t_event_id, t.type AS t_type
+    FROM job LEFT JOIN terminal AS t ON t.job_id = job.id
+),
+-- the latest message event in R (key <= t's): the stored one if still in R, else the latest
+-- such in the history; or one of the batch
+latest AS (
+    SELECT DISTINCT ON (job_id) job_id, at, seq, event_id, message
+    FROM (
+        SELECT id AS job_id, message_at AS at, message_seq AS seq, message_event_id AS event_id,
+               message, 0 AS n
+        FROM folded
+        WHERE message_at IS NOT NULL
+          AND (t_at IS NULL OR (message_at, message_seq, message_event_id) <= (t_at, t_seq, t_event_id))
+        UNION ALL
+        SELECT f.id, h.occurred_at, h.seq, h.event_id, h.message, 0
+        FROM folded AS f CROSS JOIN LATERAL (
+            SELECT occurred_at, seq, event_id COLLATE "C" AS event_id, message
+            FROM async_status_message
+            WHERE job_id = f.id
+              AND (occurred_at, seq, event_id COLLATE "C") <= (f.t_at, f.t_seq, f.t_event_id)
+            ORDER BY occurred_at DESC, seq DESC, event_id COLLATE "C" DESC
+            LIMIT 1
+        ) AS h
+        WHERE f.message_at IS NOT NULL
+          AND (f.message_at, f.message_seq, f.message_event_id) > (f.t_at, f.t_seq, f.t_event_id)
+        UNION ALL
+        SELECT b.job_id, b.occurred_at, b.seq, b.event_id, b.message, b.n
+        FROM batch AS b JOIN folded AS f ON f.id = b.job_id
+        WHERE b.message IS NOT NULL
+          AND (f.t_at IS NULL OR (b.occurred_at, b.seq, b.event_id) <= (f.t_at, f.t_seq, f.t_event_id))
+    ) AS candidate
+    ORDER BY job_id, at DESC, seq DESC, event_id DESC, n
+),
+-- merge.to_remember: the batch's message events inside R
+remembered AS (
+    INSERT INTO async_status_message (job_id, event_id, occurred_at, seq, message)
+    SELECT b.job_id, b.event_id, b.occurred_at, b.seq, b.message
+    FROM batch AS b JOIN folded AS f ON f.id = b.job_id
+    WHERE b.message IS NOT NULL
+      AND (f.t_at IS NULL OR (b.occurred_at, b.seq, b.event_id) <= (f.t_at, f.t_seq, f.t_event_id))
+    ON CONFLICT DO NOTHING
+),
+next AS (
+    SELECT f.id,
+           CASE f.t_type WHEN 'succeeded' THEN 'SUCCEEDED' WHEN 'failed' THEN 'FAILED' ELSE 'PENDING' END
+               AS status,
+           CASE WHEN l.job_id IS NULL THEN f.initial_message ELSE l.message END AS message,
+           CASE WHEN f.t_at IS NOT NULL THEN greatest(f.t_at, f.start_time) END AS end_time,
+           f.t_at, f.t_seq, f.t_event_id, l.at AS l_at, l.seq AS l_seq, l.event_id AS l_event_id
+    FROM folded AS f LEFT JOIN latest AS l ON l.job_id = f.id
+),
+changed AS (
+    UPDATE async_status AS a
+    SET status = n.status, message = n.message, end_time = n.end_time,
+        terminal_at = n.t_at, terminal_seq = n.t_seq, terminal_event_id = n.t_event_id,
+        message_at = n.l_at, message_seq = n.l_seq, message_event_id = n.l_event_id
+    FROM next AS n
+    WHERE a.id = n.id AND a.id = ANY(CAST(:ids AS bigint[]))
+      AND (a.status, a.message, a.terminal_at, a.terminal_seq, a.terminal_event_id,
+           a.message_at, a.message_seq, a.message_event_id)
+          IS DISTINCT FROM (n.status, n.message, n.t_at, n.t_seq, n.t_event_id, n.l_at, n.l_seq, n.l_event_id)
+    RETURNING a.id
+)
+SELECT count(*) FROM changed

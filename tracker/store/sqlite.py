@@ -1,0 +1,143 @@
+"""The JobStore on SQLite: each batch folded by ``tracker.merge`` itself, in Python."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import Engine
+
+from tracker import merge
+from tracker.events import Event
+from tracker.store.engine import unavailable_as_error
+from tracker.store.jobs import Applied, JobStore, chunks
+from tracker.store.tables import async_status, async_status_message
+
+_ID_CHUNK = 1000  # ids per IN (...) list: far below SQLite's parameter limit
+
+_STATE = (
+    async_status.c.id,
+    async_status.c.status,
+    async_status.c.start_time,
+    async_status.c.initial_message,
+    async_status.c.terminal_at,
+    async_status.c.terminal_seq,
+    async_status.c.terminal_event_id,
+    async_status.c.message_at,
+    async_status.c.message_seq,
+    async_status.c.message_event_id,
+    async_status.c.message,
+)
+_WRITTEN = (
+    "status",
+    "message",
+    "end_time",
+    "terminal_at",
+    "terminal_seq",
+    "terminal_event_id",
+    "message_at",
+    "message_seq",
+    "message_event_id",
+)
+
+
+class SQLiteJobStore(JobStore):
+    """Takes SQLite's write lock up front (``BEGIN IMMEDIATE``), then folds job by job."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._update = (
+            sa.update(async_status)
+            .where(async_status.c.id == sa.bindparam("job_id"))
+            .values({name: sa.bindparam(name) for name in _WRITTEN})
+        )
+        self._remember = sqlite.insert(async_status_message).on_conflict_do_nothing()
+
+    def apply(self, events: Sequence[Event]) -> Applied:
+        with unavailable_as_error(), self._engine.connect() as conn:
+            conn.execution_options(immediate=True)
+            with conn.begin():
+                return self._fold(conn, events)
+
+    def _fold(self, conn: sa.Connection, events: Sequence[Event]) -> Applied:
+        by_job: dict[int, list[Event]] = defaultdict(list)
+        for event in events:
+            by_job[event.job_id].append(event)
+        ids = sorted(by_job)
+        updates: list[dict[str, object]] = []
+        remembered: list[dict[str, object]] = []
+        found: set[int] = set()
+        for chunk in chunks(ids, _ID_CHUNK):
+            rows = conn.execute(
+                sa.select(*_STATE).where(async_status.c.id.in_(chunk)).order_by(async_status.c.id).with_for_update()
+            ).all()
+            for row in rows:
+                found.add(row.id)
+                before = _state_of(row)
+                after = merge.merge(before, by_job[row.id], _history(conn, row.id))
+                if after != before:
+                    updates.append(_params_of(row.id, after))
+                remembered.extend(_remembered_row(e) for e in merge.to_remember(after, by_job[row.id]))
+        if updates:
+            conn.execute(self._update, updates)
+        if remembered:
+            conn.execute(self._remember, remembered)
+        return Applied(changed_jobs=len(updates), missing_jobs=frozenset(ids) - found)
+
+
+def _state_of(row: sa.Row) -> merge.JobState:
+    terminal = None
+    if row.terminal_at is not None:
+        key = merge.Key(row.terminal_at, row.terminal_seq, row.terminal_event_id)
+        terminal = merge.Terminal(key, "succeeded" if row.status == merge.SUCCEEDED else "failed")
+    latest = None
+    if row.message_at is not None:
+        latest = merge.MessageMark(merge.Key(row.message_at, row.message_seq, row.message_event_id), row.message)
+    return merge.JobState(row.start_time, row.initial_message, terminal, latest)
+
+
+def _params_of(job_id: int, state: merge.JobState) -> dict[str, object]:
+    terminal, latest = state.terminal, state.latest_message
+    return {
+        "job_id": job_id,
+        "status": state.status,
+        "message": state.message,
+        "end_time": state.end_time,
+        "terminal_at": terminal.key.occurred_at if terminal else None,
+        "terminal_seq": terminal.key.seq if terminal else None,
+        "terminal_event_id": terminal.key.event_id if terminal else None,
+        "message_at": latest.key.occurred_at if latest else None,
+        "message_seq": latest.key.seq if latest else None,
+        "message_event_id": latest.key.event_id if latest else None,
+    }
+
+
+def _remembered_row(event: Event) -> dict[str, object]:
+    return {
+        "job_id": event.job_id,
+        "event_id": event.event_id,
+        "occurred_at": event.occurred_at,
+        "seq": event.seq,
+        "message": event.message,
+    }
+
+
+def _history(conn: sa.Connection, job_id: int) -> merge.History:
+    def latest_at_or_before(limit: merge.Key) -> merge.MessageMark | None:
+        # Rare path (a terminal event arrived before an already-applied message): compare keys
+        # in Python, because text collation in the database need not match Python's order.
+        rows = conn.execute(
+            sa.select(
+                async_status_message.c.occurred_at,
+                async_status_message.c.seq,
+                async_status_message.c.event_id,
+                async_status_message.c.message,
+            ).where(async_status_message.c.job_id == job_id, async_status_message.c.occurred_at <= limit.occurred_at)
+        ).all()
+        marks = [merge.MessageMark(merge.Key(r.occurred_at, r.seq, r.event_id), r.message) for r in rows]
+        eligible = [m for m in marks if m.key <= limit]
+        return max(eligible, default=None)
+
+    return latest_at_or_before
