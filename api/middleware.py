@@ -66,8 +66,8 @@ class UserCache:
 class VerifiedTokens:
     """Tokens whose signature has been checked, each remembered until it expires.
 
-    Checking an HS256 signature costs ~90 µs, as much as the rest of a cached GET; a client
-    sends the same token with every request. Keyed by the token's SHA-256 digest, so the tokens
+    Checking an HS256 signature costs as much as the rest of a GET answered from the row cache
+    (docs/performance.md), and a client sends the same token with every request. Keyed by the token's SHA-256 digest, so the tokens
     themselves are not kept. Only valid tokens are remembered, and never past their ``exp``: a
     remembered token is exactly one ``tokens.verify`` would accept now (with the same secret).
     """

@@ -59,7 +59,7 @@ def job_view(job: Job) -> dict[str, Any]:
 def _job_body(job: Job) -> bytes:
     """The body of GET for ``job``, kept for the rows asked for most (Job is immutable, so exact).
 
-    Rendering the times and the JSON is about half of what a GET answered from the row cache costs.
+    Rendering the times and the JSON is a large share of a GET answered from the row cache.
     """
     return orjson.dumps({"response": job_view(job)})
 

@@ -1,31 +1,7 @@
 """An exact in-process cache of job rows, dropped by PostgreSQL's NOTIFY when a row changes.
 
-Migration 0002 makes PostgreSQL notify ``CHANNEL`` with the ids of the rows each UPDATE or
-DELETE changed (``*`` for TRUNCATE), whoever the writer. A listener thread with a connection of
-its own drops those rows from the cache. What keeps the cache exact:
-
-- Only rows that exist are kept: a miss (JobNotFound) is never remembered, so inserts need no
-  notification.
-- Every invalidation bumps a counter. A request's read is kept only if the counter has not moved
-  since before it read the database; otherwise a change may have landed between its read and
-  now, and its row is handed out once but not kept.
-- The listener's own bulk reads (below) are followed by a round trip on its connection, before
-  whose answer PostgreSQL sends every notification of what committed since the read; rows named
-  by one are not kept.
-- The cache is used only while the listener is listening and has proved so recently (a query
-  every ``check_s`` that also checks the triggers are there and enabled). Otherwise every read
-  goes to the database, and the cache is emptied on the way out and again once LISTEN has
-  succeeded on a new connection.
-- Every row was read from the database at most ``ttl_s`` ago, whatever the notifications said:
-  the safety net. Rows asked for within the last ``idle_s`` are read again in bulk by the
-  listener shortly before they would expire (a row that then differs means a notification was
-  missed, and is logged); the others leave when they expire.
-
-Once listening, the listener fills the cache with the newest rows (one query, the jobs clients
-are likely polling), rather than leave each of them to a request's round trip.
-
-A GET that arrives after a commit but before its notification (well under a millisecond on one
-host) may still get the row as it was just before that commit, as a GET a moment earlier would.
+Why it never serves a wrong row (the notifications, the counter, the listener's proof, the safety
+net) is argued in docs/rowcache.md; keep that argument and this code in step.
 """
 
 from __future__ import annotations
@@ -50,9 +26,9 @@ CHANNEL = "tracker_async_status"  # the channel migration 0002's triggers notify
 
 MAX_ENTRIES = 100_000
 # The safety net's bound: the oldest read of a row ever served. Notifications keep rows exact;
-# this only bounds a change no notification told of (a writer the triggers did not see). At 5 s
-# the re-reading of rows in use and the misses of rows that lapsed cost `tracker api` 40% of
-# its GET throughput in bench #3 (0.51x against 0.85x of the constant endpoint at 30 s).
+# this only bounds a change no notification told of (a writer the triggers did not see). A short
+# bound costs GET throughput in re-reads of the rows in use and misses of the rows that lapsed
+# (bench #3 at 5 s and 30 s: docs/performance.md).
 TTL_S = 30.0
 IDLE_S = 60.0
 CHECK_S = 1.0

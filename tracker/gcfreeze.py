@@ -11,9 +11,9 @@ def freeze_startup_objects() -> None:
     Call it when a process has imported and built what it keeps for its whole life, just before
     it starts serving. A full collection traverses every tracked object; in ``tracker api`` and
     ``tracker consume`` most of them are the modules, classes and caches of the libraries, which
-    never become garbage. Left in view, each full collection stopped the process for 65–80 ms
-    on a 2-core machine, a pause every event or request in flight waited out (docs/performance.md,
-    #2). No collection first: one took 56–148 ms just as the process began to serve, to free
-    the 30–270 objects of start-up's garbage, which are cheaper to keep.
+    never become garbage. Left in view, each full collection stops the process while it walks
+    them, a pause every event or request in flight waits out. No collection first: it would pause
+    the process just as it begins to serve, to free the few objects of start-up's garbage, which
+    are cheaper to keep. The pauses measured either way are in docs/performance.md.
     """
     gc.freeze()

@@ -33,7 +33,7 @@ def parse_time(text: str) -> dt.datetime:
     Raises ValueError with a reason a publisher can act on.
     """
     # The shape format_time writes, which is what publishers send: fromisoformat reads exactly
-    # these 27 ASCII characters, in UTC, in a tenth of the time of the general path below (it
+    # these 27 ASCII characters, in UTC, without the general path's regular expression (it
     # refuses what that path refuses, and then that path gives the reason).
     # tests/unit/test_timefmt.py holds the two to the same answer.
     if (
