@@ -1,4 +1,4 @@
-"""Deliveries to outcomes: parse, fold into the store, and say what to dead-letter. No pika here."""
+"""Deliveries to outcomes: parse, fold into the store, and say what to dead-letter. No pika, no SQLAlchemy."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-import sqlalchemy as sa
-
 from tracker import events
+from tracker.errors import StoreRefused
 from tracker.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,8 @@ class StatusProjector:
     """Turns batches of deliveries into committed rows.
 
     ``handle`` either commits the batch's effect and returns the outcome, or raises
-    StoreUnavailable having committed nothing, in which case the caller retries the same batch.
+    StoreUnavailable, in which case the caller retries the same batch. That has committed nothing,
+    or, while a refused batch was being halved, some halves: applying them again changes nothing.
     """
 
     def __init__(self, store: JobStore) -> None:
@@ -71,11 +71,11 @@ class StatusProjector:
             return 0, []
         try:
             result = self._store.apply([event for _, event in parsed])
-        except sa.exc.DBAPIError as exc:
+        except StoreRefused as exc:
             # The database refused data that passed validation. Halve the batch until the event
             # it refuses stands alone, so one poison message cannot stall the queue.
             if len(parsed) == 1:
-                reason = f"database refused the event: {type(exc.orig or exc).__name__}"
+                reason = f"database refused the event: {exc.error}"
                 log.error("dead-lettering event %s: %s", parsed[0][1].event_id, reason)
                 return 0, [DeadLetter(parsed[0][0], reason)]
             middle = len(parsed) // 2
