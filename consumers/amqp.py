@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import pathlib
@@ -81,7 +82,11 @@ class _Batch:
 
 
 class Consumer:
-    """One consumer connection folding ``settings.queue`` into the store."""
+    """One consumer connection folding ``settings.queue`` into the store.
+
+    ``on_batch(applied, dead_lettered)``, if given, runs on the connection's thread after each
+    batch has been dead-lettered and acked.
+    """
 
     def __init__(
         self, settings: Settings, projector: StatusProjector, on_batch: Callable[[int, int], None] | None = None
@@ -107,6 +112,7 @@ class Consumer:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
+        """Make SIGTERM and SIGINT call ``stop``; from the main thread, before ``run``."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop())
 
@@ -182,10 +188,8 @@ class Consumer:
         connection, self._connection, self._channel = self._connection, None, None
         self._pending.clear()
         if connection is not None and connection.is_open:
-            try:
+            with contextlib.suppress(*_RECONNECTABLE):
                 connection.close()
-            except _RECONNECTABLE:
-                pass
 
     def _on_message(
         self, _channel: BlockingChannel, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
@@ -363,10 +367,9 @@ def _encoded_size(headers: dict[str, object]) -> int | None:
 
 def _wake(connection: pika.BlockingConnection) -> None:
     """Runs on a writer thread when a batch is done: wake the connection's thread to ack it."""
-    try:
+    # Closed meanwhile: the batch is being abandoned, and there is nobody to wake.
+    with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
         connection.add_callback_threadsafe(_nothing)
-    except pika.exceptions.ConnectionWrongStateError:
-        pass  # closed meanwhile: the batch is being abandoned
 
 
 def _nothing() -> None:

@@ -37,7 +37,9 @@ class FlushPolicy:
     With no batch being written, whatever has arrived is written at once: a lone event waits for
     nobody. While batches are being written, deliveries gather until a batch is full
     (``batch_size``) or the oldest has waited ``flush_s``, so under load the batches fill and a
-    commit's cost is spread over many events. With every writer busy nothing is handed over.
+    commit's cost is spread over many events. (Handing small batches to idle writers instead, so
+    that several are written at once, was measured slower: each commit then waits on the others;
+    docs/performance.md.) With every writer busy nothing is handed over.
     """
 
     batch_size: int = 500
