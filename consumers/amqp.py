@@ -1,9 +1,10 @@
 """The pika loop: deliveries gathered into batches, committed, dead-lettered, then acked.
 
 The connection's thread receives, dead-letters and acks (pika is not thread-safe); writer
-threads commit batches, up to ``_WRITERS`` at once, and the connection's thread acks them in
-the order they were received. While the writers wait on the database the next batch is being
-received, so prefetch should hold a batch more than the writers do.
+threads commit batches, and the connection's thread acks them in the order they were received.
+When a batch goes to a writer, and how many may be written at once, is ``consumers.batching``'s
+decision. While the writers wait on the database the next batch is being received, so prefetch
+should hold a batch more than the writers do.
 
 Failure policy:
 - bad input (``Outcome.dead``): republished to the dead-letter exchange with ``x-tracker-reason``,
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import pathlib
@@ -37,6 +39,7 @@ import pika.exceptions
 import pika.frame
 from pika.adapters.blocking_connection import BlockingChannel
 
+from consumers.batching import Flush, FlushPolicy
 from consumers.status import DeadLetter, Delivery, Outcome, StatusProjector
 from tracker import broker, gcfreeze
 from tracker.config import Settings
@@ -51,14 +54,7 @@ _RECONNECTABLE = (
     pika.exceptions.ChannelWrongStateError,
     pika.exceptions.ConnectionWrongStateError,
 )
-_IDLE_WAIT_S = 0.5  # how long an idle loop blocks before looking at the stop flag again
-# Batches being committed at once. While PostgreSQL merges one, Python parses the next; the
-# writers share one interpreter lock, but most of a batch's time is spent in the database. In
-# measurement (docs/performance.md): 2 writers 10,100 events/s, 3 12,700, 4 13,400, when
-# prefetch holds them all, as the default of 2,500 does for batches of 500 (a prefetch of 1,000
-# keeps only two batches out, and then more writers neither help nor hurt). Batches over the
-# same jobs wait for each other on the row locks.
-_WRITERS = 4
+_STOP_CHECK_S = 0.5  # how often a writer waiting to retry looks at the stop and abandon flags
 _BEAT_EVERY_S = 5.0  # how often the loop touches settings.health_file
 _STEADY_S = 5.0  # a broker connection that lasted this long resets the reconnect back-off
 _MAX_REASON_CHARS = 1000
@@ -86,7 +82,11 @@ class _Batch:
 
 
 class Consumer:
-    """One consumer connection folding ``settings.queue`` into the store."""
+    """One consumer connection folding ``settings.queue`` into the store.
+
+    ``on_batch(applied, dead_lettered)``, if given, runs on the connection's thread after each
+    batch has been dead-lettered and acked.
+    """
 
     def __init__(
         self, settings: Settings, projector: StatusProjector, on_batch: Callable[[int, int], None] | None = None
@@ -94,6 +94,7 @@ class Consumer:
         self._settings = settings
         self._projector = projector
         self._on_batch = on_batch
+        self._policy = FlushPolicy.from_settings(settings)
         self._stop = threading.Event()
         self._pending: list[Delivery] = []  # received, not yet handed to a writer
         self._pending_since = 0.0  # when the oldest of them arrived (monotonic)
@@ -111,13 +112,16 @@ class Consumer:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
+        """Make SIGTERM and SIGINT call ``stop``; from the main thread, before ``run``."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop())
 
     def run(self) -> None:
         """Consume until stopped; reconnects by itself. Raises FatalBrokerError."""
         backoff = broker.Backoff()
-        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="tracker-writer")
+        self._writer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._policy.writers, thread_name_prefix="tracker-writer"
+        )
         try:
             self._run(backoff)
         finally:
@@ -184,10 +188,8 @@ class Consumer:
         connection, self._connection, self._channel = self._connection, None, None
         self._pending.clear()
         if connection is not None and connection.is_open:
-            try:
+            with contextlib.suppress(*_RECONNECTABLE):
                 connection.close()
-            except _RECONNECTABLE:
-                pass
 
     def _on_message(
         self, _channel: BlockingChannel, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
@@ -212,8 +214,6 @@ class Consumer:
 
     def _consume(self) -> None:
         assert self._connection is not None
-        flush_s = self._settings.flush_ms / 1000
-        batch_size = self._settings.batch_size
         while not self._stop.is_set():
             if self._cancelled:
                 # Without a subscription nothing more would arrive, ever: start over. What is
@@ -222,25 +222,19 @@ class Consumer:
             self._beat()
             while self._writing and self._writing[0].outcome.done():
                 self._finish(self._writing[0])
-            if len(self._writing) < _WRITERS and self._pending:
-                # Group commit: with no batch being written, what has arrived goes at once (a
-                # lone event waits for nobody); while batches are being written, deliveries
-                # gather until a batch is full or the oldest has waited flush_ms.
-                wait = self._pending_since + flush_s - time.monotonic()
-                if not self._writing or len(self._pending) >= batch_size or wait <= 0:
-                    self._start_writing(batch_size)
-                    continue
-            else:
-                # Idle, or every writer is busy: a completion wakes us (see _start_writing).
-                wait = _IDLE_WAIT_S
-            self._connection.process_data_events(time_limit=wait)
+            # A Wait ends early when a delivery arrives or a writer finishes (see _start_writing).
+            step = self._policy.decide(len(self._pending), len(self._writing), time.monotonic() - self._pending_since)
+            if isinstance(step, Flush):
+                self._start_writing(step.count)
+                continue
+            self._connection.process_data_events(time_limit=step.seconds)
         # Stopping: finish what is in hand if the database answers; whatever is left unacked
         # goes back to the queue when the connection closes.
         while self._writing:
             if not self._finish(self._writing[0], block=True):
                 return
         while self._pending:
-            self._start_writing(batch_size)
+            self._start_writing(self._policy.batch_size)
             if not self._finish(self._writing[0], block=True):
                 return
 
@@ -252,11 +246,11 @@ class Consumer:
         self._beat_at = now
         pathlib.Path(self._settings.health_file).touch()
 
-    def _start_writing(self, batch_size: int) -> None:
-        """Hand the oldest pending deliveries, up to a batch, to a writer."""
+    def _start_writing(self, count: int) -> None:
+        """Hand the ``count`` oldest pending deliveries to a writer."""
         assert self._writer is not None and self._connection is not None
-        deliveries = self._pending[:batch_size]
-        del self._pending[:batch_size]
+        deliveries = self._pending[:count]
+        del self._pending[:count]
         # What is left arrived while this batch was gathered: count its wait from now.
         self._pending_since = time.monotonic()
         abandon = threading.Event()
@@ -315,7 +309,7 @@ class Consumer:
                 log.warning("database unavailable (%s); retrying %d deliveries in %.1f s", exc, len(deliveries), delay)
                 deadline = time.monotonic() + delay
                 while not (self._stop.is_set() or abandon.is_set()) and (left := deadline - time.monotonic()) > 0:
-                    abandon.wait(min(left, _IDLE_WAIT_S))
+                    abandon.wait(min(left, _STOP_CHECK_S))
 
     def _dead_letter(self, dead: DeadLetter) -> None:
         """Republish to the dead-letter exchange, confirmed, with the reason in a header."""
@@ -373,10 +367,9 @@ def _encoded_size(headers: dict[str, object]) -> int | None:
 
 def _wake(connection: pika.BlockingConnection) -> None:
     """Runs on a writer thread when a batch is done: wake the connection's thread to ack it."""
-    try:
+    # Closed meanwhile: the batch is being abandoned, and there is nobody to wake.
+    with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
         connection.add_callback_threadsafe(_nothing)
-    except pika.exceptions.ConnectionWrongStateError:
-        pass  # closed meanwhile: the batch is being abandoned
 
 
 def _nothing() -> None:

@@ -1,4 +1,4 @@
-"""Deliveries to outcomes: parse, fold into the store, and say what to dead-letter. No pika here."""
+"""Deliveries to outcomes: parse, fold into the store, and say what to dead-letter. No pika, no SQLAlchemy."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-import sqlalchemy as sa
-
 from tracker import events
+from tracker.errors import InvalidEvent, StoreRefused
 from tracker.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -19,7 +18,8 @@ class Delivery:
     """One message as the broker handed it over; not to be changed once made.
 
     Not ``frozen``: one is made for every message on the connection's thread, and a frozen
-    dataclass takes three times as long to make (~3 µs against ~1 µs).
+    dataclass is slower to make, each field set through ``object.__setattr__`` (the figures are in
+    docs/performance.md, "What was changed for speed").
     """
 
     tag: int
@@ -32,6 +32,8 @@ class Delivery:
 
 @dataclasses.dataclass(frozen=True)
 class DeadLetter:
+    """A delivery to republish to the dead-letter exchange, with the reason for ``x-tracker-reason``."""
+
     delivery: Delivery
     reason: str
 
@@ -48,19 +50,25 @@ class StatusProjector:
     """Turns batches of deliveries into committed rows.
 
     ``handle`` either commits the batch's effect and returns the outcome, or raises
-    StoreUnavailable having committed nothing, in which case the caller retries the same batch.
+    StoreUnavailable, in which case the caller retries the same batch. That has committed nothing,
+    or, while a refused batch was being halved, some halves: applying them again changes nothing.
     """
 
     def __init__(self, store: JobStore) -> None:
         self._store = store
 
     def handle(self, deliveries: Sequence[Delivery]) -> Outcome:
+        """Runs on a writer thread for each batch: parse, apply, and say what to dead-letter.
+
+        Bad input and events the database refuses are dead letters, never an exception. Raises
+        StoreUnavailable when the database is away (retry the same batch).
+        """
         dead: list[DeadLetter] = []
         parsed: list[tuple[Delivery, events.Event]] = []
         for delivery in deliveries:
             try:
                 parsed.append((delivery, events.parse(delivery.body, delivery.content_type)))
-            except events.InvalidEvent as exc:
+            except InvalidEvent as exc:
                 dead.append(DeadLetter(delivery, exc.reason))
         applied, refused = self._apply(parsed)
         dead.extend(refused)
@@ -71,11 +79,11 @@ class StatusProjector:
             return 0, []
         try:
             result = self._store.apply([event for _, event in parsed])
-        except sa.exc.DBAPIError as exc:
+        except StoreRefused as exc:
             # The database refused data that passed validation. Halve the batch until the event
             # it refuses stands alone, so one poison message cannot stall the queue.
             if len(parsed) == 1:
-                reason = f"database refused the event: {type(exc.orig or exc).__name__}"
+                reason = f"database refused the event: {exc.error}"
                 log.error("dead-lettering event %s: %s", parsed[0][1].event_id, reason)
                 return 0, [DeadLetter(parsed[0][0], reason)]
             middle = len(parsed) // 2

@@ -9,6 +9,7 @@ The tree (each class also derives from the builtin its callers already catch)::
     ├── UserExists(ValueError)             adding a user whose name is taken
     ├── JobNotFound(LookupError)           no row for the job id; .job_id
     ├── StoreUnavailable(RuntimeError)     the database is away; nothing was committed: retry
+    ├── StoreRefused                       the database refused the data; nothing committed; .error
     ├── Unauthenticated                    no, forged, expired or revoked credentials
     ├── PermissionDenied                   authenticated without the permission; .permission
     ├── PublishFailed(RuntimeError)        the broker did not confirm an event in time
@@ -16,8 +17,9 @@ The tree (each class also derives from the builtin its callers already catch)::
     └── DeadLettersUnavailable(RuntimeError)  the dead-letter queue could not be read
 
 Where they become answers: ``api/errors.py`` maps JobNotFound, StoreUnavailable, Unauthenticated
-and PermissionDenied to HTTP once; the consumer dead-letters InvalidEvent and retries
-StoreUnavailable; the ``tracker`` command prints the ValueErrors and exits 2.
+and PermissionDenied to HTTP once; the consumer dead-letters InvalidEvent, retries
+StoreUnavailable, and halves a batch on StoreRefused until it can dead-letter the one event the
+database refuses; the ``tracker`` command prints the ValueErrors and exits 2.
 
 Private to one module, never crossing a boundary: ``api.rowcache.NotNotified`` (the listener's
 proof of the triggers failed), ``consumers.amqp.FatalBrokerError`` and ``ConsumerCancelled``
@@ -66,6 +68,18 @@ class JobNotFound(TrackerError, LookupError):
 
 class StoreUnavailable(TrackerError, RuntimeError):
     """The database could not be reached or dropped the transaction; nothing was committed."""
+
+
+class StoreRefused(TrackerError):
+    """The database refused data it was given (a constraint, a value it cannot store); nothing was committed.
+
+    Not an outage: the same data would be refused again. ``error`` names the database's error
+    (``CheckViolation``, ``UntranslatableCharacter``); the driver's exception is the ``__cause__``.
+    """
+
+    def __init__(self, error: str, detail: str = "") -> None:
+        super().__init__(f"{error}: {detail}" if detail else error)
+        self.error = error
 
 
 class Unauthenticated(TrackerError):

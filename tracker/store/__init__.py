@@ -4,8 +4,8 @@
 the newest schema. Nothing here opens a connection at import time.
 """
 
-from tracker.errors import JobNotFound, StoreUnavailable
-from tracker.store.engine import make_engine, unavailable_as_error
+from tracker.errors import JobNotFound, StoreRefused, StoreUnavailable
+from tracker.store.engine import make_engine, refused_as_error, unavailable_as_error
 from tracker.store.jobs import Applied, Job, JobStore, open_job_store
 from tracker.store.migrations import migrate
 
@@ -14,9 +14,11 @@ __all__ = [
     "Job",
     "JobNotFound",
     "JobStore",
+    "StoreRefused",
     "StoreUnavailable",
     "make_engine",
     "migrate",
     "open_job_store",
+    "refused_as_error",
     "unavailable_as_error",
 ]

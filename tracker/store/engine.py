@@ -1,4 +1,4 @@
-"""Engines that make SQLite and PostgreSQL behave the same for us, and outages as one domain error."""
+"""Engines that make SQLite and PostgreSQL behave the same for us; outages and refusals as domain errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tracker.errors import StoreUnavailable
+from tracker.errors import StoreRefused, StoreUnavailable
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -66,12 +66,37 @@ def unavailable_as_error() -> Iterator[None]:
     try:
         yield
     except sa.exc.DBAPIError as exc:
-        if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)) or exc.connection_invalidated:
+        if _is_outage(exc):
             raise StoreUnavailable(_describe(exc)) from exc
         raise
 
 
+@contextlib.contextmanager
+def refused_as_error() -> Iterator[None]:
+    """Turn the database refusing what it was sent (any database error but an outage) into StoreRefused.
+
+    For writes of data that passed validation, where the same data would be refused again. An
+    outage passes through unchanged (``unavailable_as_error`` is for that), as does anything
+    that is not a database error.
+    """
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if _is_outage(exc):
+            raise
+        original = exc.orig or exc
+        raise StoreRefused(type(original).__name__, _first_line(original)) from exc
+
+
+def _is_outage(exc: sa.exc.DBAPIError) -> bool:
+    return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)) or exc.connection_invalidated
+
+
 def _describe(exc: sa.exc.DBAPIError) -> str:
     original = exc.orig or exc
-    lines = str(original).strip().splitlines()
-    return f"{type(original).__name__}: {lines[0] if lines else ''}"
+    return f"{type(original).__name__}: {_first_line(original)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""

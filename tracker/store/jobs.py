@@ -6,8 +6,9 @@ whatever its size, the rule restated over sets in ``merge.sql`` (``postgresql.py
 tests run the same cases on both.
 
 Errors: ``JobNotFound`` for a missing row; ``StoreUnavailable`` when the database cannot be
-reached or fails mid-transaction (retry later: nothing was committed); anything else from the
-database is a bug or bad data and propagates.
+reached or fails mid-transaction (retry later: nothing was committed); ``StoreRefused`` when
+``apply`` sends data the database will not take (nothing was committed; the same batch would be
+refused again); anything else from the database is a bug or bad data and propagates.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ class JobStore(abc.ABC):
         """Fold a batch of events into their jobs in one transaction, committed before returning.
 
         Rows are locked in id order, so concurrent batches over the same jobs serialise instead
-        of losing updates or deadlocking. Raises StoreUnavailable when nothing was committed.
+        of losing updates or deadlocking. Raises StoreUnavailable when the database is away, and
+        StoreRefused when it refuses the batch (a value it cannot store, a constraint); either
+        way nothing was committed.
         """
 
 

@@ -9,7 +9,7 @@ import orjson
 import sqlalchemy as sa
 
 from tracker.events import Event
-from tracker.store.engine import unavailable_as_error
+from tracker.store.engine import refused_as_error, unavailable_as_error
 from tracker.store.jobs import Applied, JobStore
 
 # Set once on each pooled connection that folds batches, for its whole session: a round trip per
@@ -65,7 +65,7 @@ class PostgresJobStore(JobStore):
     """
 
     def apply(self, events: Sequence[Event]) -> Applied:
-        with unavailable_as_error(), self._engine.connect() as conn:
+        with refused_as_error(), unavailable_as_error(), self._engine.connect() as conn:
             planned = conn.connection.info.get(_PLANNED_FOR_BATCHES, False)
             with conn.begin():
                 if not planned:

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from tracker import merge
 from tracker.events import Event
-from tracker.store.engine import unavailable_as_error
+from tracker.store.engine import refused_as_error, unavailable_as_error
 from tracker.store.jobs import Applied, JobStore, chunks
 from tracker.store.tables import async_status, async_status_message
 
@@ -56,7 +56,7 @@ class SQLiteJobStore(JobStore):
         self._remember = sqlite.insert(async_status_message).on_conflict_do_nothing()
 
     def apply(self, events: Sequence[Event]) -> Applied:
-        with unavailable_as_error(), self._engine.connect() as conn:
+        with refused_as_error(), unavailable_as_error(), self._engine.connect() as conn:
             conn.execution_options(immediate=True)
             with conn.begin():
                 return self._fold(conn, events)
