@@ -8,7 +8,7 @@ COPY pyproject.toml README.md ./
 COPY tracker ./tracker
 COPY api ./api
 COPY consumers ./consumers
-RUN pip install . && useradd --system --home-dir /app tracker
+RUN pip install '.[server]' && useradd --system --home-dir /app tracker
 
 USER tracker
 EXPOSE 8000

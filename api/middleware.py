@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import falcon
 
-from tracker import auth
+from tracker import auth, roles
 from tracker.users import User
 
 COOKIES = ("access_token", "mojolicious")
@@ -127,7 +127,7 @@ class Authentication:
         if user is None or claims.predates(user.created_at):
             raise auth.Unauthenticated()
         if permission != _LOGGED_IN:
-            auth.require(user.role, permission)
+            roles.require(user.role, permission)
         req.context.user = user
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from api import errors, resources
-from tracker import auth, merge
+from tracker import merge, roles
 from tracker.events import MAX_MESSAGE_CHARS
 
 TIME_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
@@ -79,7 +79,7 @@ def document(versions: tuple[str, ...]) -> dict[str, Any]:
 def _create_job() -> dict[str, Any]:
     operation = _operation(
         "createJob",
-        f"Start tracking a new job. Permission {auth.CREATE}.",
+        f"Start tracking a new job. Permission {roles.CREATE}.",
         _SECURED,
         {
             "202": {
@@ -109,7 +109,7 @@ def _create_job() -> dict[str, Any]:
 def _get_job() -> dict[str, Any]:
     operation = _operation(
         "getJobStatus",
-        f"One job's status. Permission {auth.READ}.",
+        f"One job's status. Permission {roles.READ}.",
         _SECURED,
         {
             "200": _json("The job", "#/components/schemas/JobStatus"),

@@ -13,7 +13,7 @@ import orjson
 from api.errors import alerts
 from api.middleware import COOKIES, requires
 from api.reads import JobReads
-from tracker import auth, merge, timefmt
+from tracker import auth, merge, roles, timefmt
 from tracker.events import check_message
 from tracker.store import Job, JobNotFound, JobStore
 from tracker.users import LoginThrottle, UserStore
@@ -70,7 +70,7 @@ class JobStatus:
     def __init__(self, jobs: JobReads) -> None:
         self._jobs = jobs
 
-    @requires(auth.READ)
+    @requires(roles.READ)
     def on_get(self, _req: falcon.Request, resp: falcon.Response, version: str, job_id: str) -> None:
         number = parse_job_id(job_id)
         if number <= 0:
@@ -85,7 +85,7 @@ class JobStatuses:
     def __init__(self, jobs: JobStore) -> None:
         self._jobs = jobs
 
-    @requires(auth.CREATE)
+    @requires(roles.CREATE)
     def on_post(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:
         job = self._jobs.create_job(_initial_message(_json_object(req)))
         location = f"/api/{version}/async_status/{job.id}"

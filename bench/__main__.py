@@ -20,10 +20,11 @@ import uuid
 
 import pika.exceptions
 
-from bench import load, measurements, processes
+from bench import load, measurements
 from bench.report import Progress, Run, describe_machine, summary, write_docs
 from bench.services import BenchBroker, BenchDatabase, MessagesLost
 from bench.testbed import DEFAULT_AMQP_URL, FULL, QUICK, Testbed, settings_changes
+from tests.processes import ROOT
 from tracker.config import ConfigError
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tracker_bench"
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=pathlib.Path,
-        default=processes.ROOT / "bench-out",
+        default=ROOT / "bench-out",
         help="logs of the child processes (default %(default)s)",
     )
     parser.add_argument("--keep-database", action="store_true", help="leave the benchmark database behind")
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(chosen) - set(measurements.MEASUREMENTS))
     if unknown:
         parser.error(f"unknown measurement(s): {', '.join(unknown)}")
-    docs = args.docs or (None if args.quick else processes.ROOT / "docs" / "performance.md")
+    docs = args.docs or (None if args.quick else ROOT / "docs" / "performance.md")
     try:
         changes = settings_changes(args.set)
     except ConfigError as exc:

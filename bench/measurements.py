@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 import time
@@ -16,6 +17,7 @@ from bench.references import percentiles_ms
 from bench.report import Result
 from bench.services import BenchDatabase, MessagesLost, QueueWatcher
 from bench.testbed import Testbed
+from tests.processes import ProcessFailed, free_port
 from tracker.config import Settings
 
 _DONE_CHECK = 2000  # final events whose rows are checked for completion (several batches' worth)
@@ -206,7 +208,7 @@ def _drain(
         while watcher.ready() >= total:
             child.check_alive()
             if time.monotonic() > deadline:
-                raise processes.ProcessFailed(f"{name} consumed nothing within 60 s:\n{child.tail()}")
+                raise ProcessFailed(f"{name} consumed nothing within 60 s:\n{child.tail()}")
             time.sleep(0.005)
         started = time.monotonic()
         cpu_before = child.cpu_seconds()
@@ -230,14 +232,14 @@ def _drain(
         seconds = time.monotonic() - started
         if done is None:
             cpu = None  # it has exited; its own report has its times
-            own = orjson.loads(child.output(timeout=10).strip().splitlines()[-1])
+            own = orjson.loads(child.stdout(timeout=10).strip().splitlines()[-1])
             bed.progress.say(f"  {name}: by its own clock {own['events'] / (own['last_at'] - own['first_at']):,.0f}/s")
         else:
             cpu = round(child.cpu_seconds() - cpu_before, 2)
     finally:
         watcher.close()
         child.stop()
-    per_second = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(consumed_at, consumed_at[1:])]
+    per_second = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(consumed_at)]
     bed.progress.say(f"  {name}: {total:,} events in {seconds:.2f} s = {total / seconds:,.0f}/s")
     return _Drained(total, seconds, per_second, cpu)
 
@@ -377,13 +379,13 @@ def _latency_round(bed: Testbed, settings: Settings, count: int, round_number: i
     publisher = bed.start(
         f"publisher-{round_number}", bench_command("load", "publish", *pace), settings, capture_stdout=True
     )
-    published = orjson.loads(publisher.output(timeout=scale.latency_s + 60))
-    reference = {**orjson.loads(receiver.output(timeout=60)), "published_rate": published["rate"]}
+    published = orjson.loads(publisher.stdout(timeout=scale.latency_s + 60))
+    reference = {**orjson.loads(receiver.stdout(timeout=60)), "published_rate": published["rate"]}
 
     bed.progress.say(
         f"  round {round_number + 1}, tracker: publish -> visible through GET (tracker consume + tracker api)"
     )
-    port = processes.free_port()
+    port = free_port()
     api_settings = settings.with_(bind=f"127.0.0.1:{port}")
     consumer = bed.start(f"latency-consume-{round_number}", tracker_command("consume"), api_settings)
     api = bed.start(f"latency-api-{round_number}", tracker_command("api"), api_settings)
@@ -412,7 +414,7 @@ def _latency_round(bed: Testbed, settings: Settings, count: int, round_number: i
         api_settings,
         capture_stdout=True,
     )
-    seen = orjson.loads(prober.output(timeout=scale.latency_s + 120))
+    seen = orjson.loads(prober.stdout(timeout=scale.latency_s + 120))
     api.stop()
     consumer.stop()
     bed.progress.say(
@@ -448,7 +450,7 @@ def api(bed: Testbed) -> list[Result]:
             ("constant", bench_command("references", "constant-api"), None, reference_runs),
             ("tracker", tracker_command("api"), token, tracker_runs),
         ):
-            port = processes.free_port()
+            port = free_port()
             server = bed.start(f"{name}-api-{round_number}", command, settings.with_(bind=f"127.0.0.1:{port}"))
             server.wait_for_port(port)
             load.http_load(port, ids, auth_token, 2.0, 16, 2, bed.out_dir)  # warm-up: imports, pools, prepares
@@ -553,7 +555,7 @@ def memory(bed: Testbed) -> list[Result]:
 
 
 def _wait_drained(
-    bed: Testbed, watcher: QueueWatcher, consumer: processes.Child, last_jobs: list[int], samples: list[float]
+    bed: Testbed, watcher: QueueWatcher, consumer: processes.MeasuredChild, last_jobs: list[int], samples: list[float]
 ) -> int:
     """Wait until the consumer has folded everything; how many of ``last_jobs`` it never finished.
 
@@ -602,7 +604,7 @@ def table_size(bed: Testbed) -> list[Result]:
         large_db.analyze()
         tokens, ports = [], []
         for name, database in (("small", small_db), ("large", large_db)):
-            port = processes.free_port()
+            port = free_port()
             # No row cache: #5 is about reading the table. With it, the small table would be
             # served from memory (all of it is read ahead) and the large one mostly not.
             own = settings.with_(database_url=database.url, bind=f"127.0.0.1:{port}", row_cache_rows=0)
@@ -613,11 +615,11 @@ def table_size(bed: Testbed) -> list[Result]:
         # Each id is asked once (no id is any warmer than another).
         rng = random.Random(5)
         asked = [rng.sample(ids, _SCALE_WARMUP + scale.scale_requests) for ids in (small, large)]
-        for port, ids, token in zip(ports, asked, tokens):
+        for port, ids, token in zip(ports, asked, tokens, strict=True):
             for job_id in ids[:_SCALE_WARMUP]:  # warm-up: workers, pools, prepared statements
                 load.timed_get(port, job_id, token)
         few_s, many_s = [], []
-        for few_id, many_id in zip(asked[0][_SCALE_WARMUP:], asked[1][_SCALE_WARMUP:]):
+        for few_id, many_id in zip(asked[0][_SCALE_WARMUP:], asked[1][_SCALE_WARMUP:], strict=True):
             few_s.append(load.timed_get(ports[0], few_id, tokens[0]))
             many_s.append(load.timed_get(ports[1], many_id, tokens[1]))
     finally:

@@ -92,7 +92,7 @@ class Testbed:
         self.progress = progress
         self.run = run
         self._base = base
-        self._children: list[processes.Child] = []
+        self._children: list[processes.MeasuredChild] = []
 
     @classmethod
     def settings_for(cls, database_url: str, amqp_url: str, out_dir: pathlib.Path) -> Settings:
@@ -112,11 +112,14 @@ class Testbed:
 
     def start(
         self, name: str, command: Sequence[str], settings: Settings, capture_stdout: bool = False
-    ) -> processes.Child:
+    ) -> processes.MeasuredChild:
         """A child process with the tracker's environment for ``settings``, stopped at the end of the run."""
-        child = processes.Child(
-            name, command, processes.tracker_environment(settings), self.out_dir / "logs", capture_stdout=capture_stdout
-        )
+        child = processes.MeasuredChild(
+            command,
+            processes.tracker_environment(settings),
+            self.out_dir / "logs" / f"{name}.log",
+            capture_stdout=capture_stdout,
+        ).start()
         self._children.append(child)
         return child
 

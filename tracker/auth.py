@@ -1,7 +1,6 @@
-"""Who may do what: roles and permissions, password hashes, signed tokens, the signing secret.
+"""Who someone is: password hashes, signed tokens, the signing secret (what they may do: ``tracker.roles``).
 
-Errors: ``Unauthenticated`` (no, bad or expired credentials) and ``PermissionDenied``
-(known user without the permission). Neither message ever carries a secret.
+Errors: ``Unauthenticated`` (no, bad or expired credentials). No message ever carries a secret.
 """
 
 from __future__ import annotations
@@ -17,29 +16,10 @@ import argon2
 import jwt
 
 from tracker import timefmt
-from tracker.errors import PermissionDenied, Unauthenticated
+from tracker.errors import Unauthenticated
 
-READ = "ASYNC-STATUS:READ"
-CREATE = "ASYNC-STATUS:CREATE"
-
-ROLES: dict[str, frozenset[str]] = {
-    "admin": frozenset({READ, CREATE}),
-    "operations": frozenset({READ, CREATE}),
-    "read-only": frozenset(),
-}
 MIN_SECRET_BYTES = 32
 _ALGORITHM = "HS256"
-
-
-def permissions_of(role: str) -> frozenset[str]:
-    """The permissions a role grants; ``admin`` has every permission there is."""
-    return ROLES.get(role, frozenset())
-
-
-def require(role: str, permission: str) -> None:
-    """Raise PermissionDenied unless ``role`` grants ``permission``."""
-    if role != "admin" and permission not in permissions_of(role):
-        raise PermissionDenied(permission)
 
 
 class Passwords:

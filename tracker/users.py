@@ -8,7 +8,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tracker import auth, timefmt
+from tracker import auth, roles, timefmt
 from tracker.errors import InvalidUser, UserExists
 from tracker.store.engine import unavailable_as_error
 from tracker.store.tables import login_failures, users
@@ -32,8 +32,8 @@ class UserStore:
         """Create a user; raises InvalidUser or UserExists."""
         if not username or len(username) > 128 or username != username.strip():
             raise InvalidUser("a username is 1 to 128 characters with no surrounding spaces")
-        if role not in auth.ROLES:
-            raise InvalidUser(f"role must be one of {', '.join(sorted(auth.ROLES))}")
+        if role not in roles.ROLES:
+            raise InvalidUser(f"role must be one of {', '.join(sorted(roles.ROLES))}")
         if not password:
             raise InvalidUser("the password must not be empty")
         user = User(username, role, timefmt.now())

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import argon2
 
 from tests.conftest import TEST_SECRET
-from tests.processes import environment
+from tests.processes import environment, free_port
 from tracker import auth
 from tracker.config import Settings
 from tracker.store import make_engine
@@ -105,13 +105,6 @@ def add_users(database_url: str, **roles: str) -> None:
             store.add(name, role, PASSWORD)
     finally:
         engine.dispose()
-
-
-def free_port() -> int:
-    # gunicorn cannot report the port it got for :0, so take one the kernel just handed out.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import pytest
 from api import app as api_app
 from api.errors import alerts
 from api.resources import ID_NOT_INTEGER, parse_job_id
-from tracker import auth
+from tracker import auth, roles
 from tracker.config import Settings
 from tracker.store import Job, JobNotFound, StoreUnavailable
 from tracker.users import User
@@ -130,19 +130,19 @@ def test_later_minor_versions_are_recognised(version: str, later: bool) -> None:
 @pytest.mark.parametrize(
     ("role", "granted"),
     [
-        ("admin", {auth.READ, auth.CREATE}),
-        ("operations", {auth.READ, auth.CREATE}),
+        ("admin", {roles.READ, roles.CREATE}),
+        ("operations", {roles.READ, roles.CREATE}),
         ("read-only", set()),
         ("no-such-role", set()),
     ],
 )
 def test_roles_grant_their_permissions(role: str, granted: set[str]) -> None:
-    for permission in (auth.READ, auth.CREATE):
+    for permission in (roles.READ, roles.CREATE):
         if permission in granted:
-            auth.require(role, permission)
+            roles.require(role, permission)
         else:
-            with pytest.raises(auth.PermissionDenied):
-                auth.require(role, permission)
+            with pytest.raises(roles.PermissionDenied):
+                roles.require(role, permission)
 
 
 def test_times_are_rendered_in_utc_with_six_digits() -> None:

@@ -10,7 +10,7 @@ import argon2
 import jwt
 import pytest
 
-from tracker import auth
+from tracker import auth, roles
 
 SECRET = "s" * 40
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -67,20 +67,20 @@ def test_passwords_hash_and_verify_and_unknown_users_fail():
 @pytest.mark.parametrize(
     ("role", "permission", "allowed"),
     [
-        ("admin", auth.READ, True),
+        ("admin", roles.READ, True),
         ("admin", "ANYTHING:ELSE", True),
-        ("operations", auth.CREATE, True),
+        ("operations", roles.CREATE, True),
         ("operations", "ANYTHING:ELSE", False),
-        ("read-only", auth.READ, False),
-        ("nobody", auth.READ, False),
+        ("read-only", roles.READ, False),
+        ("nobody", roles.READ, False),
     ],
 )
 def test_roles_decide_permissions(role, permission, allowed):
     if allowed:
-        auth.require(role, permission)
+        roles.require(role, permission)
     else:
-        with pytest.raises(auth.PermissionDenied) as denied:
-            auth.require(role, permission)
+        with pytest.raises(roles.PermissionDenied) as denied:
+            roles.require(role, permission)
         assert denied.value.permission == permission
 
 

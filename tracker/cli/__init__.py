@@ -2,8 +2,9 @@
 
 Each command builds what it needs from ``Settings`` and hands it over: ``tracker api`` to
 ``api.server``, ``tracker consume`` to ``consumers.amqp``. The rest of ``tracker`` never imports
-``api`` or ``consumers`` (an import-linter contract holds it); the server's libraries load only
-for the commands that use them, so the worker side (``jobs emit``) runs without them.
+``api`` or ``consumers`` (an import-linter contract holds it). The server's libraries (the
+``server`` extra) load only for the commands that use them, so the worker's commands (``jobs
+create``, ``jobs emit``) run on a worker install, and the others there say what is missing.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from tracker import auth
+from tracker import roles
 from tracker.config import Settings
 from tracker.errors import ConfigError, InvalidEvent, InvalidUser, UserExists
 from tracker.events import TERMINAL_TYPES
@@ -39,6 +40,11 @@ class UsageError(Exception):
 # keeps its traceback.
 _USER_ERRORS = (UsageError, ConfigError, InvalidUser, UserExists, InvalidEvent)
 
+# The top-level modules of the ``server`` extra: a command that needs one on a worker install
+# (``pip install async-status-tracker``) says so instead of showing a traceback.
+_SERVER_LIBRARIES = frozenset({"sqlalchemy", "alembic", "psycopg", "falcon", "gunicorn", "jwt", "argon2"})
+_SERVER_EXTRA_HINT = "pip install 'async-status-tracker[server]'"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -50,11 +56,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # pika logs every connection attempt, and each failed one with a traceback; the consumer and
     # publisher log what they do about a lost connection themselves, once, in one line.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
+    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
     try:
         settings = Settings.from_env(os.environ)
-        return args.handler(settings, args)
+        return handler(settings, args)
     except _USER_ERRORS as exc:
         print(f"tracker: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name not in _SERVER_LIBRARIES:
+            raise
+        print(f"tracker {args.command} needs the server extra: {_SERVER_EXTRA_HINT}", file=sys.stderr)
         return 2
 
 
@@ -73,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     users = commands.add_parser("users", help="manage API users").add_subparsers(dest="action", required=True)
     add = users.add_parser("add", help="add a user (password from TRACKER_PASSWORD or a prompt)")
     add.add_argument("name")
-    add.add_argument("--role", required=True, choices=sorted(auth.ROLES))
+    add.add_argument("--role", required=True, choices=sorted(roles.ROLES))
     add.set_defaults(handler=_users_add)
     users.add_parser("list", help="list users and roles").set_defaults(handler=_users_list)
     remove = users.add_parser("remove", help="delete a user; their tokens stop working within 60 s")
