@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 import time
@@ -237,7 +238,7 @@ def _drain(
     finally:
         watcher.close()
         child.stop()
-    per_second = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(consumed_at, consumed_at[1:])]
+    per_second = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(consumed_at)]
     bed.progress.say(f"  {name}: {total:,} events in {seconds:.2f} s = {total / seconds:,.0f}/s")
     return _Drained(total, seconds, per_second, cpu)
 
@@ -613,11 +614,11 @@ def table_size(bed: Testbed) -> list[Result]:
         # Each id is asked once (no id is any warmer than another).
         rng = random.Random(5)
         asked = [rng.sample(ids, _SCALE_WARMUP + scale.scale_requests) for ids in (small, large)]
-        for port, ids, token in zip(ports, asked, tokens):
+        for port, ids, token in zip(ports, asked, tokens, strict=True):
             for job_id in ids[:_SCALE_WARMUP]:  # warm-up: workers, pools, prepared statements
                 load.timed_get(port, job_id, token)
         few_s, many_s = [], []
-        for few_id, many_id in zip(asked[0][_SCALE_WARMUP:], asked[1][_SCALE_WARMUP:]):
+        for few_id, many_id in zip(asked[0][_SCALE_WARMUP:], asked[1][_SCALE_WARMUP:], strict=True):
             few_s.append(load.timed_get(ports[0], few_id, tokens[0]))
             many_s.append(load.timed_get(ports[1], many_id, tokens[1]))
     finally:

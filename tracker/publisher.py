@@ -15,6 +15,7 @@ PublishFailed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -67,10 +68,8 @@ class Publisher:
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and connection.is_open:
-            try:
+            with contextlib.suppress(_RETRYABLE):
                 connection.close()
-            except _RETRYABLE:
-                pass
 
     def emit(self, job_id: int, type: str, message: str | None = None) -> events.Event:
         """Publish a new event for ``job_id`` now, with this client's next seq for the job."""
