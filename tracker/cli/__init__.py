@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from tracker import auth
@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         settings = Settings.from_env(os.environ)
-        return args.handler(settings, args)
+        handler: Callable[[Settings, argparse.Namespace], int] = args.handler  # set by _parser for each command
+        return handler(settings, args)
     except _USER_ERRORS as exc:
         print(f"tracker: {exc}", file=sys.stderr)
         return 2
