@@ -8,7 +8,7 @@ from typing import Any
 import falcon
 from gunicorn.http import errors as http_errors
 
-from tracker import auth
+from tracker.errors import PermissionDenied, Unauthenticated
 from tracker.store import JobNotFound, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -31,18 +31,18 @@ def route_not_found(path: str) -> str:
     return f"The requested path '{path}' does not exist."
 
 
-def register(app: falcon.App) -> None:
+def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:
     """Make ``app`` answer every error, foreign or Falcon's own, with the alert envelope.
 
-    Exceptions this maps: JobNotFound → 404, auth.Unauthenticated → 401, auth.PermissionDenied →
-    403, StoreUnavailable → 503, any other non-HTTP exception → 500 (traceback logged, not sent).
+    Exceptions this maps: JobNotFound → 404, Unauthenticated → 401, PermissionDenied → 403,
+    StoreUnavailable → 503, any other non-HTTP exception → 500 (traceback logged, not sent).
     """
     app.set_error_serializer(_serialize)
     app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(StoreUnavailable, _store_unavailable)
     app.add_error_handler(JobNotFound, _job_not_found)
-    app.add_error_handler(auth.Unauthenticated, _unauthenticated)
-    app.add_error_handler(auth.PermissionDenied, _permission_denied)
+    app.add_error_handler(Unauthenticated, _unauthenticated)
+    app.add_error_handler(PermissionDenied, _permission_denied)
 
 
 def _serialize(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
@@ -73,11 +73,11 @@ def _job_not_found(_req: falcon.Request, _resp: falcon.Response, _exc: JobNotFou
     raise falcon.HTTPNotFound(description="Not Found")
 
 
-def _unauthenticated(_req: falcon.Request, _resp: falcon.Response, _exc: auth.Unauthenticated, _params: Any) -> None:
+def _unauthenticated(_req: falcon.Request, _resp: falcon.Response, _exc: Unauthenticated, _params: Any) -> None:
     raise falcon.HTTPUnauthorized(description=UNAUTHORIZED)
 
 
-def _permission_denied(_req: falcon.Request, _resp: falcon.Response, exc: auth.PermissionDenied, _params: Any) -> None:
+def _permission_denied(_req: falcon.Request, _resp: falcon.Response, exc: PermissionDenied, _params: Any) -> None:
     raise falcon.HTTPForbidden(description=f"missing required Permissions: {exc.permission}")
 
 
@@ -96,8 +96,9 @@ def refusal_for(exc: BaseException) -> tuple[int, str]:
         return 417, "unsupported expectation"
     # A bad response header is the app's fault (500); every other parse error is the client's.
     app_fault = (
-        http_errors.InvalidResponseHeader,
-        http_errors.InvalidResponseHeaderName,
+        # New in gunicorn 27, which types-gunicorn 26.2 does not know yet.
+        http_errors.InvalidResponseHeader,  # type: ignore[attr-defined]
+        http_errors.InvalidResponseHeaderName,  # type: ignore[attr-defined]
         http_errors.ConfigurationProblem,
     )
     if isinstance(exc, http_errors.ParseException) and not isinstance(exc, app_fault):
