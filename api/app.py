@@ -54,7 +54,7 @@ class Deps:
     reads: JobReads | None = None  # what GET of one job reads from; None: ``jobs``, uncached
 
 
-def create_app(deps: Deps) -> falcon.App:
+def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     """The API over ``deps``. Opens no connection; every response body it gives is JSON."""
     users = middleware.UserCache(deps.users.get, deps.settings.user_cache_s, deps.clock)
     tokens = middleware.VerifiedTokens(deps.tokens)
@@ -77,7 +77,7 @@ def create_app(deps: Deps) -> falcon.App:
     return app
 
 
-def get_app(settings: Settings | None = None) -> falcon.App:
+def get_app(settings: Settings | None = None) -> falcon.App[falcon.Request, falcon.Response]:
     """The API as configured by ``settings``, else by the environment (gunicorn's factory).
 
     Raises tracker.config.ConfigError for bad settings, ValueError for an unusable secret.
@@ -132,8 +132,9 @@ class _ServedVersion(BaseConverter):
         return value if value in SERVED_VERSIONS else None
 
 
-def _unrouted_api(req: falcon.Request, _resp: falcon.Response, version: str) -> None:
+def _unrouted_api(req: falcon.Request, resp: falcon.Response, **params: str) -> None:
     """Anything under /api/ no route took: a version we will serve one day (501), or nothing (404)."""
-    if is_later_version(version):
+    # A sink gets the named groups of its prefix as keywords; _UNDER_API always has ``version``.
+    if is_later_version(params["version"]):
         raise falcon.HTTPNotImplemented(description=NOT_IMPLEMENTED)
     raise falcon.HTTPRouteNotFound()

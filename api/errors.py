@@ -31,11 +31,11 @@ def route_not_found(path: str) -> str:
     return f"The requested path '{path}' does not exist."
 
 
-def register(app: falcon.App) -> None:
+def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:
     """Make ``app`` answer every error, foreign or Falcon's own, with the alert envelope.
 
-    Exceptions this maps: JobNotFound → 404, Unauthenticated → 401, PermissionDenied →
-    403, StoreUnavailable → 503, any other non-HTTP exception → 500 (traceback logged, not sent).
+    Exceptions this maps: JobNotFound → 404, Unauthenticated → 401, PermissionDenied → 403,
+    StoreUnavailable → 503, any other non-HTTP exception → 500 (traceback logged, not sent).
     """
     app.set_error_serializer(_serialize)
     app.add_error_handler(Exception, _internal_error)
@@ -96,8 +96,9 @@ def refusal_for(exc: BaseException) -> tuple[int, str]:
         return 417, "unsupported expectation"
     # A bad response header is the app's fault (500); every other parse error is the client's.
     app_fault = (
-        http_errors.InvalidResponseHeader,
-        http_errors.InvalidResponseHeaderName,
+        # New in gunicorn 27, which types-gunicorn 26.2 does not know yet.
+        http_errors.InvalidResponseHeader,  # type: ignore[attr-defined]
+        http_errors.InvalidResponseHeaderName,  # type: ignore[attr-defined]
         http_errors.ConfigurationProblem,
     )
     if isinstance(exc, http_errors.ParseException) and not isinstance(exc, app_fault):

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import falcon
 
 from tracker import auth, roles
+from tracker.errors import Unauthenticated
 from tracker.users import User
 
 COOKIES = ("access_token", "mojolicious")
@@ -67,8 +68,8 @@ class VerifiedTokens:
     """Tokens whose signature has been checked, each remembered until it expires.
 
     Checking an HS256 signature costs as much as the rest of a GET answered from the row cache
-    (docs/performance.md), and a client sends the same token with every request. Keyed by the token's SHA-256 digest, so the tokens
-    themselves are not kept. Only valid tokens are remembered, and never past their ``exp``: a
+    (docs/performance.md), and a client sends the same token with every request. Keyed by the
+    token's SHA-256 digest, so the tokens themselves are not kept. Only valid tokens are remembered, and never past their ``exp``: a
     remembered token is exactly one ``tokens.verify`` would accept now (with the same secret).
     """
 
@@ -81,7 +82,7 @@ class VerifiedTokens:
         self._lock = threading.Lock()
 
     def verify(self, token: str) -> auth.Claims:
-        """The claims of a valid token; raises auth.Unauthenticated otherwise."""
+        """The claims of a valid token; raises Unauthenticated otherwise."""
         key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         claims = self._entries.get(key)
         if claims is not None:
@@ -89,7 +90,7 @@ class VerifiedTokens:
                 return claims
             with self._lock:
                 self._entries.pop(key, None)
-            raise auth.Unauthenticated()  # expired, as tokens.verify would say
+            raise Unauthenticated()  # expired, as tokens.verify would say
         claims = self._tokens.verify(token)
         with self._lock:
             self._entries.pop(key, None)
@@ -103,7 +104,7 @@ class VerifiedTokens:
 class Authentication:
     """Falcon middleware: before a marked responder runs, puts the caller on ``req.context.user``.
 
-    Raises auth.Unauthenticated (no, invalid or expired token, or no such user) and
+    Raises Unauthenticated (no, invalid or expired token, or no such user) and
     auth.PermissionDenied (the caller's role lacks the responder's permission).
     """
 
@@ -121,11 +122,11 @@ class Authentication:
             return
         token = credentials_of(req)
         if token is None:
-            raise auth.Unauthenticated()
+            raise Unauthenticated()
         claims = self._tokens.verify(token)
         user = self._users.get(claims.username)
         if user is None or claims.predates(user.created_at):
-            raise auth.Unauthenticated()
+            raise Unauthenticated()
         if permission != _LOGGED_IN:
             roles.require(user.role, permission)
         req.context.user = user

@@ -11,7 +11,7 @@ from tracker.events import MAX_MESSAGE_CHARS
 TIME_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
 MAX_ID = 2**63 - 1
 
-_SECURED = [{"bearer": []}, {"access_token": []}, {"mojolicious": []}]
+_SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"access_token": []}, {"mojolicious": []}]
 _PUBLIC: list[dict[str, list[str]]] = []
 # Every operation can meet these: a path outside the served versions, a later minor of a served
 # major, and the requests gunicorn refuses before the app sees them (api.errors.refusal_for).

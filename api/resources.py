@@ -169,9 +169,9 @@ class Logout:
             resp.set_cookie(
                 name,
                 "",
-                max_age="0",
+                max_age="0",  # type: ignore[arg-type]
                 path="/",
-                secure=self._secure,  # type: ignore[arg-type]
+                secure=self._secure,
                 http_only=True,
                 same_site="Strict",
             )

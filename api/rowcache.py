@@ -350,13 +350,11 @@ class RowCache:
 
     def _invalidate(self, payload: str) -> set[int] | None:
         """Drop the rows a notification names; the ids, or None when it meant every row."""
-        ids: set[int] | None = set()
-        for part in payload.split(","):
-            try:
-                ids.add(int(part))  # type: ignore[union-attr]
-            except ValueError:
-                ids = None  # "*", or anything unexpected: drop every row
-                break
+        ids: set[int] | None
+        try:
+            ids = {int(part) for part in payload.split(",")}
+        except ValueError:
+            ids = None  # "*", or anything unexpected: drop every row
         with self._lock:
             if ids is None:
                 self._forget_all()

@@ -30,7 +30,7 @@ def serve(settings: Settings, access_log: bool = False) -> None:
     _Gunicorn(settings.with_(secret=secret), access_log).run()
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
+class _Gunicorn(BaseApplication):
     """gunicorn configured from Settings rather than from the command line."""
 
     def __init__(self, settings: Settings, access_log: bool) -> None:
@@ -57,13 +57,15 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             # Its one per-user socket path would collide between API processes on one host.
             self.cfg.set("control_socket_disable", True)
 
-    def load(self) -> falcon.App:
+    # gunicorn's stubs type a WSGI app's start_response as returning None, wsgiref's (which Falcon
+    # uses) as returning write(); gunicorn's own start_response returns write(), as PEP 3333 asks.
+    def load(self) -> falcon.App[falcon.Request, falcon.Response]:  # type: ignore[override]
         app = get_app(self._settings)
         gcfreeze.freeze_startup_objects()  # in each worker, as it is about to take requests
         return app
 
 
-class JsonErrorsWorker(SyncWorker):  # type: ignore[misc]
+class JsonErrorsWorker(SyncWorker):
     """gunicorn's sync worker, answering the requests it refuses itself with the alert envelope, not HTML.
 
     Those are the ones the app never sees: a request line or headers over the limits set above

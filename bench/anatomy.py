@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -131,10 +132,8 @@ def _threads() -> dict[str, tuple[str, float]]:
     names = {str(thread.native_id): thread.name for thread in threading.enumerate()}
     found = {}
     for task in pathlib.Path("/proc/self/task").iterdir():
-        try:
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
             found[task.name] = (names.get(task.name, "?"), processes.cpu_seconds(task / "stat"))
-        except OSError:
-            pass  # ended meanwhile
     return found
 
 

@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import falcon
 import falcon.media
@@ -140,7 +140,7 @@ def constant_app() -> falcon.App:
 
 
 class _ConstantJob:
-    _BODY = {
+    _BODY: ClassVar[dict[str, Any]] = {
         "response": {
             "id": 1,
             "status": "SUCCEEDED",

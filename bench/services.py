@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -277,10 +278,8 @@ class QueueWatcher:
 
     def close(self) -> None:
         if self._connection.is_open:
-            try:
+            with contextlib.suppress(pika.exceptions.AMQPError):
                 self._connection.close()
-            except pika.exceptions.AMQPError:
-                pass
 
 
 def _routing_key(body: bytes) -> str:

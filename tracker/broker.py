@@ -60,7 +60,8 @@ class Backoff:
     _attempt: int = 0
 
     def next(self) -> float:
-        delay = min(self.cap, self.first * 2**self._attempt)
+        growth: int = 2**self._attempt  # typeshed types int ** int as Any (a negative power is a float)
+        delay = min(self.cap, self.first * growth)
         self._attempt += 1
         return delay * random.uniform(0.8, 1.0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -42,7 +43,8 @@ class ApiClient:
 
     def job(self, job_id: int) -> dict[str, Any]:
         """The job's status object, as GET async_status/{id} returns it; raises ApiError."""
-        return self._call("GET", f"/async_status/{job_id}")["response"]
+        status: dict[str, Any] = self._call("GET", f"/async_status/{job_id}")["response"]
+        return status
 
     def _login(self) -> str:
         request = self._request("POST", "/user/login", {"u": self._username, "p": self._password})
@@ -59,20 +61,23 @@ class ApiClient:
         request = self._request(method, path, body)
         request.add_header("Authorization", f"Bearer {self._token}")
         with self._open(request) as response:
-            return json.loads(response.read())
+            answer: dict[str, Any] = json.loads(response.read())  # the API answers every request with an object
+            return answer
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None) -> urllib.request.Request:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self._base + path, data=data, method=method)
+        request = urllib.request.Request(self._base + path, data=data, method=method)  # noqa: S310 - our own API
         if data is not None:
             request.add_header("Content-Type", "application/json")
         return request
 
-    def _open(self, request: urllib.request.Request):
+    def _open(self, request: urllib.request.Request) -> http.client.HTTPResponse:
         try:
-            return urllib.request.urlopen(request, timeout=self._timeout)  # noqa: S310 - our own API
+            # typeshed leaves urlopen's answer as Any; for an http(s) URL it is an HTTPResponse.
+            response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=self._timeout)  # noqa: S310 - our own API
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, _alert_text(exc.read())) from None
+        return response
 
 
 def _alert_text(body: bytes) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 from tracker.errors import ConfigError
 
@@ -45,7 +46,8 @@ class Settings:
 
         Raises ConfigError naming the variable when a value cannot be used.
         """
-        values: dict[str, object] = {}
+        # Each value has its field's type (_convert follows field.type), which mypy cannot see.
+        values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             name = "TRACKER_" + field.name.upper()
             raw = env.get(name)
@@ -83,7 +85,7 @@ class Settings:
                 env["TRACKER_" + field.name.upper()] = text
         return env
 
-    def with_(self, **changes: object) -> Settings:
+    def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests and the CLI use this)."""
         return dataclasses.replace(self, **changes)
 

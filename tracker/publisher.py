@@ -15,6 +15,7 @@ PublishFailed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -24,6 +25,7 @@ import types
 import orjson
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 
 from tracker import broker, events
 from tracker.config import Settings
@@ -50,13 +52,14 @@ class Publisher:
         self._timeout_s = timeout_s
         self._declare = declare
         self._connection: pika.BlockingConnection | None = None
-        self._channel = None
+        self._channel: BlockingChannel | None = None
         self._seq: collections.Counter[int] = collections.Counter()
         self._lock = threading.Lock()
 
     @classmethod
-    def from_env(cls, **kwargs: object) -> Publisher:
-        return cls(Settings.from_env(os.environ), **kwargs)  # type: ignore[arg-type]
+    def from_env(cls, *, timeout_s: float = 30.0, declare: bool = True) -> Publisher:
+        """A publisher configured by the environment's TRACKER_* variables; raises ConfigError."""
+        return cls(Settings.from_env(os.environ), timeout_s=timeout_s, declare=declare)
 
     def __enter__(self) -> Publisher:
         return self
@@ -67,10 +70,8 @@ class Publisher:
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and connection.is_open:
-            try:
+            with contextlib.suppress(*_RETRYABLE):
                 connection.close()
-            except _RETRYABLE:
-                pass
 
     def emit(self, job_id: int, type: str, message: str | None = None) -> events.Event:
         """Publish a new event for ``job_id`` now, with this client's next seq for the job."""
@@ -115,7 +116,7 @@ class Publisher:
         """A context manager reporting on one job: succeeded on exit, failed on an exception."""
         return JobReport(self, job_id)
 
-    def _ensure_channel(self):
+    def _ensure_channel(self) -> BlockingChannel:
         if self._channel is None or not self._channel.is_open:
             self.close()
             params = broker.parameters(self._settings.amqp_url, "tracker-publisher")

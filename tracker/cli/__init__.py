@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # pika logs every connection attempt, and each failed one with a traceback; the consumer and
     # publisher log what they do about a lost connection themselves, once, in one line.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
-    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
+    handler: Callable[[Settings, argparse.Namespace], int] = args.handler  # set by _parser for each command
     try:
         settings = Settings.from_env(os.environ)
         return handler(settings, args)

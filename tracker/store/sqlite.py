@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
@@ -87,7 +88,7 @@ class SQLiteJobStore(JobStore):
         return Applied(changed_jobs=len(updates), missing_jobs=frozenset(ids) - found)
 
 
-def _state_of(row: sa.Row) -> merge.JobState:
+def _state_of(row: sa.Row[*tuple[Any, ...]]) -> merge.JobState:
     terminal = None
     if row.terminal_at is not None:
         key = merge.Key(row.terminal_at, row.terminal_seq, row.terminal_event_id)
