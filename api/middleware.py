@@ -69,8 +69,9 @@ class VerifiedTokens:
 
     Checking an HS256 signature costs as much as the rest of a GET answered from the row cache
     (docs/performance.md), and a client sends the same token with every request. Keyed by the
-    token's SHA-256 digest, so the tokens themselves are not kept. Only valid tokens are remembered, and never past their ``exp``: a
-    remembered token is exactly one ``tokens.verify`` would accept now (with the same secret).
+    token's SHA-256 digest, so the tokens themselves are not kept. Only valid tokens are
+    remembered, and never past their ``exp``: a remembered token is exactly one
+    ``tokens.verify`` would accept now (with the same secret).
     """
 
     _MAX_ENTRIES = 10_000
