@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from tracker import auth
+from tracker import auth, logs
 from tracker.config import Settings
 from tracker.errors import ConfigError, InvalidEvent, InvalidUser, UserExists
 from tracker.events import TERMINAL_TYPES
@@ -43,15 +43,12 @@ _USER_ERRORS = (UsageError, ConfigError, InvalidUser, UserExists, InvalidEvent)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("TRACKER_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
-    # pika logs every connection attempt, and each failed one with a traceback; the consumer and
-    # publisher log what they do about a lost connection themselves, once, in one line.
-    logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         settings = Settings.from_env(os.environ)
+        logs.configure(os.environ.get("TRACKER_LOG_LEVEL", "INFO"), settings.log_format)
+        # pika logs every connection attempt, and each failed one with a traceback; the consumer and
+        # publisher log what they do about a lost connection themselves, once, in one line.
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
         return args.handler(settings, args)
     except _USER_ERRORS as exc:
         print(f"tracker: {exc}", file=sys.stderr)
