@@ -239,3 +239,23 @@ def refuse_everything(settings: Settings, stop: threading.Event) -> None:
     while not stop.is_set():
         connection.process_data_events(0.05)
     connection.close()
+
+
+def test_a_replay_the_broker_cannot_route_removes_nothing(settings, channel):
+    publish_dead(channel, settings, b"{}", "routable", "job 1 does not exist", "job.progress")
+    publish_dead(channel, settings, b"{}", "nowhere", "job 2 does not exist", "not.a.job")
+    publish_dead(channel, settings, b"{}", "after", "job 3 does not exist", "job.progress")
+    done = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", "dead", "replay"],
+        env=environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"tracker: exchange {settings.exchange!r} routes 'not.a.job' to no queue; nothing more replayed"
+        " (replayed 1 before that)\n"
+    )
+    assert [message_id for message_id, _, _ in drain(channel, settings.queue)] == ["routable"]
+    assert sorted(message_id for message_id, _, _ in drain(channel, settings.dead_queue)) == ["after", "nowhere"]

@@ -193,8 +193,11 @@ def _dead_action(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     done_word = {"show": "shown", "replay": "replayed", "drop": "dropped"}[args.action]
+    so_far = 0
 
     def each(letter: deadletters.DeadLetter) -> None:
+        nonlocal so_far
+        so_far += 1
         # flush: someone may be watching a long replay's progress (or killing it part-way).
         if args.action == "show":
             print(deadletters.describe(letter), flush=True)
@@ -205,8 +208,12 @@ def _dead_action(settings: Settings, args: argparse.Namespace) -> int:
     try:
         done = run(settings, reason, args.limit, each)
     except DeadLettersUnavailable as exc:
-        print(f"tracker: {exc}", file=sys.stderr)
+        print(f"tracker: {exc} ({done_word} {so_far} before that)", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Whatever was taken and not finished went back to the queue with the connection.
+        print(f"tracker: interrupted; {done_word} {so_far}", file=sys.stderr)
+        return 130
     summary = f"{done_word} {done.handled} ({reason}) of {done.total} in {done.queue}"
     after = {"show": "; they stay there", "replay": f", to exchange {settings.exchange}", "drop": ""}[args.action]
     print(summary + after)
