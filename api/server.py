@@ -8,7 +8,7 @@ from typing import Any
 
 import falcon
 import orjson
-from gunicorn import util
+from gunicorn import glogging, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.sync import SyncWorker
 
@@ -44,6 +44,8 @@ class _Gunicorn(BaseApplication):
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "accesslog": "-" if access_log else None,  # off unless asked for
             "proc_name": "tracker-api",
+            # As JSON, gunicorn's own lines too: through the handler `tracker` set up (tracker.logs).
+            "logger_class": RootLogger if settings.log_format == "json" else glogging.Logger,
             "limit_request_line": MAX_REQUEST_LINE_BYTES,
             "limit_request_fields": MAX_HEADER_FIELDS,
             "limit_request_field_size": MAX_HEADER_FIELD_BYTES,
@@ -63,6 +65,17 @@ class _Gunicorn(BaseApplication):
         app = get_app(self._settings)
         gcfreeze.freeze_startup_objects()  # in each worker, as it is about to take requests
         return app
+
+
+class RootLogger(glogging.Logger):
+    """gunicorn's logger, its records handed to the root logger's handlers instead of its own."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in list(log.handlers):
+                log.removeHandler(handler)
+            log.propagate = True
 
 
 class JsonErrorsWorker(SyncWorker):

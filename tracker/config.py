@@ -40,6 +40,9 @@ class Settings:
     login_lockout_s: int = 60
     row_cache_rows: int = 100_000  # job rows each API worker keeps (PostgreSQL only; 0: none)
 
+    # every process
+    log_format: str = "text"  # or "json": one JSON object per line (tracker.logs)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from ``env`` (pass ``os.environ``); unset names keep their defaults.
@@ -66,6 +69,8 @@ class Settings:
                 raise ConfigError(f"TRACKER_{name.upper()} must be at least 1")
         if self.row_cache_rows < 0:
             raise ConfigError("TRACKER_ROW_CACHE_ROWS must be at least 0")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"TRACKER_LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.prefetch < self.batch_size:
             raise ConfigError("TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE")
         host, sep, port = self.bind.rpartition(":")

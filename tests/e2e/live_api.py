@@ -111,13 +111,13 @@ def add_users(database_url: str, **roles: str) -> None:
 def running_api(database_url: str, workdir: pathlib.Path, **settings: str) -> Iterator[LiveApi]:
     """``tracker api`` on a migrated database until the block ends, then SIGTERM.
 
-    ``settings`` are Settings fields (``login_max_failures="20"``), passed as TRACKER_* variables.
+    ``settings`` are Settings fields (``login_max_failures="20"``), passed as TRACKER_* variables
+    (``log_level`` too).
     """
     configured = Settings(database_url=database_url, secret=TEST_SECRET, secret_file=str(workdir / "secret"))
     env = environment(
         configured,
-        TRACKER_LOG_LEVEL="WARNING",
-        **{f"TRACKER_{name.upper()}": value for name, value in settings.items()},
+        **{"TRACKER_LOG_LEVEL": "WARNING", **{f"TRACKER_{name.upper()}": value for name, value in settings.items()}},
     )
     for attempt in range(3):  # another process may take the port between our probe and gunicorn's bind
         port = free_port()

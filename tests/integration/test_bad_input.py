@@ -252,12 +252,13 @@ def test_tracker_dead_counts_by_reason_and_leaves_the_messages_queued(settings, 
     shown = tracker_dead(settings).splitlines()
     assert shown[0] == f"{settings.dead_queue}: 7 dead-lettered messages"
     assert shown[1] == "reasons (all):"
-    counted = collections.Counter({line[10:]: int(line[:8]) for line in shown[2:]})
+    # count, the reason's short code (what `tracker dead replay --reason` takes), the reason
+    counted = collections.Counter({(line[10:31].strip(), line[33:]): int(line[:8]) for line in shown[2:]})
     assert counted == {
-        "job 7 does not exist": 3,
-        "type: is required": 2,
-        "body is not valid JSON: x": 1,
-        "(no x-tracker-reason header)": 1,
+        ("unknown_job", "job 7 does not exist"): 3,
+        ("invalid_field", "type: is required"): 2,
+        ("invalid_json", "body is not valid JSON: x"): 1,
+        ("no_reason", "(no x-tracker-reason header)"): 1,
     }
     assert shown[2].endswith("job 7 does not exist"), "most frequent first"
 
@@ -265,7 +266,7 @@ def test_tracker_dead_counts_by_reason_and_leaves_the_messages_queued(settings, 
     assert limited[:3] == [
         f"{settings.dead_queue}: 7 dead-lettered messages",
         "reasons (the first 2):",
-        "       2  job 7 does not exist",
+        "       2  unknown_job            job 7 does not exist",
     ]
     assert len(drain(channel, settings.dead_queue)) == 7, "looking took messages away"
     assert tracker_dead(settings).splitlines() == [f"{settings.dead_queue}: 0 dead-lettered messages"]

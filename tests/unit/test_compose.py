@@ -82,3 +82,27 @@ def test_the_dockerfile_copies_what_exists_and_runs_the_console_script():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert "tracker" in scripts
     assert any(line.startswith("CMD") and '"tracker"' in line for line in lines)
+
+
+def test_prometheus_runs_only_in_the_monitoring_profile_with_files_that_exist():
+    prometheus = SERVICES["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    assert all("profiles" not in spec for name, spec in SERVICES.items() if name != "prometheus")
+    mounted = {}
+    for volume in prometheus["volumes"]:
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            assert (ROOT / source).is_file(), source
+            mounted[target] = source
+    config = yaml.safe_load((ROOT / mounted["/etc/prometheus/prometheus.yml"]).read_text())
+    for rule_file in config["rule_files"]:
+        assert f"/etc/prometheus/{rule_file}" in mounted, f"{rule_file} is not mounted beside the config"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+
+
+def test_prometheus_scrapes_the_compose_services():
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.compose.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["tracker-api"]["static_configs"][0]["targets"] == ["api:8000"]
+    assert SERVICES["api"]["environment"]["TRACKER_BIND"].endswith(":8000")
+    assert jobs["tracker-consumer"]["dns_sd_configs"][0]["names"] == ["consumer"]

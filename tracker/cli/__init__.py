@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from tracker import roles
+from tracker import logs, roles
 from tracker.config import Settings
 from tracker.errors import ConfigError, InvalidEvent, InvalidUser, UserExists
 from tracker.events import TERMINAL_TYPES
@@ -49,16 +49,13 @@ _SERVER_EXTRA_HINT = "pip install 'async-status-tracker[server]'"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("TRACKER_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
-    # pika logs every connection attempt, and each failed one with a traceback; the consumer and
-    # publisher log what they do about a lost connection themselves, once, in one line.
-    logging.getLogger("pika").setLevel(logging.CRITICAL)
-    handler: Callable[[Settings, argparse.Namespace], int] = args.handler  # set by _parser for each command
     try:
         settings = Settings.from_env(os.environ)
+        logs.configure(os.environ.get("TRACKER_LOG_LEVEL", "INFO"), settings.log_format)
+        # pika logs every connection attempt, and each failed one with a traceback; the consumer and
+        # publisher log what they do about a lost connection themselves, once, in one line.
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
+        handler: Callable[[Settings, argparse.Namespace], int] = args.handler  # set by _parser for each command
         return handler(settings, args)
     except _USER_ERRORS as exc:
         print(f"tracker: {exc}", file=sys.stderr)
@@ -81,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     dead = commands.add_parser("dead", help="count dead-lettered messages by reason (they stay queued)")
     dead.add_argument("--limit", type=int, default=1000, help="read the reasons of at most this many")
     dead.set_defaults(handler=_dead)
+    _dead_actions(dead)
 
     users = commands.add_parser("users", help="manage API users").add_subparsers(dest="action", required=True)
     add = users.add_parser("add", help="add a user (password from TRACKER_PASSWORD or a prompt)")
@@ -157,6 +155,7 @@ def _consume(settings: Settings, _args: argparse.Namespace) -> int:
 def _dead(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.cli.deadletters import count
     from tracker.errors import DeadLettersUnavailable
+    from tracker.reasons import reason_code
 
     if args.limit < 0:
         raise UsageError("--limit must be at least 0")
@@ -170,7 +169,66 @@ def _dead(settings: Settings, args: argparse.Namespace) -> int:
         which = "all" if found.examined == found.total else f"the first {found.examined}"
         print(f"reasons ({which}):")
         for reason, times in found.reasons:
-            print(f"{times:8d}  {reason}")
+            print(f"{times:8d}  {reason_code(reason):<21}  {reason}")
+    return 0
+
+
+def _dead_actions(dead: argparse.ArgumentParser) -> None:
+    """``tracker dead show|replay|drop``: see tracker.cli.deadletters."""
+    from tracker.reasons import CODES
+
+    actions = dead.add_subparsers(dest="action", metavar="{show,replay,drop}")
+    reason_help = f"only those with this reason: a short code ({', '.join(CODES)}) or one exact reason text"
+    for name, text, default_limit in (
+        ("show", "print dead letters (reason, routing key, the body's start); they stay queued", 20),
+        ("replay", "re-publish dead letters to the events exchange, each removed once confirmed", None),
+        ("drop", "delete dead letters", None),
+    ):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("--reason", help=reason_help)
+        every = "at most this many" + (f" (default {default_limit})" if default_limit else " (default: all)")
+        action.add_argument("--limit", type=int, default=default_limit, help=every)
+        if name != "show":
+            action.add_argument("-v", "--verbose", action="store_true", help="print a line for each one")
+        action.set_defaults(handler=_dead_action)
+
+
+def _dead_action(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.cli import deadletters
+    from tracker.errors import DeadLettersUnavailable
+    from tracker.reasons import ReasonFilter
+
+    if args.limit is not None and args.limit < 0:
+        raise UsageError("--limit must be at least 0")
+    try:
+        reason = ReasonFilter(args.reason)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    done_word = {"show": "shown", "replay": "replayed", "drop": "dropped"}[args.action]
+    so_far = 0
+
+    def each(letter: deadletters.DeadLetter) -> None:
+        nonlocal so_far
+        so_far += 1
+        # flush: someone may be watching a long replay's progress (or killing it part-way).
+        if args.action == "show":
+            print(deadletters.describe(letter), flush=True)
+        elif args.verbose:
+            print(f"{done_word} {letter.message_id} {letter.routing_key} {letter.code}: {letter.reason}", flush=True)
+
+    run = {"show": deadletters.show, "replay": deadletters.replay, "drop": deadletters.drop}[args.action]
+    try:
+        done = run(settings, reason, args.limit, each)
+    except DeadLettersUnavailable as exc:
+        print(f"tracker: {exc} ({done_word} {so_far} before that)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Whatever was taken and not finished went back to the queue with the connection.
+        print(f"tracker: interrupted; {done_word} {so_far}", file=sys.stderr)
+        return 130
+    summary = f"{done_word} {done.handled} ({reason}) of {done.total} in {done.queue}"
+    after = {"show": "; they stay there", "replay": f", to exchange {settings.exchange}", "drop": ""}[args.action]
+    print(summary + after)
     return 0
 
 

@@ -1,24 +1,51 @@
-"""The dead-letter queue as an operator sees it: how many messages, and why, without removing any.
+"""The dead-letter queue as an operator handles it (SPEC §9): count, show, replay and drop.
 
-Messages are read with ``basic_get`` without acking and then handed back with a requeueing
-nack, so looking changes nothing but their ``redelivered`` flag. Raises DeadLettersUnavailable
-when RabbitMQ cannot be reached.
+Every command takes messages with ``basic_get`` without acking, so that until it says otherwise
+the broker still owns them: whatever stops the command (an error, Ctrl-C, SIGKILL, a lost
+connection) hands every message it has not finished with back to the queue.
+
+- count and show ack nothing; they hand every message back with one requeueing nack at the end,
+  so looking changes nothing but the messages' ``redelivered`` flag.
+- replay publishes a copy of each chosen message to the events exchange, with its routing key,
+  body, ``message_id`` and content type, on a confirming channel with ``mandatory``; only once
+  the broker has confirmed the copy is the dead one acked (removed). Killed between the two, the
+  dead copy comes back and a later replay sends the event again: the same event, which the
+  merge rule absorbs. Nothing is ever lost.
+- drop acks the chosen messages, which deletes them.
+
+Messages not chosen (another reason) are held unacked until the end, so that ``basic_get`` does
+not hand them to us again; and no command takes more messages than the queue held when it
+started, so messages dead-lettered meanwhile (a replayed event for a job that still does not
+exist comes straight back) cannot keep it going for ever.
+
+Raises DeadLettersUnavailable when RabbitMQ cannot be reached or refuses.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 
 from tracker import broker
 from tracker.config import Settings
 from tracker.errors import DeadLettersUnavailable
+from tracker.reasons import NO_REASON, ReasonFilter, broker_reason, reason_code
 
 REASON_HEADER = "x-tracker-reason"
-NO_REASON = "(no x-tracker-reason header)"
+ROUTING_KEY_HEADER = "x-tracker-routing-key"
+PREVIEW_CHARS = 160
+
+# Headers that say why and how a message died; a replayed event goes back without them.
+_DEATH_HEADERS = frozenset(
+    f"x-{which}-death-{what}" for which in ("first", "last") for what in ("exchange", "queue", "reason")
+) | {"x-death"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +58,202 @@ class DeadLetterCount:
     reasons: tuple[tuple[str, int], ...]  # most frequent first
 
 
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered message as the commands see it."""
+
+    reason: str
+    routing_key: str
+    message_id: str | None
+    content_type: str | None
+    headers: dict[str, Any]
+    body: bytes
+
+    @property
+    def code(self) -> str:
+        return reason_code(self.reason)
+
+    @classmethod
+    def from_message(cls, routing_key: str, properties: pika.BasicProperties, body: bytes) -> DeadLetter:
+        headers: dict[str, Any] = dict(properties.headers or {})
+        original_key = headers.get(ROUTING_KEY_HEADER)
+        if isinstance(original_key, bytes):
+            original_key = original_key.decode("utf-8", "replace")
+        return cls(
+            reason=reason_of(headers),
+            routing_key=original_key if isinstance(original_key, str) and original_key else routing_key,
+            message_id=properties.message_id,
+            content_type=properties.content_type,
+            headers=headers,
+            body=body,
+        )
+
+    def replay_properties(self) -> pika.BasicProperties:
+        """The properties the event is re-published with: its own, less what says it died."""
+        kept = {
+            name: value
+            for name, value in self.headers.items()
+            if not name.startswith("x-tracker-") and name not in _DEATH_HEADERS
+        }
+        return pika.BasicProperties(
+            content_type=self.content_type,
+            delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=self.message_id,
+            headers=kept or None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Handled:
+    """What show, replay or drop did: how many messages it handled, out of how many it looked at."""
+
+    queue: str
+    total: int  # in the queue when the command started
+    examined: int
+    handled: int
+
+
+def reason_of(headers: dict[str, Any]) -> str:
+    """The reason a message was dead-lettered, from its headers (ours, or RabbitMQ's own)."""
+    reason = headers.get(REASON_HEADER)
+    if reason is not None:
+        return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+    # Dead-lettered by RabbitMQ itself (rejected, expired, over a limit), not by a consumer.
+    first = headers.get("x-first-death-reason")
+    if first is not None:
+        return broker_reason(first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first))
+    return NO_REASON
+
+
+def preview(body: bytes, chars: int = PREVIEW_CHARS) -> str:
+    """The start of a body as one printable line: invalid UTF-8 and control characters escaped."""
+    text = body[: chars * 4].decode("utf-8", "backslashreplace")
+    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text[:chars])
+    return shown + ("…" if len(text) > chars or len(body) > chars * 4 else "")
+
+
+def describe(letter: DeadLetter) -> str:
+    """Three lines for ``tracker dead show``: the reason, where it was going, the body's start."""
+    return (
+        f"{letter.code}: {letter.reason}\n"
+        f"    routing key {letter.routing_key}, message_id {letter.message_id}, {len(letter.body)} bytes\n"
+        f"    {preview(letter.body)}"
+    )
+
+
 def count(settings: Settings, limit: int = 1000) -> DeadLetterCount:
     """Count the messages in ``settings.dead_queue`` and the reasons of at most ``limit`` of them.
 
     A queue that was never declared counts as empty. Raises DeadLettersUnavailable.
     """
+    reasons: collections.Counter[str] = collections.Counter()
+
+    def tally(_channel: BlockingChannel, _tag: int, letter: DeadLetter) -> bool:
+        reasons[letter.reason] += 1
+        return False  # not acked: it stays
+
+    done = _walk(settings, ReasonFilter(None), limit, tally)
+    return DeadLetterCount(done.queue, done.total, done.examined, tuple(reasons.most_common()))
+
+
+def show(settings: Settings, reason: ReasonFilter, limit: int, on_each: Callable[[DeadLetter], None]) -> Handled:
+    """Call ``on_each`` for at most ``limit`` dead letters with ``reason``; all stay queued."""
+
+    def look(_channel: BlockingChannel, _tag: int, letter: DeadLetter) -> bool:
+        on_each(letter)
+        return False
+
+    return _walk(settings, reason, limit, look)
+
+
+def replay(
+    settings: Settings, reason: ReasonFilter, limit: int | None, on_each: Callable[[DeadLetter], None]
+) -> Handled:
+    """Re-publish at most ``limit`` dead letters with ``reason`` to the events exchange, each once.
+
+    Each copy is confirmed by the broker before its dead letter is removed; ``on_each`` is called
+    after that. Raises DeadLettersUnavailable, having removed only what was confirmed, if the
+    broker refuses or cannot route a copy (the events queue is gone).
+    """
+
+    def republish(channel: BlockingChannel, tag: int, letter: DeadLetter) -> bool:
+        try:
+            channel.basic_publish(
+                settings.exchange, letter.routing_key, letter.body, letter.replay_properties(), mandatory=True
+            )
+        except pika.exceptions.UnroutableError:
+            raise DeadLettersUnavailable(
+                f"exchange {settings.exchange!r} routes {letter.routing_key!r} to no queue; nothing more replayed"
+            ) from None
+        except pika.exceptions.NackError:
+            raise DeadLettersUnavailable("RabbitMQ refused a replayed event; nothing more replayed") from None
+        channel.basic_ack(tag)
+        on_each(letter)
+        return True
+
+    return _walk(settings, reason, limit, republish, declare=True)
+
+
+def drop(settings: Settings, reason: ReasonFilter, limit: int | None, on_each: Callable[[DeadLetter], None]) -> Handled:
+    """Delete at most ``limit`` dead letters with ``reason``; ``on_each`` after each is gone."""
+
+    def delete(channel: BlockingChannel, tag: int, letter: DeadLetter) -> bool:
+        channel.basic_ack(tag)
+        on_each(letter)
+        return True
+
+    return _walk(settings, reason, limit, delete)
+
+
+# handle(channel, delivery tag, letter) -> True when it acked the message (it is gone).
+_Handler = Callable[[BlockingChannel, int, DeadLetter], bool]
+
+
+def _walk(
+    settings: Settings, reason: ReasonFilter, limit: int | None, handle: _Handler, declare: bool = False
+) -> Handled:
+    """Take the queue's messages one by one, hand those with ``reason`` to ``handle``, give back the rest.
+
+    Stops after ``limit`` handled, or after as many messages as the queue held at the start.
+    """
+    with _channel(settings) as channel:
+        if declare:
+            broker.declare_topology(channel, settings)
+            channel.confirm_delivery()
+        try:
+            total = channel.queue_declare(settings.dead_queue, passive=True).method.message_count
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:  # never declared: empty
+                return Handled(settings.dead_queue, 0, 0, 0)
+            raise
+        examined = handled = 0
+        held: int | None = None  # the newest delivery tag not acked: the rest go back with it
+        try:
+            while examined < total and (limit is None or handled < limit):
+                method, properties, body = channel.basic_get(settings.dead_queue, auto_ack=False)
+                if method is None:
+                    break
+                examined += 1
+                letter = DeadLetter.from_message(method.routing_key, properties, body)
+                if not reason.matches(letter.reason):
+                    held = method.delivery_tag
+                    continue
+                # Held while it is handled, so that if handling fails it goes back with the rest.
+                before, held = held, method.delivery_tag
+                if handle(channel, method.delivery_tag, letter):
+                    held = before
+                handled += 1
+        finally:
+            if held is not None and channel.is_open:
+                # If this fails the connection is going, and closing it hands them back anyway.
+                with contextlib.suppress(pika.exceptions.AMQPError):
+                    channel.basic_nack(delivery_tag=held, multiple=True, requeue=True)
+        return Handled(settings.dead_queue, total, examined, handled)
+
+
+@contextlib.contextmanager
+def _channel(settings: Settings) -> Iterator[BlockingChannel]:
+    """A channel on a connection of its own, closed after; pika's errors as DeadLettersUnavailable."""
     params = broker.parameters(settings.amqp_url, "tracker-dead")
     try:
         connection = pika.BlockingConnection(params)
@@ -44,44 +262,12 @@ def count(settings: Settings, limit: int = 1000) -> DeadLetterCount:
             f"cannot reach RabbitMQ at {params.host}:{params.port}: {type(exc).__name__} {exc}".strip()
         ) from None
     try:
-        return _count(connection, settings.dead_queue, limit)
+        yield connection.channel()
     except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == 404:
-            return DeadLetterCount(settings.dead_queue, 0, 0, ())
         raise DeadLettersUnavailable(f"RabbitMQ refused: {exc.reply_text}") from None
     except pika.exceptions.AMQPError as exc:
         raise DeadLettersUnavailable(f"lost RabbitMQ: {type(exc).__name__} {exc}".strip()) from None
     finally:
         if connection.is_open:
-            connection.close()
-
-
-def _count(connection: pika.BlockingConnection, queue: str, limit: int) -> DeadLetterCount:
-    channel = connection.channel()
-    total = channel.queue_declare(queue, passive=True).method.message_count
-    reasons: collections.Counter[str] = collections.Counter()
-    last_tag = None
-    # Bounded by the count seen first, so messages dead-lettered meanwhile cannot keep us here.
-    for _ in range(min(total, limit)):
-        method, properties, _body = channel.basic_get(queue, auto_ack=False)
-        if method is None:
-            break
-        last_tag = method.delivery_tag
-        reasons[_reason(properties)] += 1
-    if last_tag is not None:
-        channel.basic_nack(delivery_tag=last_tag, multiple=True, requeue=True)
-    channel.close()
-    examined = sum(reasons.values())
-    return DeadLetterCount(queue, total, examined, tuple(reasons.most_common()))
-
-
-def _reason(properties: pika.BasicProperties) -> str:
-    headers = properties.headers or {}
-    reason = headers.get(REASON_HEADER)
-    if reason is not None:
-        return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
-    # Dead-lettered by RabbitMQ itself (rejected, expired, over a limit), not by a consumer.
-    first = headers.get("x-first-death-reason")
-    if first is not None:
-        return f"(dead-lettered by RabbitMQ: {first.decode() if isinstance(first, bytes) else first})"
-    return NO_REASON
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.close()
