@@ -43,6 +43,7 @@ from consumers.batching import Flush, FlushPolicy
 from consumers.status import DeadLetter, Delivery, Outcome, StatusProjector
 from tracker import broker, gcfreeze
 from tracker.config import Settings
+from tracker.reasons import reason_code
 from tracker.store import StoreUnavailable, make_engine, open_job_store
 
 log = logging.getLogger(__name__)
@@ -328,11 +329,13 @@ class Consumer:
             ),
             mandatory=True,
         )
+        reason = headers["x-tracker-reason"]
         log.warning(
             "dead-lettered delivery %s (message_id %s): %s",
             delivery.tag,
             delivery.message_id,
-            headers["x-tracker-reason"],
+            reason,
+            extra={"event_id": delivery.message_id, "reason_code": reason_code(str(reason))},
         )
 
 

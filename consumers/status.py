@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Sequence
 
 from tracker import events
 from tracker.errors import InvalidEvent, StoreRefused
 from tracker.store import JobStore
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(slots=True)
@@ -83,9 +80,8 @@ class StatusProjector:
             # The database refused data that passed validation. Halve the batch until the event
             # it refuses stands alone, so one poison message cannot stall the queue.
             if len(parsed) == 1:
-                reason = f"database refused the event: {exc.error}"
-                log.error("dead-lettering event %s: %s", parsed[0][1].event_id, reason)
-                return 0, [DeadLetter(parsed[0][0], reason)]
+                # Logged once, with every other dead letter, when it has been dead-lettered.
+                return 0, [DeadLetter(parsed[0][0], f"database refused the event: {exc.error}")]
             middle = len(parsed) // 2
             first_applied, first_dead = self._apply(parsed[:middle])
             second_applied, second_dead = self._apply(parsed[middle:])

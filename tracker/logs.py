@@ -13,12 +13,12 @@ TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message
 FORMATS: Final = ("text", "json")
 
 # Set with ``log.info(..., extra={"job_id": 42})``; written as fields of their own when present.
-CONTEXT_FIELDS: Final = ("job_id", "event_id")
+CONTEXT_FIELDS: Final = ("job_id", "event_id", "reason_code")
 
 
 class JsonFormatter(logging.Formatter):
-    """A record as one line of JSON: time, level, logger, message, pid, then job_id, event_id and
-    the exception's traceback where the record has them.
+    """A record as one line of JSON: time, level, logger, message, pid, then the context fields
+    (job_id, event_id, reason_code) and the exception's traceback where the record has them.
 
     The line is pure ASCII (everything else escaped), so no message can break it or the stream.
     """
