@@ -651,10 +651,149 @@ def table_size(bed: Testbed) -> list[Result]:
     ]
 
 
+def receipts(bed: Testbed) -> list[Result]:
+    """#6: ingest recording receipt times (every batch renews its jobs' heartbeat leases) against not.
+
+    The same consumer (``python -m bench.receipts on|off``) drains the same events into the same
+    rows, every job holding a lease; the two sides alternate, and the ratio is of their means.
+    """
+    scale, db = bed.scale, bed.database
+    jobs = scale.receipts_jobs
+    per_job = scale.receipts_events // jobs
+    settings = bed.settings("receipts")
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    for round_number in range(scale.receipts_rounds):
+        for side in ("off", "on") if round_number % 2 == 0 else ("on", "off"):
+            db.empty()
+            ids = db.seed_jobs(jobs)
+            with db.engine.begin() as conn:
+                conn.exec_driver_sql(
+                    "INSERT INTO async_status_lease (job_id, heartbeat_timeout_s, expires_at) "
+                    "SELECT id, 3600, now() + interval '1 hour' FROM async_status"
+                )
+                conn.exec_driver_sql("ANALYZE async_status_lease")
+            work = workload.lifecycles(ids, per_job, random.Random(1))
+            done_check = work.final_jobs[-_DONE_CHECK:]
+            drained = _drain(
+                bed,
+                settings,
+                work.bodies,
+                f"consumer recording receipts {side}",
+                bench_command("receipts", side),
+                done=lambda check=done_check: db.pending_among(check) == 0,
+            )
+            rates[side].append(drained.rate)
+    on, off = statistics.fmean(rates["on"]), statistics.fmean(rates["off"])
+    return [
+        Result(
+            "6 receipts",
+            "events/s drained and committed, every job with a heartbeat lease",
+            "events/s",
+            on,
+            off,
+            "the same consumer recording no receipt times",
+            ">= 0.9x (within 10%)",
+            on >= 0.9 * off,
+            {
+                "events": jobs * per_job,
+                "jobs": jobs,
+                "rounds": scale.receipts_rounds,
+                "on_per_round": [round(rate) for rate in rates["on"]],
+                "off_per_round": [round(rate) for rate in rates["off"]],
+            },
+        )
+    ]
+
+
+_LOST_CHECKS = 5  # timed checks, each finding every lost job anew
+_RUNNING_JOBS = 10_000  # PENDING, neither deadline nor lease run out
+
+
+def lost_check(bed: Testbed) -> list[Result]:
+    """#7: one lost-job check (find, decide, record) on a table of millions with a thousand jobs lost.
+
+    What `tracker consume` runs every TRACKER_REAP_INTERVAL_S; its publishing of the failed
+    events is not in the figure (it follows the number of lost jobs, not of rows). Also timed:
+    the same check when nothing is lost, which is what every check costs almost always.
+    """
+    from tracker.store.leases import LostJobs
+
+    scale = bed.scale
+    url = sa.make_url(bed.database.url)
+    db = BenchDatabase(url.set(database=f"{url.database}_leases").render_as_string(hide_password=False))
+    lost, rows = scale.lost_expired, scale.lost_rows
+    try:
+        db.recreate()
+        bed.progress.say(f"lost-job check: {rows:,} rows (generate_series), {lost:,} of them lost")
+        db.seed_jobs(rows - lost - _RUNNING_JOBS, terminal_every=1)
+        past_deadline, past_lease = lost // 2, lost - lost // 2
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO async_status (status, message, initial_message, start_time, deadline_at) "
+                "SELECT 'PENDING', 'x', 'x', now() - interval '2 hours', "
+                "CASE WHEN g <= %(past_deadline)s THEN now() - interval '1 hour' ELSE now() + interval '1 day' END "
+                "FROM generate_series(1, %(count)s) AS g",
+                {"past_deadline": past_deadline, "count": lost + _RUNNING_JOBS},
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO async_status_lease (job_id, heartbeat_timeout_s, expires_at) "
+                "SELECT id, 60, CASE WHEN row_number() OVER (ORDER BY id) <= %(past_lease)s "
+                "THEN now() - interval '1 minute' ELSE now() + interval '1 minute' END "
+                "FROM async_status WHERE status = 'PENDING' AND deadline_at > now()",
+                {"past_lease": past_lease},
+            )
+        db.analyze()
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE async_status_lease")
+        checks = LostJobs(db.engine, 86400)
+        checks.check(lambda: True)  # warm-up: the pool's connection, the catalogue
+        finding, idle = [], []
+        for _ in range(_LOST_CHECKS):
+            with db.engine.begin() as conn:
+                conn.exec_driver_sql("DELETE FROM async_status_lost")
+            started = time.perf_counter()
+            checked = checks.check(lambda: True)
+            finding.append(time.perf_counter() - started)
+            if checked is None or len(checked.new) != lost:
+                raise RuntimeError(f"the check found {0 if checked is None else len(checked.new)} of {lost} lost jobs")
+            started = time.perf_counter()
+            checks.check(lambda: True)
+            idle.append(time.perf_counter() - started)
+    finally:
+        db.drop()
+    found, quiet = percentiles_ms(finding), percentiles_ms(idle)
+    slowest = max(finding) * 1000
+    bed.progress.say(
+        f"  a check finding {lost:,}: p50 {found['p50_ms']:.1f} ms, slowest {slowest:.1f} ms; "
+        f"finding none: p50 {quiet['p50_ms']:.2f} ms"
+    )
+    return [
+        Result(
+            "7 lost-job check",
+            f"slowest of {_LOST_CHECKS} checks, each finding and recording {lost:,} lost jobs among {rows:,} rows",
+            "ms",
+            slowest,
+            None,
+            None,
+            "< 100 ms",
+            slowest < 100,
+            {
+                "p50_ms": found["p50_ms"],
+                "finding_none_p50_ms": quiet["p50_ms"],
+                "rows": rows,
+                "lost": lost,
+                "running": _RUNNING_JOBS,
+            },
+        )
+    ]
+
+
 MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
     "ingest": ingest,
     "latency": latency,
     "api": api,
     "memory": memory,
     "scale": table_size,
+    "receipts": receipts,
+    "leases": lost_check,
 }

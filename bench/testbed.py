@@ -34,6 +34,11 @@ class Scale:
     scale_small_rows: int
     scale_large_rows: int
     scale_requests: int
+    receipts_events: int  # the A/B of ingest with and without receipt times
+    receipts_jobs: int
+    receipts_rounds: int  # on and off alternate this many times
+    lost_rows: int  # the table the lost-job check is timed on
+    lost_expired: int  # of them, PENDING and past their deadline or lease
 
 
 FULL = Scale(
@@ -52,6 +57,11 @@ FULL = Scale(
     scale_small_rows=10_000,
     scale_large_rows=5_000_000,
     scale_requests=4000,
+    receipts_events=100_000,
+    receipts_jobs=20_000,
+    receipts_rounds=3,
+    lost_rows=5_000_000,
+    lost_expired=1000,
 )
 QUICK = Scale(
     ingest_events=10_000,
@@ -69,6 +79,11 @@ QUICK = Scale(
     scale_small_rows=10_000,
     scale_large_rows=300_000,
     scale_requests=1000,
+    receipts_events=10_000,
+    receipts_jobs=2_000,
+    receipts_rounds=1,
+    lost_rows=300_000,
+    lost_expired=1000,
 )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tracker.errors import ConfigError
+from tracker.leases import DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_JOB_TIMEOUT_S, MAX_TIMEOUT_S
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,11 @@ class Settings:
 
     # every process
     log_format: str = "text"  # or "json": one JSON object per line (tracker.logs)
+    # leases and retention (SPEC §6)
+    job_timeout_s: int = DEFAULT_JOB_TIMEOUT_S  # a new job's deadline when its POST names none
+    heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S  # a new job's lease when its POST names none; 0: none
+    reap_interval_s: float = 5.0  # how often each consumer checks for lost jobs (one at a time does)
+    retention_days: float = 0.0  # finished jobs older than this are deleted by the same check; 0: kept
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -71,6 +77,14 @@ class Settings:
             raise ConfigError("TRACKER_ROW_CACHE_ROWS must be at least 0")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"TRACKER_LOG_FORMAT must be text or json, not {self.log_format!r}")
+        if not 1 <= self.job_timeout_s <= MAX_TIMEOUT_S:
+            raise ConfigError(f"TRACKER_JOB_TIMEOUT_S must be an integer from 1 to {MAX_TIMEOUT_S}")
+        if not 0 <= self.heartbeat_timeout_s <= MAX_TIMEOUT_S:
+            raise ConfigError(f"TRACKER_HEARTBEAT_TIMEOUT_S must be an integer from 0 (none) to {MAX_TIMEOUT_S}")
+        if not 0.05 <= self.reap_interval_s <= 3600:
+            raise ConfigError("TRACKER_REAP_INTERVAL_S must be from 0.05 to 3600 seconds")
+        if not 0 <= self.retention_days <= 36500:
+            raise ConfigError("TRACKER_RETENTION_DAYS must be from 0 (keep for ever) to 36500")
         if self.prefetch < self.batch_size:
             raise ConfigError("TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE")
         host, sep, port = self.bind.rpartition(":")
