@@ -108,8 +108,9 @@ class Publisher:
     def heartbeat(self, job_id: int) -> events.Event:
         """Renew ``job_id``'s lease (SPEC §6) with a ``progress`` event whose message is null.
 
-        Quick rather than patient: one attempt, and a second on a new connection if the first
-        failed, with no waiting between them; raises PublishFailed, and the next beat tries afresh.
+        Quick rather than patient: one attempt, and at once a second on a new connection if the
+        first failed (the broker drops a connection left idle past its AMQP heartbeat, as one is
+        between the beats of a long lease); raises PublishFailed, and the next beat tries afresh.
         """
         event = self._next_event(job_id, "progress", None)
         body, properties = _wire(event)
