@@ -37,6 +37,7 @@ import pika.exceptions
 import pika.frame
 from pika.adapters.blocking_connection import BlockingChannel
 
+from consumers.reaper import Reaper
 from consumers.status import DeadLetter, Delivery, Outcome, StatusProjector
 from tracker import broker, gcfreeze
 from tracker.config import Settings
@@ -83,6 +84,7 @@ class _Batch:
     deliveries: list[Delivery]
     outcome: concurrent.futures.Future[Outcome | None]
     abandon: threading.Event
+    through: int = 0  # Consumer.received when its last delivery arrived
 
 
 class Consumer:
@@ -105,6 +107,10 @@ class Consumer:
         self._cancelled = False  # set by the broker's basic.cancel
         self.dead_lettered = 0
         self.applied = 0
+        # Deliveries received, and those committed or given back to the queue, counted on the
+        # connection's thread; the lost-job check (consumers.reaper.Backlog) reads them.
+        self.received = 0
+        self.settled = 0
 
     def stop(self) -> None:
         """Ask the loop to finish its batch and return; safe from signal handlers and threads."""
@@ -183,6 +189,7 @@ class Consumer:
         self._abandon_writing()
         connection, self._connection, self._channel = self._connection, None, None
         self._pending.clear()
+        self.settled = self.received  # what was in hand goes back to the queue
         if connection is not None and connection.is_open:
             try:
                 connection.close()
@@ -193,6 +200,7 @@ class Consumer:
         self, _channel: BlockingChannel, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
     ) -> None:
         """Runs inside process_data_events for each delivery: only buffers it."""
+        self.received += 1
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending.append(
@@ -260,7 +268,12 @@ class Consumer:
         # What is left arrived while this batch was gathered: count its wait from now.
         self._pending_since = time.monotonic()
         abandon = threading.Event()
-        batch = _Batch(deliveries, self._writer.submit(self._write, deliveries, abandon), abandon)
+        batch = _Batch(
+            deliveries,
+            self._writer.submit(self._write, deliveries, abandon),
+            abandon,
+            through=self.received - len(self._pending),
+        )
         connection = self._connection
         batch.outcome.add_done_callback(lambda _done: _wake(connection))
         self._writing.append(batch)
@@ -272,6 +285,7 @@ class Consumer:
         """
         outcome = batch.outcome.result() if block else batch.outcome.result(timeout=0)
         self._writing.popleft()
+        self.settled = batch.through
         if outcome is None:
             return False
         for dead in outcome.dead:
@@ -391,13 +405,17 @@ def consume(settings: Settings) -> int:
     engine = make_engine(settings.database_url, pool_pre_ping=False)
     consumer = Consumer(settings, StatusProjector(open_job_store(engine)))
     consumer.install_signal_handlers()
+    # Every consumer checks for lost jobs (one at a time across them all): nothing else to run.
+    reaper = Reaper(settings, backlog=consumer)
     gcfreeze.freeze_startup_objects()
+    reaper.start()
     try:
         consumer.run()
     except FatalBrokerError as exc:
         log.error("%s", exc)
         return 2
     finally:
+        reaper.stop()
         engine.dispose()
     log.info("stopped: %d events applied, %d dead-lettered", consumer.applied, consumer.dead_lettered)
     return 0

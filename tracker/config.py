@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from tracker.errors import ConfigError
+from tracker.leases import DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_JOB_TIMEOUT_S, MAX_TIMEOUT_S
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,12 @@ class Settings:
     login_lockout_s: int = 60
     row_cache_rows: int = 100_000  # job rows each API worker keeps (PostgreSQL only; 0: none)
 
+    # leases and retention (SPEC §6)
+    job_timeout_s: int = DEFAULT_JOB_TIMEOUT_S  # a new job's deadline when its POST names none
+    heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S  # a new job's lease when its POST names none; 0: none
+    reap_interval_s: float = 5.0  # how often each consumer checks for lost jobs (one at a time does)
+    retention_days: float = 0.0  # finished jobs older than this are deleted by the same check; 0: kept
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from ``env`` (pass ``os.environ``); unset names keep their defaults.
@@ -64,6 +71,14 @@ class Settings:
                 raise ConfigError(f"TRACKER_{name.upper()} must be at least 1")
         if self.row_cache_rows < 0:
             raise ConfigError("TRACKER_ROW_CACHE_ROWS must be at least 0")
+        if not 1 <= self.job_timeout_s <= MAX_TIMEOUT_S:
+            raise ConfigError(f"TRACKER_JOB_TIMEOUT_S must be an integer from 1 to {MAX_TIMEOUT_S}")
+        if not 0 <= self.heartbeat_timeout_s <= MAX_TIMEOUT_S:
+            raise ConfigError(f"TRACKER_HEARTBEAT_TIMEOUT_S must be an integer from 0 (none) to {MAX_TIMEOUT_S}")
+        if not 0.05 <= self.reap_interval_s <= 3600:
+            raise ConfigError("TRACKER_REAP_INTERVAL_S must be from 0.05 to 3600 seconds")
+        if not 0 <= self.retention_days <= 36500:
+            raise ConfigError("TRACKER_RETENTION_DAYS must be from 0 (keep for ever) to 36500")
         if self.prefetch < self.batch_size:
             raise ConfigError("TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE")
         host, sep, port = self.bind.rpartition(":")

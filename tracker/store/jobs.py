@@ -23,8 +23,9 @@ from sqlalchemy.engine import Engine
 from tracker import merge, timefmt
 from tracker.errors import JobNotFound
 from tracker.events import Event
+from tracker.leases import JobLimits
 from tracker.store.engine import unavailable_as_error
-from tracker.store.tables import async_status
+from tracker.store.tables import async_status, async_status_lease
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,26 +59,45 @@ PUBLIC_COLUMNS = (
 class JobStore(abc.ABC):
     """The async_status table behind one engine. Safe to share between threads."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, record_receipts: bool = True) -> None:
+        """``record_receipts=False`` folds without renewing heartbeat leases: for the benchmark's A/B only."""
         self._engine = engine
+        self._record_receipts = record_receipts
         self._get = sa.select(*PUBLIC_COLUMNS).where(async_status.c.id == sa.bindparam("job_id"))
 
     @property
     def engine(self) -> Engine:
         return self._engine
 
-    def create_job(self, message: str | None = None) -> Job:
-        """Insert a PENDING job and return it; its id is new and never reused."""
+    def create_job(self, message: str | None = None, limits: JobLimits | None = None) -> Job:
+        """Insert a PENDING job and return it; its id is new and never reused.
+
+        With ``limits``, the job gets their deadline and, if they have one, its heartbeat lease
+        (from now); without, it has no lease and the server's default deadline (SPEC §6).
+        """
         text = merge.DEFAULT_MESSAGE if message is None else message
         started = timefmt.now()
         statement = (
             sa.insert(async_status)
-            .values(status=merge.PENDING, message=text, initial_message=text, start_time=started)
+            .values(
+                status=merge.PENDING,
+                message=text,
+                initial_message=text,
+                start_time=started,
+                deadline_at=None if limits is None else limits.deadline(started),
+            )
             .returning(*PUBLIC_COLUMNS)
         )
+        expires_at = None if limits is None else limits.lease_expiry(started)
         with unavailable_as_error(), self._engine.begin() as conn:
-            row = conn.execute(statement).one()
-        return Job(*row)
+            job = Job(*conn.execute(statement).one())
+            if limits is not None and expires_at is not None:
+                conn.execute(
+                    sa.insert(async_status_lease).values(
+                        job_id=job.id, heartbeat_timeout_s=limits.heartbeat_timeout_s, expires_at=expires_at
+                    )
+                )
+        return job
 
     def get_job(self, job_id: int) -> Job:
         """The job's public row; raises JobNotFound."""
@@ -95,20 +115,25 @@ class JobStore(abc.ABC):
         """Fold a batch of events into their jobs in one transaction, committed before returning.
 
         Rows are locked in id order, so concurrent batches over the same jobs serialise instead
-        of losing updates or deadlocking. Raises StoreUnavailable when nothing was committed.
+        of losing updates or deadlocking. In the same transaction, the heartbeat lease of each
+        job of the batch that has one is renewed from now (the receipt), or deleted if the job is
+        no longer PENDING. Raises StoreUnavailable when nothing was committed.
         """
 
 
-def open_job_store(engine: Engine) -> JobStore:
-    """The JobStore for ``engine``'s dialect (PostgreSQL or SQLite); opens no connection."""
+def open_job_store(engine: Engine, *, record_receipts: bool = True) -> JobStore:
+    """The JobStore for ``engine``'s dialect (PostgreSQL or SQLite); opens no connection.
+
+    ``record_receipts=False`` is for the benchmark's A/B of ingest with and without lease renewal.
+    """
     if engine.dialect.name == "postgresql":
         from tracker.store.postgresql import PostgresJobStore
 
-        return PostgresJobStore(engine)
+        return PostgresJobStore(engine, record_receipts=record_receipts)
     if engine.dialect.name == "sqlite":
         from tracker.store.sqlite import SQLiteJobStore
 
-        return SQLiteJobStore(engine)
+        return SQLiteJobStore(engine, record_receipts=record_receipts)
     raise ValueError(f"unsupported database {engine.dialect.name!r}: use PostgreSQL or SQLite")
 
 

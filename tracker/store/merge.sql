@@ -2,7 +2,9 @@
 --
 -- Parameters: :events, the batch as one JSON array of events; :ids, the batch's job ids as one
 -- bigint[] literal, already locked in id order by the statement before. Answers the number of rows
--- it changed.
+-- it changed. It also renews the heartbeat lease (SPEC §6) of each job of the batch that has one,
+-- from now (this receipt), and deletes the lease of a job that is no longer PENDING: a table of
+-- its own, so a heartbeat writes no row of async_status (whose updates the API's cache watches).
 --
 -- Keys compare as (occurred_at, seq, event_id) with event_id in the "C" collation, which is
 -- Python's order for these ASCII texts. Ties keep what merge.merge keeps: the stored state first,
@@ -85,6 +87,15 @@ next AS (
            f.t_at, f.t_seq, f.t_event_id, l.at AS l_at, l.seq AS l_seq, l.event_id AS l_event_id
     FROM folded AS f LEFT JOIN latest AS l ON l.job_id = f.id
 ),
+-- receipts: begin (left out, up to its end, by a store that does not record receipts)
+renewed AS (
+    UPDATE async_status_lease AS l SET expires_at = now() + l.heartbeat_timeout_s * interval '1 s'
+    FROM next AS n WHERE l.job_id = n.id AND n.status = 'PENDING'
+),
+ended AS (
+    DELETE FROM async_status_lease AS l USING next AS n WHERE l.job_id = n.id AND n.status <> 'PENDING'
+),
+-- receipts: end
 changed AS (
     UPDATE async_status AS a
     SET status = n.status, message = n.message, end_time = n.end_time,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -9,11 +10,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Engine
 
-from tracker import merge
+from tracker import merge, timefmt
 from tracker.events import Event
 from tracker.store.engine import unavailable_as_error
 from tracker.store.jobs import Applied, JobStore, chunks
-from tracker.store.tables import async_status, async_status_message
+from tracker.store.tables import async_status, async_status_lease, async_status_message
 
 _ID_CHUNK = 1000  # ids per IN (...) list: far below SQLite's parameter limit
 
@@ -46,14 +47,19 @@ _WRITTEN = (
 class SQLiteJobStore(JobStore):
     """Takes SQLite's write lock up front (``BEGIN IMMEDIATE``), then folds job by job."""
 
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
+    def __init__(self, engine: Engine, *, record_receipts: bool = True) -> None:
+        super().__init__(engine, record_receipts=record_receipts)
         self._update = (
             sa.update(async_status)
             .where(async_status.c.id == sa.bindparam("job_id"))
             .values({name: sa.bindparam(name) for name in _WRITTEN})
         )
         self._remember = sqlite.insert(async_status_message).on_conflict_do_nothing()
+        self._renew = (
+            sa.update(async_status_lease)
+            .where(async_status_lease.c.job_id == sa.bindparam("lease_job_id"))
+            .values(expires_at=sa.bindparam("lease_expires_at"))
+        )
 
     def apply(self, events: Sequence[Event]) -> Applied:
         with unavailable_as_error(), self._engine.connect() as conn:
@@ -69,6 +75,7 @@ class SQLiteJobStore(JobStore):
         updates: list[dict[str, object]] = []
         remembered: list[dict[str, object]] = []
         found: set[int] = set()
+        pending: set[int] = set()
         for chunk in chunks(ids, _ID_CHUNK):
             rows = conn.execute(
                 sa.select(*_STATE).where(async_status.c.id.in_(chunk)).order_by(async_status.c.id).with_for_update()
@@ -79,12 +86,37 @@ class SQLiteJobStore(JobStore):
                 after = merge.merge(before, by_job[row.id], _history(conn, row.id))
                 if after != before:
                     updates.append(_params_of(row.id, after))
+                if after.terminal is None:
+                    pending.add(row.id)
                 remembered.extend(_remembered_row(e) for e in merge.to_remember(after, by_job[row.id]))
         if updates:
             conn.execute(self._update, updates)
         if remembered:
             conn.execute(self._remember, remembered)
+        if self._record_receipts and found:
+            self._record_receipt(conn, sorted(found), pending)
         return Applied(changed_jobs=len(updates), missing_jobs=frozenset(ids) - found)
+
+    def _record_receipt(self, conn: sa.Connection, job_ids: list[int], pending: set[int]) -> None:
+        """Renew the leases of the PENDING jobs among ``job_ids`` from now; delete the others'."""
+        now = timefmt.now()
+        renewed: list[dict[str, object]] = []
+        ended: list[int] = []
+        for chunk in chunks(job_ids, _ID_CHUNK):
+            leases = conn.execute(
+                sa.select(async_status_lease.c.job_id, async_status_lease.c.heartbeat_timeout_s).where(
+                    async_status_lease.c.job_id.in_(chunk)
+                )
+            ).all()
+            for job_id, timeout_s in leases:
+                if job_id in pending:
+                    renewed.append({"lease_job_id": job_id, "lease_expires_at": now + dt.timedelta(seconds=timeout_s)})
+                else:
+                    ended.append(job_id)
+        if renewed:
+            conn.execute(self._renew, renewed)
+        for chunk in chunks(ended, _ID_CHUNK):
+            conn.execute(sa.delete(async_status_lease).where(async_status_lease.c.job_id.in_(chunk)))
 
 
 def _state_of(row: sa.Row) -> merge.JobState:

@@ -56,7 +56,53 @@ async_status = sa.Table(
     sa.Column("message_at", UTCDateTime),
     sa.Column("message_seq", sa.BigInteger),
     sa.Column("message_event_id", sa.String(36)),
+    # SPEC §6 (migration 0004): start_time + timeout_s; NULL for rows made before, whose deadline
+    # is start_time + TRACKER_JOB_TIMEOUT_S
+    sa.Column("deadline_at", UTCDateTime),
     sqlite_autoincrement=True,
+)
+# The lost-job check reads PENDING rows only, by these (partial, so small: finished rows leave them).
+sa.Index(
+    "ix_async_status_pending_deadline",
+    async_status.c.deadline_at,
+    sqlite_where=sa.text("status = 'PENDING'"),
+    postgresql_where=sa.text("status = 'PENDING'"),
+)
+sa.Index(
+    "ix_async_status_pending_undated",
+    async_status.c.start_time,
+    sqlite_where=sa.text("status = 'PENDING' AND deadline_at IS NULL"),
+    postgresql_where=sa.text("status = 'PENDING' AND deadline_at IS NULL"),
+)
+sa.Index(
+    "ix_async_status_finished_end_time",
+    async_status.c.end_time,
+    sqlite_where=sa.text("status <> 'PENDING'"),
+    postgresql_where=sa.text("status <> 'PENDING'"),
+)
+
+# Heartbeat leases: a row only for a PENDING job that has one, made with the job, renewed by the
+# fold of each batch holding an event of it (so the jobs' own rows, watched by the API's row
+# cache, are not written for a heartbeat), deleted by the fold that finishes the job.
+async_status_lease = sa.Table(
+    "async_status_lease",
+    metadata,
+    sa.Column("job_id", BigId, sa.ForeignKey("async_status.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("heartbeat_timeout_s", sa.Integer, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_async_status_lease_expires_at", "expires_at"),
+)
+
+# The lost-job check's decisions whose failed event may not have been folded yet: written before
+# the event is published, so that a check after a crash publishes the same event again, never
+# another. Deleted once their job is no longer PENDING.
+async_status_lost = sa.Table(
+    "async_status_lost",
+    metadata,
+    sa.Column("job_id", BigId, sa.ForeignKey("async_status.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("limit_s", sa.Integer, nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
 )
 
 # Message events inside R, kept for the one merge case that needs more than the row. The foreign

@@ -1,0 +1,173 @@
+"""The lost-job check (SPEC §6) as a thread of ``tracker consume``: decide, record, publish, purge.
+
+Every ``reap_interval_s`` the thread:
+1. asks the broker how many messages the events queue holds ready (a passive declare), and goes
+   no further unless none: a consumer outage or a backlog must never fail a live job;
+2. waits until this process's own consumer has committed every delivery it had received by
+   then (``Backlog``): those left the queue's ready count, but their receipts are not recorded yet;
+3. runs ``LostJobs.check``, which decides under the one-at-a-time lock and asks the broker once
+   more, just before committing the decisions, that nothing is ready;
+4. publishes each decision's failed event, confirmed, as any worker would; a decision not folded
+   30 s later (say, this process died between 3 and 4) is published again, the same event;
+5. with ``retention_days`` > 0, purges up to ``_PURGE_PER_CHECK`` finished jobs older than that.
+
+It has its own database engine and its own broker connection: pika connections are not
+thread-safe, and the consumer's must never wait on this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import Protocol
+
+import orjson
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from tracker import broker, events, leases, timefmt
+from tracker.config import Settings
+from tracker.errors import StoreUnavailable
+from tracker.store import make_engine
+from tracker.store.leases import LostJobs, purge
+
+log = logging.getLogger(__name__)
+
+_PURGE_PER_CHECK = 5000  # jobs; the rest wait for the next check, so no check takes long
+_SETTLE_POLL_S = 0.01
+_BROKER_ERRORS: type[Exception] = pika.exceptions.AMQPError
+
+
+class Backlog(Protocol):
+    """How far this process's consumer is: deliveries received, and those committed or given back.
+
+    Both only grow; ``settled`` ≤ ``received``. Read from another thread (plain ints: atomic).
+    """
+
+    @property
+    def received(self) -> int: ...
+
+    @property
+    def settled(self) -> int: ...
+
+
+class Reaper:
+    """The periodic check, on a thread of its own; ``start`` it, ``stop`` it (joins)."""
+
+    def __init__(self, settings: Settings, backlog: Backlog | None = None) -> None:
+        self._settings = settings
+        self._backlog = backlog
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tracker-reaper", daemon=True)
+        self._engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
+        self._lost = LostJobs(self._engine, settings.job_timeout_s)
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self.published = 0
+
+    def start(self) -> Reaper:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the thread to stop, wait for it, and close what it opened."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._close()
+        self._engine.dispose()
+
+    def _run(self) -> None:
+        interval = self._settings.reap_interval_s
+        while not self._stop.wait(interval):
+            try:
+                self.check()
+            except StoreUnavailable as exc:
+                log.warning("lost-job check skipped: database unavailable (%s)", exc)
+            except _BROKER_ERRORS as exc:
+                log.warning("lost-job check skipped: broker unavailable (%s: %s)", type(exc).__name__, exc)
+                self._close()
+            except Exception:
+                # A bug here must not take the consumer down with it: say so, and try again later.
+                log.exception("lost-job check failed")
+                self._close()
+
+    def check(self) -> int:
+        """One check (the steps of the module's docstring); how many failed events it published."""
+        if not leases.caught_up(self._ready()) or not self._settled():
+            return 0
+        checked = self._lost.check(lambda: leases.caught_up(self._ready()))
+        published = 0
+        if checked is not None:
+            for lost in checked.new:
+                log.warning("job %d is lost: %s; failing it", lost.job_id, lost.message)
+                self._publish(lost.failed_event())
+                published += 1
+            for lost in checked.again:
+                log.info("job %d: its failed event is not folded yet; publishing it again", lost.job_id)
+                self._publish(lost.failed_event())
+                published += 1
+        if self._settings.retention_days > 0:
+            cutoff = leases.purge_cutoff(timefmt.now(), self._settings.retention_days)
+            deleted = purge(self._engine, cutoff, most=_PURGE_PER_CHECK)
+            if deleted:
+                log.info("purged %d jobs finished before %s", deleted, timefmt.format_time(cutoff))
+        self.published += published
+        return published
+
+    def _settled(self) -> bool:
+        """Whether this process's consumer commits, within one interval, all it has received so far."""
+        if self._backlog is None:
+            return True
+        mark = self._backlog.received
+        deadline = time.monotonic() + self._settings.reap_interval_s
+        while self._backlog.settled < mark:
+            if time.monotonic() > deadline or self._stop.wait(_SETTLE_POLL_S):
+                return False
+        return True
+
+    def _ready(self) -> int:
+        """Messages ready in the events queue, by a passive declare.
+
+        Once more on a new connection if the one kept since the last check has gone (between
+        checks nobody answers the broker's heartbeats on it, so long intervals outlive it).
+        """
+        try:
+            frame = self._ensure_channel().queue_declare(self._settings.queue, passive=True)
+        except _BROKER_ERRORS:
+            self._close()
+            frame = self._ensure_channel().queue_declare(self._settings.queue, passive=True)
+        return int(frame.method.message_count)
+
+    def _publish(self, event: events.Event) -> None:
+        """Publish ``event`` persistent and mandatory, and wait for the broker's confirm."""
+        self._ensure_channel().basic_publish(
+            self._settings.exchange,
+            broker.routing_key(event.type),
+            orjson.dumps(event.to_wire()),
+            pika.BasicProperties(
+                content_type=events.CONTENT_TYPE,
+                delivery_mode=pika.DeliveryMode.Persistent,
+                message_id=event.event_id,
+            ),
+            mandatory=True,
+        )
+
+    def _ensure_channel(self) -> BlockingChannel:
+        if self._channel is None or not self._channel.is_open:
+            self._close()
+            params = broker.parameters(self._settings.amqp_url, "tracker-reaper")
+            self._connection = pika.BlockingConnection(params)
+            channel = self._connection.channel()
+            channel.confirm_delivery()
+            self._channel = channel
+        return self._channel
+
+    def _close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(_BROKER_ERRORS):
+                connection.close()
