@@ -1,10 +1,8 @@
 """Leases end to end (SPEC §6): a worker process heartbeating with `publisher.job`, a real `tracker consume`
-checking for lost jobs, the status read over HTTP. A killed worker's job fails; an alive one's never does."""
+checking for lost jobs. A killed worker's job fails once its lease runs out; an alive one's never does."""
 
 from __future__ import annotations
 
-import json
-import re
 import subprocess
 import sys
 import textwrap
@@ -14,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.live_api import LiveApi, add_users, running_api
 from tests.processes import ConsumerProcess, environment
+from tracker import leases, merge
+from tracker.store import JobStore, open_job_store
 
 pytestmark = [pytest.mark.rabbitmq]
 
 LEASE_S = 2
 REAP_INTERVAL_S = 0.5
-TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 # The worker: reports on a job for SECONDS with nothing but the library's heartbeats, then succeeds.
 WORKER = textwrap.dedent(
@@ -38,44 +36,21 @@ WORKER = textwrap.dedent(
 )
 
 
-class Tracker:
-    """The API and a consumer of one test, and a user allowed to create and read jobs."""
-
-    def __init__(self, api: LiveApi) -> None:
-        self._api = api
-        self._token = api.login("ops")
-
-    def create_job(self, **body: Any) -> int:
-        answer = self._call("POST", "/api/5.0/async_status", body)
-        assert answer.status == 202, answer
-        return int(answer.json["response"]["id"])
-
-    def job(self, job_id: int) -> dict[str, Any]:
-        answer = self._call("GET", f"/api/5.0/async_status/{job_id}")
-        assert answer.status == 200, answer
-        return answer.json["response"]
-
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None):
-        headers = {"Authorization": f"Bearer {self._token}"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        return self._api.request(method, path, data, headers)
-
-
 @pytest.fixture
-def tracker(settings, engine, tmp_path) -> Iterator[Tracker]:
-    add_users(settings.database_url, ops="operations")
+def store(settings, engine, tmp_path) -> Iterator[JobStore]:
+    """The jobs of this test, and a `tracker consume` checking for lost ones every REAP_INTERVAL_S."""
     env = environment(settings, TRACKER_REAP_INTERVAL_S=str(REAP_INTERVAL_S))
     consumer = ConsumerProcess(env, tmp_path / "consumer.log").start()
     try:
         consumer.wait_ready()
-        with running_api(settings.database_url, tmp_path, amqp_url=settings.amqp_url) as api:
-            yield Tracker(api)
+        yield open_job_store(engine)
     finally:
         code, _ = consumer.terminate(timeout=15)
         assert code == 0, f"tracker consume exited with {code}:\n{consumer.tail()}"
+
+
+def new_job(store: JobStore) -> int:
+    return store.create_job("Deploying.", leases.JobLimits(timeout_s=600, heartbeat_timeout_s=LEASE_S)).id
 
 
 @pytest.fixture
@@ -106,42 +81,42 @@ def start_worker(settings, tmp_path) -> Iterator[Any]:
             worker.wait()
 
 
-def test_a_worker_killed_mid_job_has_its_job_failed_once_the_lease_runs_out(tracker, start_worker):
-    job_id = tracker.create_job(message="Deploying.", heartbeat_timeout_s=LEASE_S)
+def test_a_worker_killed_mid_job_has_its_job_failed_once_the_lease_runs_out(store, start_worker):
+    job_id = new_job(store)
     worker = start_worker(job_id, 600)
-    # Alive for twice its lease with no event but the heartbeats: still PENDING.
+    # Alive for twice its lease with no event but the library's heartbeats: still PENDING.
     until = time.monotonic() + 2 * LEASE_S
     while time.monotonic() < until:
-        assert tracker.job(job_id)["status"] == "PENDING"
+        assert store.get_job(job_id).status == merge.PENDING
         time.sleep(0.2)
 
     worker.kill()  # SIGKILL: no final event, no goodbye
     worker.wait()
     killed = time.monotonic()
     deadline = killed + LEASE_S + REAP_INTERVAL_S + 2
-    while (row := tracker.job(job_id))["status"] == "PENDING" and time.monotonic() < deadline:
+    while (row := store.get_job(job_id)).status == merge.PENDING and time.monotonic() < deadline:
         time.sleep(0.05)
     took = time.monotonic() - killed
 
-    assert row["status"] == "FAILED", f"still {row['status']} {took:.1f} s after the kill"
-    assert row["message"] == f"no event for {LEASE_S} s: the worker is presumed lost"
-    assert TIME.fullmatch(row["end_time"]) and row["end_time"] >= row["start_time"]
+    assert row.status == merge.FAILED, f"still {row.status} {took:.1f} s after the kill"
+    assert row.message == f"no event for {LEASE_S} s: the worker is presumed lost"
+    assert row.end_time is not None and row.end_time >= row.start_time
     # The last beat went at most a third of the lease before the kill: the lease ran out after it.
     assert took > LEASE_S * 2 / 3 - 0.1, f"failed {took:.2f} s after the kill, before its lease can have run out"
 
 
-def test_a_worker_alive_for_ten_leases_with_only_heartbeats_keeps_its_job(tracker, start_worker):
-    job_id = tracker.create_job(message="Deploying.", heartbeat_timeout_s=LEASE_S)
+def test_a_worker_alive_for_ten_leases_with_only_heartbeats_keeps_its_job(store, start_worker):
+    job_id = new_job(store)
     worker = start_worker(job_id, 10 * LEASE_S)
     until = time.monotonic() + 10 * LEASE_S - 0.5  # the worker's block ends 10 leases after "working"
     while time.monotonic() < until:
-        row = tracker.job(job_id)
-        assert (row["status"], row["end_time"]) == ("PENDING", None), row
+        row = store.get_job(job_id)
+        assert (row.status, row.end_time) == (merge.PENDING, None), row
         time.sleep(0.25)
     assert worker.wait(timeout=30) == 0, worker.stdout.read() if worker.stdout else ""
 
     deadline = time.monotonic() + 10
-    while (row := tracker.job(job_id))["status"] == "PENDING" and time.monotonic() < deadline:
+    while (row := store.get_job(job_id)).status == merge.PENDING and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert (row["status"], row["message"]) == ("SUCCEEDED", "Done.")
-    assert TIME.fullmatch(row["end_time"])
+    assert (row.status, row.message) == (merge.SUCCEEDED, "Done.")
+    assert row.end_time is not None
