@@ -67,7 +67,7 @@ def create_app(deps: Deps) -> falcon.App:
 
     app.router_options.converters["served"] = _ServedVersion
     secure = deps.settings.secure_cookies
-    app.add_route("/api/{version:served}/async_status", resources.JobStatuses(deps.jobs))
+    app.add_route("/api/{version:served}/async_status", resources.JobStatuses(deps.jobs, deps.settings))
     app.add_route("/api/{version:served}/async_status/{job_id}", resources.JobStatus(deps.reads or JobReads(deps.jobs)))
     app.add_route("/api/{version:served}/user/login", resources.Login(deps.users, deps.throttle, deps.tokens, secure))
     app.add_route("/api/{version:served}/user/logout", resources.Logout(secure))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from api import errors, resources
-from tracker import auth, merge
+from tracker import auth, leases, merge
 from tracker.events import MAX_MESSAGE_CHARS
 
 TIME_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
@@ -302,7 +302,22 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                         "maxLength": MAX_MESSAGE_CHARS,
                         "pattern": "^[^\\u0000]*$",
                         "description": f"Absent or null: `{merge.DEFAULT_MESSAGE}`",
-                    }
+                    },
+                    "timeout_s": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": leases.MAX_TIMEOUT_S,
+                        "description": "Seconds from the start after which a job still PENDING is failed with "
+                        "`not finished within N s`. Absent: `TRACKER_JOB_TIMEOUT_S` (default 86400).",
+                    },
+                    "heartbeat_timeout_s": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": leases.MAX_TIMEOUT_S,
+                        "description": "A heartbeat lease: a PENDING job none of whose events is received for this "
+                        "many seconds is failed with `no event for N s: the worker is presumed lost`. Absent: "
+                        "`TRACKER_HEARTBEAT_TIMEOUT_S` (default 0: no lease).",
+                    },
                 },
             },
             "Credentials": {

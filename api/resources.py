@@ -13,7 +13,8 @@ import orjson
 from api.errors import alerts
 from api.middleware import COOKIES, requires
 from api.reads import JobReads
-from tracker import auth, merge, timefmt
+from tracker import auth, leases, merge, timefmt
+from tracker.config import Settings
 from tracker.events import check_message
 from tracker.store import Job, JobNotFound, JobStore
 from tracker.users import LoginThrottle, UserStore
@@ -80,14 +81,24 @@ class JobStatus:
 
 
 class JobStatuses:
-    """POST /api/{version}/async_status: start tracking a new job."""
+    """POST /api/{version}/async_status: start tracking a new job, with its deadline and lease (SPEC §6)."""
 
-    def __init__(self, jobs: JobStore) -> None:
+    def __init__(self, jobs: JobStore, settings: Settings) -> None:
         self._jobs = jobs
+        self._default_timeout_s = settings.job_timeout_s
+        self._default_heartbeat_timeout_s = settings.heartbeat_timeout_s
 
     @requires(auth.CREATE)
     def on_post(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:
-        job = self._jobs.create_job(_initial_message(_json_object(req)))
+        body = _json_object(req)
+        message = _initial_message(body)
+        limits = leases.limits_for(
+            _timeout(body, "timeout_s"),
+            _timeout(body, "heartbeat_timeout_s"),
+            self._default_timeout_s,
+            self._default_heartbeat_timeout_s,
+        )
+        job = self._jobs.create_job(message, limits)
         location = f"/api/{version}/async_status/{job.id}"
         resp.status = falcon.HTTP_202
         resp.location = location
@@ -199,3 +210,16 @@ def _initial_message(body: dict[str, Any]) -> str | None:
         return check_message(body.get("message"))
     except ValueError as exc:
         raise falcon.HTTPBadRequest(description=f"'message' {exc}") from None
+
+
+def _timeout(body: dict[str, Any], field: str) -> int | None:
+    """A job's ``timeout_s`` or ``heartbeat_timeout_s`` as the body gives it; None when absent.
+
+    Raises falcon.HTTPBadRequest naming the field (anything but an integer in range, null included).
+    """
+    if field not in body:
+        return None
+    try:
+        return leases.check_timeout(field, body[field])
+    except ValueError as exc:
+        raise falcon.HTTPBadRequest(description=str(exc)) from None

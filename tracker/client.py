@@ -35,9 +35,22 @@ class ApiClient:
         self._password = password
         self._timeout = timeout_s
 
-    def create_job(self, message: str | None = None) -> int:
-        """Start a job (POST async_status) and return its id; raises ApiError."""
-        body = {} if message is None else {"message": message}
+    def create_job(
+        self, message: str | None = None, *, timeout_s: int | None = None, heartbeat_timeout_s: int | None = None
+    ) -> int:
+        """Start a job (POST async_status) and return its id; raises ApiError.
+
+        ``timeout_s``: fail it if still PENDING this many seconds after its start; ``heartbeat_timeout_s``:
+        fail it if none of its events is received for this long (SPEC §6). None: the server's defaults.
+        """
+        body: dict[str, Any] = {}
+        for name, value in (
+            ("message", message),
+            ("timeout_s", timeout_s),
+            ("heartbeat_timeout_s", heartbeat_timeout_s),
+        ):
+            if value is not None:
+                body[name] = value
         return int(self._call("POST", "/async_status", body)["response"]["id"])
 
     def job(self, job_id: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from api.app import NOT_IMPLEMENTED, Deps, create_app
 from tracker import auth, events
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store
+from tracker.store.tables import async_status, async_status_lease
 from tracker.users import LoginThrottle, UserStore
 
 PASSWORD = "correct horse battery staple"
@@ -201,6 +202,49 @@ def test_create_job_messages(api: Api) -> None:
     malformed = create(body="{nope")  # no Content-Type: JSON is assumed
     assert malformed.status_code == 400
     assert malformed.headers["content-type"] == "application/json"
+
+
+def _limits_of(api: Api, job_id: int) -> tuple[float | None, int | None]:
+    """The job's timeout_s (from its deadline) and heartbeat lease as stored; None where there is none."""
+    with api.jobs.engine.connect() as conn:
+        start, deadline = conn.execute(
+            sa.select(async_status.c.start_time, async_status.c.deadline_at).where(async_status.c.id == job_id)
+        ).one()
+        lease = conn.execute(
+            sa.select(async_status_lease.c.heartbeat_timeout_s).where(async_status_lease.c.job_id == job_id)
+        ).scalar()
+    return (None if deadline is None else (deadline - start).total_seconds()), lease
+
+
+def test_create_job_takes_a_timeout_and_a_heartbeat_lease(api: Api) -> None:
+    def create(body: dict[str, object]) -> falcon.testing.Result:
+        return api.client.simulate_post("/api/5.0/async_status", headers=api.bearer("ops"), json=body)
+
+    result = create({"message": "Deploying.", "timeout_s": 3600, "heartbeat_timeout_s": 30})
+    assert result.status_code == 202
+    assert list(result.json["response"]) == FIELDS  # the answer is Traffic Ops' as ever
+    assert _limits_of(api, result.json["response"]["id"]) == (3600, 30)
+    assert _limits_of(api, create({}).json["response"]["id"]) == (86400, None)  # the defaults
+    assert _limits_of(api, create({"heartbeat_timeout_s": 2592000}).json["response"]["id"]) == (86400, 2592000)
+
+
+@pytest.mark.parametrize("field", ["timeout_s", "heartbeat_timeout_s"])
+@pytest.mark.parametrize("value", [0, -1, 2592001, 1.5, 60.0, "60", True, None, [60]])
+def test_a_bad_timeout_is_refused_naming_the_field_and_creates_nothing(api: Api, field: str, value: object) -> None:
+    with api.jobs.engine.connect() as conn:
+        before = conn.execute(sa.select(sa.func.count()).select_from(async_status)).scalar_one()
+    result = api.client.simulate_post(
+        "/api/5.0/async_status", headers=api.bearer("ops"), json={"message": "x", field: value}
+    )
+    assert_alert(result, 400, f"{field} must be an integer from 1 to 2592000")
+    with api.jobs.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(async_status)).scalar_one() == before
+
+
+def test_the_servers_defaults_apply_when_the_body_names_none(settings: Settings, engine: sa.Engine, users) -> None:
+    api = build(settings.with_(job_timeout_s=600, heartbeat_timeout_s=20), engine, users)
+    result = api.client.simulate_post("/api/5.0/async_status", headers=api.bearer("ops"))
+    assert _limits_of(api, result.json["response"]["id"]) == (600, 20)
 
 
 def test_get_job_in_traffic_ops_format(api: Api) -> None:

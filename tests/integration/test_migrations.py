@@ -134,3 +134,32 @@ def test_the_migrations_do_nothing_on_sqlite_and_still_record_their_revisions(tm
             assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == head
     finally:
         engine.dispose()
+
+
+def test_migration_0004_adds_leases_to_a_table_with_rows_and_goes_back(fresh_database: str) -> None:
+    engine = make_engine(fresh_database)
+    try:
+        _alembic(engine, lambda config: command.upgrade(config, "0003"))
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO async_status (id, status, message) VALUES (1, 'PENDING', 'x'), (2, 'PENDING', 'y')"
+            )
+        migrations.migrate(engine)
+        with engine.begin() as conn:
+            # Rows from before keep NULL: start_time + TRACKER_JOB_TIMEOUT_S.
+            assert conn.exec_driver_sql("SELECT count(*) FROM async_status WHERE deadline_at IS NULL").scalar_one() == 2
+            conn.exec_driver_sql("INSERT INTO async_status_lease VALUES (1, 30, now()), (2, 30, now())")
+            conn.exec_driver_sql("INSERT INTO async_status_lost VALUES (1, 'timeout', 60, now())")
+            conn.exec_driver_sql("DELETE FROM async_status WHERE id = 1")  # takes its lease and decision
+            assert conn.exec_driver_sql("SELECT job_id FROM async_status_lease").scalars().all() == [2]
+            assert conn.exec_driver_sql("SELECT count(*) FROM async_status_lost").scalar_one() == 0
+            conn.exec_driver_sql("TRUNCATE async_status")  # as before: no foreign key refuses it
+            assert conn.exec_driver_sql("SELECT count(*) FROM async_status_lease").scalar_one() == 0
+        _alembic(engine, lambda config: command.downgrade(config, "0003"))
+        with engine.connect() as conn:
+            tables = conn.exec_driver_sql("SELECT tablename FROM pg_tables WHERE tablename LIKE 'async_status%%'")
+            assert sorted(tables.scalars()) == ["async_status", "async_status_message"]
+        assert _triggers_calling(engine, "tracker_forget_deleted_jobs")[1] == 1
+        migrations.migrate(engine)
+    finally:
+        engine.dispose()

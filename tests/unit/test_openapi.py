@@ -47,7 +47,7 @@ class OneJob:
             None,
         )
 
-    def create_job(self, message: str | None = None) -> Job:
+    def create_job(self, message: str | None = None, limits: object = None) -> Job:
         return Job(
             2,
             "PENDING",

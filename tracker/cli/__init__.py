@@ -24,6 +24,7 @@ from tracker import auth
 from tracker.config import Settings
 from tracker.errors import ConfigError, InvalidEvent, InvalidUser, UserExists
 from tracker.events import TERMINAL_TYPES
+from tracker.leases import MAX_TIMEOUT_S
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -69,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     dead = commands.add_parser("dead", help="count dead-lettered messages by reason (they stay queued)")
     dead.add_argument("--limit", type=int, default=1000, help="read the reasons of at most this many")
     dead.set_defaults(handler=_dead)
+    purge = commands.add_parser("purge", help="delete finished jobs older than DAYS, with their events")
+    purge.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="days since they finished")
+    purge.set_defaults(handler=_purge)
 
     users = commands.add_parser("users", help="manage API users").add_subparsers(dest="action", required=True)
     add = users.add_parser("add", help="add a user (password from TRACKER_PASSWORD or a prompt)")
@@ -83,6 +87,15 @@ def _parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="create jobs and emit events").add_subparsers(dest="action", required=True)
     create = jobs.add_parser("create", help="create a job through the API and print its id")
     create.add_argument("message", nargs="?")
+    create.add_argument(
+        "--timeout", type=int, metavar="S", help="fail the job if still PENDING S seconds after it starts"
+    )
+    create.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        metavar="S",
+        help="fail the job if none of its events is received for S seconds",
+    )
     create.set_defaults(handler=_jobs_create)
     emit = jobs.add_parser("emit", help="publish an event for a job")
     emit.add_argument("id", type=int)
@@ -159,6 +172,21 @@ def _dead(settings: Settings, args: argparse.Namespace) -> int:
         print(f"reasons ({which}):")
         for reason, times in found.reasons:
             print(f"{times:8d}  {reason}")
+    return 0
+
+
+def _purge(settings: Settings, args: argparse.Namespace) -> int:
+    """Delete finished jobs older than ``--older-than`` days, in small transactions; print how many."""
+    from tracker import leases, timefmt
+    from tracker.store.leases import purge
+
+    try:
+        cutoff = leases.purge_cutoff(timefmt.now(), args.older_than)
+    except ValueError as exc:
+        raise UsageError(f"--older-than: {exc}") from None
+    with _database(settings) as engine:
+        deleted = purge(engine, cutoff)
+    print(f"purged {deleted} jobs finished before {timefmt.format_time(cutoff)}")
     return 0
 
 
@@ -244,8 +272,19 @@ def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError("set TRACKER_API_TOKEN, or TRACKER_API_USER and TRACKER_PASSWORD")
     url = os.environ.get("TRACKER_API_URL") or f"http://{settings.bind}"
     client = ApiClient(url, token=token, username=username, password=password)
+    from tracker.leases import check_timeout
+
+    limits = {}
+    for option, field in (("timeout", "timeout_s"), ("heartbeat_timeout", "heartbeat_timeout_s")):
+        value = getattr(args, option)
+        if value is not None:
+            try:
+                limits[field] = check_timeout(field, value)
+            except ValueError:
+                flag = "--" + option.replace("_", "-")
+                raise UsageError(f"{flag} must be an integer from 1 to {MAX_TIMEOUT_S}") from None
     try:
-        print(client.create_job(args.message))
+        print(client.create_job(args.message, **limits))
     except (ApiError, OSError) as exc:
         print(f"tracker: could not create the job: {exc}", file=sys.stderr)
         return 1
