@@ -2,10 +2,11 @@
 
     from tracker.publisher import Publisher
 
-    with Publisher.from_env() as publisher, publisher.job(job_id) as job:
+    with Publisher.from_env() as publisher, publisher.job(job_id, heartbeat_timeout_s=60) as job:
         job.progress("copying files")
         do_the_work()
-    # -> "succeeded" on normal exit; "failed" with the exception's text if it raised
+    # -> "succeeded" on normal exit; "failed" with the exception's text if it raised; meanwhile
+    #    a heartbeat every 20 s keeps the job's lease alive
 
 ``publish`` returns only once the broker has confirmed the event; it reconnects and resends by
 itself (the same event_id, so a resend is harmless) until ``timeout_s`` runs out, then raises
@@ -33,7 +34,7 @@ from tracker.errors import PublishFailed
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE = (
+_RETRYABLE: tuple[type[Exception], ...] = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.AMQPChannelError,
     pika.exceptions.NackError,
@@ -45,16 +46,28 @@ _RETRYABLE = (
 
 
 class Publisher:
-    """A connection that publishes events; one per thread (pika connections are not thread-safe)."""
+    """A connection that publishes events.
+
+    Every use of the connection (connect, publish and confirm, close) is serialised by one lock,
+    so the heartbeat thread of a ``job`` block, or any other thread, may share one Publisher.
+    """
 
     def __init__(self, settings: Settings, *, timeout_s: float = 30.0, declare: bool = True) -> None:
         self._settings = settings
         self._timeout_s = timeout_s
         self._declare = declare
+        # pika's BlockingConnection is not thread-safe, so a job block and its heartbeat thread
+        # could each have had a connection. They share this one under a lock instead: one
+        # connection per worker rather than two; the beats keep it serviced while the block works
+        # in silence (a BlockingConnection answers the broker's AMQP heartbeats only while it is
+        # called, so an idle one is dropped and the block's next publish has to reconnect); and
+        # the cost is at most one confirm round trip of waiting, or one connect attempt while the
+        # broker is away, because a beat never sleeps or retries with the lock held.
+        self._connection_lock = threading.Lock()
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self._numbering_lock = threading.Lock()
         self._seq: collections.Counter[int] = collections.Counter()
-        self._lock = threading.Lock()
 
     @classmethod
     def from_env(cls, *, timeout_s: float = 30.0, declare: bool = True) -> Publisher:
@@ -68,14 +81,66 @@ class Publisher:
         self.close()
 
     def close(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            with contextlib.suppress(*_RETRYABLE):
-                connection.close()
+        with self._connection_lock:
+            self._drop_connection()
 
     def emit(self, job_id: int, type: str, message: str | None = None) -> events.Event:
         """Publish a new event for ``job_id`` now, with this client's next seq for the job."""
-        with self._lock:
+        event = self._next_event(job_id, type, message)
+        self.publish(event)
+        return event
+
+    def publish(self, event: events.Event) -> None:
+        """Send ``event`` and wait for the broker's confirm; raises PublishFailed."""
+        body, properties = _wire(event)
+        deadline = time.monotonic() + self._timeout_s
+        backoff = broker.Backoff(cap=5.0)
+        while True:
+            try:
+                self._send(broker.routing_key(event.type), body, properties)
+                return
+            except _RETRYABLE as exc:
+                delay = backoff.next()
+                if time.monotonic() + delay > deadline:
+                    raise PublishFailed(f"event {event.event_id} not confirmed: {type(exc).__name__}") from exc
+                log.warning("publish of %s failed (%s); retrying in %.1f s", event.event_id, type(exc).__name__, delay)
+                time.sleep(delay)
+
+    def heartbeat(self, job_id: int) -> events.Event:
+        """Renew ``job_id``'s lease (SPEC §6) with a ``progress`` event whose message is null.
+
+        Quick rather than patient: one attempt, and at once a second on a new connection if the
+        first failed (the broker drops a connection left idle past its AMQP heartbeat, as one is
+        between the beats of a long lease); raises PublishFailed, and the next beat tries afresh.
+        """
+        event = self._next_event(job_id, "progress", None)
+        body, properties = _wire(event)
+        try:
+            self._send(broker.routing_key(event.type), body, properties)
+        except _RETRYABLE:
+            try:
+                self._send(broker.routing_key(event.type), body, properties)
+            except _RETRYABLE as exc:
+                raise PublishFailed(f"heartbeat {event.event_id} not confirmed: {type(exc).__name__}") from exc
+        return event
+
+    def job(self, job_id: int, *, heartbeat_timeout_s: float | None = None) -> JobReport:
+        """A context manager reporting on one job: succeeded on exit, failed on an exception.
+
+        With ``heartbeat_timeout_s`` (the job's heartbeat lease, as given when it was created;
+        None or 0: no lease), a background thread keeps the lease alive while the block runs: a
+        heartbeat at once, then every third of the lease. The beats stop, and their thread is
+        joined, as soon as the block ends and before its final event is published. A beat that
+        cannot be published is logged and tried again at the next; it never fails the block. The
+        final event is published as ``emit`` does and raises PublishFailed as it does. Raises
+        ValueError for a negative lease.
+        """
+        if heartbeat_timeout_s is not None and heartbeat_timeout_s < 0:
+            raise ValueError(f"heartbeat_timeout_s must be 0 or more, not {heartbeat_timeout_s}")
+        return JobReport(self, job_id, heartbeat_timeout_s=heartbeat_timeout_s or None)
+
+    def _next_event(self, job_id: int, type: str, message: str | None) -> events.Event:
+        with self._numbering_lock:
             seq = self._seq[job_id]
             if type in events.TERMINAL_TYPES:
                 # A finished job needs no more numbers: forget it, so that a long-lived worker's
@@ -83,42 +148,25 @@ class Publisher:
                 del self._seq[job_id]
             else:
                 self._seq[job_id] += 1
-        event = events.new_event(job_id, type, message, seq=seq)
-        self.publish(event)
-        return event
+            # The time is taken under the same lock as the number, so that the merge key
+            # (occurred_at, seq) orders a job's events as this client made them, whichever of
+            # its threads made them.
+            return events.new_event(job_id, type, message, seq=seq)
 
-    def publish(self, event: events.Event) -> None:
-        """Send ``event`` and wait for the broker's confirm; raises PublishFailed."""
-        body = orjson.dumps(event.to_wire())
-        properties = pika.BasicProperties(
-            content_type=events.CONTENT_TYPE,
-            delivery_mode=pika.DeliveryMode.Persistent,
-            message_id=event.event_id,
-        )
-        deadline = time.monotonic() + self._timeout_s
-        backoff = broker.Backoff(cap=5.0)
-        while True:
+    def _send(self, routing_key: str, body: bytes, properties: pika.BasicProperties) -> None:
+        """One publish-and-confirm, the lock held throughout; drops the connection if it fails."""
+        with self._connection_lock:
             try:
                 channel = self._ensure_channel()
-                channel.basic_publish(
-                    self._settings.exchange, broker.routing_key(event.type), body, properties, mandatory=True
-                )
-                return
-            except _RETRYABLE as exc:
-                self.close()
-                delay = backoff.next()
-                if time.monotonic() + delay > deadline:
-                    raise PublishFailed(f"event {event.event_id} not confirmed: {type(exc).__name__}") from exc
-                log.warning("publish of %s failed (%s); retrying in %.1f s", event.event_id, type(exc).__name__, delay)
-                time.sleep(delay)
-
-    def job(self, job_id: int) -> JobReport:
-        """A context manager reporting on one job: succeeded on exit, failed on an exception."""
-        return JobReport(self, job_id)
+                channel.basic_publish(self._settings.exchange, routing_key, body, properties, mandatory=True)
+            except _RETRYABLE:
+                self._drop_connection()
+                raise
 
     def _ensure_channel(self) -> BlockingChannel:
+        """The open, confirming channel; connects first if there is none. Call with the lock held."""
         if self._channel is None or not self._channel.is_open:
-            self.close()
+            self._drop_connection()
             params = broker.parameters(self._settings.amqp_url, "tracker-publisher")
             self._connection = pika.BlockingConnection(params)
             channel = self._connection.channel()
@@ -128,28 +176,93 @@ class Publisher:
             self._channel = channel
         return self._channel
 
+    def _drop_connection(self) -> None:
+        """Close the connection, if any, quietly. Call with the lock held."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(*_RETRYABLE):
+                connection.close()
+
 
 class JobReport:
     """Reports on one job; see ``Publisher.job``."""
 
-    def __init__(self, publisher: Publisher, job_id: int) -> None:
+    def __init__(self, publisher: Publisher, job_id: int, *, heartbeat_timeout_s: float | None = None) -> None:
         self._publisher = publisher
         self.job_id = job_id
         self.final_message: str | None = None
+        self._heartbeat_timeout_s = heartbeat_timeout_s
+        self._heartbeat: _Heartbeat | None = None
 
     def progress(self, message: str | None = None) -> events.Event:
         return self._publisher.emit(self.job_id, "progress", message)
 
     def __enter__(self) -> JobReport:
+        if self._heartbeat_timeout_s:
+            if self._heartbeat is not None:
+                raise RuntimeError(f"the report on job {self.job_id} is already running")
+            self._heartbeat = _Heartbeat(self._publisher, self.job_id, heartbeat_interval(self._heartbeat_timeout_s))
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, _tb: types.TracebackType | None
     ) -> None:
+        if self._heartbeat is not None:
+            # Stopped and joined first, so that no heartbeat follows the job's final event.
+            self._heartbeat.stop()
+            self._heartbeat = None
         if exc is None:
             self._publisher.emit(self.job_id, "succeeded", self.final_message)
         else:
             self._publisher.emit(self.job_id, "failed", _failure_text(exc))
+
+
+def heartbeat_interval(heartbeat_timeout_s: float) -> float:
+    """How often to renew a lease of ``heartbeat_timeout_s``: three beats a lease, so that one lost
+    beat, or a slow one, does not lose the job."""
+    return heartbeat_timeout_s / 3
+
+
+class _Heartbeat:
+    """A daemon thread calling ``publisher.heartbeat(job_id)`` at once and then every ``interval_s``
+    until ``stop``. A daemon, so that a worker dying without leaving its block stops beating."""
+
+    def __init__(self, publisher: Publisher, job_id: int, interval_s: float) -> None:
+        self._publisher = publisher
+        self._job_id = job_id
+        self._interval_s = interval_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"tracker-heartbeat-{job_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Wake the thread, which ends at once or after the beat it is sending; wait for it."""
+        self._stopped.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        """The thread: beat, wait (woken early by ``stop``), beat again."""
+        # The first beat goes at once: the lease has been running since the job was created,
+        # perhaps long before this block began.
+        while not self._stopped.is_set():
+            try:
+                self._publisher.heartbeat(self._job_id)
+            except PublishFailed as exc:
+                log.warning("heartbeat of job %s: %s; next in %.1f s", self._job_id, exc, self._interval_s)
+            except Exception:
+                # A beat must never end the beating: an alive worker would lose its job.
+                log.exception("heartbeat of job %s failed; next in %.1f s", self._job_id, self._interval_s)
+            self._stopped.wait(self._interval_s)
+
+
+def _wire(event: events.Event) -> tuple[bytes, pika.BasicProperties]:
+    """The body and properties an event is published with (SPEC §3)."""
+    properties = pika.BasicProperties(
+        content_type=events.CONTENT_TYPE,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=event.event_id,
+    )
+    return orjson.dumps(event.to_wire()), properties
 
 
 def _failure_text(exc: BaseException) -> str:
