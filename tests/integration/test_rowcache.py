@@ -29,6 +29,7 @@ from tracker import auth
 from tracker.config import Settings
 from tracker.events import new_event
 from tracker.store import Job, JobNotFound, JobStore, StoreUnavailable, make_engine, migrate, open_job_store
+from tracker.store.postgresql import PostgresJobStore
 from tracker.users import LoginThrottle, UserStore
 
 CHECK_S = 0.2  # the listener proves itself five times a second here, so the tests wait less
@@ -43,8 +44,8 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 10.0
         time.sleep(0.005)
 
 
-class CountingStore(JobStore):
-    """The real store, counting the reads that reach the database."""
+class CountingStore(PostgresJobStore):
+    """The real (PostgreSQL) store, counting the reads that reach the database."""
 
     def __init__(self, engine: sa.Engine) -> None:
         super().__init__(engine)
