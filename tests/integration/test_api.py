@@ -13,7 +13,8 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
-from api.app import NOT_IMPLEMENTED, Deps, create_app
+from api.app import Deps, create_app
+from tests.spec_texts import NOT_IMPLEMENTED
 from tracker import auth, events
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store

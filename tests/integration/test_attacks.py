@@ -14,8 +14,9 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
-from api.resources import ID_NOT_INTEGER, MAX_BODY_BYTES
+from api.resources import MAX_BODY_BYTES
 from tests.conftest import TEST_SECRET
+from tests.spec_texts import ID_NOT_INTEGER
 from tests.integration.test_api import PASSWORD, Api, api, assert_alert, build, users  # noqa: F401 - fixtures
 from tracker.config import Settings
 from tracker.users import UserStore
