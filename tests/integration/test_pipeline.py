@@ -207,6 +207,43 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_good_events_still_apply(
     assert store.get_job(job.id).message == "step 2"
 
 
+def body_of_size(document: dict, size: int) -> bytes:
+    """``document`` as JSON of exactly ``size`` bytes, padded by an unknown field (ignored by SPEC §3)."""
+    bare = json.dumps({**document, "padding": ""}).encode()
+    body = json.dumps({**document, "padding": "p" * (size - len(bare))}).encode()
+    assert len(body) == size
+    return body
+
+
+def test_the_limits_of_spec_3_are_exact(settings, store, start_consumer, raw_channel):
+    """64 KiB is 65,536 bytes and taken; one byte more is not. A job_id of 2^63-1 is valid (the
+    job just does not exist); 2^63 is invalid."""
+    job = store.create_job()
+    properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+
+    def send(document: dict, size: int | None = None) -> bytes:
+        body = json.dumps(document).encode() if size is None else body_of_size(document, size)
+        raw_channel.basic_publish(settings.exchange, "job.progress", body, properties, mandatory=True)
+        return body
+
+    send(events.new_event(job.id, "progress", "the largest body").to_wire(), 65_536)
+    too_large = send(events.new_event(job.id, "succeeded", "one byte too many").to_wire(), 65_537)
+    valid_id = send({**events.new_event(1, "progress").to_wire(), "job_id": 9223372036854775807})
+    invalid_id = send({**events.new_event(1, "progress").to_wire(), "job_id": 9223372036854775808})
+    start_consumer()
+    wait_until(
+        lambda: queue_depth(raw_channel, settings.queue) == 0 and queue_depth(raw_channel, settings.dead_queue) >= 3,
+        what="the queue drained into the row and the dead letters",
+    )
+    reasons = {body: headers["x-tracker-reason"] for body, headers in drain_dead(raw_channel, settings.dead_queue)}
+    assert set(reasons) == {too_large, valid_id, invalid_id}, "the 65,536-byte body was dead-lettered"
+    assert "body is 65537 bytes, over the limit of 65536" in reasons[too_large]
+    assert reasons[valid_id] == "job 9223372036854775807 does not exist"
+    assert "job_id: must be at most 9223372036854775807" in reasons[invalid_id]
+    row = store.get_job(job.id)
+    assert (row.status, row.message) == (merge.PENDING, "the largest body")
+
+
 def test_two_consumers_on_the_same_jobs_converge(store, start_consumer, publisher):
     rng = random.Random(11)
     job_ids = [store.create_job().id for _ in range(30)]
