@@ -87,6 +87,16 @@ def _needs_rabbitmq(item: pytest.Item) -> bool:
     return "rabbitmq_server" in getattr(item, "fixturenames", ()) or item.get_closest_marker("rabbitmq") is not None
 
 
+FAULT_TEST_TIMEOUT_S = 900  # a fault scenario at TRACKER_FAULTS_SCALE=long runs for minutes
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    faults = config.rootpath / "tests" / "faults"
+    for item in items:
+        if item.path.is_relative_to(faults) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(FAULT_TEST_TIMEOUT_S))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Before the first test: a run that needs a service that is down stops now, not half way.
     if session.config.getoption("collectonly"):
