@@ -10,7 +10,6 @@ import time
 import argon2
 import falcon.testing
 import jwt
-import pytest
 import sqlalchemy as sa
 
 from api.app import Deps, create_app
@@ -68,19 +67,6 @@ def build(settings: Settings, engine: sa.Engine, users: UserStore, jobs: JobStor
         clock=clock,
     )
     return Api(falcon.testing.TestClient(create_app(deps)), tokens, users, jobs, clock, settings)
-
-
-@pytest.fixture
-def users(engine: sa.Engine) -> UserStore:
-    store = UserStore(engine, FAST_PASSWORDS)
-    for name, role in (("admin", "admin"), ("ops", "operations"), ("viewer", "read-only")):
-        store.add(name, role, PASSWORD)
-    return store
-
-
-@pytest.fixture
-def api(settings: Settings, engine: sa.Engine, users: UserStore) -> Api:
-    return build(settings, engine, users)
 
 
 def assert_alert(result: falcon.testing.Result, status: int, text: str) -> None:

@@ -92,7 +92,7 @@ def test_parse_job_id_reads_go_integers(text: str, expected: int) -> None:
         "0x1f",
         "+",
         "--1",
-        "١",  # Arabic-Indic one
+        "\u0661",  # ARABIC-INDIC DIGIT ONE: a digit to Python's int(), not to Go's ParseInt
         "9223372036854775808",
         "-9223372036854775809",
         "1" * 5000,
