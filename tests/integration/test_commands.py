@@ -8,9 +8,7 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 
 import pika
 import pika.exceptions
@@ -19,6 +17,7 @@ import sqlalchemy as sa
 
 from tests.conftest import TEST_SECRET
 from tests.e2e.live_api import free_port
+from tests.polling import poll_until
 from tests.processes import environment
 from tracker import events
 from tracker.config import Settings
@@ -41,18 +40,6 @@ def settings(amqp_names: dict[str, str], rabbitmq_server: str, tmp_path) -> Sett
         secret_file=str(tmp_path / "secret"),
         **amqp_names,
     )
-
-
-def poll_until(check: Callable[[], object], timeout: float, what: str) -> object:
-    """``check()``'s first true value, polled until ``timeout`` seconds pass; fails the test then."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def test_a_published_event_carries_the_properties_of_the_spec(settings: Settings) -> None:
