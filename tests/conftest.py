@@ -1,11 +1,16 @@
 """Shared fixtures: real PostgreSQL, SQLite and RabbitMQ, each test with its own names and rows.
 
-The run stops at once, saying how to start the service, when PostgreSQL or RabbitMQ is not up.
-Override where they are with TRACKER_TEST_POSTGRES_URL and TRACKER_TEST_AMQP_URL.
+Only the tests that use a service need it: ``tests/unit`` runs with neither. Once the tests are
+collected, the services the selected ones need are checked, and the run stops at once, saying how
+to start the one that is not up. A test needs PostgreSQL through the ``postgres_server`` fixture
+(``postgres_url``, ``database_url[postgresql]`` …) or the ``postgres`` marker, and RabbitMQ through
+``rabbitmq_server`` (``amqp_names``, ``settings`` …) or the ``rabbitmq`` marker. Override where they
+are with TRACKER_TEST_POSTGRES_URL and TRACKER_TEST_AMQP_URL.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -21,47 +26,112 @@ POSTGRES_URL = os.environ.get("TRACKER_TEST_POSTGRES_URL", "postgresql+psycopg:/
 AMQP_URL = os.environ.get("TRACKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 TEST_SECRET = "test-secret-" + "x" * 40
 
-_START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-_START_RABBITMQ = "rabbitmq-server -detached"
+START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+START_RABBITMQ = "rabbitmq-server -detached"
 
 
-def _check_services() -> None:
+@functools.cache
+def _postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used (None when it answers); asked once per run."""
     try:
         engine = sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.exec_driver_sql("select 1")
-        engine.dispose()
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("select 1")
+        finally:
+            engine.dispose()
     except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
-        pytest.exit(
-            f"PostgreSQL is not answering at {POSTGRES_URL} ({exc.__class__.__name__}). "
-            f"Start it with: {_START_POSTGRES}",
-            returncode=3,
+        return (
+            f"PostgreSQL is not answering at {POSTGRES_URL} ({exc.__class__.__name__}). Start it with: {START_POSTGRES}"
         )
+    return None
+
+
+@functools.cache
+def _rabbitmq_problem() -> str | None:
+    """Why RabbitMQ cannot be used (None when it answers); asked once per run."""
     try:
         params = pika.URLParameters(AMQP_URL)
         params.socket_timeout = 3
         params.blocked_connection_timeout = 3
         pika.BlockingConnection(params).close()
-    except Exception as exc:  # noqa: BLE001
-        pytest.exit(
-            f"RabbitMQ is not answering at {AMQP_URL} ({exc.__class__.__name__}). Start it with: {_START_RABBITMQ}",
-            returncode=3,
-        )
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
+        return f"RabbitMQ is not answering at {AMQP_URL} ({exc.__class__.__name__}). Start it with: {START_RABBITMQ}"
+    return None
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if not session.config.getoption("collectonly"):
-        _check_services()
+def require_postgres() -> None:
+    """Stop the whole run, saying how to start PostgreSQL, unless it answers."""
+    problem = _postgres_problem()
+    if problem:
+        pytest.exit(problem, returncode=3)
+
+
+def require_rabbitmq() -> None:
+    """Stop the whole run, saying how to start RabbitMQ, unless it answers."""
+    problem = _rabbitmq_problem()
+    if problem:
+        pytest.exit(problem, returncode=3)
+
+
+def _needs_postgres(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return (
+        "postgres_server" in getattr(item, "fixturenames", ())
+        or item.get_closest_marker("postgres") is not None
+        or (callspec is not None and callspec.params.get("database_url") == "postgresql")
+    )
+
+
+def _needs_rabbitmq(item: pytest.Item) -> bool:
+    return "rabbitmq_server" in getattr(item, "fixturenames", ()) or item.get_closest_marker("rabbitmq") is not None
+
+
+FAULT_TEST_TIMEOUT_S = 900  # a fault scenario at TRACKER_FAULTS_SCALE=long runs for minutes
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    faults = config.rootpath / "tests" / "faults"
+    for item in items:
+        if item.path.is_relative_to(faults) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(FAULT_TEST_TIMEOUT_S))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Before the first test: a run that needs a service that is down stops now, not half way.
+    if session.config.getoption("collectonly"):
+        return
+    problems = []
+    if any(_needs_postgres(item) for item in session.items):
+        problems.append(_postgres_problem())
+    if any(_needs_rabbitmq(item) for item in session.items):
+        problems.append(_rabbitmq_problem())
+    if any(problems):
+        pytest.exit("\n".join(problem for problem in problems if problem), returncode=3)
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_server() -> str:
+    """The URL of the PostgreSQL server (its maintenance database); the run stops if it is down."""
+    require_postgres()
+    return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> str:
+    """The URL of RabbitMQ; the run stops if it is down."""
+    require_rabbitmq()
+    return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: str) -> Iterator[str]:
     """A database of this test session's own, migrated, dropped at the end."""
     name = f"tracker_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    url = sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
     engine = make_engine(url)
     migrate(engine)
     engine.dispose()
@@ -102,7 +172,7 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def amqp_names() -> Iterator[dict[str, str]]:
+def amqp_names(rabbitmq_server: str) -> Iterator[dict[str, str]]:
     """Exchange and queue names of this test's own, deleted afterwards."""
     prefix = f"test.{uuid.uuid4().hex[:8]}"
     names = {
@@ -112,7 +182,7 @@ def amqp_names() -> Iterator[dict[str, str]]:
         "dead_queue": f"{prefix}.dead",
     }
     yield names
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_server))
     channel = connection.channel()
     for queue in (names["queue"], names["dead_queue"]):
         channel.queue_delete(queue)

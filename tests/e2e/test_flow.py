@@ -35,7 +35,8 @@ class Http:
         self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None, cookies: bool = True
     ):
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
+        # The base is the test's own http://127.0.0.1 server.
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})  # noqa: S310
         if data is not None:
             request.add_header("Content-Type", "application/json")
         opener = self._opener if cookies else urllib.request.build_opener()
@@ -68,7 +69,7 @@ def system(settings, engine, tmp_path):
 
 
 def login(client: Http, username: str) -> None:
-    status, headers, body = client.call("POST", "/api/5.0/user/login", {"u": username, "p": PASSWORD})
+    status, _headers, body = client.call("POST", "/api/5.0/user/login", {"u": username, "p": PASSWORD})
     assert status == 200, body
     assert body == {"alerts": [{"text": "Successfully logged in.", "level": "success"}]}
     names = {cookie.name for cookie in client.cookies}

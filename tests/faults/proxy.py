@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable
@@ -111,10 +112,8 @@ class _Pair:
     def shut(self) -> None:
         """Make both directions stop: their blocked recv calls return at once."""
         for sock in self._sockets:
-            try:
+            with contextlib.suppress(OSError):  # already shut or closed: nothing left to stop
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _pump(self, source: socket.socket, target: socket.socket) -> None:
         try:

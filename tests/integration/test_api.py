@@ -10,10 +10,12 @@ import time
 import argon2
 import falcon.testing
 import jwt
-import pytest
 import sqlalchemy as sa
+import pytest
 
-from api.app import NOT_IMPLEMENTED, Deps, create_app
+from api.app import Deps, create_app
+from tests.polling import poll_until
+from tests.spec_texts import NOT_IMPLEMENTED
 from tracker import auth, events
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store
@@ -68,19 +70,6 @@ def build(settings: Settings, engine: sa.Engine, users: UserStore, jobs: JobStor
         clock=clock,
     )
     return Api(falcon.testing.TestClient(create_app(deps)), tokens, users, jobs, clock, settings)
-
-
-@pytest.fixture
-def users(engine: sa.Engine) -> UserStore:
-    store = UserStore(engine, FAST_PASSWORDS)
-    for name, role in (("admin", "admin"), ("ops", "operations"), ("viewer", "read-only")):
-        store.add(name, role, PASSWORD)
-    return store
-
-
-@pytest.fixture
-def api(settings: Settings, engine: sa.Engine, users: UserStore) -> Api:
-    return build(settings, engine, users)
 
 
 def assert_alert(result: falcon.testing.Result, status: int, text: str) -> None:
@@ -383,10 +372,12 @@ def test_ping_answers_without_credentials(api: Api) -> None:
 
 def test_a_deleted_users_token_does_not_work_for_a_new_account_of_the_same_name(api: Api) -> None:
     old_token = api.bearer("ops")
+    issued_in = int(time.time())  # read after issuing: at or after the token's second
     job_id = api.jobs.create_job().id
     assert api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=old_token).status_code == 200
     assert api.users.remove("ops")
-    time.sleep(1.05)  # tokens carry whole seconds: the new account must be created in a later one
+    # Tokens carry whole seconds: the new account must be created in a later one than the token.
+    poll_until(lambda: int(time.time()) > issued_in, 2, "the next whole second")
     api.users.add("ops", "operations", PASSWORD)
     api.clock.now += api.settings.user_cache_s + 0.1
     assert_alert(

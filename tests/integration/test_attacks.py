@@ -14,9 +14,10 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
-from api.resources import ID_NOT_INTEGER, MAX_BODY_BYTES
+from api.resources import MAX_BODY_BYTES
 from tests.conftest import TEST_SECRET
-from tests.integration.test_api import PASSWORD, Api, api, assert_alert, build, users  # noqa: F401 - fixtures
+from tests.integration.test_api import PASSWORD, Api, assert_alert, build
+from tests.spec_texts import ID_NOT_INTEGER
 from tracker.config import Settings
 from tracker.users import UserStore
 
@@ -86,7 +87,7 @@ def test_tampered_tokens_and_cookie_values_are_refused(api: Api) -> None:
     token = api.login("ops").cookies["access_token"].value
     job = api.client.simulate_post("/api/5.0/async_status", cookies={"access_token": token}).json["response"]
     url = f"/api/5.0/async_status/{job['id']}"
-    for name, forged in tampered(token).items():
+    for _name, forged in tampered(token).items():
         for credentials in (
             {"headers": {"Authorization": f"Bearer {forged}"}},
             {"cookies": {"access_token": forged}},

@@ -124,7 +124,7 @@ def corpus(job_id: int) -> list[BadInput]:
         ),
         BadInput(
             "a 32000-character key, repeated",
-            ('{"%s": 1, "%s": 2}' % (long_key, long_key)).encode(),
+            f'{{"{long_key}": 1, "{long_key}": 2}}'.encode(),
             "body repeats the key 'kkkk",
             headers={"padding": "h" * 100_000},
         ),

@@ -10,16 +10,15 @@ import sqlalchemy as sa
 from bench import workload
 from bench.anatomy import measure, settings_for
 from bench.services import BenchBroker, BenchDatabase
-from tests.conftest import AMQP_URL, POSTGRES_URL
 
 EVENTS = 10_000  # enough CPU for the clock ticks of /proc (10 ms) to see every part
 
 
 @pytest.fixture
-def bench_parts():
-    url = sa.make_url(POSTGRES_URL).set(database=f"tracker_test_{uuid.uuid4().hex[:10]}_anatomy")
+def bench_parts(postgres_server: str, rabbitmq_server: str):
+    url = sa.make_url(postgres_server).set(database=f"tracker_test_{uuid.uuid4().hex[:10]}_anatomy")
     database = BenchDatabase(url.render_as_string(hide_password=False))
-    broker = BenchBroker(AMQP_URL, uuid.uuid4().hex[:8])
+    broker = BenchBroker(rabbitmq_server, uuid.uuid4().hex[:8])
     settings = settings_for(database, broker)
     yield settings, database, broker
     broker.delete_all()

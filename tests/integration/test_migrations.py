@@ -11,18 +11,17 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from tests.conftest import POSTGRES_URL
 from tracker.store import make_engine, migrations
 
 
 @pytest.fixture
-def fresh_database() -> Iterator[str]:
+def fresh_database(postgres_server: str) -> Iterator[str]:
     """A new, empty PostgreSQL database of this test's own."""
     name = f"tracker_test_{uuid.uuid4().hex[:10]}_mig"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    yield sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()

@@ -11,7 +11,9 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pika
+import pika.exceptions
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 
 from consumers.amqp import Consumer
 from consumers.status import StatusProjector
@@ -205,6 +207,43 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_good_events_still_apply(
     assert store.get_job(job.id).message == "step 2"
 
 
+def body_of_size(document: dict, size: int) -> bytes:
+    """``document`` as JSON of exactly ``size`` bytes, padded by an unknown field (ignored by SPEC §3)."""
+    bare = json.dumps({**document, "padding": ""}).encode()
+    body = json.dumps({**document, "padding": "p" * (size - len(bare))}).encode()
+    assert len(body) == size
+    return body
+
+
+def test_the_limits_of_spec_3_are_exact(settings, store, start_consumer, raw_channel):
+    """64 KiB is 65,536 bytes and taken; one byte more is not. A job_id of 2^63-1 is valid (the
+    job just does not exist); 2^63 is invalid."""
+    job = store.create_job()
+    properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+
+    def send(document: dict, size: int | None = None) -> bytes:
+        body = json.dumps(document).encode() if size is None else body_of_size(document, size)
+        raw_channel.basic_publish(settings.exchange, "job.progress", body, properties, mandatory=True)
+        return body
+
+    send(events.new_event(job.id, "progress", "the largest body").to_wire(), 65_536)
+    too_large = send(events.new_event(job.id, "succeeded", "one byte too many").to_wire(), 65_537)
+    valid_id = send({**events.new_event(1, "progress").to_wire(), "job_id": 9223372036854775807})
+    invalid_id = send({**events.new_event(1, "progress").to_wire(), "job_id": 9223372036854775808})
+    start_consumer()
+    wait_until(
+        lambda: queue_depth(raw_channel, settings.queue) == 0 and queue_depth(raw_channel, settings.dead_queue) >= 3,
+        what="the queue drained into the row and the dead letters",
+    )
+    reasons = {body: headers["x-tracker-reason"] for body, headers in drain_dead(raw_channel, settings.dead_queue)}
+    assert set(reasons) == {too_large, valid_id, invalid_id}, "the 65,536-byte body was dead-lettered"
+    assert "body is 65537 bytes, over the limit of 65536" in reasons[too_large]
+    assert reasons[valid_id] == "job 9223372036854775807 does not exist"
+    assert "job_id: must be at most 9223372036854775807" in reasons[invalid_id]
+    row = store.get_job(job.id)
+    assert (row.status, row.message) == (merge.PENDING, "the largest body")
+
+
 def test_two_consumers_on_the_same_jobs_converge(store, start_consumer, publisher):
     rng = random.Random(11)
     job_ids = [store.create_job().id for _ in range(30)]
@@ -217,19 +256,79 @@ def test_two_consumers_on_the_same_jobs_converge(store, start_consumer, publishe
     wait_until(lambda: actual_rows(store, expected) == expected, timeout=60, what="rows to match the merge rule")
 
 
-def test_consumer_declares_the_topology_of_the_spec(settings, start_consumer, raw_channel):
-    start_consumer()
-    # Passive declares fail (closing the channel) unless the objects exist as declared.
-    time.sleep(0.3)
-    raw_channel.exchange_declare(settings.exchange, exchange_type="topic", durable=True, passive=True)
-    raw_channel.queue_declare(settings.queue, passive=True)
-    raw_channel.queue_declare(settings.dead_queue, passive=True)
-    # Declaring the queue again with the SPEC's arguments is accepted only if they match.
-    raw_channel.queue_declare(
-        settings.queue,
-        durable=True,
-        arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": settings.dead_exchange},
+class Broker:
+    """A connection of the test's own that declares nothing; each check on a fresh channel."""
+
+    def __init__(self, url: str) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+
+    def accepts(self, declare: Callable[[BlockingChannel], object]) -> bool:
+        """Whether the broker takes this declare; False on 406 PRECONDITION_FAILED (it differs)."""
+        channel = self.connection.channel()
+        try:
+            declare(channel)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            assert exc.reply_code == 406, exc
+            return False
+        channel.close()
+        return True
+
+    def exists(self, queue: str) -> bool:
+        channel = self.connection.channel()
+        try:
+            channel.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            assert exc.reply_code == 404, exc
+            return False
+        channel.close()
+        return True
+
+
+def test_consumer_declares_the_topology_of_the_spec(settings, engine):
+    """The consumer alone declares, on names nothing else has declared; each part is then checked
+    by re-declaring it: the broker refuses (406) a declare that differs from what exists."""
+    broker = Broker(settings.amqp_url)
+    assert not broker.exists(settings.queue) and not broker.exists(settings.dead_queue)
+    running = RunningConsumer(settings, engine)
+    try:
+        wait_until(lambda: broker.exists(settings.queue), what="the consumer to declare its queue")
+    finally:
+        running.stop()  # so that it takes none of the messages below
+    events_queue = {"x-queue-type": "quorum", "x-dead-letter-exchange": settings.dead_exchange}
+    exchange, queue = settings.exchange, settings.queue
+    dead_exchange, dead_queue = settings.dead_exchange, settings.dead_queue
+    # the events exchange: topic, durable
+    assert broker.accepts(lambda ch: ch.exchange_declare(exchange, exchange_type="topic", durable=True))
+    assert not broker.accepts(lambda ch: ch.exchange_declare(exchange, exchange_type="topic", durable=False))
+    assert not broker.accepts(lambda ch: ch.exchange_declare(exchange, exchange_type="fanout", durable=True))
+    # the events queue: durable, quorum, dead-lettering to the dead-letter exchange
+    assert broker.accepts(lambda ch: ch.queue_declare(queue, durable=True, arguments=events_queue))
+    assert not broker.accepts(lambda ch: ch.queue_declare(queue, durable=False, arguments=events_queue))
+    assert not broker.accepts(
+        lambda ch: ch.queue_declare(queue, durable=True, arguments={**events_queue, "x-queue-type": "classic"})
     )
+    assert not broker.accepts(
+        lambda ch: ch.queue_declare(queue, durable=True, arguments={**events_queue, "x-dead-letter-exchange": "x"})
+    )
+    # the dead-letter exchange and the dead queue: durable
+    assert broker.accepts(lambda ch: ch.exchange_declare(dead_exchange, exchange_type="fanout", durable=True))
+    assert not broker.accepts(lambda ch: ch.exchange_declare(dead_exchange, exchange_type="fanout", durable=False))
+    assert broker.accepts(lambda ch: ch.queue_declare(dead_queue, durable=True))
+    assert not broker.accepts(lambda ch: ch.queue_declare(dead_queue, durable=False))
+
+    # bound with job.#: job.<anything> reaches the queue, other keys reach no queue at all
+    channel = broker.connection.channel()
+    channel.confirm_delivery()
+    channel.basic_publish(exchange, "job.progress.extra", b"{}", mandatory=True)
+    with pytest.raises(pika.exceptions.UnroutableError):
+        channel.basic_publish(exchange, "task.progress", b"{}", mandatory=True)
+    wait_until(lambda: queue_depth(channel, queue) == 1, what="the job.# message in the events queue")
+    # a rejected message goes through the dead-letter exchange to the dead queue
+    method, _, _ = channel.basic_get(queue)
+    assert method is not None and method.routing_key == "job.progress.extra"
+    channel.basic_reject(method.delivery_tag, requeue=False)
+    wait_until(lambda: queue_depth(channel, dead_queue) == 1, what="the rejected message in the dead queue")
+    broker.connection.close()
 
 
 def test_an_event_published_before_its_timestamp_is_kept_in_utc(store, start_consumer, publisher):

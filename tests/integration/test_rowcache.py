@@ -45,7 +45,7 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 10.0
 
 
 class CountingStore(PostgresJobStore):
-    """The real store, counting the reads that reach the database."""
+    """The real (PostgreSQL) store, counting the reads that reach the database."""
 
     def __init__(self, engine: sa.Engine) -> None:
         super().__init__(engine)

@@ -10,7 +10,8 @@ import pytest
 
 from api import app as api_app
 from api.errors import alerts
-from api.resources import ID_NOT_INTEGER, parse_job_id
+from api.resources import parse_job_id
+from tests import spec_texts
 from tracker import auth, roles
 from tracker.config import Settings
 from tracker.store import Job, JobNotFound, StoreUnavailable
@@ -34,7 +35,8 @@ class FakeJobs:
 
 class FakeUsers:
     def get(self, username: str) -> User | None:
-        return User(username, "operations", dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+        role = "read-only" if username == "viewer" else "operations"
+        return User(username, role, dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
 
 
 def client_over(jobs: FakeJobs) -> tuple[falcon.testing.TestClient, dict[str, str]]:
@@ -90,7 +92,7 @@ def test_parse_job_id_reads_go_integers(text: str, expected: int) -> None:
         "0x1f",
         "+",
         "--1",
-        "١",  # Arabic-Indic one
+        "\u0661",  # ARABIC-INDIC DIGIT ONE: a digit to Python's int(), not to Go's ParseInt
         "9223372036854775808",
         "-9223372036854775809",
         "1" * 5000,
@@ -99,7 +101,7 @@ def test_parse_job_id_reads_go_integers(text: str, expected: int) -> None:
 def test_parse_job_id_refuses_the_rest(text: str) -> None:
     with pytest.raises(falcon.HTTPBadRequest) as raised:
         parse_job_id(text)
-    assert raised.value.description == ID_NOT_INTEGER
+    assert raised.value.description == spec_texts.ID_NOT_INTEGER
 
 
 @pytest.mark.parametrize(
@@ -184,3 +186,26 @@ def test_unexpected_errors_are_500_without_a_traceback(caplog: pytest.LogCapture
     assert_alert(result, 500, "Internal Server Error")
     assert "secret detail" not in result.text
     assert "secret detail" in caplog.text  # the operator still gets the traceback
+
+
+@pytest.mark.parametrize("version", ["4.2", "5.1"])
+def test_a_later_minor_version_answers_the_spec_text(version: str) -> None:
+    client, headers = client_over(FakeJobs())
+    result = client.simulate_get(f"/api/{version}/async_status/1", headers=headers)
+    assert_alert(result, 501, spec_texts.NOT_IMPLEMENTED)
+    assert_alert(client.simulate_post(f"/api/{version}/user/login"), 501, spec_texts.NOT_IMPLEMENTED)
+
+
+def test_refusals_answer_the_spec_texts() -> None:
+    job = Job(7, "PENDING", dt.datetime(2024, 1, 1, tzinfo=dt.UTC), None, "Async job has started.")
+    client, headers = client_over(FakeJobs(job))
+    get = client.simulate_get
+    assert_alert(get("/api/5.0/nothing", headers=headers), 404, spec_texts.no_such_path("/api/5.0/nothing"))
+    assert_alert(get("/api/5.0/async_status/x", headers=headers), 400, spec_texts.ID_NOT_INTEGER)
+    assert_alert(get("/api/5.0/async_status/8", headers=headers), 404, spec_texts.NOT_FOUND)
+    assert_alert(get("/api/5.0/async_status/9223372036854775807", headers=headers), 404, spec_texts.NOT_FOUND)
+    assert_alert(get("/api/5.0/async_status/9223372036854775808", headers=headers), 400, spec_texts.ID_NOT_INTEGER)
+    assert_alert(get("/api/5.0/async_status/7"), 401, spec_texts.UNAUTHORIZED)
+    viewer = {"Authorization": f"Bearer {auth.Tokens(SECRET, 60).issue('viewer')}"}
+    assert_alert(get("/api/5.0/async_status/7", headers=viewer), 403, spec_texts.MISSING_READ)
+    assert get("/api/5.0/async_status/7", headers=headers).status_code == 200

@@ -1,4 +1,4 @@
-"""The merge rule: incremental folds agree with the sort-based statement of SPEC §3, in any order."""
+"""The merge rule: incremental folds agree with SPEC §3 (``tests.oracle``), in any order and batching."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import oracle
 from tracker import merge
 from tracker.events import Event, new_event
 
@@ -55,8 +56,12 @@ def fold_in_batches(batches: list[list[Event]], initial: str | None = "created")
     return state
 
 
-def row(state: merge.JobState) -> tuple:
-    return state.status, state.message, state.end_time
+def row(state: merge.JobState) -> oracle.Row:
+    return oracle.Row(state.status, state.message, state.end_time)
+
+
+def spec_row(events: list[Event], initial: str | None = "created") -> oracle.Row:
+    return oracle.expected_row(START, initial, [e.to_wire() for e in events])
 
 
 @settings(max_examples=1500, deadline=None)
@@ -64,25 +69,29 @@ def row(state: merge.JobState) -> tuple:
     distinct=st.lists(events_strategy, min_size=0, max_size=8, unique_by=lambda e: e.event_id),
     data=st.data(),
 )
-def test_any_order_any_duplicates_any_batching_gives_the_in_order_row(distinct, data):
-    in_order = row(fold_in_batches([[e] for e in sorted(distinct, key=merge.key_of)]))
+def test_any_order_any_duplicates_any_batching_gives_the_row_of_the_spec(distinct, data):
+    expected = spec_row(distinct)
+    in_order = sorted(distinct, key=lambda e: oracle.sort_key(e.to_wire()))
+    assert row(fold_in_batches([[e] for e in in_order])) == expected
     duplicated = distinct + data.draw(st.lists(st.sampled_from(distinct), max_size=8) if distinct else st.just([]))
     shuffled = data.draw(st.permutations(duplicated))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(shuffled)), max_size=len(shuffled))))
-    batches = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
-    assert row(fold_in_batches(batches)) == in_order
-    assert row(merge.replay(START, "created", duplicated)) == in_order
+    batches = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)], strict=True)]
+    assert row(fold_in_batches(batches)) == expected
+    assert row(merge.replay(START, "created", duplicated)) == expected
 
 
 def test_no_events_is_pending_with_the_creation_message():
     state = fold_in_batches([])
-    assert row(state) == (merge.PENDING, "created", None)
+    assert row(state) == oracle.Row("PENDING", "created", None)
 
 
 def test_events_after_the_first_terminal_change_nothing():
     done = event("succeeded", "done", at_us=10)
     later = [event("failed", "boom", at_us=20), event("progress", "late note", at_us=30)]
-    assert row(fold_in_batches([[done], later])) == (merge.SUCCEEDED, "done", START + dt.timedelta(microseconds=10))
+    assert row(fold_in_batches([[done], later])) == oracle.Row(
+        "SUCCEEDED", "done", START + dt.timedelta(microseconds=10)
+    )
 
 
 def test_a_late_earlier_terminal_wins_and_restores_the_message_before_it():
@@ -91,7 +100,7 @@ def test_a_late_earlier_terminal_wins_and_restores_the_message_before_it():
     p1, p3 = event("progress", "p1", at_us=1), event("progress", "p3", at_us=3)
     t2 = event("failed", None, at_us=2)
     state = fold_in_batches([[p1], [p3], [t2]])
-    assert row(state) == (merge.FAILED, "p1", START + dt.timedelta(microseconds=2))
+    assert row(state) == oracle.Row("FAILED", "p1", START + dt.timedelta(microseconds=2))
 
 
 def test_end_time_is_never_before_start_time():
@@ -115,3 +124,16 @@ def test_message_null_keeps_the_previous_message():
 
 def test_creation_message_none_stays_none_until_an_event_says_something():
     assert fold_in_batches([[event("progress", None)]], initial=None).message is None
+
+
+def test_the_oracle_reads_the_words_of_the_spec():
+    """Absent seq is 0; event_id orders as lowercase text; occurred_at compares as an instant."""
+    at = "2026-01-01T00:00:00.000001Z"
+    same_instant = "2026-01-01T02:00:00.000001+02:00"
+    upper = {"event_id": "B0000000-0000-0000-0000-000000000000", "type": "failed", "occurred_at": at, "seq": 0}
+    lower = {"event_id": "a0000000-0000-0000-0000-000000000000", "type": "succeeded", "occurred_at": same_instant}
+    assert oracle.expected_row(START, None, [upper, lower]).status == "SUCCEEDED"
+    later_seq = {**lower, "seq": 1}
+    assert oracle.expected_row(START, None, [upper, later_seq]).status == "FAILED"
+    assert oracle.expected_row(START, None, [upper]).end_time == START + dt.timedelta(microseconds=1)
+    assert oracle.expected_row(START + dt.timedelta(days=1), None, [upper]).end_time == START + dt.timedelta(days=1)

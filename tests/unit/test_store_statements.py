@@ -14,7 +14,8 @@ def _as_sent(clause: sa.TextClause) -> str:
 
 def test_the_merge_fits_psycopgs_cache_of_converted_queries():
     # Over the limit, psycopg splits the 4 kB text with a regular expression on every batch.
-    assert len(_as_sent(postgresql._MERGE)) <= psycopg._queries.MAX_CACHED_STATEMENT_LENGTH
+
+    assert len(_as_sent(postgresql._MERGE)) <= psycopg._queries.MAX_CACHED_STATEMENT_LENGTH  # noqa: SLF001
 
 
 def test_compacting_drops_comment_lines_and_runs_of_white_space():
