@@ -10,8 +10,8 @@ import time
 import argon2
 import falcon.testing
 import jwt
-import sqlalchemy as sa
 import pytest
+import sqlalchemy as sa
 
 from api.app import Deps, create_app
 from tests.polling import poll_until
