@@ -17,6 +17,11 @@ from tracker.events import Event
 MAX_TIMEOUT_S = 30 * 24 * 3600  # 2,592,000: 30 days, for both settings
 DEFAULT_JOB_TIMEOUT_S = 24 * 3600
 DEFAULT_HEARTBEAT_TIMEOUT_S = 0  # none
+# A lease whose recorded expiry is within this of what a receipt now would make it is not
+# rewritten: a job whose events come in bursts then costs one write, not one a batch. The
+# recorded expiry may so be up to this much early, so the check waits this much past it: a job
+# is never failed early, and at most this late. merge.sql states the same interval.
+RENEW_SLACK_S = 1
 
 Reason = Literal["heartbeat", "timeout"]
 REASONS: tuple[Reason, ...] = ("heartbeat", "timeout")

@@ -32,3 +32,12 @@ def test_compacting_drops_comment_lines_and_runs_of_white_space():
 def test_a_comment_after_code_is_refused_rather_than_swallowing_the_rest():
     with pytest.raises(ValueError, match="line of its own"):
         postgresql.compact("SELECT a -- why\nFROM t")
+
+
+def test_the_merge_renews_a_lease_with_the_slack_the_lost_job_check_allows():
+    # The check waits RENEW_SLACK_S past a recorded expiry because the fold may leave one that
+    # much early; the statement must skip no more than that.
+    from tracker.leases import RENEW_SLACK_S
+
+    text = postgresql.MERGE_SQL.read_text()
+    assert f"(l.heartbeat_timeout_s - {RENEW_SLACK_S}) * interval '1 s'" in text

@@ -34,6 +34,7 @@ _PURGE_PAUSE_S = 0.01  # between purge batches: lets the consumers' and the API'
 
 _job = async_status.c
 _lease = async_status_lease.c
+_RENEW_SLACK = dt.timedelta(seconds=leases.RENEW_SLACK_S)
 _lost = async_status_lost.c
 # Written as literals, not parameters: only then can the planners (PostgreSQL's generic plans,
 # SQLite's always) see that a query's rows are those of a partial index.
@@ -147,10 +148,11 @@ class LostJobs:
             )
         # A lease exists only while its job is PENDING: the fold deletes it in the transaction that
         # finishes the job. So no join with async_status (which the planner made a hash join over
-        # every PENDING row).
+        # every PENDING row). The table holds only running jobs with a lease, and is read whole:
+        # an index on expires_at would make every renewal by the fold a non-HOT update.
         leased = conn.execute(
             sa.select(_lease.job_id, _lease.heartbeat_timeout_s, _lease.expires_at)
-            .where(_lease.expires_at <= now, ~sa.exists().where(_lost.job_id == _lease.job_id))
+            .where(_lease.expires_at <= now - _RENEW_SLACK, ~sa.exists().where(_lost.job_id == _lease.job_id))
             .order_by(_lease.expires_at)
             .limit(self._most)
         ).all()

@@ -91,6 +91,7 @@ next AS (
 renewed AS (
     UPDATE async_status_lease AS l SET expires_at = now() + l.heartbeat_timeout_s * interval '1 s'
     FROM next AS n WHERE l.job_id = n.id AND n.status = 'PENDING'
+      AND l.expires_at < now() + (l.heartbeat_timeout_s - 1) * interval '1 s'
 ),
 ended AS (
     DELETE FROM async_status_lease AS l USING next AS n WHERE l.job_id = n.id AND n.status <> 'PENDING'

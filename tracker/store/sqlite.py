@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from tracker import merge, timefmt
 from tracker.events import Event
+from tracker.leases import RENEW_SLACK_S
 from tracker.store.engine import refused_as_error, unavailable_as_error
 from tracker.store.jobs import Applied, JobStore, chunks
 from tracker.store.tables import async_status, async_status_lease, async_status_message
@@ -105,15 +106,17 @@ class SQLiteJobStore(JobStore):
         ended: list[int] = []
         for chunk in chunks(job_ids, _ID_CHUNK):
             leases = conn.execute(
-                sa.select(async_status_lease.c.job_id, async_status_lease.c.heartbeat_timeout_s).where(
-                    async_status_lease.c.job_id.in_(chunk)
-                )
+                sa.select(
+                    async_status_lease.c.job_id,
+                    async_status_lease.c.heartbeat_timeout_s,
+                    async_status_lease.c.expires_at,
+                ).where(async_status_lease.c.job_id.in_(chunk))
             ).all()
-            for job_id, timeout_s in leases:
-                if job_id in pending:
-                    renewed.append({"lease_job_id": job_id, "lease_expires_at": now + dt.timedelta(seconds=timeout_s)})
-                else:
+            for job_id, timeout_s, expires_at in leases:
+                if job_id not in pending:
                     ended.append(job_id)
+                elif expires_at < now + dt.timedelta(seconds=timeout_s - RENEW_SLACK_S):
+                    renewed.append({"lease_job_id": job_id, "lease_expires_at": now + dt.timedelta(seconds=timeout_s)})
         if renewed:
             conn.execute(self._renew, renewed)
         for chunk in chunks(ended, _ID_CHUNK):

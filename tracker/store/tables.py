@@ -90,7 +90,6 @@ async_status_lease = sa.Table(
     sa.Column("job_id", BigId, sa.ForeignKey("async_status.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("heartbeat_timeout_s", sa.Integer, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
-    sa.Index("ix_async_status_lease_expires_at", "expires_at"),
 )
 
 # The lost-job check's decisions whose failed event may not have been folded yet: written before
