@@ -39,8 +39,10 @@ import pika.exceptions
 import pika.frame
 from pika.adapters.blocking_connection import BlockingChannel
 
+from consumers import metrics_server
 from consumers.batching import Flush, FlushPolicy
 from consumers.status import DeadLetter, Delivery, Outcome, StatusProjector
+from consumers.telemetry import BatchTelemetry
 from tracker import broker, gcfreeze
 from tracker.config import Settings
 from tracker.store import StoreUnavailable, make_engine, open_job_store
@@ -85,15 +87,20 @@ class Consumer:
     """One consumer connection folding ``settings.queue`` into the store.
 
     ``on_batch(applied, dead_lettered)``, if given, runs on the connection's thread after each
-    batch has been dead-lettered and acked.
+    batch has been dead-lettered and acked. ``telemetry``, if given, is told of each batch.
     """
 
     def __init__(
-        self, settings: Settings, projector: StatusProjector, on_batch: Callable[[int, int], None] | None = None
+        self,
+        settings: Settings,
+        projector: StatusProjector,
+        on_batch: Callable[[int, int], None] | None = None,
+        telemetry: BatchTelemetry | None = None,
     ) -> None:
         self._settings = settings
         self._projector = projector
         self._on_batch = on_batch
+        self._telemetry = telemetry
         self._policy = FlushPolicy.from_settings(settings)
         self._stop = threading.Event()
         self._pending: list[Delivery] = []  # received, not yet handed to a writer
@@ -106,6 +113,11 @@ class Consumer:
         self._cancelled = False  # set by the broker's basic.cancel
         self.dead_lettered = 0
         self.applied = 0
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the consumer holds a subscription on the broker now (readiness); from any thread."""
+        return self._channel is not None
 
     def stop(self) -> None:
         """Ask the loop to finish its batch and return; safe from signal handlers and threads."""
@@ -274,6 +286,8 @@ class Consumer:
         self._channel.basic_ack(delivery_tag=batch.deliveries[-1].tag, multiple=True)
         self.applied += outcome.applied
         self.dead_lettered += len(outcome.dead)
+        if self._telemetry is not None:
+            self._telemetry.acked(outcome)
         if self._on_batch is not None:
             self._on_batch(outcome.applied, len(outcome.dead))
         return True
@@ -293,9 +307,13 @@ class Consumer:
         with the broker connection.
         """
         backoff = broker.Backoff()
+        started = time.monotonic()
         while True:
             try:
-                return self._projector.handle(deliveries)
+                outcome = self._projector.handle(deliveries)
+                if self._telemetry is not None:
+                    self._telemetry.written(outcome, len(deliveries), time.monotonic() - started)
+                return outcome
             except StoreUnavailable as exc:
                 if self._stop.is_set() or abandon.is_set():
                     why = "while stopping" if self._stop.is_set() else "and the broker connection is gone"
@@ -382,8 +400,10 @@ def consume(settings: Settings) -> int:
     # the pool drops every connection of that age, and the retry connects afresh. A ping would be
     # one more round trip in every event's latency.
     engine = make_engine(settings.database_url, pool_pre_ping=False)
-    consumer = Consumer(settings, StatusProjector(open_job_store(engine)))
+    telemetry = BatchTelemetry() if settings.metrics and settings.metrics_bind else None
+    consumer = Consumer(settings, StatusProjector(open_job_store(engine)), telemetry=telemetry)
     consumer.install_signal_handlers()
+    endpoints = metrics_server.start(settings, consumer)
     gcfreeze.freeze_startup_objects()
     try:
         consumer.run()
@@ -392,5 +412,7 @@ def consume(settings: Settings) -> int:
         return 2
     finally:
         engine.dispose()
+        if endpoints is not None:
+            endpoints.stop()
     log.info("stopped: %d events applied, %d dead-lettered", consumer.applied, consumer.dead_lettered)
     return 0

@@ -16,7 +16,7 @@ import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
 
 # ``*_created`` series double what is exposed and say nothing a counter's reset does not.
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 EVENTS = Counter(
     "tracker_events",
