@@ -102,6 +102,7 @@ class Testbed:
             amqp_url=amqp_url,
             secret=secrets.token_urlsafe(48),
             secret_file=str(out_dir / "secret"),
+            metrics_bind="127.0.0.1:0",  # any free port: never one a tracker on this machine holds
         )
 
     def settings(self, tag: str, **changes: object) -> Settings:
