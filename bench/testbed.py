@@ -93,6 +93,7 @@ class Testbed:
         self.run = run
         self._base = base
         self._children: list[processes.Child] = []
+        self.metrics_ab = False  # #1 and #3 also run the tracker with metrics off (--metrics-ab)
 
     @classmethod
     def settings_for(cls, database_url: str, amqp_url: str, out_dir: pathlib.Path) -> Settings:
