@@ -7,17 +7,18 @@ import os
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 import falcon
 import falcon.media
 import orjson
 from falcon.routing import BaseConverter
 
-from api import errors, middleware, openapi, resources, rowcache
+from api import errors, health, middleware, openapi, resources, rowcache
 from api.reads import JobReads
 from tracker import auth
 from tracker.config import Settings
-from tracker.store import JobStore, make_engine, open_job_store
+from tracker.store import JobStore, make_engine, open_job_store, schema_problem
 from tracker.users import LoginThrottle, UserStore
 
 SERVED_VERSIONS = ("4.0", "4.1", "5.0")
@@ -58,7 +59,14 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     """The API over ``deps``. Opens no connection; every response body it gives is JSON."""
     users = middleware.UserCache(deps.users.get, deps.settings.user_cache_s, deps.clock)
     tokens = middleware.VerifiedTokens(deps.tokens)
-    app = falcon.App(middleware=[middleware.Authentication(tokens, users)])
+    layers: list[Any] = [middleware.Authentication(tokens, users)]
+    if deps.settings.metrics:
+        # Imported here, in the process that serves: tracker api's master must not load
+        # prometheus_client before it has set the workers' multiprocess directory (api.server).
+        from api import metrics
+
+        layers.insert(0, metrics.RequestMetrics())  # first in, last out: it times the others too
+    app = falcon.App(middleware=layers)
     json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     # JSON only: a form or other body is refused (415) rather than read as something else.
     app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json})
@@ -73,6 +81,10 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     app.add_route("/api/{version:served}/user/logout", resources.Logout(secure))
     app.add_route("/api/{version:served}/ping", resources.Ping())
     app.add_route("/api/{version:served}/openapi.json", resources.OpenApiDocument(openapi.document(SERVED_VERSIONS)))
+    app.add_route("/healthz", health.Health())
+    app.add_route("/readyz", health.Readiness(lambda: schema_problem(deps.jobs.engine)))
+    if deps.settings.metrics:
+        app.add_route("/metrics", metrics.Exposition())
     app.add_sink(_unrouted_api, prefix=_UNDER_API)
     return app
 

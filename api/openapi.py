@@ -71,8 +71,47 @@ def document(versions: tuple[str, ...]) -> dict[str, Any]:
                     {"200": _json("The OpenAPI 3.1 document", "#/components/schemas/Document")},
                 ),
             },
+            **_observability(),
         },
         "components": _components(versions),
+    }
+
+
+def _observability() -> dict[str, Any]:
+    """SPEC §8's three routes, outside the versions and without authentication."""
+    return {
+        "/healthz": {
+            "get": _operation(
+                "getHealth",
+                "200 while the process serves.",
+                _PUBLIC,
+                {"200": _json("Serving", "#/components/schemas/Status")},
+            )
+        },
+        "/readyz": {
+            "get": _operation(
+                "getReadiness",
+                "200 when the database answers and holds the newest schema; else 503 saying which is not so.",
+                _PUBLIC,
+                {
+                    "200": _json("Ready", "#/components/schemas/Status"),
+                    "503": _ref("NotReady"),
+                },
+            )
+        },
+        "/metrics": {
+            "get": _operation(
+                "getMetrics",
+                "Every API worker's metrics together, in the Prometheus text format (SPEC §8).",
+                _PUBLIC,
+                {
+                    "200": {
+                        "description": "The Prometheus text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            )
+        },
     }
 
 
@@ -252,6 +291,9 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                 "A later minor version of a served major version, or a transfer coding other than chunked"
             ),
             "Unavailable": _error("`database unavailable, try again later`", **{"Retry-After": retry_after}),
+            "NotReady": _error(
+                "The database does not answer, or its schema is not the newest", **{"Retry-After": retry_after}
+            ),
         },
         "schemas": {
             "Time": {
@@ -324,6 +366,12 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                 "type": "object",
                 "required": ["u", "p"],
                 "properties": {"u": {"type": "string", "minLength": 1}, "p": {"type": "string", "minLength": 1}},
+            },
+            "Status": {
+                "type": "object",
+                "required": ["status"],
+                "additionalProperties": False,
+                "properties": {"status": {"const": "ok"}},
             },
             "Pong": {
                 "type": "object",

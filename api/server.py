@@ -1,8 +1,18 @@
-"""Serving the API with gunicorn: sync workers, each building its own app (and database engine)."""
+"""Serving the API with gunicorn: sync workers, each building its own app (and database engine).
+
+The workers' metrics go to files in a directory ``serve`` makes and removes (prometheus_client's
+multiprocess mode), so that ``/metrics`` answers with all of them together.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import socket
+import sys
+import tempfile
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -18,6 +28,7 @@ from tracker import auth, gcfreeze
 from tracker.config import Settings
 
 GRACEFUL_TIMEOUT_S = 10
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is first imported
 
 
 def serve(settings: Settings, access_log: bool = False) -> None:
@@ -27,7 +38,37 @@ def serve(settings: Settings, access_log: bool = False) -> None:
     ValueError for an unusable secret; exits the process (gunicorn's way) if it cannot bind.
     """
     secret = auth.load_secret(settings.secret, settings.secret_file)
-    _Gunicorn(settings.with_(secret=secret), access_log).run()
+    with _metrics_directory():
+        _Gunicorn(settings.with_(secret=secret), access_log).run()
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """A fresh directory for the workers' metrics files, named in the environment they inherit.
+
+    prometheus_client picks its multiprocess mode when it is imported, so it must not be loaded
+    yet (the workers import it as they build their apps). Removed when the master exits; a worker
+    leaving through the same frames (gunicorn's workers are forks of it) leaves it alone.
+    """
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the API's metrics directory was set")
+    owner = os.getpid()
+    directory = tempfile.mkdtemp(prefix="tracker-api-metrics-")
+    os.environ[MULTIPROCESS_DIR] = directory
+    try:
+        yield
+    finally:
+        if os.getpid() == owner:
+            os.environ.pop(MULTIPROCESS_DIR, None)
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    """gunicorn's hook, in the master, when a worker has exited: its live gauges go (its counters stay)."""
+    from prometheus_client import multiprocess
+
+    if MULTIPROCESS_DIR in os.environ:
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 class _Gunicorn(BaseApplication):
@@ -49,6 +90,7 @@ class _Gunicorn(BaseApplication):
             "limit_request_line": MAX_REQUEST_LINE_BYTES,
             "limit_request_fields": MAX_HEADER_FIELDS,
             "limit_request_field_size": MAX_HEADER_FIELD_BYTES,
+            "child_exit": _child_exit,
         }
         super().__init__()
 

@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep-database", action="store_true", help="leave the benchmark database behind")
     parser.add_argument(
+        "--metrics-ab",
+        action="store_true",
+        help="in #1 and #3, also run the tracker with TRACKER_METRICS=false, alternating, and report the cost",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -109,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     base = Testbed.settings_for(args.postgres_url, args.amqp_url, args.out).with_(**changes)
     bed = Testbed(QUICK if args.quick else FULL, database, broker, base, args.out, progress, run)
+    bed.metrics_ab = args.metrics_ab
+    if args.metrics_ab:
+        run.notes.append("#1 and #3 also ran the tracker with metrics off (`--metrics-ab`): see `metrics_cost`.")
     try:
         for name in chosen:
             for result in _measure(name, bed):

@@ -7,6 +7,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -42,12 +43,15 @@ def ingest(bed: Testbed) -> list[Result]:
     # The bare drain is one thread of pika: whatever else the machine does that second shows in
     # its figure at once (single runs of it differ by a quarter here). So the two alternate, and
     # the ratio is of their means, as for #3.
-    limits, trackers, complete = [], [], True
+    limits, trackers, unmetered, complete = [], [], [], True
     for round_number in range(scale.ingest_rounds):
         if round_number:
             db.empty()
             if db.seed_jobs(jobs) != ids:  # every round folds the same events into the same rows
                 raise RuntimeError("the jobs of a new ingest round did not get the ids of the first")
+        if bed.metrics_ab and round_number % 2 == 0:
+            # The same drain with metrics off: before the one with them in even rounds, after in odd ones.
+            unmetered.append(_unmetered_drain(bed, settings, work, ids, done_check))
         limits.append(
             _drain(
                 bed,
@@ -69,6 +73,8 @@ def ingest(bed: Testbed) -> list[Result]:
             )
         )
         complete = _complete(bed, ids, count) and complete
+        if bed.metrics_ab and round_number % 2 == 1:
+            unmetered.append(_unmetered_drain(bed, settings, work, ids, done_check))
     limit_rate = statistics.fmean(d.rate for d in limits)
     tracker_rate = statistics.fmean(d.rate for d in trackers)
     # Context, not a target: the same drain acking each message, as most consumers do. The
@@ -142,6 +148,7 @@ def ingest(bed: Testbed) -> list[Result]:
                 "rows_complete": complete,
                 "ack_each_drain": round(ack_each.rate),
                 "ratio_to_ack_each_drain": round(tracker_rate / ack_each.rate, 2),
+                **_metrics_ab("tracker_metrics_off_per_round", [d.rate for d in trackers], [d.rate for d in unmetered]),
             },
         ),
         Result(
@@ -156,6 +163,43 @@ def ingest(bed: Testbed) -> list[Result]:
             {**common, "naive_events": len(first), "naive_seconds": round(naive.seconds, 2)},
         ),
     ]
+
+
+def _unmetered_drain(
+    bed: Testbed, settings: Settings, work: workload.Workload, ids: range, done: list[int]
+) -> _Drained:
+    """``tracker consume`` with metrics off (``--metrics-ab``), from the rows every round starts from, left so."""
+    db = bed.database
+    _reseed(db, ids)
+    drained = _drain(
+        bed,
+        settings.with_(metrics=False),
+        work.bodies,
+        "tracker consume, metrics off",
+        tracker_command("consume"),
+        done=lambda: db.pending_among(done) == 0,
+    )
+    _complete(bed, ids, len(work.bodies))
+    _reseed(db, ids)
+    return drained
+
+
+def _reseed(db: BenchDatabase, ids: range) -> None:
+    db.empty()
+    if db.seed_jobs(len(ids)) != ids:
+        raise RuntimeError("the jobs of an ingest run did not get the ids of the first")
+
+
+def _metrics_ab(key: str, on: list[float], off: list[float]) -> dict[str, Any]:
+    """The A/B of metrics on and off for a result's details (empty when it was not run)."""
+    if not off:
+        return {}
+    return {
+        key: [round(rate) for rate in off],
+        "metrics_on_mean": round(statistics.fmean(on)),
+        "metrics_off_mean": round(statistics.fmean(off)),
+        "metrics_cost": round(1 - statistics.fmean(on) / statistics.fmean(off), 3),
+    }
 
 
 def _bare_drain(settings: Settings, count: int, ack_every: int) -> list[str]:
@@ -444,14 +488,18 @@ def api(bed: Testbed) -> list[Result]:
         f"api: GET random ids of {len(ids):,} jobs (half finished) with {tool}, "
         f"{settings.workers} gunicorn workers, {scale.api_rounds} round(s) of {scale.api_s:.0f} s each"
     )
-    tracker_runs, reference_runs = [], []
+    tracker_runs, reference_runs, unmetered_runs = [], [], []
     for round_number in range(scale.api_rounds):
-        for name, command, auth_token, runs in (
-            ("constant", bench_command("references", "constant-api"), None, reference_runs),
-            ("tracker", tracker_command("api"), token, tracker_runs),
-        ):
+        sides = [
+            ("constant", bench_command("references", "constant-api"), None, reference_runs, settings),
+            ("tracker", tracker_command("api"), token, tracker_runs, settings),
+        ]
+        if bed.metrics_ab:  # --metrics-ab: the tracker with metrics off too, before or after by round
+            off = ("tracker-metrics-off", tracker_command("api"), token, unmetered_runs, settings.with_(metrics=False))
+            sides.insert(1 + round_number % 2, off)
+        for name, command, auth_token, runs, side_settings in sides:
             port = free_port()
-            server = bed.start(f"{name}-api-{round_number}", command, settings.with_(bind=f"127.0.0.1:{port}"))
+            server = bed.start(f"{name}-api-{round_number}", command, side_settings.with_(bind=f"127.0.0.1:{port}"))
             server.wait_for_port(port)
             load.http_load(port, ids, auth_token, 2.0, 16, 2, bed.out_dir)  # warm-up: imports, pools, prepares
             found = load.http_load(port, ids, auth_token, scale.api_s, 16, 2, bed.out_dir)
@@ -485,6 +533,11 @@ def api(bed: Testbed) -> list[Result]:
                 "reference_p99_ms": reference_runs[-1].p99_ms,
                 "not_200_or_errors": wrong,
                 "workers": settings.workers,
+                **_metrics_ab(
+                    "tracker_metrics_off_per_round",
+                    [r.requests_per_s for r in tracker_runs],
+                    [r.requests_per_s for r in unmetered_runs],
+                ),
             },
         )
     ]

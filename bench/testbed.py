@@ -108,6 +108,7 @@ class Testbed:
         self.run = run
         self._base = base
         self._children: list[processes.MeasuredChild] = []
+        self.metrics_ab = False  # #1 and #3 also run the tracker with metrics off (--metrics-ab)
 
     @classmethod
     def settings_for(cls, database_url: str, amqp_url: str, out_dir: pathlib.Path) -> Settings:
@@ -117,6 +118,7 @@ class Testbed:
             amqp_url=amqp_url,
             secret=secrets.token_urlsafe(48),
             secret_file=str(out_dir / "secret"),
+            metrics_bind="127.0.0.1:0",  # any free port: never one a tracker on this machine holds
         )
 
     def settings(self, tag: str, **changes: object) -> Settings:

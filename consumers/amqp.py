@@ -39,9 +39,11 @@ import pika.exceptions
 import pika.frame
 from pika.adapters.blocking_connection import BlockingChannel
 
+from consumers import metrics_server
 from consumers.batching import Flush, FlushPolicy
 from consumers.reaper import Reaper
 from consumers.status import DeadLetter, Delivery, Outcome, StatusProjector
+from consumers.telemetry import BatchTelemetry
 from tracker import broker, gcfreeze
 from tracker.config import Settings
 from tracker.reasons import reason_code
@@ -88,15 +90,20 @@ class Consumer:
     """One consumer connection folding ``settings.queue`` into the store.
 
     ``on_batch(applied, dead_lettered)``, if given, runs on the connection's thread after each
-    batch has been dead-lettered and acked.
+    batch has been dead-lettered and acked. ``telemetry``, if given, is told of each batch.
     """
 
     def __init__(
-        self, settings: Settings, projector: StatusProjector, on_batch: Callable[[int, int], None] | None = None
+        self,
+        settings: Settings,
+        projector: StatusProjector,
+        on_batch: Callable[[int, int], None] | None = None,
+        telemetry: BatchTelemetry | None = None,
     ) -> None:
         self._settings = settings
         self._projector = projector
         self._on_batch = on_batch
+        self._telemetry = telemetry
         self._policy = FlushPolicy.from_settings(settings)
         self._stop = threading.Event()
         self._pending: list[Delivery] = []  # received, not yet handed to a writer
@@ -113,6 +120,11 @@ class Consumer:
         # connection's thread; the lost-job check (consumers.reaper.Backlog) reads them.
         self.received = 0
         self.settled = 0
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the consumer holds a subscription on the broker now (readiness); from any thread."""
+        return self._channel is not None
 
     def stop(self) -> None:
         """Ask the loop to finish its batch and return; safe from signal handlers and threads."""
@@ -289,6 +301,8 @@ class Consumer:
         self._channel.basic_ack(delivery_tag=batch.deliveries[-1].tag, multiple=True)
         self.applied += outcome.applied
         self.dead_lettered += len(outcome.dead)
+        if self._telemetry is not None:
+            self._telemetry.acked(outcome)
         if self._on_batch is not None:
             self._on_batch(outcome.applied, len(outcome.dead))
         return True
@@ -308,9 +322,13 @@ class Consumer:
         with the broker connection.
         """
         backoff = broker.Backoff()
+        started = time.monotonic()
         while True:
             try:
-                return self._projector.handle(deliveries)
+                outcome = self._projector.handle(deliveries)
+                if self._telemetry is not None:
+                    self._telemetry.written(outcome, len(deliveries), time.monotonic() - started)
+                return outcome
             except StoreUnavailable as exc:
                 if self._stop.is_set() or abandon.is_set():
                     why = "while stopping" if self._stop.is_set() else "and the broker connection is gone"
@@ -399,10 +417,12 @@ def consume(settings: Settings) -> int:
     # the pool drops every connection of that age, and the retry connects afresh. A ping would be
     # one more round trip in every event's latency.
     engine = make_engine(settings.database_url, pool_pre_ping=False)
-    consumer = Consumer(settings, StatusProjector(open_job_store(engine)))
+    telemetry = BatchTelemetry() if settings.metrics and settings.metrics_bind else None
+    consumer = Consumer(settings, StatusProjector(open_job_store(engine)), telemetry=telemetry)
     consumer.install_signal_handlers()
     # Every consumer checks for lost jobs (one at a time across them all): nothing else to run.
     reaper = Reaper(settings, backlog=consumer)
+    endpoints = metrics_server.start(settings, consumer)
     gcfreeze.freeze_startup_objects()
     reaper.start()
     try:
@@ -413,5 +433,7 @@ def consume(settings: Settings) -> int:
     finally:
         reaper.stop()
         engine.dispose()
+        if endpoints is not None:
+            endpoints.stop()
     log.info("stopped: %d events applied, %d dead-lettered", consumer.applied, consumer.dead_lettered)
     return 0

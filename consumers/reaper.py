@@ -28,7 +28,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from tracker import broker, events, leases, timefmt
+from tracker import broker, events, leases, metrics, timefmt
 from tracker.config import Settings
 from tracker.errors import StoreUnavailable
 from tracker.store import make_engine
@@ -103,8 +103,9 @@ class Reaper:
         published = 0
         if checked is not None:
             for lost in checked.new:
-                log.warning("job %d is lost: %s; failing it", lost.job_id, lost.message)
+                log.warning("job %d is lost: %s; failing it", lost.job_id, lost.message, extra={"job_id": lost.job_id})
                 self._publish(lost.failed_event())
+                metrics.count_lost_jobs(lost.reason)
                 published += 1
             for lost in checked.again:
                 log.info("job %d: its failed event is not folded yet; publishing it again", lost.job_id)

@@ -33,14 +33,21 @@ class DeadLetter:
 
     delivery: Delivery
     reason: str
+    # The event's type when the body was an event (unknown job, refused), for the metrics.
+    type: str | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """The result of one committed batch: what was applied and what must be dead-lettered."""
+    """The result of one committed batch: what was applied and what must be dead-lettered.
+
+    ``applied_events`` are the applied events themselves, for the metrics (types, lag), when the
+    maker has them; ``applied`` is always their number.
+    """
 
     applied: int
     dead: tuple[DeadLetter, ...]
+    applied_events: tuple[events.Event, ...] = ()
 
 
 class StatusProjector:
@@ -69,11 +76,11 @@ class StatusProjector:
                 dead.append(DeadLetter(delivery, exc.reason))
         applied, refused = self._apply(parsed)
         dead.extend(refused)
-        return Outcome(applied=applied, dead=tuple(dead))
+        return Outcome(applied=len(applied), dead=tuple(dead), applied_events=tuple(applied))
 
-    def _apply(self, parsed: list[tuple[Delivery, events.Event]]) -> tuple[int, list[DeadLetter]]:
+    def _apply(self, parsed: list[tuple[Delivery, events.Event]]) -> tuple[list[events.Event], list[DeadLetter]]:
         if not parsed:
-            return 0, []
+            return [], []
         try:
             result = self._store.apply([event for _, event in parsed])
         except StoreRefused as exc:
@@ -81,14 +88,17 @@ class StatusProjector:
             # it refuses stands alone, so one poison message cannot stall the queue.
             if len(parsed) == 1:
                 # Logged once, with every other dead letter, when it has been dead-lettered.
-                return 0, [DeadLetter(parsed[0][0], f"database refused the event: {exc.error}")]
+                return [], [DeadLetter(parsed[0][0], f"database refused the event: {exc.error}", parsed[0][1].type)]
             middle = len(parsed) // 2
             first_applied, first_dead = self._apply(parsed[:middle])
             second_applied, second_dead = self._apply(parsed[middle:])
             return first_applied + second_applied, first_dead + second_dead
+        if not result.missing_jobs:
+            return [event for _, event in parsed], []
+        missing = result.missing_jobs
         dead = [
-            DeadLetter(delivery, f"job {event.job_id} does not exist")
+            DeadLetter(delivery, f"job {event.job_id} does not exist", event.type)
             for delivery, event in parsed
-            if event.job_id in result.missing_jobs
+            if event.job_id in missing
         ]
-        return len(parsed) - len(dead), dead
+        return [event for _, event in parsed if event.job_id not in missing], dead

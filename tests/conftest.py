@@ -200,5 +200,6 @@ def settings(database_url: str, amqp_names: dict[str, str], tmp_path) -> Setting
         secret=TEST_SECRET,
         secret_file=str(tmp_path / "secret"),
         bind="127.0.0.1:0",
+        metrics_bind="127.0.0.1:0",  # consumers started by tests never contend for one port
         **amqp_names,
     )

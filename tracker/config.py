@@ -48,6 +48,10 @@ class Settings:
     heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S  # a new job's lease when its POST names none; 0: none
     reap_interval_s: float = 5.0  # how often each consumer checks for lost jobs (one at a time does)
     retention_days: float = 0.0  # finished jobs older than this are deleted by the same check; 0: kept
+    # observability (SPEC §8): a consumer's /metrics, /healthz, /readyz ("": none); metrics off
+    # (nothing counted, /metrics not served) only to measure what they cost
+    metrics_bind: str = "127.0.0.1:9464"
+    metrics: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -60,7 +64,7 @@ class Settings:
         for field in dataclasses.fields(cls):
             name = "TRACKER_" + field.name.upper()
             raw = env.get(name)
-            if raw is None or raw == "":
+            if raw is None or (raw == "" and field.name not in _EMPTY_MEANS_NONE):
                 continue
             values[field.name] = _convert(name, raw, field.type)
         settings = cls(**values)
@@ -87,9 +91,11 @@ class Settings:
             raise ConfigError("TRACKER_RETENTION_DAYS must be from 0 (keep for ever) to 36500")
         if self.prefetch < self.batch_size:
             raise ConfigError("TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE")
-        host, sep, port = self.bind.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(f"TRACKER_BIND must be HOST:PORT, not {self.bind!r}")
+        for name in ("bind", "metrics_bind"):
+            address = getattr(self, name)
+            host, sep, port = address.rpartition(":")
+            if (address or name == "bind") and (not sep or not host or not port.isdigit()):
+                raise ConfigError(f"TRACKER_{name.upper()} must be HOST:PORT, not {address!r}")
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that ``from_env`` reads back into these settings.
@@ -107,6 +113,10 @@ class Settings:
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests and the CLI use this)."""
         return dataclasses.replace(self, **changes)
+
+
+# Set to the empty string, these turn something off rather than take their default.
+_EMPTY_MEANS_NONE = frozenset({"metrics_bind"})
 
 
 def _convert(name: str, raw: str, kind: object) -> object:

@@ -54,6 +54,7 @@ def fault_settings(postgres_url: str, amqp_names: dict[str, str], tmp_path) -> S
         amqp_url=AMQP_URL,
         secret=TEST_SECRET,
         secret_file=str(tmp_path / "secret"),
+        metrics_bind="127.0.0.1:0",
         **amqp_names,
     )
 

@@ -8,6 +8,7 @@ import re
 import shlex
 import tomllib
 import types
+import unittest.mock
 
 import falcon.testing
 import pytest
@@ -64,13 +65,27 @@ def test_no_credential_has_a_default():
     assert "guest" not in text
 
 
-def test_the_api_health_check_calls_a_route_the_api_serves():
+def test_the_api_health_check_asks_the_apis_readiness():
     url = re.search(r"http://127\.0\.0\.1:8000(/[^']+)", " ".join(SERVICES["api"]["healthcheck"]["test"]))
-    assert url is not None
+    assert url is not None and url.group(1) == "/readyz"
+    ready = types.SimpleNamespace(engine=None)
     nobody = types.SimpleNamespace(get=lambda _name: None)
-    deps = Deps(jobs=None, users=nobody, throttle=None, tokens=None, settings=Settings())  # type: ignore[arg-type]
-    result = falcon.testing.TestClient(create_app(deps)).simulate_get(url.group(1))
+    deps = Deps(jobs=ready, users=nobody, throttle=None, tokens=None, settings=Settings())  # type: ignore[arg-type]
+    with unittest.mock.patch("api.app.schema_problem", return_value=None):
+        result = falcon.testing.TestClient(create_app(deps)).simulate_get(url.group(1))
     assert result.status_code == 200
+    with unittest.mock.patch("api.app.schema_problem", return_value="the database does not answer"):
+        result = falcon.testing.TestClient(create_app(deps)).simulate_get(url.group(1))
+    assert result.status_code == 503
+
+
+def test_the_consumer_health_check_asks_the_consumers_readiness_where_it_serves():
+    consumer = SERVICES["consumer"]
+    bind = consumer["environment"]["TRACKER_METRICS_BIND"]
+    assert Settings.from_env({"TRACKER_METRICS_BIND": bind}).metrics_bind == bind
+    url = re.search(r"http://127\.0\.0\.1:(\d+)(/[^']+)", " ".join(consumer["healthcheck"]["test"]))
+    assert url is not None
+    assert (url.group(1), url.group(2)) == (bind.rpartition(":")[2], "/readyz")
 
 
 def test_the_dockerfile_copies_what_exists_and_runs_the_console_script():

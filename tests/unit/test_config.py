@@ -42,6 +42,7 @@ def test_values_are_read_and_converted():
         ({"TRACKER_FLUSH_MS": "0"}, "TRACKER_FLUSH_MS must be at least 1"),
         ({"TRACKER_BATCH_SIZE": "3000"}, "TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE"),
         ({"TRACKER_BIND": "8000"}, "TRACKER_BIND must be HOST:PORT"),
+        ({"TRACKER_METRICS_BIND": "9464"}, "TRACKER_METRICS_BIND must be HOST:PORT"),
         ({"TRACKER_SECURE_COOKIES": "maybe"}, "TRACKER_SECURE_COOKIES must be true or false"),
         ({"TRACKER_ROW_CACHE_ROWS": "-1"}, "TRACKER_ROW_CACHE_ROWS must be at least 0"),
     ],
@@ -67,3 +68,11 @@ def test_to_env_is_read_back_by_from_env():
     )
     assert Settings.from_env(settings.to_env()) == settings
     assert "TRACKER_SECRET" not in Settings().to_env()
+
+
+def test_an_empty_metrics_bind_turns_the_consumers_endpoints_off_and_round_trips():
+    assert Settings.from_env({}).metrics_bind == "127.0.0.1:9464"
+    off = Settings.from_env({"TRACKER_METRICS_BIND": ""})
+    assert off.metrics_bind == ""
+    assert Settings.from_env(off.to_env()) == off
+    assert Settings.from_env({"TRACKER_METRICS": "false"}).metrics is False

@@ -7,7 +7,7 @@ the newest schema. Nothing here opens a connection at import time.
 from tracker.errors import JobNotFound, StoreRefused, StoreUnavailable
 from tracker.store.engine import make_engine, refused_as_error, unavailable_as_error
 from tracker.store.jobs import Applied, Job, JobStore, open_job_store
-from tracker.store.migrations import migrate
+from tracker.store.migrations import migrate, schema_problem
 
 __all__ = [
     "Applied",
@@ -20,5 +20,6 @@ __all__ = [
     "migrate",
     "open_job_store",
     "refused_as_error",
+    "schema_problem",
     "unavailable_as_error",
 ]

@@ -1,11 +1,16 @@
-"""The schema's Alembic migrations (``versions/``), and ``migrate``, which applies them."""
+"""The schema's Alembic migrations (``versions/``), ``migrate``, which applies them, and the check
+that a database holds the newest (``schema_problem``, for readiness)."""
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 _SCRIPTS = pathlib.Path(__file__).parent
@@ -18,3 +23,28 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+@functools.cache
+def newest_revision() -> str:
+    """The head revision of the scripts shipped in this package."""
+    heads = ScriptDirectory(str(_SCRIPTS)).get_heads()
+    if len(heads) != 1:
+        raise RuntimeError(f"the migrations have {len(heads)} heads, not one: {heads}")
+    return str(heads[0])
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """None when the database answers and holds the newest schema; else a sentence saying which is not so."""
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_heads()
+    except sa.exc.DBAPIError as exc:
+        original = exc.orig or exc
+        first = (str(original).strip().splitlines() or [""])[0]
+        return f"the database does not answer ({type(original).__name__}: {first})"
+    newest = newest_revision()
+    if current != (newest,):
+        found = ", ".join(current) or "none"
+        return f"the database schema is at revision {found}, not the newest ({newest}): run tracker migrate"
+    return None

@@ -1,0 +1,80 @@
+"""The metrics of SPEC §8, defined once for every process, in prometheus_client's default registry.
+
+A consumer serves them at ``TRACKER_METRICS_BIND`` (``consumers.metrics_server``); ``tracker api``
+serves its workers' figures together at ``/metrics`` (``api.metrics``), in prometheus_client's
+multiprocess mode, which ``api.server`` turns on before anything imports this module. Label values
+are always from a small fixed set: event types, outcomes, reason codes (``tracker.reasons``),
+statuses, queue names, HTTP methods, route templates and status codes; never a job id or a path.
+
+Which process moves which: a consumer the events, dead letters, batches, lag, lost jobs and the
+two gauges (refreshed on a timer); the API the HTTP pair.
+"""
+
+from __future__ import annotations
+
+import prometheus_client
+from prometheus_client import Counter, Gauge, Histogram
+
+# ``*_created`` series double what is exposed and say nothing a counter's reset does not.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+EVENTS = Counter(
+    "tracker_events",
+    "Events taken from the queue, by type and what became of them (applied, or dead_lettered).",
+    ["type", "outcome"],
+)
+DEAD_LETTERS = Counter("tracker_dead_letters", "Messages dead-lettered, by reason code.", ["reason"])
+BATCH_DURATION = Histogram(
+    "tracker_batch_duration_seconds",
+    "Time to commit one batch (parse, fold, commit; retries after an outage included).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BATCH_EVENTS = Histogram(
+    "tracker_batch_events",
+    "Deliveries in one batch.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
+)
+EVENT_LAG = Histogram(
+    "tracker_event_lag_seconds",
+    "From an event's occurred_at (the worker's clock) to the commit of its batch, per applied event.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+JOBS_LOST = Counter(
+    "tracker_jobs_lost",
+    "Jobs failed by the tracker itself: no heartbeat within the lease (heartbeat), or not finished in time (timeout).",
+    ["reason"],
+)
+JOBS = Gauge(
+    "tracker_jobs",
+    "Jobs by status, counted on a timer (not at each scrape).",
+    ["status"],
+    multiprocess_mode="mostrecent",
+)
+QUEUE_READY = Gauge(
+    "tracker_queue_messages_ready",
+    "Messages ready in the events and dead-letter queues, read on a timer.",
+    ["queue"],
+    multiprocess_mode="mostrecent",
+)
+HTTP_REQUESTS = Counter(
+    "tracker_http_requests",
+    "HTTP requests answered, by method, route template and status code.",
+    ["method", "route", "code"],
+)
+HTTP_DURATION = Histogram(
+    "tracker_http_request_duration_seconds",
+    "Time from a request's routing to its answer, by route template.",
+    ["route"],
+)
+
+LOST_REASONS = ("heartbeat", "timeout")
+
+
+def count_lost_jobs(reason: str, count: int = 1) -> None:
+    """Add ``count`` jobs failed as lost for ``reason`` (``heartbeat`` or ``timeout``); raises ValueError otherwise.
+
+    For the lease reaper, after the ``failed`` events it publishes are confirmed.
+    """
+    if reason not in LOST_REASONS:
+        raise ValueError(f"reason must be one of {', '.join(LOST_REASONS)}, not {reason!r}")
+    JOBS_LOST.labels(reason=reason).inc(count)
