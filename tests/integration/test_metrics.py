@@ -155,7 +155,7 @@ def test_the_counters_move_by_exactly_what_happened(settings: Settings, start_co
     found_reasons = {
         dict(labels)["reason"]: v for (name, labels), v in after.items() if name == "tracker_dead_letters_total" and v
     }
-    assert found_reasons == {"unknown_job": 2, "invalid_json": 2, "invalid_utf8": 1, "invalid_event": 1, "too_large": 1}
+    assert found_reasons == {"unknown_job": 2, "invalid_json": 2, "invalid_utf8": 1, "invalid_field": 1, "too_large": 1}
     # Every delivery was in exactly one batch; each batch was timed; lag is observed per batch applied.
     assert value(after, "tracker_batch_events_sum") == sent
     batches = value(after, "tracker_batch_events_count")
