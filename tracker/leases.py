@@ -34,9 +34,12 @@ EVENT_NAMESPACE = uuid.UUID("6c1f3e0a-7b7e-4f57-9a8e-5d0c2a7f4b11")
 def check_timeout(field: str, value: Any) -> int:
     """``value`` as a job's ``timeout_s`` or ``heartbeat_timeout_s``: an integer from 1 to 2592000.
 
-    Booleans and integral floats are refused (JSON ``true`` and ``5.0`` are not integers here).
-    Raises ValueError naming ``field``, e.g. ``timeout_s must be an integer from 1 to 2592000``.
+    A JSON number with no fraction (``60.0``) is the integer it names, as JSON Schema (and so the
+    OpenAPI document) says; booleans, fractions and text are refused. Raises ValueError naming
+    ``field``, e.g. ``timeout_s must be an integer from 1 to 2592000``.
     """
+    if type(value) is float and value.is_integer():
+        value = int(value)
     if type(value) is not int or not 1 <= value <= MAX_TIMEOUT_S:
         raise ValueError(f"{field} must be an integer from 1 to {MAX_TIMEOUT_S}")
     return value

@@ -19,7 +19,15 @@ def test_timeouts_in_range_are_taken(value):
     assert leases.check_timeout("timeout_s", value) == value
 
 
-@pytest.mark.parametrize("value", [0, -5, leases.MAX_TIMEOUT_S + 1, 2.0, "60", True, False, None, [1], {}])
+def test_a_number_with_no_fraction_is_the_integer_it_names():
+    # JSON Schema's integer (the OpenAPI document's) includes 60.0; schemathesis sends such bodies.
+    assert leases.check_timeout("timeout_s", 60.0) == 60
+    assert type(leases.check_timeout("timeout_s", 60.0)) is int
+
+
+@pytest.mark.parametrize(
+    "value", [0, -5, leases.MAX_TIMEOUT_S + 1, 2.5, 0.0, float("nan"), float("inf"), "60", True, False, None, [1], {}]
+)
 def test_anything_else_is_refused_naming_the_field(value):
     with pytest.raises(ValueError, match=r"^heartbeat_timeout_s must be an integer from 1 to 2592000$"):
         leases.check_timeout("heartbeat_timeout_s", value)
