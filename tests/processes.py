@@ -33,6 +33,20 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_tracker(settings: Settings, *args: str, timeout: float = 60) -> str:
+    """``tracker ARGS…`` as a command with ``settings``; its standard output. Fails unless it exits 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", *args],
+        env=environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def free_port() -> int:
     """A port of 127.0.0.1 the kernel just handed out (gunicorn cannot report the one it got for :0)."""
     with socket.socket() as probe:

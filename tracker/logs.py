@@ -55,3 +55,5 @@ def configure(level: str, log_format: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # alembic announces each plugin it sets up, at INFO, every time it is first used in a process.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

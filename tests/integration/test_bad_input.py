@@ -7,8 +7,6 @@ import collections
 import dataclasses
 import json
 import random
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from tests.faults.stream import Record, conclude, create_jobs, plan_events
-from tests.processes import ConsumerProcess, environment
+from tests.processes import ConsumerProcess, environment, run_tracker
 from tracker import events
-from tracker.broker import declare_topology, routing_key
+from tracker.broker import routing_key
 from tracker.store import open_job_store
 
 pytestmark = [pytest.mark.rabbitmq]
@@ -132,16 +130,6 @@ def corpus(job_id: int) -> list[BadInput]:
 
 
 @pytest.fixture
-def channel(settings) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    channel = connection.channel()
-    declare_topology(channel, settings)
-    channel.confirm_delivery()  # basic_publish now returns only once the broker has the message
-    yield channel
-    connection.close()
-
-
-@pytest.fixture
 def consumer(settings, tmp_path) -> Iterator[ConsumerProcess]:
     process = ConsumerProcess(environment(settings), tmp_path / "consumer.log").start()
     process.wait_ready()
@@ -151,7 +139,7 @@ def consumer(settings, tmp_path) -> Iterator[ConsumerProcess]:
 
 
 def publish(
-    channel,
+    raw_channel,
     settings,
     body: bytes,
     content_type: str | None,
@@ -161,32 +149,20 @@ def publish(
     properties = pika.BasicProperties(
         content_type=content_type, delivery_mode=2, message_id=message_id, headers=headers
     )
-    channel.basic_publish(settings.exchange, routing_key("progress"), body, properties, mandatory=True)
+    raw_channel.basic_publish(settings.exchange, routing_key("progress"), body, properties, mandatory=True)
 
 
-def drain(channel, queue: str) -> dict[str, tuple[bytes, dict]]:
+def drain(raw_channel, queue: str) -> dict[str, tuple[bytes, dict]]:
     """Take every message out of ``queue``: message_id -> (body, headers)."""
     taken = {}
     while True:
-        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        method, properties, body = raw_channel.basic_get(queue, auto_ack=True)
         if method is None:
             return taken
         taken[properties.message_id] = (body, properties.headers or {})
 
 
-def tracker_dead(settings, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "tracker.cli", "dead", *args],
-        env=environment(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def test_bad_messages_are_dead_lettered_with_their_reason_and_good_ones_apply(settings, engine, consumer, channel):
+def test_bad_messages_are_dead_lettered_with_their_reason_and_good_ones_apply(settings, engine, consumer, raw_channel):
     rng = random.Random(3)
     store = open_job_store(engine)
     job_ids = create_jobs(store, 10, rng)
@@ -199,10 +175,10 @@ def test_bad_messages_are_dead_lettered_with_their_reason_and_good_ones_apply(se
         # Each bad message between good ones, in the same batches as they are.
         for event in good[3 * n : 3 * n + 3]:
             record.sending()
-            publish(channel, settings, json.dumps(event.to_wire()).encode(), events.CONTENT_TYPE, event.event_id)
+            publish(raw_channel, settings, json.dumps(event.to_wire()).encode(), events.CONTENT_TYPE, event.event_id)
             record.confirm(event)
         record.sending()
-        publish(channel, settings, item.body, item.content_type, f"bad {n}: {item.kind}", item.headers)
+        publish(raw_channel, settings, item.body, item.content_type, f"bad {n}: {item.kind}", item.headers)
 
     database = sa.make_url(settings.database_url).get_backend_name()
     conclude(
@@ -221,9 +197,9 @@ def test_bad_messages_are_dead_lettered_with_their_reason_and_good_ones_apply(se
         database=database,
     )
 
-    shown = tracker_dead(settings)
+    shown = run_tracker(settings, "dead")
     assert shown.splitlines()[0] == f"{settings.dead_queue}: {len(bad)} dead-lettered messages"
-    dead = drain(channel, settings.dead_queue)
+    dead = drain(raw_channel, settings.dead_queue)
     assert len(dead) == len(bad), "looking at the dead letters took some away"
     for n, item in enumerate(bad):
         body, headers = dead[f"bad {n}: {item.kind}"]
@@ -238,18 +214,18 @@ def test_bad_messages_are_dead_lettered_with_their_reason_and_good_ones_apply(se
         assert headers["x-tracker-reason"] in shown, "tracker dead does not show this reason"
 
 
-def test_tracker_dead_counts_by_reason_and_leaves_the_messages_queued(settings, channel):
+def test_tracker_dead_counts_by_reason_and_leaves_the_messages_queued(settings, raw_channel):
     reasons = ["job 7 does not exist"] * 3 + ["type: is required"] * 2 + ["body is not valid JSON: x"]
     for reason in reasons:
-        channel.basic_publish(
+        raw_channel.basic_publish(
             settings.dead_exchange,
             "job.progress",
             b"{}",
             pika.BasicProperties(headers={"x-tracker-reason": reason}, message_id=str(uuid.uuid4())),
         )
-    channel.basic_publish(settings.dead_exchange, "job.progress", b"{}", pika.BasicProperties())
+    raw_channel.basic_publish(settings.dead_exchange, "job.progress", b"{}", pika.BasicProperties())
 
-    shown = tracker_dead(settings).splitlines()
+    shown = run_tracker(settings, "dead").splitlines()
     assert shown[0] == f"{settings.dead_queue}: 7 dead-lettered messages"
     assert shown[1] == "reasons (all):"
     # count, the reason's short code (what `tracker dead replay --reason` takes), the reason
@@ -262,11 +238,11 @@ def test_tracker_dead_counts_by_reason_and_leaves_the_messages_queued(settings, 
     }
     assert shown[2].endswith("job 7 does not exist"), "most frequent first"
 
-    limited = tracker_dead(settings, "--limit", "2").splitlines()
+    limited = run_tracker(settings, "dead", "--limit", "2").splitlines()
     assert limited[:3] == [
         f"{settings.dead_queue}: 7 dead-lettered messages",
         "reasons (the first 2):",
         "       2  unknown_job            job 7 does not exist",
     ]
-    assert len(drain(channel, settings.dead_queue)) == 7, "looking took messages away"
-    assert tracker_dead(settings).splitlines() == [f"{settings.dead_queue}: 0 dead-lettered messages"]
+    assert len(drain(raw_channel, settings.dead_queue)) == 7, "looking took messages away"
+    assert run_tracker(settings, "dead").splitlines() == [f"{settings.dead_queue}: 0 dead-lettered messages"]

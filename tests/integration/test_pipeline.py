@@ -18,7 +18,6 @@ from pika.adapters.blocking_connection import BlockingChannel
 from consumers.amqp import Consumer
 from consumers.status import StatusProjector
 from tracker import events, merge, timefmt
-from tracker.broker import declare_topology
 from tracker.publisher import Publisher
 from tracker.store import JobStore, open_job_store
 
@@ -76,16 +75,6 @@ def start_consumer(settings, engine) -> Iterator[Callable[[], RunningConsumer]]:
 def publisher(settings) -> Iterator[Publisher]:
     with Publisher(settings) as publisher:
         yield publisher
-
-
-@pytest.fixture
-def raw_channel(settings):
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    channel = connection.channel()
-    declare_topology(channel, settings)
-    channel.confirm_delivery()
-    yield channel
-    connection.close()
 
 
 def queue_depth(channel, queue: str) -> int:

@@ -7,17 +7,19 @@ import functools
 import pathlib
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
+
+# alembic is imported where it is used: the commands and processes that only read and write jobs
+# and users (nearly all) neither load it nor hear it announce its plugins.
 
 _SCRIPTS = pathlib.Path(__file__).parent
 
 
 def migrate(engine: Engine) -> None:
     """Upgrade the database behind ``engine`` to the newest revision; safe to run again."""
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_SCRIPTS))
     with engine.begin() as connection:
@@ -28,6 +30,8 @@ def migrate(engine: Engine) -> None:
 @functools.cache
 def newest_revision() -> str:
     """The head revision of the scripts shipped in this package."""
+    from alembic.script import ScriptDirectory
+
     heads = ScriptDirectory(str(_SCRIPTS)).get_heads()
     if len(heads) != 1:
         raise RuntimeError(f"the migrations have {len(heads)} heads, not one: {heads}")
@@ -36,6 +40,8 @@ def newest_revision() -> str:
 
 def schema_problem(engine: Engine) -> str | None:
     """None when the database answers and holds the newest schema; else a sentence saying which is not so."""
+    from alembic.runtime.migration import MigrationContext
+
     try:
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_heads()
