@@ -798,6 +798,9 @@ def lost_check(bed: Testbed) -> list[Result]:
         db.analyze()
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE async_status_lease")
+            # Writing out what seeding 5,000,000 rows left in the WAL, now rather than in a
+            # checkpoint that lands in the middle of the checks: a cost of the seeding, not of them.
+            conn.exec_driver_sql("CHECKPOINT")
         checks = LostJobs(db.engine, 86400)
         checks.check(lambda: True)  # warm-up: the pool's connection, the catalogue
         finding, idle = [], []
@@ -832,6 +835,7 @@ def lost_check(bed: Testbed) -> list[Result]:
             slowest < 100,
             {
                 "p50_ms": found["p50_ms"],
+                "checks_ms": [round(seconds * 1000, 1) for seconds in finding],
                 "finding_none_p50_ms": quiet["p50_ms"],
                 "rows": rows,
                 "lost": lost,
