@@ -1,4 +1,4 @@
-"""The alert envelope, and the one place where every error becomes an HTTP status and an alert."""
+"""The one place where every error becomes an HTTP status and an alert (``tracker.alerts``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import falcon
 from gunicorn.http import errors as http_errors
 
+from tracker.alerts import alerts, route_not_found
 from tracker.errors import PermissionDenied, Unauthenticated
 from tracker.store import JobNotFound, StoreUnavailable
 
@@ -19,16 +20,6 @@ RETRY_AFTER_S = 5
 MAX_REQUEST_LINE_BYTES = 4094
 MAX_HEADER_FIELDS = 100
 MAX_HEADER_FIELD_BYTES = 8190
-
-
-def alerts(text: str, level: str = "error") -> dict[str, list[dict[str, str]]]:
-    """The envelope Traffic Ops clients read: ``{"alerts": [{"text": text, "level": level}]}``."""
-    return {"alerts": [{"text": text, "level": level}]}
-
-
-def route_not_found(path: str) -> str:
-    """The alert for a path nothing serves."""
-    return f"The requested path '{path}' does not exist."
 
 
 def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:

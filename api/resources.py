@@ -10,10 +10,10 @@ from typing import Any
 import falcon
 import orjson
 
-from api.errors import alerts
 from api.middleware import COOKIES, requires
 from api.reads import JobReads
 from tracker import auth, leases, merge, roles, timefmt
+from tracker.alerts import alerts
 from tracker.config import Settings
 from tracker.events import check_message
 from tracker.store import Job, JobNotFound, JobStore

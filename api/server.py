@@ -23,8 +23,9 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.sync import SyncWorker
 
 from api.app import get_app
-from api.errors import MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE_BYTES, alerts, refusal_for
+from api.errors import MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE_BYTES, refusal_for
 from tracker import auth, gcfreeze
+from tracker.alerts import alerts
 from tracker.config import Settings
 
 GRACEFUL_TIMEOUT_S = 10

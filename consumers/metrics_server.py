@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from consumers.telemetry import GaugeRefresher
+from tracker.alerts import alerts, route_not_found
 from tracker.config import Settings
 from tracker.store import make_engine, schema_problem
 
@@ -58,8 +59,8 @@ class Endpoints:
             problem = self._ready()
             if problem is None:
                 return _json(start_response, "200 OK", {"status": "ok"})
-            return _json(start_response, "503 Service Unavailable", _alerts(problem))
-        return _json(start_response, "404 Not Found", _alerts(f"The requested path '{path}' does not exist."))
+            return _json(start_response, "503 Service Unavailable", alerts(problem))
+        return _json(start_response, "404 Not Found", alerts(route_not_found(path)))
 
     def serve(self, bind: str) -> tuple[str, int]:
         """Listen on ``bind`` (``HOST:PORT``; port 0: any free one) from a daemon thread; the address taken.
@@ -116,10 +117,6 @@ def start(settings: Settings, consumer: Consumer) -> Endpoints | None:
         gauges.start()
         endpoints.on_stop(gauges.stop)
     return endpoints
-
-
-def _alerts(text: str) -> dict[str, list[dict[str, str]]]:
-    return {"alerts": [{"text": text, "level": "error"}]}
 
 
 def _json(start_response: StartResponse, status: str, body: Any) -> list[bytes]:

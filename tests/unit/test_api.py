@@ -9,10 +9,10 @@ import falcon.testing
 import pytest
 
 from api import app as api_app
-from api.errors import alerts
 from api.resources import parse_job_id
 from tests import spec_texts
 from tracker import auth, roles
+from tracker.alerts import alerts
 from tracker.config import Settings
 from tracker.store import Job, JobNotFound, StoreUnavailable
 from tracker.users import User

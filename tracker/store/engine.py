@@ -67,7 +67,7 @@ def unavailable_as_error() -> Iterator[None]:
         yield
     except sa.exc.DBAPIError as exc:
         if _is_outage(exc):
-            raise StoreUnavailable(_describe(exc)) from exc
+            raise StoreUnavailable(describe(exc)) from exc
         raise
 
 
@@ -92,7 +92,8 @@ def _is_outage(exc: sa.exc.DBAPIError) -> bool:
     return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)) or exc.connection_invalidated
 
 
-def _describe(exc: sa.exc.DBAPIError) -> str:
+def describe(exc: sa.exc.DBAPIError) -> str:
+    """The driver's error class and the first line of its message, e.g. ``OperationalError: …``."""
     original = exc.orig or exc
     return f"{type(original).__name__}: {_first_line(original)}"
 

@@ -9,6 +9,8 @@ import pathlib
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tracker.store.engine import describe
+
 # alembic is imported where it is used: the commands and processes that only read and write jobs
 # and users (nearly all) neither load it nor hear it announce its plugins.
 
@@ -46,9 +48,7 @@ def schema_problem(engine: Engine) -> str | None:
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_heads()
     except sa.exc.DBAPIError as exc:
-        original = exc.orig or exc
-        first = (str(original).strip().splitlines() or [""])[0]
-        return f"the database does not answer ({type(original).__name__}: {first})"
+        return f"the database does not answer ({describe(exc)})"
     newest = newest_revision()
     if current != (newest,):
         found = ", ".join(current) or "none"
