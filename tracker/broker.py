@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 
 import pika
+import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from tracker.config import Settings
+from tracker.errors import DeadLettersUnavailable
 
 ROUTING_PREFIX = "job."
 
@@ -49,6 +52,31 @@ def declare_topology(channel: BlockingChannel, settings: Settings) -> None:
         arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": settings.dead_exchange},
     )
     channel.queue_bind(settings.queue, settings.exchange, routing_key=ROUTING_PREFIX + "#")
+
+
+def dead_letter_count(settings: Settings) -> int:
+    """How many messages ``settings.dead_queue`` holds, read without touching them (a passive declare).
+
+    A queue never declared holds none. Opens a connection of its own and closes it. Raises
+    DeadLettersUnavailable when RabbitMQ cannot be reached or refuses.
+    """
+    params = parameters(settings.amqp_url, "tracker-dead-count")
+    try:
+        connection = pika.BlockingConnection(params)
+    except pika.exceptions.AMQPError:
+        raise DeadLettersUnavailable(f"cannot reach RabbitMQ at {params.host}:{params.port}") from None
+    try:
+        return int(connection.channel().queue_declare(settings.dead_queue, passive=True).method.message_count)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:  # never declared: empty
+            return 0
+        raise DeadLettersUnavailable(f"RabbitMQ refused: {exc.reply_text}") from None
+    except pika.exceptions.AMQPError as exc:
+        raise DeadLettersUnavailable(f"lost RabbitMQ: {type(exc).__name__}") from None
+    finally:
+        if connection.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.close()
 
 
 @dataclasses.dataclass
