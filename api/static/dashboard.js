@@ -266,6 +266,7 @@ function showLogin(note) {
   $("login").hidden = false;
   $("login-note").hidden = !note;
   $("login-note").textContent = note || "";
+  $("login-form").reset();
   $("username").focus();
 }
 
