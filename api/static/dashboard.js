@@ -68,7 +68,7 @@ function listPath(query, extra = {}) {
 
 async function countOf(status) {
   const { body } = await call(`/async_status?status=${status}&limit=1`);
-  return body.summary.count;
+  return body.summary;
 }
 
 // ---- routes: #/?status=…&orderby=…  (the list) and #/jobs/42 (a job) ---------------------
@@ -132,6 +132,11 @@ function number(value) {
   return Number(value).toLocaleString("en");
 }
 
+// A summary's count; the list may give PostgreSQL's estimate for a large count (summary.estimated).
+function counted(summary) {
+  return summary.estimated ? `≈ ${number(summary.count)}` : number(summary.count);
+}
+
 function announce(text) {
   $("announce").textContent = text;
 }
@@ -148,7 +153,10 @@ function clearProblem() {
 }
 
 function drawGlance(counts, lost, dead) {
-  for (const status of STATUSES) $(`count-${status}`).textContent = number(counts[status]);
+  for (const status of STATUSES) {
+    $(`count-${status}`).textContent = counted(counts[status]);
+    $(`count-${status}`).title = counts[status].estimated ? "an estimate: the table is large" : "";
+  }
   $("count-lost").textContent = number(lost.length);
   $("count-lost").closest(".card").classList.toggle("some", lost.length > 0);
   const deadFigure = $("count-dead");
@@ -169,13 +177,14 @@ function drawGlance(counts, lost, dead) {
   const now = new Date();
   $("updated-at").textContent = now.toLocaleTimeString("en-GB");
   $("updated-at").dateTime = now.toISOString();
-  if (state.counts && STATUSES.some((status) => state.counts[status] !== counts[status])) {
-    announce(`Now ${number(counts.PENDING)} pending, ${number(counts.SUCCEEDED)} succeeded, ${number(counts.FAILED)} failed.`);
+  if (state.counts && STATUSES.some((status) => state.counts[status].count !== counts[status].count)) {
+    announce(`Now ${counted(counts.PENDING)} pending, ${counted(counts.SUCCEEDED)} succeeded, ${counted(counts.FAILED)} failed.`);
   }
   state.counts = counts;
 }
 
-function drawList(query, rows, total) {
+function drawList(query, rows, summary) {
+  const total = summary.count;
   const body = $("jobs");
   const seen = new Map();
   body.replaceChildren(
@@ -202,11 +211,12 @@ function drawList(query, rows, total) {
   const filter = query.statuses.length ? ` with status ${query.statuses.join(" or ")}` : "";
   const order = `${ORDER_WORDS[query.orderby]}, ${query.sortOrder === "desc" ? "descending" : "ascending"}`;
   $("jobs-caption").textContent =
-    rows.length === 0 ? `No jobs${filter} on this page (${number(total)} in all).` : `Jobs ${number(first)}–${number(last)} of ${number(total)}${filter}, by ${order}.`;
+    rows.length === 0 ? `No jobs${filter} on this page (${counted(summary)} in all).` : `Jobs ${number(first)}–${number(last)} of ${counted(summary)}${filter}, by ${order}.`;
   const pages = Math.max(1, Math.ceil(total / query.limit));
-  $("page-info").textContent = `Page ${number(query.page)} of ${number(pages)}`;
+  $("page-info").textContent = `Page ${number(query.page)} of ${summary.estimated ? "≈ " : ""}${number(pages)}`;
   $("previous").disabled = query.page <= 1;
-  $("next").disabled = query.page >= pages;
+  // With an estimated count a short page is the last one; a full page may have more after it.
+  $("next").disabled = summary.estimated ? rows.length < query.limit : query.page >= pages;
   for (const header of document.querySelectorAll("th[data-sort]")) {
     const sorted = header.dataset.sort === query.orderby;
     if (sorted) header.setAttribute("aria-sort", query.sortOrder === "desc" ? "descending" : "ascending");
@@ -306,7 +316,7 @@ async function readGlance() {
     ),
   ]);
   const lost = failed.body.response.filter((job) => LOST_MESSAGES.some((pattern) => pattern.test(job.message ?? "")));
-  return { counts: { PENDING: pending, SUCCEEDED: succeeded, FAILED: failed.body.summary.count }, lost, dead };
+  return { counts: { PENDING: pending, SUCCEEDED: succeeded, FAILED: failed.body.summary }, lost, dead };
 }
 
 async function readJob(id) {
@@ -321,6 +331,7 @@ async function refresh() {
   stopRefreshing();
   const generation = ++state.generation;
   const route = state.route;
+  const started = Date.now();
   let waited = false;
   try {
     let drawView;
@@ -330,7 +341,7 @@ async function refresh() {
       drawView = () => drawJob(job, events);
     } else {
       const { body } = await call(listPath(route.query));
-      drawView = () => drawList(route.query, body.response, body.summary.count);
+      drawView = () => drawList(route.query, body.response, body.summary);
     }
     const glance = await readGlance();
     if (generation !== state.generation) return;
@@ -356,7 +367,8 @@ async function refresh() {
       showProblem("The tracker is not answering. Retrying.");
     }
   }
-  scheduleRefresh(waited ? 0 : REFRESH_MS);
+  // A held wait took the place of the sleep; a refresh starts at most every REFRESH_MS all the same.
+  scheduleRefresh(waited ? Math.max(0, REFRESH_MS - (Date.now() - started)) : REFRESH_MS);
 }
 
 function scheduleRefresh(delay) {
@@ -434,7 +446,12 @@ function start() {
   }
   $("previous").addEventListener("click", () => go({ ...state.route.query, page: state.route.query.page - 1 }));
   $("next").addEventListener("click", () => go({ ...state.route.query, page: state.route.query.page + 1 }));
+  $("skip").addEventListener("click", (event) => {
+    event.preventDefault(); // the address holds the view: a "#main" there would reset it
+    $("main").focus();
+  });
   window.addEventListener("hashchange", () => {
+    if (!/^(#\/|#?$)/.test(location.hash)) return; // not a view of ours
     const route = parseRoute();
     showRoute(route, route.view !== state.route.view);
     if (state.session !== "out") refresh();

@@ -183,6 +183,7 @@ def test_the_dashboard_in_chromium(browser: Any, live: LiveApi, settings: Settin
     started = time.monotonic()
     page.wait_for_timeout(3 * REFRESH_S * 1000)
     per_second = len([url for url in requests if "/api/" in url]) / (time.monotonic() - started)
+    print(f"dashboard: {per_second:.2f} API requests/s while open on the list ({len(requests)} requests)")
     assert per_second <= 1.5, requests
 
     # Filter: only FAILED jobs, as the list answers them (the address keeps the filter).
@@ -203,6 +204,11 @@ def test_the_dashboard_in_chromium(browser: Any, live: LiveApi, settings: Settin
         timeout=SEEN_WITHIN_S * 1000,
     )
     assert page.locator("th[data-sort=id]").get_attribute("aria-sort") == "ascending"
+    # The skip link moves the focus to the content and leaves the view (held in the address) alone.
+    view = page.evaluate("location.hash")
+    page.locator("#skip").focus()
+    page.keyboard.press("Enter")
+    assert page.evaluate("[document.activeElement.id, location.hash]") == ["main", view]
 
     # A job's page with its timeline, opened from the list by the keyboard.
     page.get_by_label("Failed", exact=True).uncheck()
