@@ -270,6 +270,7 @@ function drawJob(job, events) {
 
 function showLogin(note) {
   state.session = "out";
+  state.generation++; // a refresh still under way draws nothing now
   stopRefreshing();
   $("dashboard").hidden = true;
   $("session").hidden = true;
