@@ -31,6 +31,7 @@ const state = {
   counts: null,
   rows: new Map(), // id -> status, as last drawn, to mark what changed
   jobStatus: null,
+  waitsHeld: undefined, // whether the API held a `Prefer: wait` (Preference-Applied); unknown at first
 };
 
 // ---- the API ----------------------------------------------------------------------------
@@ -324,8 +325,10 @@ async function readJob(id) {
   // While the job is PENDING its GET is held until it changes (Prefer: wait), instead of a sleep.
   const waiting = state.jobStatus && state.jobStatus.id === Number(id) && state.jobStatus.status === "PENDING";
   const job = await call(`/async_status/${id}`, { headers: waiting ? { Prefer: `wait=${WAIT_S}` } : {} });
+  const waited = waiting && job.headers.has("Preference-Applied");
+  if (waiting) state.waitsHeld = waited;
   const events = await call(`/async_status/${id}/events`);
-  return { job: job.body.response, events: events.body.response, waited: job.headers.has("Preference-Applied") };
+  return { job: job.body.response, events: events.body.response, waited };
 }
 
 async function refresh() {
@@ -333,12 +336,17 @@ async function refresh() {
   const generation = ++state.generation;
   const route = state.route;
   const started = Date.now();
-  let waited = false;
+  let delay = REFRESH_MS;
   try {
     let drawView;
     if (route.view === "job") {
-      const { job, events, waited: held } = await readJob(route.id);
-      waited = held;
+      const { job, events, waited } = await readJob(route.id);
+      if (waited) {
+        // The held wait took the place of the sleep; still at most one refresh every REFRESH_MS.
+        delay = Math.max(0, REFRESH_MS - (Date.now() - started));
+      } else if (job.status === "PENDING" && state.waitsHeld !== false) {
+        delay = 0; // a PENDING job just seen: start waiting for it now
+      }
       drawView = () => drawJob(job, events);
     } else {
       const { body } = await call(listPath(route.query));
@@ -352,6 +360,7 @@ async function refresh() {
     drawGlance(glance.counts, glance.lost, glance.dead);
   } catch (error) {
     if (generation !== state.generation) return;
+    delay = REFRESH_MS;
     if (error instanceof Unauthenticated) {
       showLogin(state.session === "in" ? "Your session has ended: please log in again." : "");
       return;
@@ -368,8 +377,7 @@ async function refresh() {
       showProblem("The tracker is not answering. Retrying.");
     }
   }
-  // A held wait took the place of the sleep; a refresh starts at most every REFRESH_MS all the same.
-  scheduleRefresh(waited ? Math.max(0, REFRESH_MS - (Date.now() - started)) : REFRESH_MS);
+  scheduleRefresh(delay);
 }
 
 function scheduleRefresh(delay) {

@@ -223,6 +223,34 @@ def test_the_dashboard_in_chromium(browser: Any, live: LiveApi, settings: Settin
     assert page.locator("#job-message").inner_text() == "Purged."
     assert page.evaluate("window.sameDocument") is True
 
+    # A PENDING job's page holds its GET (Prefer: wait) and shows the job's end as it happens.
+    waiting = create_job(live, token, message="Waiting for the end.")
+    held: list[float] = []
+    page.on(
+        "response",
+        lambda response: (
+            held.append(time.monotonic())
+            if response.url.endswith(f"/async_status/{waiting}") and "preference-applied" in response.headers
+            else None
+        ),
+    )
+    page.evaluate(f"location.hash = '#/jobs/{waiting}'")
+    page.get_by_role("heading", name=f"Job {waiting}").wait_for()
+    page.wait_for_function(
+        "() => document.getElementById('job-status').textContent === 'PENDING'", timeout=SEEN_WITHIN_S * 1000
+    )
+    page.wait_for_timeout(500)  # its next GET is held now
+    with Publisher(settings) as publisher:
+        sent = time.monotonic()
+        publisher.emit(waiting, "succeeded", "The end.")
+    page.wait_for_function(
+        "() => document.getElementById('job-status').textContent === 'SUCCEEDED'", timeout=SEEN_WITHIN_S * 1000
+    )
+    shown_s = time.monotonic() - sent
+    print(f"dashboard: a PENDING job's page showed SUCCEEDED {shown_s * 1000:.0f} ms after the publish")
+    assert held and held[-1] >= sent  # the answer that brought it was a held wait
+    assert page.locator("#timeline").inner_text().count("The end.") == 1
+
     # An expired session (the cookies gone) returns to the login form at the next refresh.
     context.clear_cookies()
     page.get_by_text("Your session has ended").wait_for(timeout=SEEN_WITHIN_S * 1000)
