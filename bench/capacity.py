@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import random
 import resource
 import time
@@ -106,7 +105,6 @@ def capacity(bed: Testbed) -> list[Result]:
     model = Capacity(
         events=len(work.bodies),
         jobs=jobs,
-        cores=os.cpu_count() or 1,
         ingest=ingest,
         drain_rate=drain_rate,
         api_rows=len(api_ids),
@@ -196,7 +194,7 @@ def ingest_window(
                 meters,
                 children,
             )
-            started = time.monotonic()
+            started, ticks = time.monotonic(), cputime.machine_ticks()
         quiet_since: float | None = None
         while True:
             ready = watcher.ready()
@@ -210,7 +208,7 @@ def ingest_window(
                 child.check_alive()
             _sample(meters)
             time.sleep(0.01 if ready == 0 else 0.05)
-        seconds = time.monotonic() - started
+        seconds, ticks = time.monotonic() - started, cputime.ticks_since(ticks)
         _sample(meters)
     finally:
         watcher.close()
@@ -226,6 +224,7 @@ def ingest_window(
             for part, meter in meters.items()
         },
         counters,
+        ticks,
     )
 
 
@@ -328,9 +327,9 @@ def _api(
             capacity_model.API: cputime.CpuMeter(lambda: [server.pid, *cputime.descendants(server.pid)]).start(),
             capacity_model.POSTGRESQL: cputime.CpuMeter(monitor.backend_pids).start(),
         }
-        children_before = _children_cpu()
+        children_before, ticks = _children_cpu(), cputime.machine_ticks()
         found = load.http_load(port, ids, token, bed.scale.api_s, _CONNECTIONS, 2, bed.out_dir)
-        generator = _children_cpu() - children_before
+        generator, ticks = _children_cpu() - children_before, cputime.ticks_since(ticks)
         _sample(meters)
     finally:
         server.stop()
@@ -340,7 +339,7 @@ def _api(
         capacity_model.POSTGRESQL: meters[capacity_model.POSTGRESQL].seconds() if monitor.local else None,
         capacity_model.LOAD_GENERATOR: generator,
     }
-    return Window(settings.workers, found.requests, seconds, cpu), found
+    return Window(settings.workers, found.requests, seconds, cpu, ticks=ticks), found
 
 
 def _children_cpu() -> float:
@@ -369,6 +368,7 @@ def _window_json(window: Window) -> dict[str, Any]:
         "seconds": round(window.seconds, 3),
         "per_s": round(window.rate),
         "cpu_s": {part: None if cpu is None else round(cpu, 3) for part, cpu in window.cpu_s.items()},
+        "machine_busy": None if (share := capacity_model.busy(window.ticks)) is None else round(share, 3),
         **({"counters": dict(window.counters)} if window.counters else {}),
     }
 

@@ -55,11 +55,11 @@ def deltas(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int
     return found
 
 
-def busy(cpu_s: float | None, seconds: float, cores: int) -> float | None:
-    """The share of the machine's cores that ``cpu_s`` of CPU in ``seconds`` kept busy."""
-    if cpu_s is None or seconds <= 0 or cores <= 0:
+def busy(ticks: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time in use, from the (all, idle) ticks elapsed (/proc/stat)."""
+    if ticks is None or ticks[0] <= 0:
         return None
-    return cpu_s / (seconds * cores)
+    return 1 - ticks[1] / ticks[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,8 @@ class Window:
 
     ``cpu_s`` maps a part (the names above) to its CPU seconds in the window, None when that part
     could not be measured (not on this machine). ``counters`` are deltas of PostgreSQL's statistics
-    (``commits``, ``rows_written``, ``wal_bytes``) over the same window.
+    (``commits``, ``rows_written``, ``wal_bytes``) over the same window. ``ticks`` are the whole
+    machine's CPU ticks (all, idle) elapsed over the timed part, every process's.
     """
 
     processes: int  # consumers or API workers
@@ -76,6 +77,7 @@ class Window:
     seconds: float
     cpu_s: Mapping[str, float | None]
     counters: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    ticks: tuple[int, int] | None = None
 
     @property
     def rate(self) -> float:
@@ -112,12 +114,14 @@ def combine(windows: Sequence[Window]) -> Window:
     counters = {
         name: sum(w.counters[name] for w in windows) for name in set.intersection(*(set(w.counters) for w in windows))
     }
+    ticks = [w.ticks for w in windows]
     return Window(
         windows[0].processes,
         sum(w.work for w in windows),
         sum(w.seconds for w in windows),
         cpu,
         counters,
+        None if None in ticks else (sum(t[0] for t in ticks if t), sum(t[1] for t in ticks if t)),
     )
 
 
@@ -144,7 +148,6 @@ class Capacity:
 
     events: int
     jobs: int
-    cores: int
     ingest: Sequence[Window]  # by number of consumers, fewest first
     drain_rate: float | None  # the bare pika drain of the same events: the queue's ceiling for one consumer
     api_rows: int
@@ -165,10 +168,7 @@ class Capacity:
         ]
         rows += [
             ("CPU s per 1,000 events: all of these", [_cpu(w.all_per_thousand(INGEST_PARTS)) for w in ingest]),
-            (
-                f"machine busy with these (of {self.cores} cores)",
-                [_percent(busy(total([w.cpu_s.get(p) for p in INGEST_PARTS]), w.seconds, self.cores)) for w in ingest],
-            ),
+            ("machine busy while folding (every process)", [_percent(busy(w.ticks)) for w in ingest]),
             (
                 "events/s one core buys: tracker consume",
                 [_number(per_core(w.cpu_per_thousand(CONSUMER))) for w in ingest],
@@ -201,6 +201,7 @@ class Capacity:
             ),
         ]
         rows += [(f"CPU s per 1,000 GETs: {part}", [_cpu(w.cpu_per_thousand(part)) for w in api]) for part in API_PARTS]
+        rows.append(("machine busy during the GETs (every process)", [_percent(busy(w.ticks)) for w in api]))
         rows.append(("GETs/s one core buys: tracker api", [_number(per_core(w.cpu_per_thousand(API))) for w in api]))
         return rows
 

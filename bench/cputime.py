@@ -79,6 +79,18 @@ def listening_pid(port: int) -> int | None:
     return None
 
 
+def machine_ticks() -> tuple[int, int]:
+    """The whole machine's CPU ticks so far, every process's: (all, idle), idle counting iowait (/proc/stat)."""
+    ticks = [int(value) for value in (_PROC / "stat").read_text().splitlines()[0].split()[1:]]
+    return sum(ticks), ticks[3] + ticks[4]
+
+
+def ticks_since(before: tuple[int, int]) -> tuple[int, int]:
+    """The (all, idle) ticks elapsed since ``before`` (a ``machine_ticks()``)."""
+    now = machine_ticks()
+    return now[0] - before[0], now[1] - before[1]
+
+
 class CpuMeter:
     """The CPU seconds a changing set of processes spends from ``start()`` on.
 

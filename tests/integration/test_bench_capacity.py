@@ -18,7 +18,7 @@ import sqlalchemy as sa
 import bench.testbed
 from bench import cputime, workload
 from bench.capacity import DatabaseMonitor, broker_pid_of, ingest_window
-from bench.capacity_model import BROKER, CONSUMER, POSTGRESQL
+from bench.capacity_model import BROKER, CONSUMER, POSTGRESQL, busy
 from bench.report import Progress, Run
 from bench.services import BenchBroker, BenchDatabase
 from bench.testbed import QUICK
@@ -90,6 +90,8 @@ def test_two_consumers_released_together_fold_every_event_and_the_work_is_accoun
         assert monitor.local  # PostgreSQL of the tests runs on this machine
     assert (window.processes, window.work) == (2, len(bodies))
     assert window.seconds > 0
+    share = busy(window.ticks)
+    assert share is not None and 0 < share <= 1
     assert window.cpu_s[CONSUMER] and window.cpu_s[CONSUMER] > 0
     assert window.cpu_s[POSTGRESQL] and window.cpu_s[POSTGRESQL] > 0
     assert window.cpu_s[BROKER] is None or window.cpu_s[BROKER] > 0

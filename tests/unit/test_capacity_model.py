@@ -29,7 +29,8 @@ from bench.capacity_model import (
 def ingest_window(processes: int = 1, seconds: float = 2.0, **cpu: float | None) -> Window:
     parts = {CONSUMER: 0.6, POSTGRESQL: 0.3, POSTGRESQL_BACKGROUND: 0.1, BROKER: 1.0}
     parts.update({name.replace("_", " "): value for name, value in cpu.items()})
-    return Window(processes, 10_000, seconds, parts, {"commits": 40, "rows_written": 20_000, "wal_bytes": 5_000_000})
+    counters = {"commits": 40, "rows_written": 20_000, "wal_bytes": 5_000_000}
+    return Window(processes, 10_000, seconds, parts, counters, (1000, 1000 - round(400 * seconds)))
 
 
 def test_rate_is_work_per_second_and_a_window_of_no_time_has_none() -> None:
@@ -68,9 +69,9 @@ def test_deltas_of_counters() -> None:
         deltas({"commits": 10}, {"commits": 2})
 
 
-def test_busy_is_the_share_of_the_machines_cores() -> None:
-    assert busy(3.0, 2.0, 2) == pytest.approx(0.75)
-    assert busy(None, 2.0, 2) is None and busy(1.0, 0.0, 2) is None
+def test_busy_is_the_share_of_the_machines_ticks_not_idle() -> None:
+    assert busy((400, 100)) == pytest.approx(0.75)
+    assert busy(None) is None and busy((0, 0)) is None
 
 
 def test_consumers_one_postgres_core_keeps_up_with() -> None:
@@ -92,13 +93,15 @@ def test_window_rates_per_event_and_per_second() -> None:
 
 
 def test_rounds_combine_into_one_window_weighted_by_time() -> None:
-    one = Window(1, 10_000, 1.0, {CONSUMER: 0.5, BROKER: 1.0}, {"commits": 20, "only_here": 1})
-    two = Window(1, 10_000, 4.0, {CONSUMER: 0.7, BROKER: None}, {"commits": 30})
+    one = Window(1, 10_000, 1.0, {CONSUMER: 0.5, BROKER: 1.0}, {"commits": 20, "only_here": 1}, (200, 20))
+    two = Window(1, 10_000, 4.0, {CONSUMER: 0.7, BROKER: None}, {"commits": 30}, (800, 380))
     both = combine([one, two])
     assert (both.work, both.seconds, both.rate) == (20_000, 5.0, 4000)
     assert both.cpu_s[CONSUMER] == pytest.approx(1.2)
     assert both.cpu_s[BROKER] is None  # unmeasured in one round: unmeasured in the sum
     assert both.counters == {"commits": 50}
+    assert busy(both.ticks) == pytest.approx(0.6)  # 400 idle of 1,000 ticks
+    assert combine([one, Window(1, 1, 1.0, {})]).ticks is None  # not read in one round: not in the sum
     with pytest.raises(ValueError):
         combine([])
     with pytest.raises(ValueError):
@@ -122,13 +125,12 @@ def capacity() -> Capacity:
     return Capacity(
         events=10_000,
         jobs=2000,
-        cores=2,
         ingest=[ingest_window(1, 2.0), ingest_window(2, 1.25)],
         drain_rate=20_000.0,
         api_rows=10_000,
         api_connections=16,
         api=[
-            Window(1, 4000, 4.0, {API: 1.2, POSTGRESQL: None, LOAD_GENERATOR: 2.0}),
+            Window(1, 4000, 4.0, {API: 1.2, POSTGRESQL: None, LOAD_GENERATOR: 2.0}, ticks=(800, 8)),
             Window(2, 6000, 4.0, {API: 1.8, POSTGRESQL: 0.06, LOAD_GENERATOR: 3.0}),
         ],
     )
@@ -147,7 +149,7 @@ def test_the_tables_figures() -> None:
     assert rows["speed-up over one consumer"] == ["1.00x", "1.60x"]
     assert rows[f"CPU s per 1,000 events: {CONSUMER}"] == ["0.060", "0.060"]
     assert rows["CPU s per 1,000 events: all of these"] == ["0.200", "0.200"]
-    assert rows["machine busy with these (of 2 cores)"] == ["50%", "80%"]
+    assert rows["machine busy while folding (every process)"] == ["80%", "50%"]
     assert rows["events/s one core buys: PostgreSQL"] == ["25,000", "25,000"]
     assert rows["events/s one core buys: all of these"] == ["5,000", "5,000"]
     assert rows["PostgreSQL commits/s"] == ["20", "32"]
@@ -157,3 +159,4 @@ def test_the_tables_figures() -> None:
     assert rows["GET by id, requests/s (10,000 jobs, 16 connections)"] == ["1,000", "1,500"]
     assert rows[f"CPU s per 1,000 GETs: {POSTGRESQL}"] == ["—", "0.010"]  # unmeasured is a dash, not a zero
     assert rows["GETs/s one core buys: tracker api"] == ["3,333", "3,333"]
+    assert rows["machine busy during the GETs (every process)"] == ["99%", "—"]
