@@ -240,10 +240,11 @@ def _ingest_meters(
 
 
 def _measured(meter: cputime.CpuMeter, part: str, monitor: DatabaseMonitor, broker_pid: int | None) -> bool:
+    """Whether ``meter`` saw the part at all: a server elsewhere, or a broker restarted under a new pid, was not."""
     if part in (capacity_model.POSTGRESQL, capacity_model.POSTGRESQL_BACKGROUND):
         return monitor.local and meter.seen > 0
     if part == capacity_model.BROKER:
-        return broker_pid is not None
+        return broker_pid is not None and meter.seen > 0
     return True
 
 
