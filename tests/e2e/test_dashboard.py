@@ -146,6 +146,7 @@ def test_the_dashboard_in_chromium(browser: Any, live: LiveApi, settings: Settin
     answer = page.goto(live.base_url + "/")
     assert answer.status == 200 and answer.headers["content-type"] == "text/html; charset=utf-8"
     assert answer.headers["content-security-policy"].startswith("default-src 'self'")
+    assert not page.get_by_role("button", name="Log out").is_visible()
     log_in_by_keyboard(page, "ops")
     page.locator("#dashboard").wait_for(state="visible")
     page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
