@@ -172,3 +172,30 @@ def test_the_count_is_asked_once_per_interval_and_an_outage_is_a_503() -> None:
     count.failing = False
     clock.now += 5
     assert client.simulate_get("/count/5.0").json == {"response": {"count": 4}}
+
+
+def _luminance(colour: str) -> float:
+    """WCAG 2's relative luminance of ``#rrggbb``."""
+    channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def test_text_and_its_backgrounds_keep_a_contrast_of_at_least_4_5_to_1() -> None:
+    css = dashboard.load("dashboard.css").decode()
+    colours = dict(re.findall(r"--([a-z-]+):\s*(#[0-9a-f]{6})", css))
+    pairs = [  # (text, background) as the rules combine them
+        ("ink", "paper"),
+        ("ink", "band"),
+        ("muted", "paper"),
+        ("muted", "band"),
+        ("link", "paper"),
+        ("link", "band"),
+        ("link", "failed-bg"),
+        ("pending-ink", "pending-bg"),
+        ("succeeded-ink", "succeeded-bg"),
+        ("failed-ink", "failed-bg"),
+    ]
+    for text, background in pairs:
+        lighter, darker = sorted((_luminance(colours[text]), _luminance(colours[background])), reverse=True)
+        assert (lighter + 0.05) / (darker + 0.05) >= 4.5, (text, background)  # WCAG 2 AA, normal text
