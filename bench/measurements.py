@@ -292,7 +292,7 @@ def _drain(
 def _complete(bed: Testbed, ids: range, events: int) -> bool:
     """Whether every job is finished and every event is in the history: the tracker did the work."""
     with bed.database.engine.connect() as conn:
-        history = conn.exec_driver_sql("SELECT count(*) FROM async_status_message").scalar_one()
+        history = conn.exec_driver_sql("SELECT count(*) FROM async_status_event").scalar_one()
     pending = bed.database.pending_among(list(ids))
     if history != events or pending:
         bed.run.notes.append(
