@@ -803,6 +803,64 @@ def receipts(bed: Testbed) -> list[Result]:
     ]
 
 
+def timeline(bed: Testbed) -> list[Result]:
+    """#1d: ingest keeping every event in its job's timeline against keeping only the merge's history.
+
+    Jobs report as workers holding a heartbeat lease do: progress events with no message
+    (heartbeats), then a terminal event with one. The timeline keeps all of them; the history the
+    store kept before it (``keep_timeline=False``), only the terminal ones: the timeline's whole
+    cost. The same consumer (``python -m bench.receipts off --timeline on|off``, no lease renewal
+    on either side) drains the same events into the same rows, at #6's sizes; the two sides
+    alternate, and the ratio is of their means.
+    """
+    scale, db = bed.scale, bed.database
+    jobs = scale.receipts_jobs
+    per_job = scale.receipts_events // jobs
+    settings = bed.settings("timeline")
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    kept: dict[str, int] = {}
+    for round_number in range(scale.receipts_rounds):
+        for side in ("off", "on") if round_number % 2 == 0 else ("on", "off"):
+            db.empty()
+            ids = db.seed_jobs(jobs)
+            work = workload.lifecycles(ids, per_job, random.Random(1), heartbeats=True)
+            done_check = work.final_jobs[-_DONE_CHECK:]
+            drained = _drain(
+                bed,
+                settings,
+                work.bodies,
+                f"consumer keeping the timeline {side}",
+                bench_command("receipts", "off", "--timeline", side),
+                done=lambda check=done_check: db.pending_among(check) == 0,
+            )
+            rates[side].append(drained.rate)
+            with db.engine.connect() as conn:
+                kept[side] = conn.exec_driver_sql("SELECT count(*) FROM async_status_event").scalar_one()
+    on, off = statistics.fmean(rates["on"]), statistics.fmean(rates["off"])
+    return [
+        Result(
+            "1d timeline",
+            "events/s drained and committed, four heartbeats and a terminal event per job",
+            "events/s",
+            on,
+            off,
+            "the same consumer keeping only the merge's history (the terminal events)",
+            "none: what the timeline costs",
+            None,
+            {
+                "events": jobs * per_job,
+                "jobs": jobs,
+                "rounds": scale.receipts_rounds,
+                "on_per_round": [round(rate) for rate in rates["on"]],
+                "off_per_round": [round(rate) for rate in rates["off"]],
+                "rows_kept_on": kept["on"],
+                "rows_kept_off": kept["off"],
+                "timeline_cost": round(1 - on / off, 3),
+            },
+        )
+    ]
+
+
 _LOST_CHECKS = 5  # timed checks, each finding every lost job anew
 _RUNNING_JOBS = 10_000  # PENDING, neither deadline nor lease run out
 
@@ -901,5 +959,6 @@ MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
     "memory": memory,
     "scale": table_size,
     "receipts": receipts,
+    "timeline": timeline,
     "leases": lost_check,
 }

@@ -113,6 +113,21 @@ def test_ties_on_time_are_ordered_by_seq_then_event_id(store: JobStore) -> None:
     assert timeline_of(store, job.id) == [as_kept(e) for e in (by_seq[1], by_seq[0], by_id[1], by_id[0])]
 
 
+def test_a_store_keeping_no_timeline_keeps_only_what_the_merge_needs_again(engine: sa.Engine) -> None:
+    """The benchmark's A/B side (``keep_timeline=False``): the message events inside R, and the same rows."""
+    store = open_job_store(engine, keep_timeline=False)
+    job = store.create_job("created")
+    heartbeat = new_event(job.id, "progress", None, occurred_at=BASE)
+    working = new_event(job.id, "progress", "working", occurred_at=BASE + dt.timedelta(seconds=1))
+    later = new_event(job.id, "progress", "later", occurred_at=BASE + dt.timedelta(seconds=3))
+    failed = new_event(job.id, "failed", None, occurred_at=BASE + dt.timedelta(seconds=2))
+    store.apply([heartbeat, working, later])
+    store.apply([failed])  # before "later", which stays kept from the first batch, outside R now
+    assert timeline_of(store, job.id) == [as_kept(working), as_kept(later)]
+    row = store.get_job(job.id)
+    assert (row.status, row.message) == ("FAILED", "working")
+
+
 # Unique event ids (a redelivery is the same event again, added below); few instants and seqs,
 # so that ties are common and the event_id often decides.
 TIMELINE = st.lists(

@@ -80,10 +80,13 @@ PUBLIC_COLUMNS = (
 class JobStore(abc.ABC):
     """The async_status table behind one engine. Safe to share between threads."""
 
-    def __init__(self, engine: Engine, *, record_receipts: bool = True) -> None:
-        """``record_receipts=False`` folds without renewing heartbeat leases: for the benchmark's A/B only."""
+    def __init__(self, engine: Engine, *, record_receipts: bool = True, keep_timeline: bool = True) -> None:
+        """For the benchmark's A/Bs only: ``record_receipts=False`` folds without renewing heartbeat
+        leases; ``keep_timeline=False`` keeps only the events the merge may need again (the message
+        events inside R, ``merge.to_remember``), as the store did before the timeline."""
         self._engine = engine
         self._record_receipts = record_receipts
+        self._keep_timeline = keep_timeline
         self._get = sa.select(*PUBLIC_COLUMNS).where(async_status.c.id == sa.bindparam("job_id"))
         event = async_status_event.c
         # The job's row joined to its events: one statement, so one snapshot, and a job with no
@@ -165,19 +168,20 @@ class JobStore(abc.ABC):
         """
 
 
-def open_job_store(engine: Engine, *, record_receipts: bool = True) -> JobStore:
+def open_job_store(engine: Engine, *, record_receipts: bool = True, keep_timeline: bool = True) -> JobStore:
     """The JobStore for ``engine``'s dialect (PostgreSQL or SQLite); opens no connection.
 
-    ``record_receipts=False`` is for the benchmark's A/B of ingest with and without lease renewal.
+    ``record_receipts=False`` and ``keep_timeline=False`` are for the benchmark's A/Bs of ingest
+    with and without lease renewal, and with and without the timeline.
     """
     if engine.dialect.name == "postgresql":
         from tracker.store.postgresql import PostgresJobStore
 
-        return PostgresJobStore(engine, record_receipts=record_receipts)
+        return PostgresJobStore(engine, record_receipts=record_receipts, keep_timeline=keep_timeline)
     if engine.dialect.name == "sqlite":
         from tracker.store.sqlite import SQLiteJobStore
 
-        return SQLiteJobStore(engine, record_receipts=record_receipts)
+        return SQLiteJobStore(engine, record_receipts=record_receipts, keep_timeline=keep_timeline)
     raise ValueError(f"unsupported database {engine.dialect.name!r}: use PostgreSQL or SQLite")
 
 

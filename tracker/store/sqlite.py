@@ -49,8 +49,8 @@ _WRITTEN = (
 class SQLiteJobStore(JobStore):
     """Takes SQLite's write lock up front (``BEGIN IMMEDIATE``), then folds job by job."""
 
-    def __init__(self, engine: Engine, *, record_receipts: bool = True) -> None:
-        super().__init__(engine, record_receipts=record_receipts)
+    def __init__(self, engine: Engine, *, record_receipts: bool = True, keep_timeline: bool = True) -> None:
+        super().__init__(engine, record_receipts=record_receipts, keep_timeline=keep_timeline)
         self._update = (
             sa.update(async_status)
             .where(async_status.c.id == sa.bindparam("job_id"))
@@ -92,7 +92,8 @@ class SQLiteJobStore(JobStore):
                 if after.terminal is None:
                     pending.add(row.id)
                 # The timeline keeps every event: a superset of merge.to_remember, the history's need.
-                kept.extend(_kept_row(e, received) for e in by_job[row.id])
+                to_keep = by_job[row.id] if self._keep_timeline else merge.to_remember(after, by_job[row.id])
+                kept.extend(_kept_row(e, received) for e in to_keep)
         if updates:
             conn.execute(self._update, updates)
         if kept:
