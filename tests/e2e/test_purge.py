@@ -100,8 +100,10 @@ def test_purge_deletes_old_finished_jobs_while_the_api_and_ingest_serve(settings
 
             for job_id in old_ids[:: OLD_JOBS // 10]:
                 assert api.request("GET", f"/api/5.0/async_status/{job_id}", headers=headers).status == 404
+                assert api.request("GET", f"/api/5.0/async_status/{job_id}/events", headers=headers).status == 404
             for job in (recent, pending):
                 assert api.request("GET", f"/api/5.0/async_status/{job.id}", headers=headers).status == 200
+            assert len(store.timeline(recent.id)) == 1  # a finished job kept: its timeline too
     finally:
         consumer.kill()
     with engine.connect() as conn:
