@@ -14,6 +14,7 @@ import orjson
 import sqlalchemy as sa
 
 from bench import load, processes, report, workload
+from bench.capacity import capacity
 from bench.processes import bench_command, tracker_command
 from bench.references import percentiles_ms
 from bench.report import Result
@@ -961,4 +962,5 @@ MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
     "receipts": receipts,
     "timeline": timeline,
     "leases": lost_check,
+    "capacity": capacity,
 }
