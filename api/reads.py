@@ -1,4 +1,5 @@
-"""GET's reads of one job: through the exact row cache on PostgreSQL, retried once after a dropped connection."""
+"""GET's reads of one job (through the exact row cache on PostgreSQL) and of its timeline, retried once after a
+dropped connection."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 
 from api.rowcache import RowCache
-from tracker.store import Job, JobStore, StoreUnavailable
+from tracker.store import Job, JobStore, StoreUnavailable, TimelineEvent
 
 _T = TypeVar("_T")
 
@@ -47,6 +48,10 @@ class JobReads:
         if self._cache is None:
             return self._read(job_id)
         return self._cache.get(job_id, self._read)
+
+    def timeline(self, job_id: int) -> list[TimelineEvent]:
+        """The job's events in merge-key order (never cached); raises JobNotFound or StoreUnavailable."""
+        return retried_after_disconnect(lambda: self._store.timeline(job_id))
 
     def _read(self, job_id: int) -> Job:
         return retried_after_disconnect(lambda: self._store.get_job(job_id))

@@ -452,9 +452,9 @@ class DatabaseMonitor:
             last = now
 
     def done(self, events: int) -> bool:
-        """Every event is in the history and no job is PENDING: the consumers have committed all of it."""
+        """Every event is in the timeline and no job is PENDING: the consumers have committed all of it."""
         row = self._stats.execute(
-            "SELECT (SELECT count(*) FROM async_status_message) = %s "
+            "SELECT (SELECT count(*) FROM async_status_event) = %s "
             "AND NOT EXISTS (SELECT 1 FROM async_status WHERE status = 'PENDING')",
             (events,),
         ).fetchone()

@@ -95,8 +95,8 @@ def test_two_consumers_released_together_fold_every_event_and_the_work_is_accoun
     assert window.cpu_s[CONSUMER] and window.cpu_s[CONSUMER] > 0
     assert window.cpu_s[POSTGRESQL] and window.cpu_s[POSTGRESQL] > 0
     assert window.cpu_s[BROKER] is None or window.cpu_s[BROKER] > 0
-    # Every event is one row of the history; PostgreSQL's statistics saw them all, in commits of batches.
-    assert window.counters["rows_written:async_status_message"] == len(bodies)
+    # Every event is one row of the timeline; PostgreSQL's statistics saw them all, in commits of batches.
+    assert window.counters["rows_written:async_status_event"] == len(bodies)
     assert window.counters["rows_written"] >= len(bodies) + len(ids)  # each job's row updated at least once
     assert 0 < window.counters["commits"] < len(bodies)
     with db.engine.connect() as conn:
