@@ -16,12 +16,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tracker import merge, timefmt
+from tracker import listing, merge, timefmt
 from tracker.errors import JobNotFound
 from tracker.events import Event
 from tracker.leases import JobLimits
@@ -38,6 +39,14 @@ class Job:
     start_time: dt.datetime
     end_time: dt.datetime | None
     message: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class JobPage:
+    """One page of the job list, and how many rows match its filters regardless of paging."""
+
+    jobs: list[Job]
+    count: listing.Count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +120,32 @@ class JobStore(abc.ABC):
             raise JobNotFound(job_id)
         return Job(*row)
 
+    def list_jobs(self, query: listing.JobQuery) -> JobPage:
+        """The page of public rows ``query`` asks for, and their count (``listing.summary_count``).
+
+        Rows and count come from one snapshot. Each kept status is read on its own, in the
+        order asked, as far as the page reaches (an index range each, see migration 0006), and
+        the ranges merged: a page costs its offset plus its limit per status, whatever the size of
+        the table. Raises StoreUnavailable.
+        """
+        statement = _page_statement(query)
+        capped = sa.select(sa.func.count()).select_from(matching_rows(query).limit(listing.COUNT_CAP + 1).subquery())
+        with unavailable_as_error(), self._engine.connect() as conn:
+            conn.execution_options(**self._snapshot_options)
+            with conn.begin():
+                jobs = [Job(*row) for row in conn.execute(statement)]
+                counted = conn.execute(capped).scalar_one()
+                if counted <= listing.COUNT_CAP:
+                    return JobPage(jobs, listing.Count(counted))
+                return JobPage(jobs, self._count_beyond_cap(conn, query))
+
+    # Execution options under which the page's statements read one snapshot.
+    _snapshot_options: ClassVar[Mapping[str, object]] = {}
+
+    @abc.abstractmethod
+    def _count_beyond_cap(self, conn: sa.Connection, query: listing.JobQuery) -> listing.Count:
+        """``summary.count`` when more than COUNT_CAP rows match ``query``'s filters."""
+
     @abc.abstractmethod
     def apply(self, events: Sequence[Event]) -> Applied:
         """Fold a batch of events into their jobs in one transaction, committed before returning.
@@ -138,6 +173,57 @@ def open_job_store(engine: Engine, *, record_receipts: bool = True) -> JobStore:
 
         return SQLiteJobStore(engine, record_receipts=record_receipts)
     raise ValueError(f"unsupported database {engine.dialect.name!r}: use PostgreSQL or SQLite")
+
+
+def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
+    """The rows of ``query``'s page: per kept status, the first ``reach`` rows in order, merged.
+
+    NULL end times (PENDING jobs) count as later than any time: last ascending, first descending.
+    Ties are broken by id, in the same direction.
+    """
+
+    def ordering(columns: sa.ColumnCollection[str, sa.ColumnElement[object]]) -> list[sa.ColumnElement[object]]:
+        keys = [columns[query.order_by], columns["id"]] if query.order_by != "id" else [columns["id"]]
+        ordered: list[sa.ColumnElement[object]] = [key.desc() if query.descending else key.asc() for key in keys]
+        if query.order_by == "end_time":
+            first = ordered[0]
+            ordered[0] = first.nulls_first() if query.descending else first.nulls_last()
+        return ordered
+
+    reach = sa.bindparam("reach", query.reach, type_=sa.BigInteger)
+    ranges = [
+        sa.select(*PUBLIC_COLUMNS)
+        .where(async_status.c.status == status, *_id_bounds(query))
+        .order_by(*ordering(async_status.c))
+        .limit(reach)
+        .subquery()
+        for status in query.kept_statuses
+    ]
+    merged = sa.union_all(*(sa.select(*r.c) for r in ranges)).subquery()
+    return (
+        sa.select(*merged.c)
+        .order_by(*ordering(merged.c))
+        .limit(sa.bindparam("limit", query.limit, type_=sa.BigInteger))
+        .offset(sa.bindparam("offset", query.offset, type_=sa.BigInteger))
+    )
+
+
+def matching_rows(query: listing.JobQuery) -> sa.Select[Any]:
+    """A row for each job matching ``query``'s filters, whatever its page."""
+    matching = sa.select(sa.literal(1)).select_from(async_status).where(*_id_bounds(query))
+    if query.statuses:
+        matching = matching.where(async_status.c.status.in_(query.statuses))
+    return matching
+
+
+def _id_bounds(query: listing.JobQuery) -> list[sa.ColumnElement[bool]]:
+    """``query``'s conditions on the id: strictly below ``id_below``, strictly above ``id_above``."""
+    bounds = []
+    if query.id_below is not None:
+        bounds.append(async_status.c.id < sa.bindparam("id_below", query.id_below, type_=sa.BigInteger))
+    if query.id_above is not None:
+        bounds.append(async_status.c.id > sa.bindparam("id_above", query.id_above, type_=sa.BigInteger))
+    return bounds
 
 
 def chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
