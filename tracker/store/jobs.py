@@ -142,9 +142,11 @@ class JobStore(abc.ABC):
     # Execution options under which the page's statements read one snapshot.
     _snapshot_options: ClassVar[Mapping[str, object]] = {}
 
-    @abc.abstractmethod
     def _count_beyond_cap(self, conn: sa.Connection, query: listing.JobQuery) -> listing.Count:
-        """``summary.count`` when more than COUNT_CAP rows match ``query``'s filters."""
+        """``summary.count`` when more than COUNT_CAP rows match ``query``'s filters: here exact,
+        which costs a scan of an index (SQLite keeps no statistics to estimate from)."""
+        counting = sa.select(sa.func.count()).select_from(matching_rows(query).subquery())
+        return listing.Count(conn.execute(counting).scalar_one())
 
     @abc.abstractmethod
     def apply(self, events: Sequence[Event]) -> Applied:

@@ -11,11 +11,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Engine
 
-from tracker import listing, merge, timefmt
+from tracker import merge, timefmt
 from tracker.events import Event
 from tracker.leases import RENEW_SLACK_S
 from tracker.store.engine import refused_as_error, unavailable_as_error
-from tracker.store.jobs import Applied, JobStore, chunks, matching_rows
+from tracker.store.jobs import Applied, JobStore, chunks
 from tracker.store.tables import async_status, async_status_lease, async_status_message
 
 _ID_CHUNK = 1000  # ids per IN (...) list: far below SQLite's parameter limit
@@ -62,11 +62,6 @@ class SQLiteJobStore(JobStore):
             .where(async_status_lease.c.job_id == sa.bindparam("lease_job_id"))
             .values(expires_at=sa.bindparam("lease_expires_at"))
         )
-
-    def _count_beyond_cap(self, conn: sa.Connection, query: listing.JobQuery) -> listing.Count:
-        # SQLite keeps no statistics to estimate from: the count is exact, and costs a scan of an index.
-        counting = sa.select(sa.func.count()).select_from(matching_rows(query).subquery())
-        return listing.Count(conn.execute(counting).scalar_one())
 
     def apply(self, events: Sequence[Event]) -> Applied:
         with refused_as_error(), unavailable_as_error(), self._engine.connect() as conn:
