@@ -16,8 +16,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -123,24 +123,20 @@ class JobStore(abc.ABC):
     def list_jobs(self, query: listing.JobQuery) -> JobPage:
         """The page of public rows ``query`` asks for, and their count (``listing.summary_count``).
 
-        Rows and count come from one snapshot. Each kept status is read on its own, in the
-        order asked, as far as the page reaches (an index range each, see migration 0006), and
-        the ranges merged: a page costs its offset plus its limit per status, whatever the size of
-        the table. Raises StoreUnavailable.
+        Each kept status is read on its own, in the order asked, as far as the page reaches (an
+        index range each, see migration 0006), and the ranges merged: a page costs its offset plus
+        its limit per status, whatever the size of the table. The page and its count up to
+        COUNT_CAP come from one statement, so from one snapshot. Raises StoreUnavailable.
         """
-        statement = _page_statement(query)
-        capped = sa.select(sa.func.count()).select_from(matching_rows(query).limit(listing.COUNT_CAP + 1).subquery())
+        # One statement needs no transaction around it (as get_job): no BEGIN and ROLLBACK to wait on.
         with unavailable_as_error(), self._engine.connect() as conn:
-            conn.execution_options(**self._snapshot_options)
-            with conn.begin():
-                jobs = [Job(*row) for row in conn.execute(statement)]
-                counted = conn.execute(capped).scalar_one()
-                if counted <= listing.COUNT_CAP:
-                    return JobPage(jobs, listing.Count(counted))
-                return JobPage(jobs, self._count_beyond_cap(conn, query))
-
-    # Execution options under which the page's statements read one snapshot.
-    _snapshot_options: ClassVar[Mapping[str, object]] = {}
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            rows = conn.execute(_page_statement(query)).all()
+            counted = rows[0].matching if rows else 0
+            jobs = [Job(*row[1:]) for row in rows if row.id is not None]
+            if counted <= listing.COUNT_CAP:
+                return JobPage(jobs, listing.Count(counted))
+            return JobPage(jobs, self._count_beyond_cap(conn, query))
 
     def _count_beyond_cap(self, conn: sa.Connection, query: listing.JobQuery) -> listing.Count:
         """``summary.count`` when more than COUNT_CAP rows match ``query``'s filters: here exact,
@@ -178,15 +174,17 @@ def open_job_store(engine: Engine, *, record_receipts: bool = True) -> JobStore:
 
 
 def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
-    """The rows of ``query``'s page: per kept status, the first ``reach`` rows in order, merged.
+    """``matching`` (the rows matching ``query``'s filters, counted up to COUNT_CAP + 1), then the
+    public columns of the page's rows in order; a single row of ``matching`` and NULLs if none.
 
-    NULL end times (PENDING jobs) count as later than any time: last ascending, first descending.
-    Ties are broken by id, in the same direction.
+    The page: per kept status, the first ``reach`` rows in order, merged. NULL end times (PENDING
+    jobs) count as later than any time: last ascending, first descending. Ties are broken by id,
+    in the same direction.
     """
 
-    def ordering(columns: sa.ColumnCollection[str, sa.ColumnElement[object]]) -> list[sa.ColumnElement[object]]:
+    def ordering(columns: sa.ColumnCollection[str, sa.ColumnElement[Any]]) -> list[sa.ColumnElement[Any]]:
         keys = [columns[query.order_by], columns["id"]] if query.order_by != "id" else [columns["id"]]
-        ordered: list[sa.ColumnElement[object]] = [key.desc() if query.descending else key.asc() for key in keys]
+        ordered: list[sa.ColumnElement[Any]] = [key.desc() if query.descending else key.asc() for key in keys]
         if query.order_by == "end_time":
             first = ordered[0]
             ordered[0] = first.nulls_first() if query.descending else first.nulls_last()
@@ -202,11 +200,19 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
         for status in query.kept_statuses
     ]
     merged = sa.union_all(*(sa.select(*r.c) for r in ranges)).subquery()
-    return (
+    page = (
         sa.select(*merged.c)
         .order_by(*ordering(merged.c))
         .limit(sa.bindparam("limit", query.limit, type_=sa.BigInteger))
         .offset(sa.bindparam("offset", query.offset, type_=sa.BigInteger))
+        .subquery()
+    )
+    capped = matching_rows(query).limit(sa.bindparam("count_cap", listing.COUNT_CAP + 1, type_=sa.BigInteger))
+    counted = sa.select(sa.func.count().label("matching")).select_from(capped.subquery()).subquery()
+    return (
+        sa.select(counted.c.matching, *page.c)
+        .select_from(counted.outerjoin(page, sa.true()))
+        .order_by(*ordering(page.c))
     )
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from collections.abc import Sequence
 
 import orjson
 import sqlalchemy as sa
@@ -75,11 +74,6 @@ class PostgresJobStore(JobStore):
     A connection that has folded a batch keeps JIT and sequential scans off, and prepared plans
     generic, for the rest of its session (``_PLAN_FOR_BATCHES``).
     """
-
-    _snapshot_options: ClassVar[Mapping[str, object]] = {
-        "isolation_level": "REPEATABLE READ",
-        "postgresql_readonly": True,
-    }
 
     def _count_beyond_cap(self, conn: sa.Connection, query: listing.JobQuery) -> listing.Count:
         # The planner's estimate of the matching rows, from the table's size and the statistics
