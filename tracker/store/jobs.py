@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -131,7 +132,7 @@ class JobStore(abc.ABC):
         # One statement needs no transaction around it (as get_job): no BEGIN and ROLLBACK to wait on.
         with unavailable_as_error(), self._engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
-            rows = conn.execute(_page_statement(query)).all()
+            rows = conn.execute(_page_statement(_shape_of(query)), _window_of(query)).all()
             counted = rows[0].matching if rows else 0
             jobs = [Job(*row[1:]) for row in rows if row.id is not None]
             if counted <= listing.COUNT_CAP:
@@ -173,6 +174,29 @@ def open_job_store(engine: Engine, *, record_receipts: bool = True) -> JobStore:
     raise ValueError(f"unsupported database {engine.dialect.name!r}: use PostgreSQL or SQLite")
 
 
+def _shape_of(query: listing.JobQuery) -> listing.JobQuery:
+    """``query`` without the values that travel as parameters (``_window_of``): its statement's key."""
+    return dataclasses.replace(
+        query,
+        limit=1,
+        offset=0,
+        id_below=None if query.id_below is None else 0,
+        id_above=None if query.id_above is None else 0,
+    )
+
+
+def _window_of(query: listing.JobQuery) -> dict[str, int]:
+    """The parameters of ``query``'s statement."""
+    window = {"reach": query.reach, "limit": query.limit, "offset": query.offset, "count_cap": listing.COUNT_CAP + 1}
+    if query.id_below is not None:
+        window["id_below"] = query.id_below
+    if query.id_above is not None:
+        window["id_above"] = query.id_above
+    return window
+
+
+# Building the statement costs more than PostgreSQL takes to run it; there are a few hundred shapes.
+@functools.lru_cache(maxsize=512)
 def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
     """``matching`` (the rows matching ``query``'s filters, counted up to COUNT_CAP + 1 per status),
     then the public columns of the page's rows in order; a single row of ``matching`` and NULLs if none.
