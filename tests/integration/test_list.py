@@ -7,8 +7,10 @@ import itertools
 from typing import Any
 
 import falcon.testing
+import hypothesis
 import pytest
 import sqlalchemy as sa
+from hypothesis import strategies as st
 
 from tests.integration.test_api import Api, assert_alert, build
 from tests.spec_texts import MISSING_READ, UNAUTHORIZED
@@ -306,3 +308,39 @@ def test_database_outage_is_503(settings: Settings, engine: sa.Engine, users: Us
     assert_alert(result, 503, "database unavailable, try again later")
     assert result.headers["retry-after"]
     dead.dispose()
+
+
+_STATUS = st.sampled_from(["PENDING", "SUCCEEDED", "FAILED"])
+_JOBS = st.lists(st.tuples(_STATUS, st.integers(0, 3), st.integers(0, 3)), max_size=25)  # status, start, end (s)
+
+
+@hypothesis.settings(
+    max_examples=25, deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture]
+)
+@hypothesis.given(
+    jobs=_JOBS,
+    statuses=st.lists(_STATUS, max_size=3),
+    key=st.sampled_from(["id", "start_time", "end_time", "status"]),
+    order=st.sampled_from(["asc", "desc"]),
+    limit=st.integers(1, 7),
+    offset=st.integers(0, 30),
+)
+def test_any_table_and_any_page_as_the_oracle_orders_it(
+    api: Api, jobs: list[tuple[str, int, int]], statuses: list[str], key: str, order: str, limit: int, offset: int
+) -> None:
+    with api.jobs.engine.begin() as conn:
+        conn.execute(sa.delete(async_status))
+        for status, start, end in jobs:  # few distinct times: many ties, across statuses too
+            conn.execute(
+                sa.insert(async_status).values(
+                    status=status,
+                    message="m",
+                    initial_message="m",
+                    start_time=seconds(start),
+                    end_time=None if status == "PENDING" else seconds(start + end),
+                )
+            )
+    rows = every_job(api)
+    expected = in_order(rows, key, order, statuses)
+    body = listed(api, query_of(statuses, orderby=key, sortOrder=order, limit=limit, offset=offset))
+    assert body == {"response": expected[offset : offset + limit], "summary": {"count": len(expected)}}
