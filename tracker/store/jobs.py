@@ -217,14 +217,17 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
         return ordered
 
     reach = sa.bindparam("reach", query.reach, type_=sa.BigInteger)
-    ranges = [
-        sa.select(*PUBLIC_COLUMNS)
-        .where(*_kept(status), *_id_bounds(query))
-        .order_by(*ordering(async_status.c, _range_key(status, query.order_by)))
-        .limit(reach)
-        .subquery()
-        for status in query.kept_statuses
-    ]
+    ranges = []
+    for status in query.kept_statuses:
+        rows = sa.select(*PUBLIC_COLUMNS).where(*_kept(status), *_id_bounds(query))
+        if status == merge.PENDING:
+            # Every running job, then sorted: through 0004's index of PENDING rows, never the primary
+            # key, which the planner, taking PENDING rows to be spread evenly, would walk from the
+            # oldest job to the running ones. A subquery with an OFFSET is planned on its own.
+            rows = sa.select(*rows.offset(0).subquery().c)
+        ranges.append(
+            rows.order_by(*ordering(rows.selected_columns, _range_key(status, query.order_by))).limit(reach).subquery()
+        )
     merged = sa.union_all(*(sa.select(*r.c) for r in ranges)).subquery()
     page = (
         sa.select(*merged.c)
