@@ -268,8 +268,8 @@ def _range_key(status: str, order_by: str) -> str:
 
     Within one status, ordering by status is ordering by id; and a PENDING job's end_time is
     always NULL (the merge rule sets it with the terminal event), so its rows by end_time are its
-    rows by id. PENDING rows are few (running jobs) and in no index of 0006: the primary key or
-    0004's partial index of PENDING rows reads them.
+    rows by id. PENDING rows are few (running jobs) and in no index of 0006: they are all read,
+    through 0004's partial index of PENDING rows, and sorted.
     """
     if order_by == "status" or (status == merge.PENDING and order_by == "end_time"):
         return "id"

@@ -7,8 +7,8 @@ or millions. ``(status, id)`` also serves ``orderby=status``; counting a filter 
 
 Partial, over finished rows only (as 0004's retention index): a finished job's row is written
 once more at most, so each job adds one entry to each, when it finishes; the updates of running
-jobs (every progress event) leave them alone. A running job's row is read through the primary
-key or 0004's index of PENDING rows, which hold few rows (docs/http-surface.md).
+jobs (every progress event) leave them alone. Running jobs are read through 0004's index of
+PENDING rows, which holds only them (docs/http-surface.md).
 
 Building each reads the table once and holds off writes to it meanwhile (about 15 s for
 5,000,000 rows here); no row is rewritten.
