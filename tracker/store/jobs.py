@@ -124,10 +124,11 @@ class JobStore(abc.ABC):
     def list_jobs(self, query: listing.JobQuery) -> JobPage:
         """The page of public rows ``query`` asks for, and their count (``listing.summary_count``).
 
-        Each kept status is read on its own, in the order asked, as far as the page reaches (an
-        index range each, see migration 0006), and the ranges merged: a page costs its offset plus
-        its limit per status, whatever the size of the table. The page and its count up to
-        COUNT_CAP come from one statement, so from one snapshot. Raises StoreUnavailable.
+        Each kept status is read on its own, in the order asked, as far as the page reaches, and
+        the ranges merged: a finished status costs the page's offset plus its limit (an index
+        range of migration 0006), PENDING as many rows as are running; neither grows with the
+        table. The page and its count up to COUNT_CAP come from one statement, so from one
+        snapshot. Raises StoreUnavailable.
         """
         # One statement needs no transaction around it (as get_job): no BEGIN and ROLLBACK to wait on.
         with unavailable_as_error(), self._engine.connect() as conn:
