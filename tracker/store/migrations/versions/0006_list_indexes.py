@@ -5,9 +5,9 @@ order asked (ties by id), and merges the ranges (``tracker.store.jobs``): the fi
 FAILED jobs, newest first, reads a hundred index entries whether the table holds a thousand rows
 or millions. ``(status, id)`` also serves ``orderby=status``; counting a filter reads it too.
 
-Partial, over finished rows only (as 0004's retention index): a finished job's row is written
-once more at most, so each job adds one entry to each, when it finishes; the updates of running
-jobs (every progress event) leave them alone. Running jobs are read through 0004's index of
+Partial, over finished rows only (as 0004's retention index): a finished job's row is seldom
+written again (only by a late event from before its end), so each job adds about one entry to
+each, when it finishes; the updates of running jobs (every progress event) leave them alone. Running jobs are read through 0004's index of
 PENDING rows, which holds only them (docs/http-surface.md).
 
 Building each reads the table once and holds off writes to it meanwhile (the three took 42 s
