@@ -220,15 +220,28 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
     reach = sa.bindparam("reach", query.reach, type_=sa.BigInteger)
     ranges = []
     for status in query.kept_statuses:
-        rows = sa.select(*PUBLIC_COLUMNS).where(*_kept(status), *_id_bounds(query))
+        key = _range_key(status, query.order_by)
         if status == merge.PENDING:
             # Every running job, then sorted: through 0004's index of PENDING rows, never the primary
             # key, which the planner, taking PENDING rows to be spread evenly, would walk from the
-            # oldest job to the running ones. A subquery with an OFFSET is planned on its own.
-            rows = sa.select(*rows.offset(0).subquery().c)
-        ranges.append(
-            rows.order_by(*ordering(rows.selected_columns, _range_key(status, query.order_by))).limit(reach).subquery()
-        )
+            # oldest job to the running ones. A subquery with an OFFSET is planned on its own. Only
+            # the ids and the key are sorted; the rows that make the cut are read by id.
+            running = (
+                sa.select(*dict.fromkeys((async_status.c.id, async_status.c[key])))
+                .where(*_kept(status), *_id_bounds(query))
+                .offset(0)
+                .subquery()
+            )
+            first = sa.select(running.c.id).order_by(*ordering(running.c, key)).limit(reach)
+            rows = sa.select(*PUBLIC_COLUMNS).where(async_status.c.id.in_(first))
+        else:
+            rows = (
+                sa.select(*PUBLIC_COLUMNS)
+                .where(*_kept(status), *_id_bounds(query))
+                .order_by(*ordering(async_status.c, key))
+                .limit(reach)
+            )
+        ranges.append(rows.subquery())
     merged = sa.union_all(*(sa.select(*r.c) for r in ranges)).subquery()
     page = (
         sa.select(*merged.c)

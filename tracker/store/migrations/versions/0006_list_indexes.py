@@ -7,8 +7,9 @@ or millions. ``(status, id)`` also serves ``orderby=status``; counting a filter 
 
 Partial, over finished rows only (as 0004's retention index): a finished job's row is seldom
 written again (only by a late event from before its end), so each job adds about one entry to
-each, when it finishes; the updates of running jobs (every progress event) leave them alone. Running jobs are read through 0004's index of
-PENDING rows, which holds only them (docs/http-surface.md).
+each, when it finishes; the updates of running jobs (every progress event) leave them alone.
+Running jobs are read through 0004's index of PENDING rows, which holds only them
+(docs/http-surface.md).
 
 Building each reads the table once and holds off writes to it meanwhile (the three took 42 s
 for 5,000,000 rows on a busy 2-core machine); no row is rewritten.
