@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import random
@@ -953,6 +954,101 @@ def lost_check(bed: Testbed) -> list[Result]:
     ]
 
 
+_LIST_RUNNING = 10_000  # the newest jobs, PENDING; the rest finished, one in fifty FAILED
+_LIST_PAGES = {
+    status: f"/api/5.0/async_status?status={status}&orderby=id&sortOrder=desc&limit=100"
+    for status in ("PENDING", "FAILED")
+}
+
+
+def job_list(bed: Testbed) -> list[Result]:
+    """The list's first pages (SPEC §7) on a table of millions, beside GET by id on the same table.
+
+    One `tracker api` without the row cache (as #5: GETs of random ids read the table), asked one
+    request at a time, the three kinds in turn, so whatever else the machine does falls on all alike.
+    """
+    scale = bed.scale
+    url = sa.make_url(bed.database.url)
+    db = BenchDatabase(url.set(database=f"{url.database}_list").render_as_string(hide_password=False))
+    rows = scale.list_rows
+    try:
+        db.recreate()
+        bed.progress.say(f"list: {rows:,} rows (generate_series), the newest {_LIST_RUNNING:,} PENDING")
+        finished = db.seed_jobs(rows - _LIST_RUNNING, terminal_every=1, failed_every=50)
+        running = db.seed_jobs(_LIST_RUNNING)
+        db.analyze()
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("CHECKPOINT")  # the seeding's WAL written now, not during the timing
+        port = free_port()
+        settings = bed.settings("list").with_(database_url=db.url, bind=f"127.0.0.1:{port}", row_cache_rows=0)
+        token = db.add_reader(settings)
+        bed.start("list-api", tracker_command("api"), settings).wait_for_port(port)
+        headers = {"Authorization": f"Bearer {token}"}
+        rng = random.Random(14)
+        ids = [finished.start, finished.stop - 1, running.start, running.stop - 1]
+
+        def timed(path: str, check: Callable[[bytes], bool]) -> float:
+            started = time.perf_counter()
+            status, body = load.get(port, path, headers)
+            took = time.perf_counter() - started
+            if status != 200 or not check(body):
+                raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
+            return took
+
+        def page_of(status: str) -> Callable[[bytes], bool]:
+            def check(body: bytes) -> bool:
+                page = orjson.loads(body)["response"]
+                return len(page) == 100 and all(job["status"] == status for job in page)
+
+            return check
+
+        kinds: dict[str, Callable[[], float]] = {
+            f"newest {status}": functools.partial(timed, path, page_of(status)) for status, path in _LIST_PAGES.items()
+        }
+        kinds["GET by id"] = lambda: timed(load.JOB_PATH.format(rng.randint(ids[0], ids[-1])), lambda _: True)
+        for _ in range(_SCALE_WARMUP // 3):  # warm-up: workers, pools, prepared statements
+            for take in kinds.values():
+                take()
+        bed.progress.say(f"  {scale.list_requests:,} requests of each kind, in turn")
+        took: dict[str, list[float]] = {name: [] for name in kinds}
+        for _ in range(scale.list_requests):
+            for name, take in kinds.items():
+                took[name].append(take())
+    finally:
+        bed.stop_all()
+        db.drop()
+    by_id = percentiles_ms(took["GET by id"])
+    results = []
+    for status, path in _LIST_PAGES.items():
+        name = f"newest {status}"
+        page = percentiles_ms(took[name])
+        bed.progress.say(
+            f"  {name}: p50 {page['p50_ms']:.2f} ms, p99 {page['p99_ms']:.2f} ms; "
+            f"GET by id p50 {by_id['p50_ms']:.2f} ms, p99 {by_id['p99_ms']:.2f} ms"
+        )
+        results.append(
+            Result(
+                "14 list",
+                f"first page of the {name} jobs (limit 100) among {rows:,} rows, p50",
+                "ms",
+                page["p50_ms"],
+                by_id["p50_ms"],
+                f"GET by id (random ids, no row cache) on the same {rows:,} rows",
+                "p50 < 10 ms",
+                page["p50_ms"] < 10,
+                {
+                    "p99_ms": page["p99_ms"],
+                    "reference_p99_ms": by_id["p99_ms"],
+                    "requests": scale.list_requests,
+                    "rows": rows,
+                    "running": _LIST_RUNNING,
+                    "path": path,
+                },
+            )
+        )
+    return results
+
+
 MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
     "ingest": ingest,
     "latency": latency,
@@ -963,4 +1059,5 @@ MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
     "timeline": timeline,
     "leases": lost_check,
     "capacity": capacity,
+    "list": job_list,
 }
