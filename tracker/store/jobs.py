@@ -28,6 +28,8 @@ from tracker.leases import JobLimits
 from tracker.store.engine import unavailable_as_error
 from tracker.store.tables import async_status, async_status_lease
 
+_IDS_PER_STATEMENT = 500  # well under SQLite's limit of bound parameters
+
 
 @dataclasses.dataclass(frozen=True)
 class Job:
@@ -110,6 +112,16 @@ class JobStore(abc.ABC):
         if row is None:
             raise JobNotFound(job_id)
         return Job(*row)
+
+    def statuses(self, job_ids: Sequence[int]) -> dict[int, str]:
+        """The status of each of ``job_ids`` that has a row (for waits on SQLite); raises StoreUnavailable."""
+        found: dict[int, str] = {}
+        with unavailable_as_error(), self._engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            for part in chunks(job_ids, _IDS_PER_STATEMENT):
+                query = sa.select(async_status.c.id, async_status.c.status).where(async_status.c.id.in_(part))
+                found.update((job_id, status) for job_id, status in conn.execute(query))
+        return found
 
     @abc.abstractmethod
     def apply(self, events: Sequence[Event]) -> Applied:
