@@ -160,7 +160,9 @@ class WaitRegistry:
             while job.status == PENDING and not self._stopping:
                 remaining = deadline - clock()
                 if remaining <= 0 or not waiter.wait(remaining):
-                    break
+                    # Time is up: the row as a plain GET would give it now (its message may
+                    # have changed without anyone being woken).
+                    return read(job_id)
                 waiter.clear()  # before the read: a change after it wakes the next wait
                 job = read(job_id)
         return job
