@@ -18,7 +18,7 @@ from api.server import DeadlineSocket
 from api.waits import StatusPoller, WaitRegistry, preferred_wait
 from tracker.store import Job, JobNotFound
 
-# SPEC §7: "Prefer: wait=N (N 1–60)".
+# SPEC §7: "Prefer: wait=N (N 1 to 60)".
 MIN_WAIT_S, MAX_WAIT_S = 1, 60
 START = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 
