@@ -179,7 +179,7 @@ def hammer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    """One GET on a new connection (gunicorn's sync workers close each one anyway)."""
+    """One GET on a new connection."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         connection.request("GET", path, headers=headers)

@@ -446,7 +446,7 @@ def _latency_round(bed: Testbed, settings: Settings, count: int, round_number: i
 
 
 def _round_trip(bed: Testbed, settings: Settings, count: int, pace: list[str], name: str) -> dict[str, Any]:
-    """The reference of #2 and #4: ``count`` events published at ``pace``, each timed from its
+    """The reference of #2 and #2b: ``count`` events published at ``pace``, each timed from its
     publish until a plain consumer of the same queue has it; the receiver's report."""
     receiver = bed.start(
         f"roundtrip-{name}",
@@ -472,7 +472,7 @@ def _round_trip(bed: Testbed, settings: Settings, count: int, pace: list[str], n
 
 
 def waiting(bed: Testbed) -> list[Result]:
-    """#4: publish a job's end -> a GET with ``Prefer: wait`` that was waiting for it is answered,
+    """#2b: publish a job's end -> a GET with ``Prefer: wait`` that was waiting for it is answered,
     against publish -> consume on the same broker, at #2's rate and pace, in the same run."""
     scale, db = bed.scale, bed.database
     settings = bed.settings("wait")
@@ -536,7 +536,7 @@ def waiting(bed: Testbed) -> list[Result]:
     }
     return [
         Result(
-            "4 wait",
+            "2b wait",
             "publish a job's end -> waiting GET answered, p50",
             "ms",
             answer_cuts["p50_ms"],
@@ -547,7 +547,7 @@ def waiting(bed: Testbed) -> list[Result]:
             details,
         ),
         Result(
-            "4 wait",
+            "2b wait",
             "publish a job's end -> waiting GET answered, p99",
             "ms",
             answer_cuts["p99_ms"],
