@@ -25,6 +25,7 @@ MIN_WAIT_S = 1
 MAX_WAIT_S = 60
 POLL_S = 0.01
 _MAX_BACKOFF_S = 2.0
+_LIVE_RECHECK_S = 0.1
 
 # RFC 7240 §2: preference = token [ BWS "=" BWS word ] *( OWS ";" [ OWS parameter ] ), in a
 # comma-separated list; word = token / quoted-string. Only the name and value of each matter here.
@@ -215,7 +216,8 @@ class StatusPoller:
             if not self._registry.wait_for_waiters(timeout=1.0):
                 continue
             if self._live():
-                self._stopping.wait(self._interval_s)
+                # Notifications wake the waits; look again now and then in case they stop.
+                self._stopping.wait(max(self._interval_s, _LIVE_RECHECK_S))
                 continue
             try:
                 self._poll_once()
