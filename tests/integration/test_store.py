@@ -178,3 +178,14 @@ def test_the_history_cannot_name_a_job_that_does_not_exist(store, engine):
     applied = store.apply([new_event(job + 1, "progress", "nobody's"), new_event(job, "progress", "mine")])
     assert applied.missing_jobs == {job + 1}
     assert _history_of(engine) == [job]
+
+
+def test_statuses_names_the_jobs_that_exist_in_one_call_however_many(store: JobStore) -> None:
+    jobs = [store.create_job() for _ in range(1200)]  # more than one statement's worth of ids
+    store.apply([new_event(jobs[0].id, "succeeded"), new_event(jobs[-1].id, "failed")])
+    missing = jobs[-1].id + 1
+    statuses = store.statuses([job.id for job in jobs] + [missing])
+    assert len(statuses) == 1200 and missing not in statuses
+    assert statuses[jobs[0].id] == merge.SUCCEEDED and statuses[jobs[-1].id] == merge.FAILED
+    assert {statuses[job.id] for job in jobs[1:-1]} == {merge.PENDING}
+    assert store.statuses([]) == {}
