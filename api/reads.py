@@ -47,7 +47,9 @@ class JobReads:
         self._cache = cache
         self._waits = waits or WaitRegistry()
         live = (lambda: cache.listening) if cache is not None else (lambda: False)
-        self._poller = StatusPoller(self._waits, lambda ids: store.statuses(ids), live)
+        self._poller = StatusPoller(
+            self._waits, lambda ids: store.statuses(ids), live, change_counter=lambda: store.change_counter()
+        )
 
     @property
     def waits(self) -> WaitRegistry:

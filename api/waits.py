@@ -174,6 +174,11 @@ class StatusPoller:
     those no longer PENDING, while ``live()`` says notifications cannot be relied on.
 
     It sleeps while no one waits. Started on first use in each process (after gunicorn's fork).
+    ``change_counter()``, called once on the poller's thread, may give a function whose value
+    moves whenever the database has had a commit (SQLite's data_version): then the statuses are
+    read only after it has moved. That is sound because a wait is registered before its first
+    read: a change that read missed was committed after it, so after the counter's value that
+    the last reading of statuses went by.
     """
 
     def __init__(
@@ -182,9 +187,12 @@ class StatusPoller:
         statuses: Callable[[Sequence[int]], dict[int, str]],
         live: Callable[[], bool] = lambda: False,
         interval_s: float = POLL_S,
+        change_counter: Callable[[], Callable[[], int] | None] = lambda: None,
     ) -> None:
         self._registry = registry
         self._statuses = statuses
+        self._change_counter = change_counter
+        self._read_at: int | None = None  # the counter's value when the statuses were last read
         self._live = live
         self._interval_s = interval_s
         self._lock = threading.Lock()
@@ -212,6 +220,8 @@ class StatusPoller:
     def _run(self) -> None:
         """Runs on the poller thread until close()."""
         backoff = self._interval_s
+        counter = self._change_counter()
+        self._read_at = None
         while not self._stopping.is_set():
             if not self._registry.wait_for_waiters(timeout=1.0):
                 continue
@@ -220,7 +230,7 @@ class StatusPoller:
                 self._stopping.wait(max(self._interval_s, _LIVE_RECHECK_S))
                 continue
             try:
-                self._poll_once()
+                self._poll_once(counter)
                 backoff = self._interval_s
             except StoreUnavailable as exc:
                 log.warning("waits: cannot read the waited jobs (%s); trying again in %.2f s", exc, backoff)
@@ -230,7 +240,12 @@ class StatusPoller:
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
             self._stopping.wait(backoff)
 
-    def _poll_once(self) -> None:
+    def _poll_once(self, counter: Callable[[], int] | None) -> None:
+        if counter is not None:
+            value = counter()  # before the read, so that a commit after it moves it
+            if value == self._read_at:
+                return
+            self._read_at = value
         ids = self._registry.waited_ids()
         if not ids:
             return

@@ -227,6 +227,35 @@ def test_the_poller_wakes_waits_whose_job_is_no_longer_pending_while_notificatio
         poller.close()
 
 
+def test_with_a_change_counter_the_poller_reads_statuses_only_after_a_commit() -> None:
+    registry = WaitRegistry()
+    rows = Rows(registry)
+    commits = [0]
+    polled: list[int] = []
+
+    def statuses(ids: Sequence[int]) -> dict[int, str]:
+        polled.append(len(ids))
+        return rows.statuses(ids)
+
+    poller = StatusPoller(registry, statuses, interval_s=0.01, change_counter=lambda: lambda: commits[0])
+    poller.start()
+    try:
+        result = hold_in_thread(registry, rows, 1, 30)
+        time.sleep(0.2)
+        assert len(polled) <= 1  # at most the first look, whatever the number of ticks
+        before = len(polled)
+        rows.change(job(1, "PENDING", "Copying files."), notify=False)
+        commits[0] += 1
+        time.sleep(0.1)
+        assert len(polled) == before + 1 and "at" not in result
+        rows.change(job(1, "SUCCEEDED"), notify=False)
+        commits[0] += 1
+        finish(result)
+        assert result["job"] == job(1, "SUCCEEDED")
+    finally:
+        poller.close()
+
+
 def test_a_client_socket_read_fails_once_its_deadline_has_passed() -> None:
     ours, theirs = socket.socketpair()
     sock = DeadlineSocket.taking_over(ours)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -122,6 +122,15 @@ class JobStore(abc.ABC):
                 query = sa.select(async_status.c.id, async_status.c.status).where(async_status.c.id.in_(part))
                 found.update((job_id, status) for job_id, status in conn.execute(query))
         return found
+
+    def change_counter(self) -> Callable[[], int] | None:
+        """A function giving a number that moves whenever another connection has committed to the
+        database, or None where there is none (PostgreSQL: its notifications serve instead).
+
+        The function keeps a connection of its own: call it from one thread only. It raises
+        StoreUnavailable when the database is away.
+        """
+        return None
 
     @abc.abstractmethod
     def apply(self, events: Sequence[Event]) -> Applied:
