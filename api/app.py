@@ -53,7 +53,7 @@ class Deps:
     tokens: auth.Tokens
     settings: Settings
     clock: Callable[[], float] = time.monotonic  # for the user cache; seconds, any epoch
-    reads: JobReads | None = None  # what GET of one job reads from; None: ``jobs``, uncached
+    reads: JobReads | None = None  # what GET of one job and of its timeline read from; None: ``jobs``, uncached
 
 
 def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
@@ -77,7 +77,9 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     app.router_options.converters["served"] = _ServedVersion
     secure = deps.settings.secure_cookies
     app.add_route("/api/{version:served}/async_status", resources.JobStatuses(deps.jobs, deps.settings))
-    app.add_route("/api/{version:served}/async_status/{job_id}", resources.JobStatus(deps.reads or JobReads(deps.jobs)))
+    reads = deps.reads or JobReads(deps.jobs)
+    app.add_route("/api/{version:served}/async_status/{job_id}", resources.JobStatus(reads))
+    app.add_route("/api/{version:served}/async_status/{job_id}/events", resources.JobTimeline(reads))
     app.add_route("/api/{version:served}/user/login", resources.Login(deps.users, deps.throttle, deps.tokens, secure))
     app.add_route("/api/{version:served}/user/logout", resources.Logout(secure))
     app.add_route("/api/{version:served}/ping", resources.Ping())

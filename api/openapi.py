@@ -45,6 +45,10 @@ def document(versions: tuple[str, ...]) -> dict[str, Any]:
                 "parameters": [{"$ref": "#/components/parameters/Version"}],
                 "get": _get_job(),
             },
+            "/api/{version}/async_status/{id}/events": {
+                "parameters": [{"$ref": "#/components/parameters/Version"}],
+                "get": _get_timeline(),
+            },
             "/api/{version}/user/login": {
                 "parameters": [{"$ref": "#/components/parameters/Version"}],
                 "post": _login(),
@@ -115,6 +119,16 @@ def _observability() -> dict[str, Any]:
     }
 
 
+_JOB_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The job's id, read as Go's strconv.ParseInt does (sign and leading zeros allowed). "
+    "Not an integer, or beyond int64: 400. No such job (0 and negatives included): 404.",
+    "schema": {"type": "integer", "format": "int64", "minimum": -MAX_ID - 1, "maximum": MAX_ID},
+}
+
+
 def _create_job() -> dict[str, Any]:
     operation = _operation(
         "createJob",
@@ -170,16 +184,26 @@ def _get_job() -> dict[str, Any]:
             "503": _ref("Unavailable"),
         },
     )
-    operation["parameters"] = [
+    operation["parameters"] = [_JOB_ID]
+    return operation
+
+
+def _get_timeline() -> dict[str, Any]:
+    operation = _operation(
+        "getJobEvents",
+        f"One job's timeline: every accepted event of it once, in merge-key order (occurred_at, seq, "
+        f"event_id), the tracker's own lease events included. Permission {roles.READ}.",
+        _SECURED,
         {
-            "name": "id",
-            "in": "path",
-            "required": True,
-            "description": "The job's id, read as Go's strconv.ParseInt does (sign and leading zeros allowed). "
-            "Not an integer, or beyond int64: 400. No such job (0 and negatives included): 404.",
-            "schema": {"type": "integer", "format": "int64", "minimum": -MAX_ID - 1, "maximum": MAX_ID},
-        }
-    ]
+            "200": _json("The job's events; an empty list before its first", "#/components/schemas/JobEvents"),
+            "400": _ref("BadRequest", f"`{resources.ID_NOT_INTEGER}`"),
+            "401": _ref("Unauthorized"),
+            "403": _ref("Forbidden"),
+            "404": _ref("NotFound", "`Not Found`, or a path nothing serves"),
+            "503": _ref("Unavailable"),
+        },
+    )
+    operation["parameters"] = [_JOB_ID]
     return operation
 
 
@@ -332,6 +356,29 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                 "required": ["response"],
                 "additionalProperties": False,
                 "properties": {"response": {"$ref": "#/components/schemas/Job"}},
+            },
+            "JobEvent": {
+                "type": "object",
+                "required": ["event_id", "type", "occurred_at", "received_at", "seq", "message"],
+                "additionalProperties": False,
+                "properties": {
+                    "event_id": {"type": "string", "format": "uuid", "pattern": "^[0-9a-f-]{36}$"},
+                    "type": {"enum": ["progress", "succeeded", "failed"]},
+                    "occurred_at": {"$ref": "#/components/schemas/Time"},
+                    "received_at": {
+                        "oneOf": [{"$ref": "#/components/schemas/Time"}, {"type": "null"}],
+                        "description": "When the tracker folded the event; null for events kept before the "
+                        "timeline was (migration 0005)",
+                    },
+                    "seq": {"type": "integer", "minimum": 0},
+                    "message": {"type": ["string", "null"], "maxLength": MAX_MESSAGE_CHARS},
+                },
+            },
+            "JobEvents": {
+                "type": "object",
+                "required": ["response"],
+                "additionalProperties": False,
+                "properties": {"response": {"type": "array", "items": {"$ref": "#/components/schemas/JobEvent"}}},
             },
             "JobCreated": {
                 "type": "object",

@@ -1,5 +1,5 @@
-"""GET's reads of one job: through the exact row cache on PostgreSQL, retried once after a dropped connection,
-and held while the job is PENDING when the request asks to wait."""
+"""GET's reads of one job (through the exact row cache on PostgreSQL, held while the job is PENDING when
+the request asks to wait) and of its timeline, retried once after a dropped connection."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from api.rowcache import RowCache
 from api.waits import StatusPoller, WaitRegistry
-from tracker.store import Job, JobStore, StoreUnavailable
+from tracker.store import Job, JobStore, StoreUnavailable, TimelineEvent
 
 _T = TypeVar("_T")
 
@@ -68,6 +68,10 @@ class JobReads:
         """
         self._poller.start()
         return self._waits.hold(job_id, seconds, self.get_job)
+
+    def timeline(self, job_id: int) -> list[TimelineEvent]:
+        """The job's events in merge-key order (never cached); raises JobNotFound or StoreUnavailable."""
+        return retried_after_disconnect(lambda: self._store.timeline(job_id))
 
     def _read(self, job_id: int) -> Job:
         return retried_after_disconnect(lambda: self._store.get_job(job_id))

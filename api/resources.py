@@ -17,7 +17,7 @@ from tracker import auth, leases, merge, roles, timefmt
 from tracker.alerts import alerts
 from tracker.config import Settings
 from tracker.events import check_message
-from tracker.store import Job, JobNotFound, JobStore
+from tracker.store import Job, JobNotFound, JobStore, TimelineEvent
 from tracker.users import LoginThrottle, UserStore
 
 ID_NOT_INTEGER = "getting integer parameters: parameter 'id' not an integer"
@@ -86,6 +86,33 @@ class JobStatus:
             resp.set_header("Preference-Applied", f"wait={wait_s}")
         resp.content_type = falcon.MEDIA_JSON
         resp.data = _job_body(job)
+
+
+def event_view(event: TimelineEvent) -> dict[str, Any]:
+    """One event of a job's timeline as the API shows it (SPEC §7), times as in ``job_view``."""
+    return {
+        "event_id": event.event_id,
+        "type": event.type,
+        "occurred_at": timefmt.format_time(event.occurred_at),
+        "received_at": timefmt.format_time(event.received_at),
+        "seq": event.seq,
+        "message": event.message,
+    }
+
+
+class JobTimeline:
+    """GET /api/{version}/async_status/{id}/events: every accepted event of one job, in merge-key order."""
+
+    def __init__(self, jobs: JobReads) -> None:
+        self._jobs = jobs
+
+    @requires(roles.READ)
+    def on_get(self, _req: falcon.Request, resp: falcon.Response, version: str, job_id: str) -> None:
+        number = parse_job_id(job_id)
+        if number <= 0:
+            raise JobNotFound(number)  # as GET of the job itself
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = orjson.dumps({"response": [event_view(event) for event in self._jobs.timeline(number)]})
 
 
 class JobStatuses:

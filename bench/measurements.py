@@ -14,6 +14,7 @@ import orjson
 import sqlalchemy as sa
 
 from bench import load, processes, report, workload
+from bench.capacity import capacity
 from bench.processes import bench_command, tracker_command
 from bench.references import percentiles_ms
 from bench.report import Result
@@ -29,7 +30,8 @@ _QUIET_S = 30.0  # an empty queue this long with work still undone means message
 
 
 def ingest(bed: Testbed) -> list[Result]:
-    """#1 and #1b: a full queue drained by one consumer, against a bare drain and a naive consumer."""
+    """#1, #1b and #1c: a full queue drained by one consumer, against a bare drain, a naive consumer and a
+    bare pipeline."""
     scale, db = bed.scale, bed.database
     jobs = scale.ingest_jobs
     per_job = scale.ingest_events // jobs
@@ -44,7 +46,7 @@ def ingest(bed: Testbed) -> list[Result]:
     # The bare drain is one thread of pika: whatever else the machine does that second shows in
     # its figure at once (single runs of it differ by a quarter here). So the two alternate, and
     # the ratio is of their means, as for #3.
-    limits, trackers, unmetered, complete = [], [], [], True
+    limits, pipelines, trackers, unmetered, complete = [], [], [], [], True
     for round_number in range(scale.ingest_rounds):
         if round_number:
             db.empty()
@@ -63,6 +65,10 @@ def ingest(bed: Testbed) -> list[Result]:
                 done=None,
             )
         )
+        # It writes a copy of the rows of its own, not the rows the tracker is about to fold.
+        pipelines.append(
+            _drain(bed, settings, work.bodies, "bare pipeline", _bare_pipeline(settings, count), done=None)
+        )
         trackers.append(
             _drain(
                 bed,
@@ -77,6 +83,7 @@ def ingest(bed: Testbed) -> list[Result]:
         if bed.metrics_ab and round_number % 2 == 1:
             unmetered.append(_unmetered_drain(bed, settings, work, ids, done_check))
     limit_rate = statistics.fmean(d.rate for d in limits)
+    pipeline_rate = statistics.fmean(d.rate for d in pipelines)
     tracker_rate = statistics.fmean(d.rate for d in trackers)
     # Context, not a target: the same drain acking each message, as most consumers do. The
     # issue's "roughly 14,000 [...] 19,000 on a quorum queue" for a bare drain matches this one;
@@ -163,6 +170,24 @@ def ingest(bed: Testbed) -> list[Result]:
             complete and tracker_rate >= 5 * naive.rate,
             {**common, "naive_events": len(first), "naive_seconds": round(naive.seconds, 2)},
         ),
+        Result(
+            "1c ingest",
+            "events/s drained and committed by one consumer, every event kept in its job's timeline",
+            "events/s",
+            tracker_rate,
+            pipeline_rate,
+            "bare pipeline: the drain plus one UPDATE of status and message per event (a plain table of "
+            "its own), committed before the ack",
+            ">= 0.9x the bare pipeline",
+            complete and tracker_rate >= 0.9 * pipeline_rate,
+            {
+                **common,
+                "tracker_per_round": [round(d.rate) for d in trackers],
+                "pipeline_per_round": [round(d.rate) for d in pipelines],
+                "pipeline_ratio_to_bare_drain": round(pipeline_rate / limit_rate, 3),
+                "rows_complete": complete,
+            },
+        ),
     ]
 
 
@@ -201,6 +226,26 @@ def _metrics_ab(key: str, on: list[float], off: list[float]) -> dict[str, Any]:
         "metrics_off_mean": round(statistics.fmean(off)),
         "metrics_cost": round(1 - statistics.fmean(on) / statistics.fmean(off), 3),
     }
+
+
+def _bare_pipeline(settings: Settings, count: int) -> list[str]:
+    """``references pipeline`` of ``count`` messages: the bare drain writing rows, a batch per ``batch_size``."""
+    return bench_command(
+        "references",
+        "pipeline",
+        "--amqp-url",
+        settings.amqp_url,
+        "--queue",
+        settings.queue,
+        "--count",
+        str(count),
+        "--prefetch",
+        str(settings.prefetch),
+        "--ack-every",
+        str(settings.batch_size),
+        "--database-url",
+        settings.database_url,
+    )
 
 
 def _bare_drain(settings: Settings, count: int, ack_every: int) -> list[str]:
@@ -290,16 +335,16 @@ def _drain(
 
 
 def _complete(bed: Testbed, ids: range, events: int) -> bool:
-    """Whether every job is finished and every event is in the history: the tracker did the work."""
+    """Whether every job is finished and every event is in the timeline: the tracker did the work."""
     with bed.database.engine.connect() as conn:
-        history = conn.exec_driver_sql("SELECT count(*) FROM async_status_message").scalar_one()
+        kept = conn.exec_driver_sql("SELECT count(*) FROM async_status_event").scalar_one()
     pending = bed.database.pending_among(list(ids))
-    if history != events or pending:
+    if kept != events or pending:
         bed.run.notes.append(
             f"ingest: after the tracker's drain {pending} jobs were PENDING and the "
-            f"history held {history} of {events} events"
+            f"timeline held {kept} of {events} events"
         )
-    return history == events and pending == 0
+    return kept == events and pending == 0
 
 
 def latency(bed: Testbed) -> list[Result]:
@@ -856,6 +901,64 @@ def receipts(bed: Testbed) -> list[Result]:
     ]
 
 
+def timeline(bed: Testbed) -> list[Result]:
+    """#1d: ingest keeping every event in its job's timeline against keeping only the merge's history.
+
+    Jobs report as workers holding a heartbeat lease do: progress events with no message
+    (heartbeats), then a terminal event with one. The timeline keeps all of them; the history the
+    store kept before it (``keep_timeline=False``), only the terminal ones: the timeline's whole
+    cost. The same consumer (``python -m bench.receipts off --timeline on|off``, no lease renewal
+    on either side) drains the same events into the same rows, at #6's sizes; the two sides
+    alternate, and the ratio is of their means.
+    """
+    scale, db = bed.scale, bed.database
+    jobs = scale.receipts_jobs
+    per_job = scale.receipts_events // jobs
+    settings = bed.settings("timeline")
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    kept: dict[str, int] = {}
+    for round_number in range(scale.receipts_rounds):
+        for side in ("off", "on") if round_number % 2 == 0 else ("on", "off"):
+            db.empty()
+            ids = db.seed_jobs(jobs)
+            work = workload.lifecycles(ids, per_job, random.Random(1), heartbeats=True)
+            done_check = work.final_jobs[-_DONE_CHECK:]
+            drained = _drain(
+                bed,
+                settings,
+                work.bodies,
+                f"consumer keeping the timeline {side}",
+                bench_command("receipts", "off", "--timeline", side),
+                done=lambda check=done_check: db.pending_among(check) == 0,
+            )
+            rates[side].append(drained.rate)
+            with db.engine.connect() as conn:
+                kept[side] = conn.exec_driver_sql("SELECT count(*) FROM async_status_event").scalar_one()
+    on, off = statistics.fmean(rates["on"]), statistics.fmean(rates["off"])
+    return [
+        Result(
+            "1d timeline",
+            "events/s drained and committed, four heartbeats and a terminal event per job",
+            "events/s",
+            on,
+            off,
+            "the same consumer keeping only the merge's history (the terminal events)",
+            "none: what the timeline costs",
+            None,
+            {
+                "events": jobs * per_job,
+                "jobs": jobs,
+                "rounds": scale.receipts_rounds,
+                "on_per_round": [round(rate) for rate in rates["on"]],
+                "off_per_round": [round(rate) for rate in rates["off"]],
+                "rows_kept_on": kept["on"],
+                "rows_kept_off": kept["off"],
+                "timeline_cost": round(1 - on / off, 3),
+            },
+        )
+    ]
+
+
 _LOST_CHECKS = 5  # timed checks, each finding every lost job anew
 _RUNNING_JOBS = 10_000  # PENDING, neither deadline nor lease run out
 
@@ -955,5 +1058,7 @@ MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
     "memory": memory,
     "scale": table_size,
     "receipts": receipts,
+    "timeline": timeline,
     "leases": lost_check,
+    "capacity": capacity,
 }

@@ -1,6 +1,7 @@
 """The references the tracker is measured against, each run as its own process.
 
     python -m bench.references drain ...       bare pika loop: parse and ack, nothing else (the limit)
+    python -m bench.references pipeline ...    the drain plus an UPDATE of each event's row, committed before the ack
     python -m bench.references naive ...       one event per transaction, acked one by one
     python -m bench.references roundtrip ...   publish -> consume latency on the same broker
     python -m bench.references constant-api    a constant-JSON Falcon endpoint under the API's gunicorn
@@ -23,6 +24,7 @@ import falcon
 import falcon.media
 import orjson
 import pika
+import sqlalchemy as sa
 
 from tracker import auth, broker, events
 from tracker.config import Settings
@@ -42,6 +44,56 @@ def drain(args: argparse.Namespace) -> dict[str, Any]:
             ch.basic_ack(method.delivery_tag, multiple=True)
 
     return _consume_counted(args, "bench-drain", handle)
+
+
+# The row of each event, by id: its status from the event's type, its message. Sent for a whole
+# batch at once (psycopg's executemany: one statement prepared, run for every event, in one round trip).
+_UPDATE_ROW = "UPDATE bare_pipeline_job SET status = %s, message = %s WHERE id = %s"
+_STATUS_OF = {"progress": "PENDING", "succeeded": "SUCCEEDED", "failed": "FAILED"}
+# A table of its own, as plain as a table of statuses gets, holding async_status's rows. The
+# tracker's table has what a bare consumer's would not: triggers that notify the API's caches of
+# every statement (run 500 times a batch by a statement per event, they cost more PostgreSQL CPU
+# than the tracker's whole fold: docs/timeline.md), partial indexes, the merge's columns.
+_BARE_TABLE = [
+    "DROP TABLE IF EXISTS bare_pipeline_job",
+    "CREATE TABLE bare_pipeline_job (id bigint PRIMARY KEY, status text NOT NULL, message text)",
+    "INSERT INTO bare_pipeline_job SELECT id, status, message FROM async_status",
+    "ANALYZE bare_pipeline_job",
+]
+
+
+def pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """The simplest consumer that keeps rows at all: the drain above, plus every ``ack_every``
+    messages one batched UPDATE of status and message per event (by id), committed before the
+    multiple ack.
+
+    No merge rule (the last delivered wins), no validation or dead letters, no history or
+    timeline, no locks taken first, no lease; the writes on pika's own thread, as a first
+    consumer would write them, into a plain table it makes (untimed) before it consumes.
+    """
+    import psycopg
+
+    url = sa.make_url(args.database_url).set(drivername="postgresql")
+    database = psycopg.connect(url.render_as_string(hide_password=False))
+    for statement in _BARE_TABLE:
+        database.execute(statement)
+    database.commit()
+    rows: list[tuple[str, str | None, int]] = []
+
+    def handle(ch: Any, method: Any, _properties: Any, body: bytes, seen: int) -> None:
+        event = json.loads(body)
+        rows.append((_STATUS_OF[event["type"]], event.get("message"), event["job_id"]))
+        if seen % args.ack_every == 0 or seen == args.count:
+            with database.cursor() as cursor:
+                cursor.executemany(_UPDATE_ROW, rows)
+            database.commit()
+            rows.clear()
+            ch.basic_ack(method.delivery_tag, multiple=True)
+
+    try:
+        return _consume_counted(args, "bench-pipeline", handle)
+    finally:
+        database.close()
 
 
 def naive(args: argparse.Namespace) -> dict[str, Any]:
@@ -174,16 +226,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.references", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, handler in (("drain", drain), ("naive", naive), ("roundtrip", roundtrip)):
+    for name, handler in (("drain", drain), ("pipeline", pipeline), ("naive", naive), ("roundtrip", roundtrip)):
         command = commands.add_parser(name)
         command.add_argument("--amqp-url", required=True)
         command.add_argument("--queue", required=True)
         command.add_argument("--count", type=int, required=True)
         command.add_argument("--prefetch", type=int, default=1000)
         command.set_defaults(handler=handler)
-        if name == "drain":
+        if name in ("drain", "pipeline"):
             command.add_argument("--ack-every", type=int, default=500)
-        if name == "naive":
+        if name in ("naive", "pipeline"):
             command.add_argument("--database-url", required=True)
         if name == "roundtrip":
             command.add_argument("--idle-s", type=float, default=5.0)

@@ -17,7 +17,7 @@ from tracker.store import make_engine, migrate
 from tracker.users import UserStore
 
 BENCH_USER = "bench"
-_TABLES = "async_status, async_status_message, tracker_user, tracker_login_failure"
+_TABLES = "async_status, async_status_event, tracker_user, tracker_login_failure"
 _ARRIVAL_TIMEOUT_S = 60.0
 
 
@@ -80,7 +80,7 @@ class BenchDatabase:
     def analyze(self) -> None:
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE async_status")
-            conn.exec_driver_sql("VACUUM ANALYZE async_status_message")
+            conn.exec_driver_sql("VACUUM ANALYZE async_status_event")
 
     def seed_jobs(self, count: int, terminal_every: int = 0) -> range:
         """Insert ``count`` jobs in one statement; every ``terminal_every``-th is SUCCEEDED. Their ids."""

@@ -21,11 +21,13 @@ class Workload:
     final_jobs: list[int]  # the jobs of the last round, in the order their final events come
 
 
-def lifecycles(job_ids: Sequence[int], per_job: int, rng: random.Random) -> Workload:
+def lifecycles(job_ids: Sequence[int], per_job: int, rng: random.Random, *, heartbeats: bool = False) -> Workload:
     """Each job's life as ``per_job`` events: progress with a message, then succeeded or failed.
 
     Jobs are interleaved round by round, in a new order each round, as many workers running at
-    once would report them; every event carries a message, so each is also kept in the history.
+    once would report them; every event carries a message, so each is also one the merge may need
+    again. With ``heartbeats``, the progress events carry none (plain heartbeats, SPEC §6): only
+    the timeline keeps them.
     """
     base = timefmt.now()
     order = list(job_ids)
@@ -36,7 +38,8 @@ def lifecycles(job_ids: Sequence[int], per_job: int, rng: random.Random) -> Work
         for job_id in order:
             kind = rng.choice(("succeeded", "failed")) if final else "progress"
             at = base + dt.timedelta(milliseconds=step, microseconds=rng.randrange(1000))
-            bodies.append(event_body(job_id, kind, f"step {step + 1} of {per_job}", at, seq=step))
+            message = None if heartbeats and not final else f"step {step + 1} of {per_job}"
+            bodies.append(event_body(job_id, kind, message, at, seq=step))
     return Workload(bodies, order)
 
 

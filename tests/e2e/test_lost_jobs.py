@@ -18,7 +18,6 @@ from tracker import events, leases, merge
 from tracker.config import Settings
 from tracker.publisher import Publisher
 from tracker.store import Job, JobStore, open_job_store
-from tracker.store.tables import async_status_message
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
 
@@ -90,15 +89,6 @@ class Heartbeats:
         self._thread.join(timeout=10)
 
 
-def history(engine: sa.Engine, job_id: int) -> list[str]:
-    with engine.connect() as conn:
-        return list(
-            conn.execute(
-                sa.select(async_status_message.c.message).where(async_status_message.c.job_id == job_id)
-            ).scalars()
-        )
-
-
 def test_deadlines_and_lapsed_leases_fail_their_jobs_and_live_ones_stay_pending(lease_settings, store, engine, spawn):
     consumer = spawn("consumer")
     overrun = store.create_job("Importing.", leases.JobLimits(timeout_s=2, heartbeat_timeout_s=None))
@@ -113,7 +103,12 @@ def test_deadlines_and_lapsed_leases_fail_their_jobs_and_live_ones_stay_pending(
     assert (row.status, row.message) == (merge.FAILED, f"no event for {LEASE_S} s: the worker is presumed lost")
     assert row.end_time is not None and row.end_time >= row.start_time
     assert took >= LEASE_S - 0.5  # not before its lease could have run out
-    assert history(engine, dying.id) == [row.message]  # the tracker's event is in the job's history
+    # The tracker's own failed event is in the job's timeline, after the worker's heartbeats.
+    timeline = store.timeline(dying.id)
+    assert [(e.type, e.message) for e in timeline] == [("progress", None)] * (len(timeline) - 1) + [
+        ("failed", row.message)
+    ]
+    assert len(timeline) - 1 == killed.sent
 
     wait_for(finished(store, overrun.id), 2 + INTERVAL_S + 5, "the overrun job to be FAILED")
     row = store.get_job(overrun.id)

@@ -36,8 +36,9 @@ def test_purge_deletes_old_finished_jobs_while_the_api_and_ingest_serve(settings
             ).scalars()
         )
         conn.exec_driver_sql(
-            "INSERT INTO async_status_message (job_id, event_id, occurred_at, seq, message) "
-            "SELECT id, gen_random_uuid()::text, start_time, 0, 'kept' FROM async_status WHERE id = ANY(%(ids)s)",
+            "INSERT INTO async_status_event (job_id, event_id, occurred_at, seq, type, message, received_at) "
+            "SELECT id, terminal_event_id, start_time, 0, 'succeeded', 'done', start_time FROM async_status "
+            "WHERE id = ANY(%(ids)s)",
             {"ids": old_ids},
         )
     recent = store.create_job("recent")
@@ -99,14 +100,16 @@ def test_purge_deletes_old_finished_jobs_while_the_api_and_ingest_serve(settings
 
             for job_id in old_ids[:: OLD_JOBS // 10]:
                 assert api.request("GET", f"/api/5.0/async_status/{job_id}", headers=headers).status == 404
+                assert api.request("GET", f"/api/5.0/async_status/{job_id}/events", headers=headers).status == 404
             for job in (recent, pending):
                 assert api.request("GET", f"/api/5.0/async_status/{job.id}", headers=headers).status == 200
+            assert len(store.timeline(recent.id)) == 1  # a finished job kept: its timeline too
     finally:
         consumer.kill()
     with engine.connect() as conn:
         assert (
             conn.execute(
-                sa.text("SELECT count(*) FROM async_status_message WHERE job_id = ANY(:ids)"), {"ids": old_ids}
+                sa.text("SELECT count(*) FROM async_status_event WHERE job_id = ANY(:ids)"), {"ids": old_ids}
             ).scalar_one()
             == 0
         )

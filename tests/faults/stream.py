@@ -7,7 +7,7 @@ while from threads that each own a Publisher, records every event whose ``publis
 
 - ``published``: sends (a duplicate counts again); ``confirmed``: distinct events confirmed;
 - ``lost``: confirmed events the database shows no trace of although the merge rule says it
-  must (a message inside R is kept in async_status_message; the earliest terminal is the row's
+  must (a message inside R is kept in async_status_event, the timeline; the earliest terminal is the row's
   ``terminal_event_id``); events the rule hides (after the terminal, or without a message)
   leave no trace of their own and are covered by the row check instead;
 - ``applied`` = confirmed - lost; ``wrong``: rows that differ from the replay of the record;
@@ -37,7 +37,7 @@ from tracker import events, merge, timefmt
 from tracker.config import Settings
 from tracker.publisher import Publisher, PublishFailed
 from tracker.store import JobStore
-from tracker.store.tables import async_status, async_status_message
+from tracker.store.tables import async_status, async_status_event
 
 REPORT_ENV = "TRACKER_FAULTS_REPORT"
 _MAX_UNSURE = 8  # unconfirmed events per job tried in every combination by the check
@@ -269,8 +269,8 @@ def _read(engine: sa.Engine, job_ids: Sequence[int]) -> tuple[dict[int, sa.Row],
                 rows[row.id] = row
             traces.update(
                 conn.execute(
-                    sa.select(async_status_message.c.job_id, async_status_message.c.event_id).where(
-                        async_status_message.c.job_id.in_(chunk)
+                    sa.select(async_status_event.c.job_id, async_status_event.c.event_id).where(
+                        async_status_event.c.job_id.in_(chunk)
                     )
                 ).all()
             )

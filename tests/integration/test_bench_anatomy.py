@@ -35,7 +35,7 @@ def test_a_real_drain_folds_every_event_and_names_where_the_cpu_went(bench_parts
     assert 0 < report["machine_busy"] <= 1
     with database.engine.connect() as conn:  # the work was done, not just counted
         assert conn.exec_driver_sql("SELECT count(*) FROM async_status WHERE status = 'PENDING'").scalar_one() == 0
-        assert conn.exec_driver_sql("SELECT count(*) FROM async_status_message").scalar_one() == EVENTS
+        assert conn.exec_driver_sql("SELECT count(*) FROM async_status_event").scalar_one() == EVENTS
 
 
 def test_the_empty_store_leaves_the_database_alone(bench_parts) -> None:

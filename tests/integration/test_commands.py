@@ -97,7 +97,7 @@ def test_tracker_migrate_creates_the_schema_and_can_run_again(settings: Settings
         assert done.returncode == 0, done.stderr
     engine = make_engine(settings.database_url)
     try:
-        assert {"async_status", "async_status_message", "tracker_user"} <= set(sa.inspect(engine).get_table_names())
+        assert {"async_status", "async_status_event", "tracker_user"} <= set(sa.inspect(engine).get_table_names())
     finally:
         engine.dispose()
 

@@ -13,7 +13,7 @@ from tracker import leases, merge, timefmt
 from tracker.events import new_event
 from tracker.store import JobStore, open_job_store
 from tracker.store.leases import Checked, LostJobs, purge
-from tracker.store.tables import async_status, async_status_lease, async_status_lost, async_status_message
+from tracker.store.tables import async_status, async_status_event, async_status_lease, async_status_lost
 
 DEFAULT_TIMEOUT_S = 86400
 HOUR = dt.timedelta(hours=1)
@@ -114,7 +114,7 @@ def test_an_overrun_deadline_is_decided_once_with_the_jobs_own_timeout(store, en
     assert _count(engine, async_status_lost) == 0  # folded: the decision is forgotten
 
 
-def test_a_lapsed_heartbeat_lease_is_decided_and_its_message_kept_in_the_history(store, engine, checks):
+def test_a_lapsed_heartbeat_lease_is_decided_and_its_event_kept_in_the_timeline(store, engine, checks):
     job = store.create_job(limits=leases.JobLimits(timeout_s=600, heartbeat_timeout_s=5))
     _set(engine, async_status_lease, async_status_lease.c.job_id == job.id, expires_at=timefmt.now() - HOUR)
     checked = checks.check(_always)
@@ -123,11 +123,14 @@ def test_a_lapsed_heartbeat_lease_is_decided_and_its_message_kept_in_the_history
     assert (lost.reason, lost.limit_s) == ("heartbeat", 5)
     store.apply([lost.failed_event()])
     assert store.get_job(job.id).message == "no event for 5 s: the worker is presumed lost"
-    with engine.connect() as conn:
-        kept = conn.execute(
-            sa.select(async_status_message.c.event_id).where(async_status_message.c.job_id == job.id)
-        ).scalars()
-        assert list(kept) == [lost.event_id]
+    [kept] = store.timeline(job.id)  # the tracker's own event, folded like any other (SPEC §7)
+    assert (kept.event_id, kept.type, kept.occurred_at, kept.message) == (
+        lost.event_id,
+        "failed",
+        lost.decided_at,
+        "no event for 5 s: the worker is presumed lost",
+    )
+    assert kept.received_at is not None and kept.received_at >= lost.decided_at
     assert _lease(engine, job.id) is None
 
 
@@ -216,7 +219,7 @@ def test_purge_deletes_old_finished_jobs_with_all_they_keep_and_nothing_else(sto
     assert deleted == 7
     with engine.connect() as conn:
         assert sorted(conn.execute(sa.select(async_status.c.id)).scalars()) == [recent.id, pending.id]
-        kept = set(conn.execute(sa.select(async_status_message.c.job_id)).scalars())
+        kept = set(conn.execute(sa.select(async_status_event.c.job_id)).scalars())
     assert kept == {recent.id, pending.id}
     assert _lease(engine, pending.id) is not None
     assert purge(engine, timefmt.now() - dt.timedelta(days=1)) == 0

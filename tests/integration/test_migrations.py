@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -11,7 +12,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from tracker.store import make_engine, migrations
+from tracker.events import new_event
+from tracker.store import TimelineEvent, make_engine, migrations, open_job_store
+from tracker.store.tables import UTCDateTime, async_status, async_status_event
 
 
 @pytest.fixture
@@ -85,7 +88,7 @@ def test_migration_0003_trades_the_history_key_for_triggers_and_back(fresh_datab
     forget = "tracker_forget_deleted_jobs"
     expected = ["tracker_async_status_history_deleted", "tracker_async_status_history_truncated"]
     try:
-        migrations.migrate(engine)
+        _alembic(engine, lambda config: command.upgrade(config, "0004"))  # the history's last revision
         assert _triggers_calling(engine, forget) == (expected, 1)
         assert _history_foreign_keys(engine) == 0
         with engine.begin() as conn:
@@ -99,25 +102,25 @@ def test_migration_0003_trades_the_history_key_for_triggers_and_back(fresh_datab
         assert _history_foreign_keys(engine) == 1
         with engine.connect() as conn:  # the key could only come back without the orphan
             assert conn.exec_driver_sql("SELECT job_id FROM async_status_message").scalars().all() == [1]
-        migrations.migrate(engine)
+        _alembic(engine, lambda config: command.upgrade(config, "0004"))
         assert _triggers_calling(engine, forget) == (expected, 1)
         assert _history_foreign_keys(engine) == 0
     finally:
         engine.dispose()
 
 
-def test_truncating_the_jobs_empties_the_history(fresh_database: str) -> None:
+def test_truncating_the_jobs_empties_the_timeline(fresh_database: str) -> None:
     engine = make_engine(fresh_database)
     try:
         migrations.migrate(engine)
         with engine.begin() as conn:
             conn.exec_driver_sql("INSERT INTO async_status (id, status, message) VALUES (1, 'PENDING', 'x')")
             conn.exec_driver_sql(
-                "INSERT INTO async_status_message (job_id, event_id, occurred_at, seq, message) "
-                "VALUES (1, 'a', now(), 0, 'm')"
+                "INSERT INTO async_status_event (job_id, event_id, occurred_at, seq, type, message, received_at) "
+                "VALUES (1, 'a', now(), 0, 'progress', 'm', now())"
             )
             conn.exec_driver_sql("TRUNCATE async_status")
-            assert conn.exec_driver_sql("SELECT count(*) FROM async_status_message").scalar_one() == 0
+            assert conn.exec_driver_sql("SELECT count(*) FROM async_status_event").scalar_one() == 0
     finally:
         engine.dispose()
 
@@ -143,7 +146,7 @@ def test_migration_0004_adds_leases_to_a_table_with_rows_and_goes_back(fresh_dat
             conn.exec_driver_sql(
                 "INSERT INTO async_status (id, status, message) VALUES (1, 'PENDING', 'x'), (2, 'PENDING', 'y')"
             )
-        migrations.migrate(engine)
+        _alembic(engine, lambda config: command.upgrade(config, "0004"))
         with engine.begin() as conn:
             # Rows from before keep NULL: start_time + TRACKER_JOB_TIMEOUT_S.
             assert conn.exec_driver_sql("SELECT count(*) FROM async_status WHERE deadline_at IS NULL").scalar_one() == 2
@@ -160,5 +163,131 @@ def test_migration_0004_adds_leases_to_a_table_with_rows_and_goes_back(fresh_dat
             assert sorted(tables.scalars()) == ["async_status", "async_status_message"]
         assert _triggers_calling(engine, "tracker_forget_deleted_jobs")[1] == 1
         migrations.migrate(engine)
+    finally:
+        engine.dispose()
+
+
+# The message history as it was up to 0004 (tracker.store.tables no longer has it).
+_OLD_HISTORY = sa.Table(
+    "async_status_message",
+    sa.MetaData(),
+    sa.Column("job_id", sa.BigInteger),
+    sa.Column("event_id", sa.String(36)),
+    sa.Column("occurred_at", UTCDateTime),
+    sa.Column("seq", sa.BigInteger),
+    sa.Column("message", sa.Text),
+)
+_AT = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_fresh_database(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tracker.db'}"
+    return str(request.getfixturevalue("fresh_database"))
+
+
+def _history_at_0004(engine: sa.Engine) -> None:
+    """Job 1 SUCCEEDED by event t, with a progress message before it; job 2 PENDING with two messages."""
+    at = [_AT + dt.timedelta(seconds=n) for n in range(4)]
+    t, p, p1, p2 = (f"00000000-0000-0000-0000-0000000000{name}" for name in ("0t", "0p", "p1", "p2"))
+    jobs = [
+        {
+            "id": 1,
+            "status": "SUCCEEDED",
+            "message": "done",
+            "start_time": at[0],
+            "end_time": at[2],
+            "initial_message": "x",
+            "terminal_at": at[2],
+            "terminal_seq": 3,
+            "terminal_event_id": t,
+            "message_at": at[2],
+            "message_seq": 3,
+            "message_event_id": t,
+        },
+        {
+            "id": 2,
+            "status": "PENDING",
+            "message": "half",
+            "start_time": at[0],
+            "initial_message": "y",
+            "message_at": at[3],
+            "message_seq": 0,
+            "message_event_id": p2,
+        },
+    ]
+    history = [
+        # the later one first: the timeline is in merge-key order, not in the table's
+        {"job_id": 1, "event_id": t, "occurred_at": at[2], "seq": 3, "message": "done"},
+        {"job_id": 1, "event_id": p, "occurred_at": at[1], "seq": 1, "message": "working"},
+        {"job_id": 2, "event_id": p2, "occurred_at": at[3], "seq": 0, "message": "half"},
+        {"job_id": 2, "event_id": p1, "occurred_at": at[1], "seq": 0, "message": "early"},
+    ]
+    with engine.begin() as conn:
+        for job in jobs:
+            conn.execute(sa.insert(async_status).values(**job))
+        conn.execute(sa.insert(_OLD_HISTORY), history)
+
+
+def test_migration_0005_carries_the_message_history_over_into_the_timeline_and_back(any_fresh_database: str) -> None:
+    engine = make_engine(any_fresh_database)
+    try:
+        _alembic(engine, lambda config: command.upgrade(config, "0004"))
+        _history_at_0004(engine)
+        migrations.migrate(engine)
+        store = open_job_store(engine)
+        at = [_AT + dt.timedelta(seconds=n) for n in range(4)]
+        # The type is exact: the job's terminal event, else progress. The receipt was never recorded.
+        assert store.timeline(1) == [
+            TimelineEvent("00000000-0000-0000-0000-00000000000p", "progress", at[1], None, 1, "working"),
+            TimelineEvent("00000000-0000-0000-0000-00000000000t", "succeeded", at[2], None, 3, "done"),
+        ]
+        assert store.timeline(2) == [
+            TimelineEvent("00000000-0000-0000-0000-0000000000p1", "progress", at[1], None, 0, "early"),
+            TimelineEvent("00000000-0000-0000-0000-0000000000p2", "progress", at[3], None, 0, "half"),
+        ]
+        # The merge reads its history from the timeline now: a failure between the two carried-over
+        # messages brings the earlier one back.
+        store.apply([new_event(2, "progress", None, occurred_at=at[2])])
+        store.apply([new_event(2, "failed", None, occurred_at=at[2] + dt.timedelta(microseconds=1))])
+        assert (store.get_job(2).status, store.get_job(2).message) == ("FAILED", "early")
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+        assert "async_status_event" in tables
+        assert "async_status_message" not in tables
+
+        _alembic(engine, lambda config: command.downgrade(config, "0004"))
+        with engine.connect() as conn:
+            back = conn.execute(
+                sa.select(_OLD_HISTORY.c.job_id, _OLD_HISTORY.c.event_id, _OLD_HISTORY.c.message).order_by(
+                    _OLD_HISTORY.c.job_id, _OLD_HISTORY.c.event_id
+                )
+            ).all()
+            assert "async_status_event" not in set(sa.inspect(conn).get_table_names())
+        # The message events go back into the history; the message-less heartbeat has no place there.
+        assert [tuple(row) for row in back] == [
+            (1, "00000000-0000-0000-0000-00000000000p", "working"),
+            (1, "00000000-0000-0000-0000-00000000000t", "done"),
+            (2, "00000000-0000-0000-0000-0000000000p1", "early"),
+            (2, "00000000-0000-0000-0000-0000000000p2", "half"),
+        ]
+        migrations.migrate(engine)
+        assert [event.message for event in open_job_store(engine).timeline(1)] == ["working", "done"]
+    finally:
+        engine.dispose()
+
+
+def test_after_migration_0005_deleting_a_job_deletes_its_events(any_fresh_database: str) -> None:
+    engine = make_engine(any_fresh_database)
+    try:
+        _alembic(engine, lambda config: command.upgrade(config, "0004"))
+        _history_at_0004(engine)
+        migrations.migrate(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.delete(async_status).where(async_status.c.id == 1))
+        with engine.connect() as conn:
+            left = conn.execute(sa.select(async_status_event.c.job_id)).scalars().all()
+        assert left == [2, 2]
     finally:
         engine.dispose()

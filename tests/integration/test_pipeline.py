@@ -159,6 +159,18 @@ def test_duplicates_and_reordering_converge_to_the_merge_rule(store, start_consu
     start_consumer()
     expected = expected_rows(store, published)
     wait_until(lambda: actual_rows(store, expected) == expected, what="rows to match the merge rule")
+    # Every event once in its job's timeline, in the key order of SPEC §3, whatever came twice.
+    timelines = {
+        job_id: [
+            e.event_id
+            for e in sorted({e.event_id: e for e in published if e.job_id == job_id}.values(), key=merge.key_of)
+        ]
+        for job_id in job_ids
+    }
+    wait_until(
+        lambda: {job_id: [e.event_id for e in store.timeline(job_id)] for job_id in job_ids} == timelines,
+        what="every event in its job's timeline once",
+    )
 
 
 def test_bad_input_is_dead_lettered_with_its_reason_and_good_events_still_apply(
@@ -194,6 +206,8 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_good_events_still_apply(
     assert any("content_type" in reason for reason in reasons.values())
     wait_until(lambda: queue_depth(raw_channel, settings.queue) == 0, what="queue drained")
     assert store.get_job(job.id).message == "step 2"
+    # Only accepted events are in the timeline, each once: not the dead-lettered copy of good[0].
+    assert sorted(e.event_id for e in store.timeline(job.id)) == sorted(e.event_id for e in good)
 
 
 def body_of_size(document: dict, size: int) -> bytes:

@@ -108,4 +108,7 @@ def test_one_refused_event_is_dead_lettered_alone_and_the_others_are_applied(ref
         row = store.get_job(job_id)
         assert (row.status, row.message, row.end_time) == (state.status, state.message, state.end_time)
     assert store.get_job(victim).message == "step 29"  # its last event the database took
+    # The timelines hold the accepted events, each once, and not the refused one.
+    kept = [event.event_id for job_id in jobs for event in store.timeline(job_id)]
+    assert sorted(kept) == sorted(event.event_id for event in applied)
     assert store.get_job(jobs[0]).status == merge.SUCCEEDED

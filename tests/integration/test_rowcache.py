@@ -62,7 +62,7 @@ def pg_url(postgres_url: str) -> str:
     engine = sa.create_engine(postgres_url)
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "TRUNCATE async_status, async_status_message, tracker_user, tracker_login_failure RESTART IDENTITY CASCADE"
+            "TRUNCATE async_status, async_status_event, tracker_user, tracker_login_failure RESTART IDENTITY CASCADE"
         )
     engine.dispose()
     return postgres_url

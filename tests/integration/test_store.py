@@ -17,7 +17,7 @@ from tests import oracle
 from tracker import merge
 from tracker.events import Event, new_event
 from tracker.store import JobNotFound, JobStore, open_job_store
-from tracker.store.tables import async_status, async_status_message
+from tracker.store.tables import async_status
 
 
 @pytest.fixture
@@ -155,29 +155,6 @@ def test_concurrent_batches_over_the_same_jobs_lose_nothing(store):
         thread.join(timeout=60)
     assert not errors, errors
     assert actual(store, job_ids) == expected(store, events)
-
-
-def _history_of(engine: sa.Engine) -> list[int]:
-    with engine.connect() as conn:
-        return sorted(conn.execute(sa.select(async_status_message.c.job_id)).scalars())
-
-
-def test_a_deleted_job_takes_its_message_history_with_it(store, engine):
-    """SQLite by its foreign key, PostgreSQL by the trigger of migration 0003: no orphans either way."""
-    kept, deleted = store.create_job().id, store.create_job().id
-    store.apply([new_event(job_id, "progress", "working") for job_id in (kept, deleted, kept)])
-    assert _history_of(engine) == sorted([kept, kept, deleted])
-    with engine.begin() as conn:
-        conn.execute(sa.delete(async_status).where(async_status.c.id == deleted))
-    assert _history_of(engine) == [kept, kept]
-
-
-def test_the_history_cannot_name_a_job_that_does_not_exist(store, engine):
-    """Events of a missing job leave no history: the fold writes it only for jobs it locked."""
-    job = store.create_job().id
-    applied = store.apply([new_event(job + 1, "progress", "nobody's"), new_event(job, "progress", "mine")])
-    assert applied.missing_jobs == {job + 1}
-    assert _history_of(engine) == [job]
 
 
 def test_statuses_names_the_jobs_that_exist_in_one_call_however_many(store: JobStore) -> None:

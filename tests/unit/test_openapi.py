@@ -16,7 +16,7 @@ from api import app as api_app
 from api import openapi
 from tracker import auth
 from tracker.config import Settings
-from tracker.store import Job, JobNotFound
+from tracker.store import Job, JobNotFound, TimelineEvent
 from tracker.users import User
 
 SECRET = "unit-secret-" + "o" * 40
@@ -46,6 +46,12 @@ class OneJob:
             dt.datetime(2021, 2, 18, 17, 14, tzinfo=dt.UTC),
             None,
         )
+
+    def timeline(self, job_id: int) -> list[TimelineEvent]:
+        if job_id != 1:
+            raise JobNotFound(job_id)
+        at = dt.datetime(2021, 2, 18, 17, 14, tzinfo=dt.UTC)
+        return [TimelineEvent("3f1c8a52-7b4e-4c1d-9a0e-2b6f5d8c9e01", "succeeded", at, at, 0, None)]
 
     def create_job(self, message: str | None = None, limits: object = None) -> Job:
         return Job(
@@ -165,6 +171,10 @@ def test_real_answers_match_their_documented_schemas(client: falcon.testing.Test
         ("GET", "/api/5.0/async_status/1", ops, None),
         ("GET", "/api/5.0/async_status/abc", ops, None),
         ("GET", "/api/5.0/async_status/7", ops, None),
+        ("GET", "/api/5.0/async_status/1/events", ops, None),
+        ("GET", "/api/5.0/async_status/x/events", ops, None),
+        ("GET", "/api/5.0/async_status/7/events", ops, None),
+        ("GET", "/api/5.0/async_status/1/events", bearer("read-only"), None),
         ("GET", "/api/4.0/async_status/1", bearer("read-only"), None),
         ("POST", "/api/4.1/async_status", ops, {"message": "rebuild"}),
         ("POST", "/api/4.1/async_status", ops, ["not", "an", "object"]),

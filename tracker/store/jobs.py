@@ -26,7 +26,7 @@ from tracker.errors import JobNotFound
 from tracker.events import Event
 from tracker.leases import JobLimits
 from tracker.store.engine import unavailable_as_error
-from tracker.store.tables import async_status, async_status_lease
+from tracker.store.tables import async_status, async_status_event, async_status_lease
 
 _IDS_PER_STATEMENT = 500  # well under SQLite's limit of bound parameters
 
@@ -40,6 +40,26 @@ class Job:
     start_time: dt.datetime
     end_time: dt.datetime | None
     message: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class TimelineEvent:
+    """One accepted event of a job as its timeline shows it (SPEC §7).
+
+    ``received_at`` is when the tracker folded it; None for events kept before the timeline was
+    (migration 0005), whose receipt was not recorded.
+    """
+
+    event_id: str
+    type: str
+    occurred_at: dt.datetime
+    received_at: dt.datetime | None
+    seq: int
+    message: str | None
+
+    @property
+    def key(self) -> merge.Key:
+        return merge.Key(self.occurred_at, self.seq, self.event_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +82,22 @@ PUBLIC_COLUMNS = (
 class JobStore(abc.ABC):
     """The async_status table behind one engine. Safe to share between threads."""
 
-    def __init__(self, engine: Engine, *, record_receipts: bool = True) -> None:
-        """``record_receipts=False`` folds without renewing heartbeat leases: for the benchmark's A/B only."""
+    def __init__(self, engine: Engine, *, record_receipts: bool = True, keep_timeline: bool = True) -> None:
+        """For the benchmark's A/Bs only: ``record_receipts=False`` folds without renewing heartbeat
+        leases; ``keep_timeline=False`` keeps only the events the merge may need again (the message
+        events inside R, ``merge.to_remember``), as the store did before the timeline."""
         self._engine = engine
         self._record_receipts = record_receipts
+        self._keep_timeline = keep_timeline
         self._get = sa.select(*PUBLIC_COLUMNS).where(async_status.c.id == sa.bindparam("job_id"))
+        event = async_status_event.c
+        # The job's row joined to its events: one statement, so one snapshot, and a job with no
+        # events yet still answers (with one row of NULLs) where a missing job answers nothing.
+        self._timeline = (
+            sa.select(event.event_id, event.type, event.occurred_at, event.received_at, event.seq, event.message)
+            .select_from(async_status.outerjoin(async_status_event, event.job_id == async_status.c.id))
+            .where(async_status.c.id == sa.bindparam("job_id"))
+        )
 
     @property
     def engine(self) -> Engine:
@@ -132,6 +163,19 @@ class JobStore(abc.ABC):
         """
         return None
 
+    def timeline(self, job_id: int) -> list[TimelineEvent]:
+        """Every accepted event of the job once, in merge-key order; raises JobNotFound.
+
+        Sorted here, by ``merge.Key``: the database's collation of text need not be Python's.
+        """
+        with unavailable_as_error(), self._engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")  # one statement: see get_job
+            rows = conn.execute(self._timeline, {"job_id": job_id}).all()
+        if not rows:
+            raise JobNotFound(job_id)
+        found = [TimelineEvent(*row) for row in rows if row.event_id is not None]
+        return sorted(found, key=lambda event: event.key)
+
     @abc.abstractmethod
     def apply(self, events: Sequence[Event]) -> Applied:
         """Fold a batch of events into their jobs in one transaction, committed before returning.
@@ -145,19 +189,20 @@ class JobStore(abc.ABC):
         """
 
 
-def open_job_store(engine: Engine, *, record_receipts: bool = True) -> JobStore:
+def open_job_store(engine: Engine, *, record_receipts: bool = True, keep_timeline: bool = True) -> JobStore:
     """The JobStore for ``engine``'s dialect (PostgreSQL or SQLite); opens no connection.
 
-    ``record_receipts=False`` is for the benchmark's A/B of ingest with and without lease renewal.
+    ``record_receipts=False`` and ``keep_timeline=False`` are for the benchmark's A/Bs of ingest
+    with and without lease renewal, and with and without the timeline.
     """
     if engine.dialect.name == "postgresql":
         from tracker.store.postgresql import PostgresJobStore
 
-        return PostgresJobStore(engine, record_receipts=record_receipts)
+        return PostgresJobStore(engine, record_receipts=record_receipts, keep_timeline=keep_timeline)
     if engine.dialect.name == "sqlite":
         from tracker.store.sqlite import SQLiteJobStore
 
-        return SQLiteJobStore(engine, record_receipts=record_receipts)
+        return SQLiteJobStore(engine, record_receipts=record_receipts, keep_timeline=keep_timeline)
     raise ValueError(f"unsupported database {engine.dialect.name!r}: use PostgreSQL or SQLite")
 
 

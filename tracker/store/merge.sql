@@ -2,9 +2,11 @@
 --
 -- Parameters: :events, the batch as one JSON array of events; :ids, the batch's job ids as one
 -- bigint[] literal, already locked in id order by the statement before. Answers the number of rows
--- it changed. It also renews the heartbeat lease (SPEC §6) of each job of the batch that has one,
--- from now (this receipt), and deletes the lease of a job that is no longer PENDING: a table of
--- its own, so a heartbeat writes no row of async_status (whose updates the API's cache watches).
+-- it changed. It keeps every event of the batch whose job has a row in the timeline
+-- (async_status_event, once per event_id), which is also the history it reads. It also renews
+-- the heartbeat lease (SPEC §6) of each job of the batch that has one, from now (this receipt),
+-- and deletes the lease of a job that is no longer PENDING: a table of its own, so a heartbeat
+-- writes no row of async_status (whose updates the API's cache watches).
 --
 -- Keys compare as (occurred_at, seq, event_id) with event_id in the "C" collation, which is
 -- Python's order for these ASCII texts. Ties keep what merge.merge keeps: the stored state first,
@@ -40,7 +42,7 @@ folded AS (
     FROM job LEFT JOIN terminal AS t ON t.job_id = job.id
 ),
 -- the latest message event in R (key <= t's): the stored one if still in R, else the latest
--- such in the history; or one of the batch
+-- such in the timeline (the history); or one of the batch
 latest AS (
     SELECT DISTINCT ON (job_id) job_id, at, seq, event_id, message
     FROM (
@@ -53,8 +55,8 @@ latest AS (
         SELECT f.id, h.occurred_at, h.seq, h.event_id, h.message, 0
         FROM folded AS f CROSS JOIN LATERAL (
             SELECT occurred_at, seq, event_id COLLATE "C" AS event_id, message
-            FROM async_status_message
-            WHERE job_id = f.id
+            FROM async_status_event
+            WHERE job_id = f.id AND message IS NOT NULL
               AND (occurred_at, seq, event_id COLLATE "C") <= (f.t_at, f.t_seq, f.t_event_id)
             ORDER BY occurred_at DESC, seq DESC, event_id COLLATE "C" DESC
             LIMIT 1
@@ -69,13 +71,11 @@ latest AS (
     ) AS candidate
     ORDER BY job_id, at DESC, seq DESC, event_id DESC, n
 ),
--- merge.to_remember: the batch's message events inside R
-remembered AS (
-    INSERT INTO async_status_message (job_id, event_id, occurred_at, seq, message)
-    SELECT b.job_id, b.event_id, b.occurred_at, b.seq, b.message
-    FROM batch AS b JOIN folded AS f ON f.id = b.job_id
-    WHERE b.message IS NOT NULL
-      AND (f.t_at IS NULL OR (b.occurred_at, b.seq, b.event_id) <= (f.t_at, f.t_seq, f.t_event_id))
+-- the timeline: every event of the batch whose job has a row, received now
+kept AS (
+    INSERT INTO async_status_event (job_id, event_id, occurred_at, seq, type, message, received_at)
+    SELECT b.job_id, b.event_id, b.occurred_at, b.seq, b.type, b.message, now()
+    FROM batch AS b JOIN job AS j ON j.id = b.job_id
     ON CONFLICT DO NOTHING
 ),
 next AS (

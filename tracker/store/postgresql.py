@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from tracker.events import Event
 from tracker.store.engine import refused_as_error, unavailable_as_error
@@ -61,10 +62,37 @@ def without_receipts(sql: str) -> str:
     return "\n".join(lines[:begin] + lines[end + 1 :])
 
 
+# The timeline's source rows in merge.sql, and what a fold that keeps only the history puts there
+# instead: the message events inside R (merge.to_remember), as the store kept before the timeline.
+_TIMELINE_ROWS = "FROM batch AS b JOIN job AS j ON j.id = b.job_id"
+_HISTORY_ROWS = (
+    "FROM batch AS b JOIN folded AS f ON f.id = b.job_id WHERE b.message IS NOT NULL "
+    "AND (f.t_at IS NULL OR (b.occurred_at, b.seq, b.event_id) <= (f.t_at, f.t_seq, f.t_event_id))"
+)
+
+
+def history_only(sql: str) -> str:
+    """The merge keeping only the events the merge may need again instead of the whole timeline."""
+    if sql.count(_TIMELINE_ROWS) != 1:
+        raise ValueError("the merge names the timeline's rows other than once")
+    return sql.replace(_TIMELINE_ROWS, _HISTORY_ROWS)
+
+
+def _without_parts(sql: str, receipts: bool, timeline: bool) -> str:
+    sql = sql if receipts else without_receipts(sql)
+    return sql if timeline else history_only(sql)
+
+
 MERGE_SQL = pathlib.Path(__file__).with_name("merge.sql")
 _MERGE = compact(MERGE_SQL.read_text(encoding="utf-8"))
-# For the benchmark's A/B only (``record_receipts=False``): the same fold, renewing no lease.
-_MERGE_WITHOUT_RECEIPTS = compact(without_receipts(MERGE_SQL.read_text(encoding="utf-8")))
+# For the benchmark's A/Bs only, by (record_receipts, keep_timeline); (True, True) is ``_MERGE``.
+# Of the variants, (True, False) is longer than psycopg's cache of converted queries holds, so the
+# A/B of the timeline runs both its sides without receipts (bench/receipts.py).
+_MERGE_VARIANTS = {
+    (receipts, timeline): compact(_without_parts(MERGE_SQL.read_text(encoding="utf-8"), receipts, timeline))
+    for receipts in (True, False)
+    for timeline in (True, False)
+}
 
 
 class PostgresJobStore(JobStore):
@@ -74,13 +102,17 @@ class PostgresJobStore(JobStore):
     generic, for the rest of its session (``_PLAN_FOR_BATCHES``).
     """
 
+    def __init__(self, engine: Engine, *, record_receipts: bool = True, keep_timeline: bool = True) -> None:
+        super().__init__(engine, record_receipts=record_receipts, keep_timeline=keep_timeline)
+        self._merge = _MERGE_VARIANTS[record_receipts, keep_timeline]
+
     def apply(self, events: Sequence[Event]) -> Applied:
         with refused_as_error(), unavailable_as_error(), self._engine.connect() as conn:
             planned = conn.connection.info.get(_PLANNED_FOR_BATCHES, False)
             with conn.begin():
                 if not planned:
                     conn.execute(_PLAN_FOR_BATCHES)
-                applied = _fold(conn, events, _MERGE if self._record_receipts else _MERGE_WITHOUT_RECEIPTS)
+                applied = _fold(conn, events, self._merge)
             # Only now: had the transaction failed, the settings would have been undone with it.
             conn.connection.info[_PLANNED_FOR_BATCHES] = True
             return applied

@@ -18,7 +18,7 @@ from tracker.events import Event
 from tracker.leases import RENEW_SLACK_S
 from tracker.store.engine import refused_as_error, unavailable_as_error
 from tracker.store.jobs import Applied, JobStore, chunks
-from tracker.store.tables import async_status, async_status_lease, async_status_message
+from tracker.store.tables import async_status, async_status_event, async_status_lease
 
 _ID_CHUNK = 1000  # ids per IN (...) list: far below SQLite's parameter limit
 
@@ -74,14 +74,14 @@ class SQLiteJobStore(JobStore):
 
         return counter
 
-    def __init__(self, engine: Engine, *, record_receipts: bool = True) -> None:
-        super().__init__(engine, record_receipts=record_receipts)
+    def __init__(self, engine: Engine, *, record_receipts: bool = True, keep_timeline: bool = True) -> None:
+        super().__init__(engine, record_receipts=record_receipts, keep_timeline=keep_timeline)
         self._update = (
             sa.update(async_status)
             .where(async_status.c.id == sa.bindparam("job_id"))
             .values({name: sa.bindparam(name) for name in _WRITTEN})
         )
-        self._remember = sqlite.insert(async_status_message).on_conflict_do_nothing()
+        self._keep = sqlite.insert(async_status_event).on_conflict_do_nothing()
         self._renew = (
             sa.update(async_status_lease)
             .where(async_status_lease.c.job_id == sa.bindparam("lease_job_id"))
@@ -100,7 +100,8 @@ class SQLiteJobStore(JobStore):
             by_job[event.job_id].append(event)
         ids = sorted(by_job)
         updates: list[dict[str, object]] = []
-        remembered: list[dict[str, object]] = []
+        kept: list[dict[str, object]] = []
+        received = timefmt.now()
         found: set[int] = set()
         pending: set[int] = set()
         for chunk in chunks(ids, _ID_CHUNK):
@@ -115,11 +116,13 @@ class SQLiteJobStore(JobStore):
                     updates.append(_params_of(row.id, after))
                 if after.terminal is None:
                     pending.add(row.id)
-                remembered.extend(_remembered_row(e) for e in merge.to_remember(after, by_job[row.id]))
+                # The timeline keeps every event: a superset of merge.to_remember, the history's need.
+                to_keep = by_job[row.id] if self._keep_timeline else merge.to_remember(after, by_job[row.id])
+                kept.extend(_kept_row(e, received) for e in to_keep)
         if updates:
             conn.execute(self._update, updates)
-        if remembered:
-            conn.execute(self._remember, remembered)
+        if kept:
+            conn.execute(self._keep, kept)
         if self._record_receipts and found:
             self._record_receipt(conn, sorted(found), pending)
         return Applied(changed_jobs=len(updates), missing_jobs=frozenset(ids) - found)
@@ -175,13 +178,15 @@ def _params_of(job_id: int, state: merge.JobState) -> dict[str, object]:
     }
 
 
-def _remembered_row(event: Event) -> dict[str, object]:
+def _kept_row(event: Event, received: dt.datetime) -> dict[str, object]:
     return {
         "job_id": event.job_id,
         "event_id": event.event_id,
         "occurred_at": event.occurred_at,
         "seq": event.seq,
+        "type": event.type,
         "message": event.message,
+        "received_at": received,
     }
 
 
@@ -191,11 +196,15 @@ def _history(conn: sa.Connection, job_id: int) -> merge.History:
         # in Python, because text collation in the database need not match Python's order.
         rows = conn.execute(
             sa.select(
-                async_status_message.c.occurred_at,
-                async_status_message.c.seq,
-                async_status_message.c.event_id,
-                async_status_message.c.message,
-            ).where(async_status_message.c.job_id == job_id, async_status_message.c.occurred_at <= limit.occurred_at)
+                async_status_event.c.occurred_at,
+                async_status_event.c.seq,
+                async_status_event.c.event_id,
+                async_status_event.c.message,
+            ).where(
+                async_status_event.c.job_id == job_id,
+                async_status_event.c.message.is_not(None),
+                async_status_event.c.occurred_at <= limit.occurred_at,
+            )
         ).all()
         marks = [merge.MessageMark(merge.Key(r.occurred_at, r.seq, r.event_id), r.message) for r in rows]
         eligible = [m for m in marks if m.key <= limit]

@@ -104,16 +104,22 @@ async_status_lost = sa.Table(
     sa.Column("decided_at", UTCDateTime, nullable=False),
 )
 
-# Message events inside R, kept for the one merge case that needs more than the row. The foreign
-# key is SQLite's; on PostgreSQL migration 0003 replaced it by triggers that delete with the job.
-async_status_message = sa.Table(
-    "async_status_message",
+# Every accepted event of a job once (SPEC §7, the timeline; migration 0005): what GET
+# /api/{v}/async_status/{id}/events answers, and the history the merge reads in its one case that
+# needs more than the row (the latest message event at or before a new earliest terminal event).
+# ``received_at``: when the tracker folded it (the fold's transaction); NULL for the events carried
+# over from the message history of before 0005, whose receipt was not recorded. The foreign key is
+# SQLite's; on PostgreSQL a statement-level trigger deletes a job's events with it (0003, 0005).
+async_status_event = sa.Table(
+    "async_status_event",
     metadata,
     sa.Column("job_id", BigId, sa.ForeignKey("async_status.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("event_id", sa.String(36), primary_key=True),
     sa.Column("occurred_at", UTCDateTime, nullable=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text),
+    sa.Column("received_at", UTCDateTime),
 )
 
 users = sa.Table(
