@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api import errors, resources
+from api import errors, resources, waits
 from tracker import leases, listing, merge, roles
 from tracker.events import MAX_MESSAGE_CHARS
 
@@ -244,10 +244,21 @@ def _list_jobs() -> dict[str, Any]:
 def _get_job() -> dict[str, Any]:
     operation = _operation(
         "getJobStatus",
-        f"One job's status. Permission {roles.READ}.",
+        f"One job's status. Permission {roles.READ}. With the header `Prefer: wait=N` (RFC 7240; N from "
+        f"{waits.MIN_WAIT_S} to {waits.MAX_WAIT_S}, more is taken as {waits.MAX_WAIT_S}) the answer to a PENDING "
+        "job is held until its status changes or N seconds pass; any other Prefer value is ignored.",
         _SECURED,
         {
-            "200": _json("The job", "#/components/schemas/JobStatus"),
+            "200": {
+                **_json("The job", "#/components/schemas/JobStatus"),
+                "headers": {
+                    "Preference-Applied": {
+                        "description": "`wait=N` when the request asked to wait (N as honoured)",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
+                    }
+                },
+            },
             "400": _ref("BadRequest", f"`{resources.ID_NOT_INTEGER}`"),
             "401": _ref("Unauthorized"),
             "403": _ref("Forbidden"),

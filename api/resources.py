@@ -13,6 +13,7 @@ import orjson
 
 from api.middleware import COOKIES, requires
 from api.reads import JobReads
+from api.waits import preferred_wait
 from tracker import auth, leases, listing, merge, roles, timefmt
 from tracker.alerts import alerts
 from tracker.config import Settings
@@ -73,18 +74,25 @@ def _row_json(job: Job) -> bytes:
 
 
 class JobStatus:
-    """GET /api/{version}/async_status/{id}: one job's status."""
+    """GET /api/{version}/async_status/{id}: one job's status; with ``Prefer: wait=N``, held while
+    the job is PENDING, for N seconds at most (SPEC §7)."""
 
     def __init__(self, jobs: JobReads) -> None:
         self._jobs = jobs
 
     @requires(roles.READ)
-    def on_get(self, _req: falcon.Request, resp: falcon.Response, version: str, job_id: str) -> None:
+    def on_get(self, req: falcon.Request, resp: falcon.Response, version: str, job_id: str) -> None:
         number = parse_job_id(job_id)
         if number <= 0:
             raise JobNotFound(number)  # ids start at 1; no need to ask the database
+        wait_s = preferred_wait(req.get_header("Prefer"))
+        if wait_s is None:
+            job = self._jobs.get_job(number)
+        else:
+            job = self._jobs.wait_for(number, wait_s)
+            resp.set_header("Preference-Applied", f"wait={wait_s}")
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = _job_body(self._jobs.get_job(number))
+        resp.data = _job_body(job)
 
 
 def event_view(event: TimelineEvent) -> dict[str, Any]:

@@ -34,6 +34,8 @@ class Settings:
 
     # API
     workers: int = 2
+    api_threads: int = 256  # requests each worker serves at once (held waits and slow clients included)
+    api_read_timeout_s: float = 10.0  # a request's line, headers and body must arrive within this
     token_ttl_s: int = 6 * 3600
     secure_cookies: bool = False
     user_cache_s: float = 30.0
@@ -77,6 +79,10 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"TRACKER_{name.upper()} must be at least 1")
+        if not 1 <= self.api_threads <= 10_000:
+            raise ConfigError("TRACKER_API_THREADS must be an integer from 1 to 10000")
+        if not 0.1 <= self.api_read_timeout_s <= 3600:
+            raise ConfigError("TRACKER_API_READ_TIMEOUT_S must be from 0.1 to 3600 seconds")
         if self.row_cache_rows < 0:
             raise ConfigError("TRACKER_ROW_CACHE_ROWS must be at least 0")
         if self.log_format not in ("text", "json"):

@@ -17,7 +17,7 @@ import abc
 import dataclasses
 import datetime as dt
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +29,8 @@ from tracker.events import Event
 from tracker.leases import JobLimits
 from tracker.store.engine import unavailable_as_error
 from tracker.store.tables import async_status, async_status_event, async_status_lease
+
+_IDS_PER_STATEMENT = 500  # well under SQLite's limit of bound parameters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +153,25 @@ class JobStore(abc.ABC):
         if row is None:
             raise JobNotFound(job_id)
         return Job(*row)
+
+    def statuses(self, job_ids: Sequence[int]) -> dict[int, str]:
+        """The status of each of ``job_ids`` that has a row (for waits on SQLite); raises StoreUnavailable."""
+        found: dict[int, str] = {}
+        with unavailable_as_error(), self._engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            for part in chunks(job_ids, _IDS_PER_STATEMENT):
+                query = sa.select(async_status.c.id, async_status.c.status).where(async_status.c.id.in_(part))
+                found.update((job_id, status) for job_id, status in conn.execute(query))
+        return found
+
+    def change_counter(self) -> Callable[[], int] | None:
+        """A function giving a number that moves whenever another connection has committed to the
+        database, or None where there is none (PostgreSQL: its notifications serve instead).
+
+        The function keeps a connection of its own: call it from one thread only. It raises
+        StoreUnavailable when the database is away.
+        """
+        return None
 
     def timeline(self, job_id: int) -> list[TimelineEvent]:
         """Every accepted event of the job once, in merge-key order; raises JobNotFound.
