@@ -110,6 +110,7 @@ class Consumer:
         self._pending_since = 0.0  # when the oldest of them arrived (monotonic)
         self._writing: collections.deque[_Batch] = collections.deque()
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._connector = broker.Connector(settings.amqp_url, "tracker-consumer")
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._beat_at = 0.0
@@ -184,8 +185,7 @@ class Consumer:
         self._stop.wait(delay)
 
     def _connect(self) -> None:
-        params = broker.parameters(self._settings.amqp_url, "tracker-consumer")
-        self._connection = pika.BlockingConnection(params)
+        self._connection = self._connector.connect()
         channel = self._connection.channel()
         broker.declare_topology(channel, self._settings)
         channel.confirm_delivery()
@@ -195,8 +195,9 @@ class Consumer:
         channel.basic_consume(self._settings.queue, self._on_message)
         self._channel = channel
         log.info(
-            "consuming %s (batch %d, flush %d ms, prefetch %d)",
+            "consuming %s at %s (batch %d, flush %d ms, prefetch %d)",
             self._settings.queue,
+            self._connector.node,
             self._settings.batch_size,
             self._settings.flush_ms,
             self._settings.prefetch,

@@ -1,20 +1,28 @@
-"""The RabbitMQ side both processes agree on: connection parameters, topology, back-off."""
+"""The RabbitMQ side every process agrees on: which node to connect to, topology, back-off.
+
+TRACKER_AMQP_URL may list the nodes of a cluster (SPEC §10). Every connection of every process
+is made by a ``Connector``: it tries the nodes one after another until one takes the connection,
+in an order shuffled once per connector (so that consumers spread over the nodes), and the next
+time it starts with the node after the one it was last connected to (the one most likely gone).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import random
+import urllib.parse
 
 import pika
+import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from tracker.config import Settings
+from tracker.config import Settings, split_amqp_urls
 
 ROUTING_PREFIX = "job."
 
 
 def parameters(url: str, name: str) -> pika.URLParameters:
-    """Connection parameters for ``url`` with heartbeats on and short connect timeouts.
+    """Connection parameters for one broker ``url`` with heartbeats on and short connect timeouts.
 
     Values given in the URL's query string win over these defaults.
     """
@@ -28,6 +36,94 @@ def parameters(url: str, name: str) -> pika.URLParameters:
         params.blocked_connection_timeout = 60
     params.client_properties = {"connection_name": name}
     return params
+
+
+def address(url: str) -> str:
+    """``host:port`` of one broker URL, for logs and errors (never its credentials)."""
+    parts = urllib.parse.urlsplit(url)
+    default = 5671 if parts.scheme == "amqps" else 5672
+    return f"{parts.hostname}:{parts.port or default}"
+
+
+class BrokerUnreachable(pika.exceptions.AMQPConnectionError):  # type: ignore[misc]  # pika is untyped
+    """No node of TRACKER_AMQP_URL took a connection; the text says what each one answered.
+
+    An AMQPConnectionError, so that whoever retried a lost single node retries this the same way.
+    """
+
+
+class Rotation:
+    """Which node to try first, second …: the connector's policy, apart from its I/O.
+
+    The nodes are shuffled once; attempts go round that ring, starting just after the node last
+    connected to. A node that drops its connections is so tried last, and two processes started
+    together most often begin on different nodes.
+    """
+
+    def __init__(self, count: int, rng: random.Random | None = None) -> None:
+        if count < 1:
+            raise ValueError("at least one broker address is needed")
+        self._ring = list(range(count))
+        (rng or random.Random()).shuffle(self._ring)
+        self._start = 0
+
+    def order(self) -> list[int]:
+        """The nodes' indexes in the order the next connect tries them: each once."""
+        return self._ring[self._start :] + self._ring[: self._start]
+
+    def connected(self, index: int) -> None:
+        """Say that node ``index`` took the connection: the next connect starts after it."""
+        self._start = (self._ring.index(index) + 1) % len(self._ring)
+
+
+class Connector:
+    """Opens connections to the broker (one node of several) for one named client.
+
+    Not thread-safe: each thread that connects keeps a connector of its own, as it keeps its
+    own connection.
+
+    pika's BlockingConnection takes a sequence of parameters too, but tries them in the same
+    order every time, reports only the last failure, and does not say which one it reached;
+    this says all three.
+    """
+
+    def __init__(self, amqp_url: str, name: str, rng: random.Random | None = None) -> None:
+        self._urls = split_amqp_urls(amqp_url)
+        self._name = name
+        self._rotation = Rotation(len(self._urls), rng)
+        self.node = ""  # host:port of the node last connected to
+
+    @property
+    def nodes(self) -> str:
+        """Every node's ``host:port``, comma-separated, for messages."""
+        return ", ".join(address(url) for url in self._urls)
+
+    def connect(self) -> pika.BlockingConnection:
+        """A connection to the first node that takes one.
+
+        Raises the broker's refusal of the credentials or of the virtual host at once (a
+        cluster's nodes share their users, so the others would say the same), and
+        BrokerUnreachable when no node answered.
+        """
+        failures = []
+        for index in self._rotation.order():
+            url = self._urls[index]
+            try:
+                connection = pika.BlockingConnection(parameters(url, self._name))
+            except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.ProbableAccessDeniedError):
+                raise
+            except pika.exceptions.AMQPConnectionError as exc:
+                failures.append(f"{address(url)} ({type(exc).__name__}{': ' if str(exc) else ''}{exc})")
+                continue
+            self._rotation.connected(index)
+            self.node = address(url)
+            return connection
+        raise BrokerUnreachable(f"no RabbitMQ node answered: {'; '.join(failures)}")
+
+
+def connect(amqp_url: str, name: str) -> pika.BlockingConnection:
+    """A connection to one node of ``amqp_url`` that answers (a one-off ``Connector``)."""
+    return Connector(amqp_url, name).connect()
 
 
 def routing_key(event_type: str) -> str:
