@@ -113,12 +113,14 @@ class Connector:
             except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.ProbableAccessDeniedError):
                 raise
             except pika.exceptions.AMQPConnectionError as exc:
-                failures.append(f"{address(url)} ({type(exc).__name__}{': ' if str(exc) else ''}{exc})")
+                # pika's text is empty; what the socket or the handshake said is its argument.
+                why = f"{exc.args[0]!r}" if exc.args else type(exc).__name__
+                failures.append(f"{address(url)} ({why})")
                 continue
             self._rotation.connected(index)
             self.node = address(url)
             return connection
-        raise BrokerUnreachable(f"no RabbitMQ node answered: {'; '.join(failures)}")
+        raise BrokerUnreachable(f"no node answered: {'; '.join(failures)}")
 
 
 def connect(amqp_url: str, name: str) -> pika.BlockingConnection:

@@ -258,7 +258,7 @@ def _channel(settings: Settings) -> Iterator[BlockingChannel]:
     try:
         connection = connector.connect()
     except broker.BrokerUnreachable as exc:
-        raise DeadLettersUnavailable(f"cannot reach RabbitMQ at {connector.nodes}: {exc}") from None
+        raise DeadLettersUnavailable(f"cannot reach RabbitMQ: {exc}") from None
     except pika.exceptions.AMQPError as exc:
         raise DeadLettersUnavailable(
             f"cannot reach RabbitMQ at {connector.nodes}: {type(exc).__name__} {exc}".strip()
