@@ -1,0 +1,257 @@
+"""Scenarios 6 and 6b (SPEC §10): a three-node RabbitMQ cluster, TRACKER_AMQP_URL listing all three.
+
+6. The node leading the events queue is killed (SIGKILL) mid-stream, then brought back.
+6b. All three nodes are restarted one after another (``rabbitmqctl stop``, start) under load.
+
+Two consumers (``tracker consume`` processes) and three publishing threads run throughout; every
+confirmed event must end in its row as the merge rule says, nothing may be dead-lettered, and the
+consumers must fold a backlog as fast after the fault as before it (each measured by pausing both
+consumers, publishing a burst, and timing its folding from their own ``tracker_events_total``).
+
+The cluster is this module's own (tests/cluster.py): three nodes started in parallel once for
+both scenarios, and removed after them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+
+import pytest
+import sqlalchemy as sa
+
+from tests.cluster import Cluster, ClusterUnavailable, running_cluster
+from tests.conftest import TEST_SECRET
+from tests.faults.rabbitmq import ready_count
+from tests.faults.stream import (
+    PacedPublishing,
+    Record,
+    conclude,
+    create_jobs,
+    plan_events,
+    shuffle_with_duplicates,
+)
+from tests.metrics_text import scrape, total
+from tests.polling import poll_until
+from tests.processes import ConsumerProcess
+from tracker import events
+from tracker.config import Settings
+from tracker.store import JobStore
+
+pytestmark = [pytest.mark.postgres]
+
+_SERVING = re.compile(r"serving /metrics, /healthz and /readyz on (http://\S+)")
+# After the fault, the consumers must fold a backlog at least this fast relative to before it.
+# Full speed is 1.0; the margin is the noise of a shared 2-core machine, where the two figures
+# are a few seconds apart and other work comes and goes.
+FULL_SPEED_RATIO = 0.5
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """Three RabbitMQ nodes of this module's own, joined; removed after its tests, however they end."""
+    try:
+        with running_cluster(3) as started:
+            yield started
+    except ClusterUnavailable as exc:
+        pytest.fail(f"the three-node RabbitMQ cluster could not be run: {exc}")
+
+
+@pytest.fixture
+def cluster_settings(cluster: Cluster, postgres_url: str, tmp_path) -> Settings:
+    """The session's PostgreSQL, the cluster's three nodes in TRACKER_AMQP_URL, this test's own names."""
+    prefix = f"test.{uuid.uuid4().hex[:8]}"
+    return Settings(
+        database_url=postgres_url,
+        amqp_url=cluster.url,
+        secret=TEST_SECRET,
+        secret_file=str(tmp_path / "secret"),
+        metrics_bind="127.0.0.1:0",
+        exchange=f"{prefix}.async_status",
+        queue=f"{prefix}.events",
+        dead_exchange=f"{prefix}.dlx",
+        dead_queue=f"{prefix}.dead",
+    )
+
+
+class Folding:
+    """How fast the consumers fold a backlog, in events a second."""
+
+    def __init__(self, settings: Settings, consumers: Sequence[ConsumerProcess], record: Record) -> None:
+        self._settings = settings
+        self._consumers = consumers
+        self._record = record
+        self._urls = [self._metrics_url(consumer) for consumer in consumers]
+
+    @staticmethod
+    def _metrics_url(consumer: ConsumerProcess) -> str:
+        found = poll_until(lambda: _SERVING.search(consumer.output()), 30, "the consumer's metrics address")
+        return found.group(1) + "/metrics"
+
+    def handled(self) -> float:
+        """Events the consumers have committed (applied or dead-lettered) so far, all together."""
+        return sum(total(scrape(url), "tracker_events_total") for url in self._urls)
+
+    def rate(self, burst: Sequence[events.Event], timeout: float = 300.0) -> float:
+        """Pause both consumers, publish ``burst`` (recorded), resume them; events folded a second."""
+        before = self.handled()
+        for consumer in self._consumers:
+            os.kill(consumer.pid, signal.SIGSTOP)
+        try:
+            PacedPublishing(self._settings, burst, self._record, duration_s=0, threads=4).start().join(timeout)
+        finally:
+            for consumer in self._consumers:
+                os.kill(consumer.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+        poll_until(lambda: self.handled() >= before + len(burst), timeout, "the burst folded", interval=0.05)
+        return len(burst) / (time.monotonic() - resumed)
+
+
+def _settle(cluster: Cluster, settings: Settings, folding: Folding, record: Record, timeout: float = 300.0) -> None:
+    """Wait until the consumers have handled every confirmed send and the queue holds nothing."""
+    poll_until(
+        lambda: (
+            folding.handled() >= record.confirmed_sends
+            and ready_count(settings.amqp_url, settings.queue) == 0
+            and cluster.unacked_count(settings.queue) == 0
+        ),
+        timeout,
+        "every confirmed send handled, the queue empty",
+        0.5,
+    )
+
+
+def _scenario(
+    *,
+    cluster: Cluster,
+    settings: Settings,
+    scale,
+    rng: random.Random,
+    store: JobStore,
+    pg_engine: sa.Engine,
+    spawn_consumer: Callable[..., ConsumerProcess],
+    duration_s: float,
+    fault: Callable[[Callable[[], bool]], str],
+    scenario: str,
+    checked: str,
+) -> None:
+    job_ids = create_jobs(store, scale.pick(300, 2000), rng)
+    stream = shuffle_with_duplicates(plan_events(job_ids, scale.pick(3000, 30000), rng), rng)
+    burst = scale.pick(2000, 10000)
+    before_burst, after_burst = plan_events(job_ids, burst, rng), plan_events(job_ids, burst, rng)
+    consumers = [spawn_consumer(settings, f"consumer-{n}") for n in range(2)]
+    for consumer in consumers:
+        consumer.wait_ready(timeout=60)
+    members = cluster.members(settings.queue)
+    assert members == sorted(node.name for node in cluster.nodes), f"events queue on {members} only"
+
+    record = Record()
+    started = time.monotonic()
+    folding = Folding(settings, consumers, record)
+    before = folding.rate(before_burst)
+    publishing = PacedPublishing(settings, stream, record, duration_s=duration_s, threads=3).start()
+    done = fault(lambda: publishing.done)
+    publishing.join(timeout=duration_s + 300)
+    assert all(c.alive for c in consumers), "a consumer exited instead of moving to another node"
+    _settle(cluster, settings, folding, record)
+    after = folding.rate(after_burst)
+    ratio = after / before
+    print(f"{scenario}: folding {before:.0f} events/s before, {after:.0f} after ({ratio:.2f}x)")
+    assert cluster.members(settings.queue) == members, "the events queue lost a member for good"
+
+    conclude(
+        scenario=scenario,
+        done=f"{done}; 2 consumers, 3 publishing threads; backlog folded at {before:.0f}/s before, "
+        f"{after:.0f}/s after ({ratio:.2f}x)",
+        checked=checked,
+        settings=settings,
+        engine=pg_engine,
+        job_ids=job_ids,
+        record=record,
+        consumers=consumers,
+        started=started,
+        timeout=180,
+        unacked=cluster.unacked_count,
+    )
+    assert ratio >= FULL_SPEED_RATIO, f"consumers fold {after:.0f}/s after the fault, {before:.0f}/s before"
+
+
+def test_killing_the_queue_leader_mid_stream_loses_nothing(
+    cluster, cluster_settings, scale, rng, store, pg_engine, spawn_consumer
+):
+    duration_s, down_s = scale.pick(20.0, 150.0), scale.pick(5.0, 20.0)
+
+    def kill_the_leader(_publishing_done: Callable[[], bool]) -> str:
+        time.sleep(duration_s * rng.uniform(0.3, 0.5))
+        leader = cluster.leader(cluster_settings.queue)
+        leader.kill()
+        killed_at = time.monotonic()
+        new_leader = poll_until(
+            lambda: (name := str(cluster.queue_info(cluster_settings.queue)["leader"])) != leader.name and name,
+            60,
+            "a new leader of the events queue",
+            interval=0.2,
+        )
+        elected_s = time.monotonic() - killed_at
+        time.sleep(max(0.0, down_s - elected_s))
+        leader.start()
+        back_s = leader.wait_answering()
+        return (
+            f"SIGKILL of the events queue's leader mid-stream ({new_leader.split('@')[0]} led within "
+            f"{elected_s:.1f} s), back after {down_s:.0f} s + {back_s:.0f} s boot"
+        )
+
+    _scenario(
+        cluster=cluster,
+        settings=cluster_settings,
+        scale=scale,
+        rng=rng,
+        store=store,
+        pg_engine=pg_engine,
+        spawn_consumer=spawn_consumer,
+        duration_s=duration_s,
+        fault=kill_the_leader,
+        scenario="6. cluster: queue leader killed",
+        checked="publishers and consumers move to the other nodes by themselves; every row = merge rule "
+        "over the confirmed events; queue drained; nothing dead-lettered; folding back to full speed",
+    )
+
+
+def test_a_rolling_restart_of_every_node_under_load_loses_nothing(
+    cluster, cluster_settings, scale, rng, store, pg_engine, spawn_consumer
+):
+    duration_s = scale.pick(45.0, 180.0)
+
+    def restart_each_node(_publishing_done: Callable[[], bool]) -> str:
+        took = []
+        for node in rng.sample(cluster.nodes, len(cluster.nodes)):
+            time.sleep(duration_s / 8 * rng.uniform(0.5, 1.0))
+            cluster.wait_quorum_safe(node)  # as an operator would: never take the majority away
+            stopped_at = time.monotonic()
+            node.stop()
+            node.start()
+            node.wait_answering()
+            took.append(time.monotonic() - stopped_at)
+        return (
+            f"rolling restart (rabbitmqctl stop, start) of all 3 nodes under load, each away {max(took):.0f} s at most"
+        )
+
+    _scenario(
+        cluster=cluster,
+        settings=cluster_settings,
+        scale=scale,
+        rng=rng,
+        store=store,
+        pg_engine=pg_engine,
+        spawn_consumer=spawn_consumer,
+        duration_s=duration_s,
+        fault=restart_each_node,
+        scenario="6b. cluster: rolling restart",
+        checked="publishers and consumers move between nodes by themselves; every row = merge rule over "
+        "the confirmed events; queue drained; nothing dead-lettered; folding back to full speed",
+    )
