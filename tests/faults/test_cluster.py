@@ -14,6 +14,8 @@ both scenarios, and removed after them.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import random
 import re
@@ -38,7 +40,7 @@ from tests.faults.stream import (
 )
 from tests.metrics_text import scrape, total
 from tests.polling import poll_until
-from tests.processes import ConsumerProcess
+from tests.processes import READY_LINE, ConsumerProcess
 from tracker import events
 from tracker.config import Settings
 from tracker.store import JobStore
@@ -77,6 +79,34 @@ def cluster_settings(cluster: Cluster, postgres_url: str, tmp_path) -> Settings:
         dead_exchange=f"{prefix}.dlx",
         dead_queue=f"{prefix}.dead",
     )
+
+
+class Resends(logging.Handler):
+    """Counts the publishers' "publish of … failed; retrying" warnings: events sent again."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("publish of "):
+            self.count += 1
+
+    @classmethod
+    @contextlib.contextmanager
+    def counted(cls) -> Iterator[Resends]:
+        handler = cls()
+        publisher_log = logging.getLogger("tracker.publisher")
+        publisher_log.addHandler(handler)
+        try:
+            yield handler
+        finally:
+            publisher_log.removeHandler(handler)
+
+
+def moves(consumer: ConsumerProcess) -> int:
+    """How often the consumer subscribed again after its first subscription (on another node)."""
+    return consumer.output().count(READY_LINE) - 1
 
 
 class Folding:
@@ -139,11 +169,19 @@ def _scenario(
     fault: Callable[[Callable[[], bool]], str],
     scenario: str,
     checked: str,
+    every_client_moves: bool = False,
 ) -> None:
     job_ids = create_jobs(store, scale.pick(300, 2000), rng)
     stream = shuffle_with_duplicates(plan_events(job_ids, scale.pick(3000, 30000), rng), rng)
-    burst = scale.pick(2000, 10000)
-    before_burst, after_burst = plan_events(job_ids, burst, rng), plan_events(job_ids, burst, rng)
+    burst, burst_jobs = scale.pick(3000, 10000), scale.pick(300, 1000)
+
+    def new_burst(size: int = burst) -> list[events.Event]:
+        # Each burst on jobs of its own, all alike: the same work before the fault as after it
+        # (events on jobs the stream has finished would be cheaper to fold).
+        jobs = create_jobs(store, burst_jobs, rng)
+        job_ids.extend(jobs)
+        return plan_events(jobs, size, rng)
+
     consumers = [spawn_consumer(settings, f"consumer-{n}") for n in range(2)]
     for consumer in consumers:
         consumer.wait_ready(timeout=60)
@@ -153,21 +191,33 @@ def _scenario(
     record = Record()
     started = time.monotonic()
     folding = Folding(settings, consumers, record)
-    before = folding.rate(before_burst)
-    publishing = PacedPublishing(settings, stream, record, duration_s=duration_s, threads=3).start()
-    done = fault(lambda: publishing.done)
-    publishing.join(timeout=duration_s + 300)
+    folding.rate(new_burst(burst // 4))  # the first batches of fresh processes are slow: not full speed yet
+    # Full speed: the better of two measurements (the machine is shared, and one can be unlucky).
+    before = max(folding.rate(new_burst()) for _ in range(2))
+    with Resends.counted() as resends:
+        publishing = PacedPublishing(settings, stream, record, duration_s=duration_s, threads=3).start()
+        done = fault(lambda: publishing.done)
+        publishing.join(timeout=duration_s + 300)
     assert all(c.alive for c in consumers), "a consumer exited instead of moving to another node"
+    moved = [moves(consumer) for consumer in consumers]
+    print(f"{scenario}: consumers subscribed again {moved} times; publishers sent {resends.count} events again")
+    if every_client_moves:
+        assert all(moved), f"a consumer never moved although every node was restarted: {moved}"
     _settle(cluster, settings, folding, record)
-    after = folding.rate(after_burst)
+    # Back to full speed: measured up to three times, until the consumers are there.
+    after = 0.0
+    for _ in range(3):
+        after = max(after, folding.rate(new_burst()))
+        if after >= FULL_SPEED_RATIO * before:
+            break
     ratio = after / before
     print(f"{scenario}: folding {before:.0f} events/s before, {after:.0f} after ({ratio:.2f}x)")
     assert cluster.members(settings.queue) == members, "the events queue lost a member for good"
 
     conclude(
         scenario=scenario,
-        done=f"{done}; 2 consumers, 3 publishing threads; backlog folded at {before:.0f}/s before, "
-        f"{after:.0f}/s after ({ratio:.2f}x)",
+        done=f"{done}; 2 consumers (moved to another node {sum(moved)} times), 3 publishing threads "
+        f"({resends.count} sends retried); backlog folded at {before:.0f}/s before, {after:.0f}/s after ({ratio:.2f}x)",
         checked=checked,
         settings=settings,
         engine=pg_engine,
@@ -251,6 +301,7 @@ def test_a_rolling_restart_of_every_node_under_load_loses_nothing(
         spawn_consumer=spawn_consumer,
         duration_s=duration_s,
         fault=restart_each_node,
+        every_client_moves=True,
         scenario="6b. cluster: rolling restart",
         checked="publishers and consumers move between nodes by themselves; every row = merge rule over "
         "the confirmed events; queue drained; nothing dead-lettered; folding back to full speed",
