@@ -13,6 +13,7 @@ Erlang cookie (/var/lib/rabbitmq/.erlang.cookie); run as anyone else, as that us
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import json
@@ -295,6 +296,16 @@ class Cluster:
         members = self.queue_info(queue)["members"]
         assert isinstance(members, list)
         return sorted(str(member) for member in members)
+
+    def clients(self, node: Node) -> collections.Counter[str]:
+        """The AMQP connections ``node`` serves now, counted by the name each client gave itself."""
+        names: collections.Counter[str] = collections.Counter()
+        for entry in self.any_running().ctl_json("list_connections", "name", "client_properties"):
+            # The connection's name is "client address -> server address": the server port says the node.
+            if str(entry["name"]).endswith(f"-> 127.0.0.1:{node.amqp_port}"):
+                given = [p[2] for p in entry["client_properties"] if p[0] == "connection_name"]  # type: ignore[union-attr]
+                names[str(given[0]) if given else "?"] += 1
+        return names
 
     def unacked_count(self, queue: str) -> int:
         """Messages of ``queue`` delivered to consumers and not yet acked, on every node's channels."""
