@@ -14,6 +14,7 @@ both scenarios, and removed after them.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -234,28 +235,32 @@ def _scenario(
 def test_killing_the_queue_leader_mid_stream_loses_nothing(
     cluster, cluster_settings, scale, rng, store, pg_engine, spawn_consumer
 ):
-    duration_s, down_s = scale.pick(20.0, 150.0), scale.pick(5.0, 20.0)
+    duration_s, down_s, kills = scale.pick(20.0, 150.0), scale.pick(5.0, 20.0), scale.pick(1, 3)
 
     def kill_the_leader(_publishing_done: Callable[[], bool]) -> str:
-        time.sleep(duration_s * rng.uniform(0.3, 0.5))
-        leader = cluster.leader(cluster_settings.queue)
-        clients = cluster.clients(leader)
-        leader.kill()
-        killed_at = time.monotonic()
-        poll_until(
-            lambda: cluster.queue_info(cluster_settings.queue)["leader"] != leader.name,
-            60,
-            "a new leader of the events queue",
-            interval=0.2,
-        )
-        elected_s = time.monotonic() - killed_at
-        time.sleep(max(0.0, down_s - elected_s))
-        leader.start()
-        back_s = leader.wait_answering()
-        on_it = ", ".join(f"{count} {name.removeprefix('tracker-')}" for name, count in sorted(clients.items()))
+        on_it: collections.Counter[str] = collections.Counter()
+        elected, boots = [], []
+        for _ in range(kills):
+            time.sleep(duration_s / (kills + 1) * rng.uniform(0.6, 1.0))
+            leader = cluster.leader(cluster_settings.queue)
+            on_it += cluster.clients(leader)
+            leader.kill()
+            killed_at = time.monotonic()
+            poll_until(
+                lambda: cluster.queue_info(cluster_settings.queue)["leader"] != leader.name,  # noqa: B023
+                60,
+                "a new leader of the events queue",
+                interval=0.2,
+            )
+            elected.append(time.monotonic() - killed_at)
+            time.sleep(max(0.0, down_s - elected[-1]))
+            leader.start()
+            boots.append(leader.wait_answering())
+        clients = ", ".join(f"{count} {name.removeprefix('tracker-')}" for name, count in sorted(on_it.items()))
         return (
-            f"SIGKILL of the events queue's leader mid-stream, with {on_it or 'no'} connections on it "
-            f"(another node led within {elected_s:.1f} s); back after {down_s:.0f} s + {back_s:.0f} s boot"
+            f"SIGKILL of the events queue's leader mid-stream {kills} time(s), with {clients or 'no'} "
+            f"connections on it in all (another node led within {max(elected):.1f} s); each back after "
+            f"{down_s:.0f} s + {max(boots):.0f} s boot"
         )
 
     _scenario(
@@ -277,12 +282,12 @@ def test_killing_the_queue_leader_mid_stream_loses_nothing(
 def test_a_rolling_restart_of_every_node_under_load_loses_nothing(
     cluster, cluster_settings, scale, rng, store, pg_engine, spawn_consumer
 ):
-    duration_s = scale.pick(45.0, 180.0)
+    duration_s, rounds = scale.pick(45.0, 180.0), scale.pick(1, 2)
 
     def restart_each_node(_publishing_done: Callable[[], bool]) -> str:
         took = []
-        for node in rng.sample(cluster.nodes, len(cluster.nodes)):
-            time.sleep(duration_s / 8 * rng.uniform(0.5, 1.0))
+        for node in [node for _ in range(rounds) for node in rng.sample(cluster.nodes, len(cluster.nodes))]:
+            time.sleep(duration_s / (8 * rounds) * rng.uniform(0.5, 1.0))
             cluster.wait_quorum_safe(node)  # as an operator would: never take the majority away
             stopped_at = time.monotonic()
             node.stop()
@@ -290,7 +295,8 @@ def test_a_rolling_restart_of_every_node_under_load_loses_nothing(
             node.wait_answering()
             took.append(time.monotonic() - stopped_at)
         return (
-            f"rolling restart (rabbitmqctl stop, start) of all 3 nodes under load, each away {max(took):.0f} s at most"
+            f"rolling restart (rabbitmqctl stop, start) of all 3 nodes under load, {rounds} time(s); "
+            f"each node away {max(took):.0f} s or less"
         )
 
     _scenario(
