@@ -16,6 +16,9 @@ Failure policy:
   capped back-off;
 - broker cancels our subscription (``basic.cancel``, e.g. the queue was deleted): as a lost
   connection, so the topology is declared again and consuming resumes;
+- a dead letter the broker does not take (returned as unroutable, or nacked: the dead queue is
+  gone, or its node of a cluster is down): as a lost connection, so its batch is not acked and
+  comes back, and is dead-lettered once the dead queue takes it again;
 - broker refuses our credentials or topology: fatal, exit status 2;
 - SIGTERM/SIGINT: the batch in hand is finished if the database answers, else abandoned
   (unacked, so redelivered); exit status 0.
@@ -163,6 +166,9 @@ class Consumer:
                     raise FatalBrokerError(f"RabbitMQ refused the topology: {exc.reply_text}") from None
                 self._lost(exc, backoff, connected_at)
             except (*_RECONNECTABLE, ConsumerCancelled) as exc:
+                self._lost(exc, backoff, connected_at)
+            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                log.warning("could not dead-letter: %s is not taking messages (%s)", self._settings.dead_queue, exc)
                 self._lost(exc, backoff, connected_at)
             finally:
                 self._close()

@@ -9,6 +9,7 @@ time it starts with the node after the one it was last connected to (the one mos
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import urllib.parse
 
@@ -17,6 +18,8 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from tracker.config import Settings, split_amqp_urls
+
+log = logging.getLogger(__name__)
 
 ROUTING_PREFIX = "job."
 
@@ -135,18 +138,41 @@ def routing_key(event_type: str) -> str:
 def declare_topology(channel: BlockingChannel, settings: Settings) -> None:
     """Declare exchange, quorum queue, dead-letter exchange and dead queue; idempotent.
 
+    The dead queue is a classic queue (SPEC §3), which lives on one node of a cluster: while
+    that node is down RabbitMQ refuses to declare it (404), although it exists. That is logged
+    and passed over, so that a consumer can still move to another node and go on; dead letters
+    are refused meanwhile (returned as unroutable), and the consumer does not ack what it could
+    not dead-letter.
+
     Raises pika.exceptions.ChannelClosedByBroker (406) when one exists with other arguments.
     """
     channel.exchange_declare(settings.exchange, exchange_type="topic", durable=True)
     channel.exchange_declare(settings.dead_exchange, exchange_type="fanout", durable=True)
-    channel.queue_declare(settings.dead_queue, durable=True)
-    channel.queue_bind(settings.dead_queue, settings.dead_exchange)
+    _declare_dead_queue(channel.connection, settings)
     channel.queue_declare(
         settings.queue,
         durable=True,
         arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": settings.dead_exchange},
     )
     channel.queue_bind(settings.queue, settings.exchange, routing_key=ROUTING_PREFIX + "#")
+
+
+def _declare_dead_queue(connection: pika.BlockingConnection, settings: Settings) -> None:
+    """Declare and bind the dead queue on a channel of its own, which a 404 may close."""
+    channel = connection.channel()
+    try:
+        channel.queue_declare(settings.dead_queue, durable=True)
+        channel.queue_bind(settings.dead_queue, settings.dead_exchange)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404 or "home node" not in str(exc.reply_text):
+            raise
+        log.warning(
+            "the dead-letter queue %s is unavailable (%s); going on without it until its node is back",
+            settings.dead_queue,
+            exc.reply_text,
+        )
+        return
+    channel.close()
 
 
 @dataclasses.dataclass
