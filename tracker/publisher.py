@@ -9,8 +9,8 @@
     #    a heartbeat every 20 s keeps the job's lease alive
 
 ``publish`` returns only once the broker has confirmed the event; it reconnects and resends by
-itself (the same event_id, so a resend is harmless) until ``timeout_s`` runs out, then raises
-PublishFailed.
+itself (the same event_id, so a resend is harmless; to another node when TRACKER_AMQP_URL lists a
+cluster's and its node went) until ``timeout_s`` runs out, then raises PublishFailed.
 """
 
 from __future__ import annotations
