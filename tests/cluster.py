@@ -38,6 +38,14 @@ from tests.processes import free_port
 _SCRIPT_DIRS = (pathlib.Path("/usr/lib/rabbitmq/bin"), pathlib.Path("/usr/lib/rabbitmq/sbin"))
 _CTL_TIMEOUT_S = 120.0
 _BOOT_TIMEOUT_S = 180.0
+_MACHINE_NODE_PORTS = frozenset({5672, 25672, 15672, 15692, 4369})
+
+
+def _free_port() -> int:
+    """A free port of 127.0.0.1, never one of the machine's own node (taken anyway while it runs)."""
+    while (port := free_port()) in _MACHINE_NODE_PORTS:
+        pass
+    return port
 
 
 class ClusterUnavailable(RuntimeError):
@@ -90,8 +98,8 @@ class Node:
 
     def __init__(self, name: str, home: pathlib.Path, scripts: pathlib.Path, account: _Account) -> None:
         self.name = name
-        self.amqp_port = free_port()
-        self.dist_port = free_port()
+        self.amqp_port = _free_port()
+        self.dist_port = _free_port()
         self._home = home
         self._scripts = scripts
         self._account = account
