@@ -204,7 +204,7 @@ class _PacedPublisher:
     """Publishes at ``rate`` per second, each body stamped with ``bench_sent_at`` (monotonic s)."""
 
     def __init__(self, amqp_url: str, exchange: str, rate: float) -> None:
-        self._connection = pika.BlockingConnection(broker.parameters(amqp_url, "bench-publisher"))
+        self._connection = broker.connect(amqp_url, "bench-publisher")
         self._channel = self._connection.channel()
         self._exchange = exchange
         self._rate = rate

@@ -147,7 +147,7 @@ class BenchBroker:
         }
 
     def connect(self) -> pika.BlockingConnection:
-        return pika.BlockingConnection(broker.parameters(self.url, "tracker-bench"))
+        return broker.connect(self.url, "tracker-bench")
 
     def version(self) -> str:
         connection = self.connect()
