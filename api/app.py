@@ -17,6 +17,7 @@ from falcon.routing import BaseConverter
 
 from api import dashboard, errors, health, middleware, openapi, resources, rowcache
 from api.reads import JobReads
+from api.waits import WaitRegistry
 from tracker import auth, broker
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store, schema_problem
@@ -97,8 +98,11 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     return app
 
 
-def get_app(settings: Settings | None = None) -> falcon.App[falcon.Request, falcon.Response]:
-    """The API as configured by ``settings``, else by the environment (gunicorn's factory).
+def get_app(
+    settings: Settings | None = None, waits: WaitRegistry | None = None
+) -> falcon.App[falcon.Request, falcon.Response]:
+    """The API as configured by ``settings``, else by the environment (gunicorn's factory); its
+    held waits in ``waits`` (api.server stops them at shutdown).
 
     Raises tracker.config.ConfigError for bad settings, ValueError for an unusable secret.
     """
@@ -114,24 +118,32 @@ def get_app(settings: Settings | None = None) -> falcon.App[falcon.Request, falc
             throttle=LoginThrottle(engine, settings.login_max_failures, settings.login_lockout_s),
             tokens=auth.Tokens(secret, settings.token_ttl_s),
             settings=settings,
-            reads=job_reads(settings.database_url, cached_rows=settings.row_cache_rows),
+            reads=job_reads(settings.database_url, cached_rows=settings.row_cache_rows, waits=waits),
         )
     )
 
 
-def job_reads(database_url: str, cached_rows: int = rowcache.MAX_ENTRIES, warm_rows: int | None = None) -> JobReads:
+def job_reads(
+    database_url: str,
+    cached_rows: int = rowcache.MAX_ENTRIES,
+    warm_rows: int | None = None,
+    waits: WaitRegistry | None = None,
+) -> JobReads:
     """GET's reads: an engine of their own without pre-ping (a round trip less per GET; a read
     that meets a dropped connection is retried instead), through the exact row cache of up to
     ``cached_rows`` rows (0: none) on PostgreSQL, which starts with the ``warm_rows`` newest
     (default: as many as it holds). Opens no connection: the cache's listener starts on first
-    use, in the process that serves (after gunicorn's fork)."""
+    use, in the process that serves (after gunicorn's fork). Requests that wait are held in
+    ``waits`` (default: a registry of its own)."""
     engine = make_engine(database_url, pool_pre_ping=False)
     store = open_job_store(engine)
+    waits = waits or WaitRegistry()
     if engine.dialect.name != "postgresql" or cached_rows <= 0:
-        return JobReads(store)
-    return JobReads(
-        store, rowcache.RowCache(rowcache.connector_for(engine), max_entries=cached_rows, warm_rows=warm_rows)
+        return JobReads(store, waits=waits)
+    cache = rowcache.RowCache(
+        rowcache.connector_for(engine), max_entries=cached_rows, warm_rows=warm_rows, on_change=waits.notify
     )
+    return JobReads(store, cache, waits)
 
 
 def is_later_version(version: str) -> bool:

@@ -23,11 +23,20 @@ MAX_HEADER_FIELDS = 100
 MAX_HEADER_FIELD_BYTES = 8190
 
 
+class RequestTimedOut(Exception):
+    """The client did not send its whole request (line, headers, body) within the read timeout."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"the request was not received within {timeout_s:g} seconds")
+        self.timeout_s = timeout_s
+
+
 def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:
     """Make ``app`` answer every error, foreign or Falcon's own, with the alert envelope.
 
     Exceptions this maps: JobNotFound → 404, Unauthenticated → 401, PermissionDenied → 403,
-    StoreUnavailable and DeadLettersUnavailable → 503, any other non-HTTP exception → 500 (traceback logged, not sent).
+    StoreUnavailable and DeadLettersUnavailable → 503, RequestTimedOut (a body not received in
+    time) → 408, any other non-HTTP exception → 500 (traceback logged, not sent).
     """
     app.set_error_serializer(_serialize)
     app.add_error_handler(Exception, _internal_error)
@@ -36,6 +45,7 @@ def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:
     app.add_error_handler(JobNotFound, _job_not_found)
     app.add_error_handler(Unauthenticated, _unauthenticated)
     app.add_error_handler(PermissionDenied, _permission_denied)
+    app.add_error_handler(RequestTimedOut, _request_timed_out)
 
 
 def _serialize(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
@@ -79,8 +89,15 @@ def _permission_denied(_req: falcon.Request, _resp: falcon.Response, exc: Permis
     raise falcon.HTTPForbidden(description=f"missing required Permissions: {exc.permission}")
 
 
+def _request_timed_out(req: falcon.Request, _resp: falcon.Response, exc: RequestTimedOut, _params: Any) -> None:
+    log.warning("dropped a request from %s: %s", req.remote_addr, exc)
+    raise falcon.HTTPError(falcon.HTTP_408, description=str(exc))
+
+
 def refusal_for(exc: BaseException) -> tuple[int, str]:
     """The status and alert text for an exception gunicorn raised before the app saw the request."""
+    if isinstance(exc, RequestTimedOut):
+        return 408, str(exc)
     if isinstance(exc, http_errors.LimitRequestLine):
         return 414, f"the request line must be at most {MAX_REQUEST_LINE_BYTES} bytes"
     if isinstance(exc, http_errors.LimitRequestHeaders):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from api import dashboard, errors, resources
-from tracker import leases, merge, roles
+from api import dashboard, errors, resources, waits
+from tracker import leases, listing, merge, roles
 from tracker.events import MAX_MESSAGE_CHARS
 
 TIME_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
@@ -39,6 +39,7 @@ def document(versions: tuple[str, ...]) -> dict[str, Any]:
         "paths": {
             "/api/{version}/async_status": {
                 "parameters": [{"$ref": "#/components/parameters/Version"}],
+                "get": _list_jobs(),
                 "post": _create_job(),
             },
             "/api/{version}/async_status/{id}": {
@@ -197,13 +198,105 @@ def _create_job() -> dict[str, Any]:
     return operation
 
 
+def _list_jobs() -> dict[str, Any]:
+    operation = _operation(
+        "listJobs",
+        f"Jobs, filtered by status, ordered, a page at a time (SPEC §7). Permission {roles.READ}.",
+        _SECURED,
+        {
+            "200": _json("The page, and how many jobs match the filters", "#/components/schemas/JobList"),
+            "400": _ref(
+                "BadRequest",
+                "A parameter's value, named in the alert, e.g. "
+                f"`limit parameter must be an integer from {listing.MIN_LIMIT} to {listing.MAX_LIMIT}`",
+            ),
+            "401": _ref("Unauthorized"),
+            "403": _ref("Forbidden"),
+            "503": _ref("Unavailable"),
+        },
+    )
+    int64 = {"type": "integer", "format": "int64", "maximum": listing.MAX_INT64}
+    operation["parameters"] = [
+        {
+            "name": "status",
+            "in": "query",
+            "description": "Keep jobs with any of these statuses (repeat the parameter for more than one). "
+            "Absent: all.",
+            "style": "form",
+            "explode": True,
+            "schema": {"type": "array", "items": {"enum": list(listing.STATUSES)}},
+        },
+        {
+            "name": "orderby",
+            "in": "query",
+            "description": "The sort key; ties are broken by id in the same direction. A NULL end_time (a "
+            "PENDING job) counts as later than any time. status sorts as text.",
+            "schema": {"enum": list(listing.ORDER_KEYS), "default": "id"},
+        },
+        {
+            "name": "sortOrder",
+            "in": "query",
+            "schema": {"enum": list(listing.SORT_ORDERS), "default": "asc"},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "description": "Jobs on the page.",
+            "schema": {
+                "type": "integer",
+                "minimum": listing.MIN_LIMIT,
+                "maximum": listing.MAX_LIMIT,
+                "default": listing.DEFAULT_LIMIT,
+            },
+        },
+        {
+            "name": "offset",
+            "in": "query",
+            "description": "Jobs skipped before the page; wins over page. Costs as much as reading that many "
+            "(docs/http-surface.md).",
+            "schema": {**int64, "minimum": 0, "default": 0},
+        },
+        {
+            "name": "page",
+            "in": "query",
+            "description": "The page number, from 1: offset = (page - 1) * limit. Ignored when offset is given.",
+            "schema": {**int64, "minimum": 1},
+        },
+        {
+            "name": "idBelow",
+            "in": "query",
+            "description": "Keep jobs whose id is less than this. With orderby=id&sortOrder=desc, the id of the "
+            "last job of a page gives the next page at the cost of the first (keyset paging).",
+            "schema": {**int64, "minimum": 0},
+        },
+        {
+            "name": "idAbove",
+            "in": "query",
+            "description": "Keep jobs whose id is greater than this (keyset paging with orderby=id, ascending).",
+            "schema": {**int64, "minimum": 0},
+        },
+    ]
+    return operation
+
+
 def _get_job() -> dict[str, Any]:
     operation = _operation(
         "getJobStatus",
-        f"One job's status. Permission {roles.READ}.",
+        f"One job's status. Permission {roles.READ}. With the header `Prefer: wait=N` (RFC 7240; N from "
+        f"{waits.MIN_WAIT_S} to {waits.MAX_WAIT_S}, more is taken as {waits.MAX_WAIT_S}) the answer to a PENDING "
+        "job is held until its status changes or N seconds pass; any other Prefer value is ignored.",
         _SECURED,
         {
-            "200": _json("The job", "#/components/schemas/JobStatus"),
+            "200": {
+                **_json("The job", "#/components/schemas/JobStatus"),
+                "headers": {
+                    "Preference-Applied": {
+                        "description": "`wait=N` when the request asked to wait (N as honoured)",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
+                    }
+                },
+            },
             "400": _ref("BadRequest", f"`{resources.ID_NOT_INTEGER}`"),
             "401": _ref("Unauthorized"),
             "403": _ref("Forbidden"),
@@ -407,6 +500,35 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                 "required": ["response"],
                 "additionalProperties": False,
                 "properties": {"response": {"type": "array", "items": {"$ref": "#/components/schemas/JobEvent"}}},
+            },
+            "JobList": {
+                "type": "object",
+                "required": ["response", "summary"],
+                "additionalProperties": False,
+                "properties": {
+                    "response": {
+                        "type": "array",
+                        "maxItems": listing.MAX_LIMIT,
+                        "items": {"$ref": "#/components/schemas/Job"},
+                    },
+                    "summary": {
+                        "type": "object",
+                        "required": ["count"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "count": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "description": "Jobs matching the filters, whatever the page: exact up to "
+                                f"{listing.COUNT_CAP}, the database's estimate beyond (then `estimated` is true).",
+                            },
+                            "estimated": {
+                                "const": True,
+                                "description": "Present only when `count` is an estimate.",
+                            },
+                        },
+                    },
+                },
             },
             "JobCreated": {
                 "type": "object",

@@ -1,5 +1,5 @@
-"""GET's reads of one job (through the exact row cache on PostgreSQL) and of its timeline, retried once after a
-dropped connection."""
+"""GET's reads of one job (through the exact row cache on PostgreSQL, held while the job is PENDING when
+the request asks to wait) and of its timeline, retried once after a dropped connection."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 
 from api.rowcache import RowCache
+from api.waits import StatusPoller, WaitRegistry
 from tracker.store import Job, JobStore, StoreUnavailable, TimelineEvent
 
 _T = TypeVar("_T")
@@ -36,18 +37,37 @@ class JobReads:
 
     ``store`` should be on an engine without pre-ping (a round trip saved per read); a read that
     meets a dropped connection is retried once. With a ``cache`` (PostgreSQL only), rows come
-    from it whenever it can vouch for them.
+    from it whenever it can vouch for them. Waits are woken through ``waits``: by the cache's
+    listener while it listens (it must have been made with ``on_change=waits.notify``), else by
+    a StatusPoller of this process.
     """
 
-    def __init__(self, store: JobStore, cache: RowCache | None = None) -> None:
+    def __init__(self, store: JobStore, cache: RowCache | None = None, waits: WaitRegistry | None = None) -> None:
         self._store = store
         self._cache = cache
+        self._waits = waits or WaitRegistry()
+        live = (lambda: cache.listening) if cache is not None else (lambda: False)
+        self._poller = StatusPoller(
+            self._waits, lambda ids: store.statuses(ids), live, change_counter=lambda: store.change_counter()
+        )
+
+    @property
+    def waits(self) -> WaitRegistry:
+        return self._waits
 
     def get_job(self, job_id: int) -> Job:
         """The job's public row; raises JobNotFound, or StoreUnavailable when the database is away."""
         if self._cache is None:
             return self._read(job_id)
         return self._cache.get(job_id, self._read)
+
+    def wait_for(self, job_id: int, seconds: float) -> Job:
+        """The job's row once it is no longer PENDING, or after ``seconds``, or at once on shutdown.
+
+        Holds no database connection while it waits. Raises as ``get_job`` does.
+        """
+        self._poller.start()
+        return self._waits.hold(job_id, seconds, self.get_job)
 
     def timeline(self, job_id: int) -> list[TimelineEvent]:
         """The job's events in merge-key order (never cached); raises JobNotFound or StoreUnavailable."""
@@ -57,6 +77,8 @@ class JobReads:
         return retried_after_disconnect(lambda: self._store.get_job(job_id))
 
     def close(self) -> None:
-        """Stop the cache's listener, if there is one."""
+        """Stop the cache's listener, if there is one, and the waits' poller."""
+        self._waits.stop()
+        self._poller.close()
         if self._cache is not None:
             self._cache.close()

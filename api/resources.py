@@ -8,11 +8,13 @@ import re
 from typing import Any
 
 import falcon
+import falcon.uri
 import orjson
 
 from api.middleware import COOKIES, requires
 from api.reads import JobReads
-from tracker import auth, leases, merge, roles, timefmt
+from api.waits import preferred_wait
+from tracker import auth, leases, listing, merge, roles, timefmt
 from tracker.alerts import alerts
 from tracker.config import Settings
 from tracker.events import check_message
@@ -65,19 +67,32 @@ def _job_body(job: Job) -> bytes:
     return orjson.dumps({"response": job_view(job)})
 
 
+@functools.lru_cache(maxsize=4096)
+def _row_json(job: Job) -> bytes:
+    """One row of the list, kept for the rows shown most (a page polled by the dashboard, say)."""
+    return orjson.dumps(job_view(job))
+
+
 class JobStatus:
-    """GET /api/{version}/async_status/{id}: one job's status."""
+    """GET /api/{version}/async_status/{id}: one job's status; with ``Prefer: wait=N``, held while
+    the job is PENDING, for N seconds at most (SPEC §7)."""
 
     def __init__(self, jobs: JobReads) -> None:
         self._jobs = jobs
 
     @requires(roles.READ)
-    def on_get(self, _req: falcon.Request, resp: falcon.Response, version: str, job_id: str) -> None:
+    def on_get(self, req: falcon.Request, resp: falcon.Response, version: str, job_id: str) -> None:
         number = parse_job_id(job_id)
         if number <= 0:
             raise JobNotFound(number)  # ids start at 1; no need to ask the database
+        wait_s = preferred_wait(req.get_header("Prefer"))
+        if wait_s is None:
+            job = self._jobs.get_job(number)
+        else:
+            job = self._jobs.wait_for(number, wait_s)
+            resp.set_header("Preference-Applied", f"wait={wait_s}")
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = _job_body(self._jobs.get_job(number))
+        resp.data = _job_body(job)
 
 
 def event_view(event: TimelineEvent) -> dict[str, Any]:
@@ -108,12 +123,29 @@ class JobTimeline:
 
 
 class JobStatuses:
-    """POST /api/{version}/async_status: start tracking a new job, with its deadline and lease (SPEC §6)."""
+    """/api/{version}/async_status: GET lists jobs (SPEC §7); POST starts tracking a new job, with its
+    deadline and lease (SPEC §6)."""
 
     def __init__(self, jobs: JobStore, settings: Settings) -> None:
         self._jobs = jobs
         self._default_timeout_s = settings.job_timeout_s
         self._default_heartbeat_timeout_s = settings.heartbeat_timeout_s
+
+    @requires(roles.READ)
+    def on_get(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:
+        params = falcon.uri.parse_query_string(req.query_string, keep_blank=True, csv=False)
+        try:
+            query = listing.parse_query(params)
+        except ValueError as exc:
+            raise falcon.HTTPBadRequest(description=str(exc)) from None
+        page = self._jobs.list_jobs(query)
+        summary: dict[str, Any] = {"count": page.count.value}
+        if page.count.estimated:
+            summary["estimated"] = True
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = b"".join(
+            (b'{"response":[', b",".join(map(_row_json, page.jobs)), b'],"summary":', orjson.dumps(summary), b"}")
+        )
 
     @requires(roles.CREATE)
     def on_post(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:

@@ -93,7 +93,9 @@ class RowCache:
 
     The listener thread starts on first use in each process (so under gunicorn it starts in the
     worker, after the fork); until it is listening every read goes to the database. ``warm_rows``
-    newest rows are read when it starts listening (0: none).
+    newest rows are read when it starts listening (0: none). ``on_change`` is called on the
+    listener thread with the ids of every notification (None: any row may have changed, as when
+    it starts listening), after those rows have left the cache: waits hear of changes this way.
     """
 
     def __init__(
@@ -106,8 +108,10 @@ class RowCache:
         check_s: float = CHECK_S,
         warm_rows: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[set[int] | None], None] | None = None,
     ) -> None:
         self._connect = connect
+        self._on_change = on_change
         self._max_entries = max_entries
         self._ttl_s = ttl_s
         self._idle_s = idle_s
@@ -362,6 +366,8 @@ class RowCache:
                 self._invalidations += 1
                 for job_id in ids:
                     self._entries.pop(job_id, None)
+        if self._on_change is not None:
+            self._on_change(ids)
         return ids
 
     def _go_live(self, proved_at: float) -> None:
@@ -370,6 +376,8 @@ class RowCache:
             self._forget_all()
             self._proved_at = proved_at
             self._listening = True
+        if self._on_change is not None:
+            self._on_change(None)  # whatever changed while nobody listened
 
     def _go_dark(self) -> None:
         """Not listening any more: from now on notifications may be missed, so trust nothing."""

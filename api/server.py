@@ -1,4 +1,9 @@
-"""Serving the API with gunicorn: sync workers, each building its own app (and database engine).
+"""Serving the API with gunicorn: threaded workers, each building its own app (and database engine).
+
+Each worker serves up to TRACKER_API_THREADS requests at once, so held waits (``Prefer: wait``)
+and slow clients occupy a thread each rather than the whole worker; a request's line, headers and
+body must arrive within TRACKER_API_READ_TIMEOUT_S, else it is answered 408 and dropped. Why this
+worker class: docs/http-surface.md ("Slow clients and the worker class").
 
 The workers' metrics go to files in a directory ``serve`` makes and removes (prometheus_client's
 multiprocess mode), so that ``/metrics`` answers with all of them together.
@@ -12,6 +17,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
@@ -20,10 +26,17 @@ import falcon
 import orjson
 from gunicorn import glogging, util
 from gunicorn.app.base import BaseApplication
-from gunicorn.workers.sync import SyncWorker
+from gunicorn.workers.gthread import ThreadWorker
 
 from api.app import get_app
-from api.errors import MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE_BYTES, refusal_for
+from api.errors import (
+    MAX_HEADER_FIELD_BYTES,
+    MAX_HEADER_FIELDS,
+    MAX_REQUEST_LINE_BYTES,
+    RequestTimedOut,
+    refusal_for,
+)
+from api.waits import WaitRegistry
 from tracker import auth, gcfreeze
 from tracker.alerts import alerts
 from tracker.config import Settings
@@ -77,10 +90,13 @@ class _Gunicorn(BaseApplication):
 
     def __init__(self, settings: Settings, access_log: bool) -> None:
         self._settings = settings
+        self.read_timeout_s = settings.api_read_timeout_s
+        self.waits = WaitRegistry()  # each worker's own once forked; stopped when it is told to exit
         self._options: dict[str, Any] = {
             "bind": settings.bind,
             "workers": settings.workers,
             "worker_class": JsonErrorsWorker,
+            "threads": settings.api_threads,
             # No preload: each worker makes its own engine, so no connection crosses a fork.
             "preload_app": False,
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
@@ -105,7 +121,7 @@ class _Gunicorn(BaseApplication):
     # gunicorn's stubs type a WSGI app's start_response as returning None, wsgiref's (which Falcon
     # uses) as returning write(); gunicorn's own start_response returns write(), as PEP 3333 asks.
     def load(self) -> falcon.App[falcon.Request, falcon.Response]:  # type: ignore[override]
-        app = get_app(self._settings)
+        app = get_app(self._settings, self.waits)
         gcfreeze.freeze_startup_objects()  # in each worker, as it is about to take requests
         return app
 
@@ -121,12 +137,50 @@ class RootLogger(glogging.Logger):
             log.propagate = True
 
 
-class JsonErrorsWorker(SyncWorker):
-    """gunicorn's sync worker, answering the requests it refuses itself with the alert envelope, not HTML.
+class JsonErrorsWorker(ThreadWorker):
+    """gunicorn's threaded worker, answering the requests it refuses itself with the alert envelope,
+    not HTML, bounding the time a client may take to send a request, and ending held waits at once
+    when told to stop.
 
-    Those are the ones the app never sees: a request line or headers over the limits set above
-    (named in api.errors), or bytes that are not HTTP/1.x at all.
+    The refusals are those the app never sees: a request line or headers over the limits set
+    above (named in api.errors), bytes that are not HTTP/1.x at all, or a request line and headers
+    not received within the read timeout (a body not received in time is the app's 408).
     """
+
+    def enqueue_req(self, conn: Any) -> None:
+        # Runs on the main thread for each accepted or readable connection, before a thread takes it.
+        if not isinstance(conn.sock, DeadlineSocket):
+            conn.sock = DeadlineSocket.taking_over(conn.sock)
+        super().enqueue_req(conn)
+
+    def handle(self, conn: Any) -> Any:
+        # gunicorn parses the request on this thread with blocking reads: without a deadline a
+        # client stuck mid-headers would hold the thread for ever.
+        conn.sock.start_reading(self._served.read_timeout_s)
+        try:
+            return super().handle(conn)
+        finally:
+            conn.sock.stop_reading()
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        try:
+            keep_alive = bool(super().handle_request(req, conn))
+        finally:
+            # Reading is over (a held wait reads nothing more); gunicorn bounds its own drain.
+            conn.sock.stop_reading()
+        return keep_alive and not conn.sock.timed_out  # a body cut short leaves the stream unusable
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        # On the main loop, not in the signal handler: held waits are answered at once, so that
+        # they end well within the graceful timeout.
+        self.method_queue.defer(self._served.waits.stop)
+
+    @property
+    def _served(self) -> _Gunicorn:
+        app = self.app
+        assert isinstance(app, _Gunicorn)
+        return app
 
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         status, text = refusal_for(exc)
@@ -144,3 +198,55 @@ class JsonErrorsWorker(SyncWorker):
             util.write_nonblock(client, head.encode("ascii") + body)
         except OSError:
             self.log.debug("could not send the refusal; the client is gone")
+
+
+class DeadlineSocket(socket.socket):
+    """A client socket whose reads fail with RequestTimedOut once a deadline has passed.
+
+    gunicorn reads requests through ``recv`` with the socket in blocking mode; between
+    ``start_reading`` and ``stop_reading`` each read waits at most until the deadline (otherwise
+    as the socket's own timeout says).
+    """
+
+    read_deadline: float | None = None
+    read_timeout_s = 0.0
+    timed_out = False
+
+    def start_reading(self, timeout_s: float) -> None:
+        """Reads from now on must be done within ``timeout_s``."""
+        self.read_timeout_s = timeout_s
+        self.read_deadline = time.monotonic() + timeout_s
+        self.timed_out = False
+
+    def stop_reading(self) -> None:
+        self.read_deadline = None
+
+    @classmethod
+    def taking_over(cls, sock: socket.socket) -> DeadlineSocket:
+        """The same connection as ``sock``, which must not be used any more."""
+        blocking = sock.getblocking()
+        taken = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        taken.setblocking(blocking)
+        return taken
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        deadline = self.read_deadline
+        if deadline is None:
+            return super().recv(bufsize, flags)
+        remaining = deadline - time.monotonic()
+        prior = self.gettimeout()
+        if remaining <= 0:
+            raise self._timed_out()
+        self.settimeout(remaining if prior is None else min(prior, remaining))
+        try:
+            return super().recv(bufsize, flags)
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise self._timed_out() from None
+            raise
+        finally:
+            self.settimeout(prior)
+
+    def _timed_out(self) -> RequestTimedOut:
+        self.timed_out = True
+        return RequestTimedOut(self.read_timeout_s)

@@ -2,6 +2,7 @@
 
     python -m bench.load publish ...      publish events at a steady rate, each stamped with its send time
     python -m bench.load visibility ...   the same, and time each sampled event until GET shows it
+    python -m bench.load waiting ...      the same, each sampled event a job's end, awaited by a GET with Prefer: wait
     python -m bench.load hammer ...       GET random job ids back to back (the load without wrk)
 
 The commands print one JSON object on stdout when done.
@@ -178,7 +179,7 @@ def hammer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    """One GET on a new connection (gunicorn's sync workers close each one anyway)."""
+    """One GET on a new connection."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         connection.request("GET", path, headers=headers)
@@ -203,23 +204,25 @@ class _PacedPublisher:
     """Publishes at ``rate`` per second, each body stamped with ``bench_sent_at`` (monotonic s)."""
 
     def __init__(self, amqp_url: str, exchange: str, rate: float) -> None:
-        self._connection = pika.BlockingConnection(broker.parameters(amqp_url, "bench-publisher"))
+        self._connection = broker.connect(amqp_url, "bench-publisher")
         self._channel = self._connection.channel()
         self._exchange = exchange
         self._rate = rate
         self._properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
 
     def run(self, count: int, event_for: Any) -> float:
-        """Publish ``count`` events, ``event_for(i)`` giving (job_id, message, on_sent); the seconds it took."""
+        """Publish ``count`` events, ``event_for(i)`` giving (job_id, message, on_sent) or (job_id,
+        message, on_sent, type); the seconds it took."""
         started = time.monotonic()
         for i in range(count):
             wait = started + i / self._rate - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            job_id, message, on_sent = event_for(i)
+            job_id, message, on_sent, *typed = event_for(i)
+            event_type = typed[0] if typed else "progress"
             sent_at = time.monotonic()
-            body = event_body(job_id, "progress", message, timefmt.now(), seq=i, bench_sent_at=sent_at)
-            self._channel.basic_publish(self._exchange, broker.routing_key("progress"), body, self._properties)
+            body = event_body(job_id, event_type, message, timefmt.now(), seq=i, bench_sent_at=sent_at)
+            self._channel.basic_publish(self._exchange, broker.routing_key(event_type), body, self._properties)
             if on_sent is not None:
                 on_sent(sent_at)
             if i % 1000 == 999:
@@ -294,6 +297,72 @@ def visibility(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def waiting(args: argparse.Namespace) -> dict[str, Any]:
+    """Publish like ``publish``; every ``sample_every``-th event ends a job of its own, which a
+    GET with ``Prefer: wait`` has been waiting for since ``lead_s`` before: publish -> answered."""
+    count = round(args.rate * args.duration_s)
+    background = range(args.first_job, args.last_job + 1)
+    samples = range(args.first_sample_job, args.last_sample_job + 1)
+    sampled = range(0, count, args.sample_every)
+    if len(sampled) > len(samples):
+        raise SystemExit(f"{len(sampled)} samples need as many jobs, not {len(samples)}")
+    rng = random.Random(3)
+    lead = max(1, round(args.lead_s * args.rate))  # a waiter starts this many events before its event
+    sent_at: dict[int, float] = {}
+    answered_at: dict[int, float] = {}
+    wrong: list[str] = []
+    headers = {"Authorization": f"Bearer {args.token}", "Prefer": f"wait={args.wait_s}"}
+    waiters: list[threading.Thread] = []
+
+    def wait_for(job_id: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", args.port, timeout=args.wait_s + 30)
+        try:
+            connection.request("GET", JOB_PATH.format(job_id), headers=headers)
+            response = connection.getresponse()
+            body = response.read()
+            answered_at[job_id] = time.monotonic()
+            if response.status != 200 or orjson.loads(body)["response"]["status"] != "SUCCEEDED":
+                wrong.append(f"{response.status} {body[:200]!r}")
+        except OSError as exc:
+            wrong.append(repr(exc))
+        finally:
+            connection.close()
+
+    def start_waiter(index: int) -> None:
+        thread = threading.Thread(target=wait_for, args=(samples[index // args.sample_every],), daemon=True)
+        thread.start()
+        waiters.append(thread)
+
+    for index in sampled:
+        if index >= lead:
+            break
+        start_waiter(index)
+    time.sleep(args.lead_s)  # the first waits are held before their events go
+
+    def event_for(i: int) -> tuple[int, str, Any, str]:
+        if i + lead < count and (i + lead) % args.sample_every == 0:
+            start_waiter(i + lead)
+        if i % args.sample_every:
+            return rng.choice(background), f"step {i}", None, "progress"
+        job_id = samples[i // args.sample_every]
+        return job_id, f"done {i}", lambda at: sent_at.__setitem__(job_id, at), "succeeded"
+
+    took = _PacedPublisher(args.amqp_url, args.exchange, args.rate).run(count, event_for)
+    for thread in waiters:
+        thread.join(timeout=args.wait_s + 30)
+    latencies = [answered_at[job_id] - at for job_id, at in sent_at.items() if job_id in answered_at]
+    return {
+        "published": count,
+        "rate": count / took,
+        "samples": len(latencies),
+        "lost": len(sent_at) - len(latencies),
+        "wrong": len(wrong),
+        "wrong_examples": wrong[:3],
+        **percentiles_ms(latencies),
+        "latencies_s": latencies,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -307,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     hammering.add_argument("--token")
     hammering.add_argument("--duration-s", type=float, required=True)
     hammering.add_argument("--seed", type=int, default=0)
-    for name, handler in (("publish", publish), ("visibility", visibility)):
+    for name, handler in (("publish", publish), ("visibility", visibility), ("waiting", waiting)):
         command = commands.add_parser(name)
         command.set_defaults(handler=handler)
         command.add_argument("--first-job", type=int, required=True)
@@ -326,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
             command.add_argument("--first-poll-s", type=float, default=0.002)
             command.add_argument("--poll-s", type=float, default=0.002)
             command.add_argument("--timeout-s", type=float, default=10.0)
+        if name == "waiting":
+            command.add_argument("--port", type=int, required=True)
+            command.add_argument("--token", required=True)
+            command.add_argument("--first-sample-job", type=int, required=True)
+            command.add_argument("--last-sample-job", type=int, required=True)
+            command.add_argument("--sample-every", type=int, default=50)
+            command.add_argument("--lead-s", type=float, default=1.0)
+            command.add_argument("--wait-s", type=int, default=30)
     args = parser.parse_args(argv)
     print(orjson.dumps(args.handler(args)).decode(), flush=True)
     return 0

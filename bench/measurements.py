@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import random
@@ -448,30 +449,7 @@ def _latency_round(bed: Testbed, settings: Settings, count: int, round_number: i
     ]
 
     bed.progress.say(f"  round {round_number + 1}, reference: publish -> consume round trip")
-    receiver = bed.start(
-        f"roundtrip-{round_number}",
-        bench_command(
-            "references",
-            "roundtrip",
-            "--amqp-url",
-            settings.amqp_url,
-            "--queue",
-            settings.queue,
-            "--count",
-            str(count),
-            "--prefetch",
-            str(settings.prefetch),
-        ),
-        settings,
-        capture_stdout=True,
-    )
-    receiver.wait_for_log("ready")
-    publisher = bed.start(
-        f"publisher-{round_number}", bench_command("load", "publish", *pace), settings, capture_stdout=True
-    )
-    published = orjson.loads(publisher.stdout(timeout=scale.latency_s + 60))
-    reference = {**orjson.loads(receiver.stdout(timeout=60)), "published_rate": published["rate"]}
-
+    reference = _round_trip(bed, settings, count, pace, f"{round_number}")
     bed.progress.say(
         f"  round {round_number + 1}, tracker: publish -> visible through GET (tracker consume + tracker api)"
     )
@@ -511,6 +489,126 @@ def _latency_round(bed: Testbed, settings: Settings, count: int, round_number: i
         f"  round {round_number + 1}: GET shows it p99 {_ms(seen['p99_ms'])}, round trip p99 {_ms(reference['p99_ms'])}"
     )
     return reference, seen
+
+
+def _round_trip(bed: Testbed, settings: Settings, count: int, pace: list[str], name: str) -> dict[str, Any]:
+    """The reference of #2 and #2b: ``count`` events published at ``pace``, each timed from its
+    publish until a plain consumer of the same queue has it; the receiver's report."""
+    receiver = bed.start(
+        f"roundtrip-{name}",
+        bench_command(
+            "references",
+            "roundtrip",
+            "--amqp-url",
+            settings.amqp_url,
+            "--queue",
+            settings.queue,
+            "--count",
+            str(count),
+            "--prefetch",
+            str(settings.prefetch),
+        ),
+        settings,
+        capture_stdout=True,
+    )
+    receiver.wait_for_log("ready")
+    publisher = bed.start(f"publisher-{name}", bench_command("load", "publish", *pace), settings, capture_stdout=True)
+    published = orjson.loads(publisher.stdout(timeout=bed.scale.latency_s + 60))
+    return {**orjson.loads(receiver.stdout(timeout=60)), "published_rate": published["rate"]}
+
+
+def waiting(bed: Testbed) -> list[Result]:
+    """#2b: publish a job's end -> a GET with ``Prefer: wait`` that was waiting for it is answered,
+    against publish -> consume on the same broker, at #2's rate and pace, in the same run."""
+    scale, db = bed.scale, bed.database
+    settings = bed.settings("wait")
+    count = round(scale.latency_rate * scale.latency_s)
+    bed.progress.say(
+        f"wait: {scale.latency_rate:,.0f} events/s for {scale.latency_s:.0f} s, every "
+        f"{scale.latency_sample_every}th a job's end awaited with Prefer: wait, {scale.latency_rounds} round(s)"
+    )
+    references: list[dict[str, Any]] = []
+    answers: list[dict[str, Any]] = []
+    for round_number in range(scale.latency_rounds):
+        db.empty()
+        background = db.seed_jobs(2000)
+        samples = db.seed_jobs(count // scale.latency_sample_every + 10, terminal_every=0)
+        token = db.add_reader(settings)
+        pace = [
+            *("--amqp-url", settings.amqp_url, "--exchange", settings.exchange),
+            *("--rate", str(scale.latency_rate), "--duration-s", str(scale.latency_s)),
+            *("--first-job", str(background.start), "--last-job", str(background.stop - 1)),
+        ]
+        bed.progress.say(f"  round {round_number + 1}, reference: publish -> consume round trip")
+        references.append(_round_trip(bed, settings, count, pace, f"wait-{round_number}"))
+        bed.progress.say(f"  round {round_number + 1}, tracker: publish -> waiting GET answered")
+        port = free_port()
+        api_settings = settings.with_(bind=f"127.0.0.1:{port}")
+        consumer = bed.start(f"wait-consume-{round_number}", tracker_command("consume"), api_settings)
+        api = bed.start(f"wait-api-{round_number}", tracker_command("api"), api_settings)
+        consumer.wait_for_log("consuming ")
+        api.wait_for_port(port)
+        load.http_load(port, background, token, 1.0, 4, 1, bed.out_dir)  # every worker serving, as in #2
+        waiter = bed.start(
+            f"waiting-{round_number}",
+            bench_command(
+                "load",
+                "waiting",
+                *pace,
+                *("--port", str(port), "--token", token),
+                *("--first-sample-job", str(samples.start), "--last-sample-job", str(samples.stop - 1)),
+                *("--sample-every", str(scale.latency_sample_every)),
+            ),
+            api_settings,
+            capture_stdout=True,
+        )
+        answers.append(orjson.loads(waiter.stdout(timeout=scale.latency_s + 120)))
+        api.stop()
+        consumer.stop()
+        bed.progress.say(
+            f"  round {round_number + 1}: waiting GET answered p99 {_ms(answers[-1]['p99_ms'])}, "
+            f"round trip p99 {_ms(references[-1]['p99_ms'])}"
+        )
+    round_trips = [s for reference in references for s in reference["latencies_s"]]
+    answered = [s for answer in answers for s in answer["latencies_s"]]
+    lost = sum(answer["lost"] + answer["wrong"] for answer in answers)
+    reference_cuts, answer_cuts = percentiles_ms(round_trips), percentiles_ms(answered)
+    details = {
+        "rate": round(statistics.fmean(answer["rate"] for answer in answers)),
+        "rounds": scale.latency_rounds,
+        "samples": len(answered),
+        "lost_or_wrong": lost,
+        "wrong_examples": [example for answer in answers for example in answer["wrong_examples"]][:3],
+    }
+    return [
+        Result(
+            "2b wait",
+            "publish a job's end -> waiting GET answered, p50",
+            "ms",
+            answer_cuts["p50_ms"],
+            reference_cuts["p50_ms"],
+            "publish -> consume round trip, p50",
+            "—",
+            None,
+            details,
+        ),
+        Result(
+            "2b wait",
+            "publish a job's end -> waiting GET answered, p99",
+            "ms",
+            answer_cuts["p99_ms"],
+            reference_cuts["p99_ms"],
+            "publish -> consume round trip, p99",
+            "<= reference + 10 ms",
+            lost == 0 and answer_cuts["p99_ms"] <= reference_cuts["p99_ms"] + 10,
+            {
+                **details,
+                "over_reference_ms": round(answer_cuts["p99_ms"] - reference_cuts["p99_ms"], 2),
+                "max_ms": answer_cuts["max_ms"],
+                "reference_max_ms": reference_cuts["max_ms"],
+            },
+        ),
+    ]
 
 
 def _ms(value: float | None) -> str:
@@ -953,14 +1051,111 @@ def lost_check(bed: Testbed) -> list[Result]:
     ]
 
 
+_LIST_RUNNING = 10_000  # the newest jobs, PENDING; the rest finished, one in fifty FAILED
+_LIST_PAGES = {
+    status: f"/api/5.0/async_status?status={status}&orderby=id&sortOrder=desc&limit=100"
+    for status in ("PENDING", "FAILED")
+}
+
+
+def job_list(bed: Testbed) -> list[Result]:
+    """The list's first pages (SPEC §7) on a table of millions, beside GET by id on the same table.
+
+    One `tracker api` without the row cache (as #5: GETs of random ids read the table), asked one
+    request at a time, the three kinds in turn, so whatever else the machine does falls on all alike.
+    """
+    scale = bed.scale
+    url = sa.make_url(bed.database.url)
+    db = BenchDatabase(url.set(database=f"{url.database}_list").render_as_string(hide_password=False))
+    rows = scale.list_rows
+    try:
+        db.recreate()
+        bed.progress.say(f"list: {rows:,} rows (generate_series), the newest {_LIST_RUNNING:,} PENDING")
+        finished = db.seed_jobs(rows - _LIST_RUNNING, terminal_every=1, failed_every=50)
+        running = db.seed_jobs(_LIST_RUNNING)
+        db.analyze()
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("CHECKPOINT")  # the seeding's WAL written now, not during the timing
+        port = free_port()
+        settings = bed.settings("list").with_(database_url=db.url, bind=f"127.0.0.1:{port}", row_cache_rows=0)
+        token = db.add_reader(settings)
+        bed.start("list-api", tracker_command("api"), settings).wait_for_port(port)
+        headers = {"Authorization": f"Bearer {token}"}
+        rng = random.Random(14)
+        ids = [finished.start, finished.stop - 1, running.start, running.stop - 1]
+
+        def timed(path: str, check: Callable[[bytes], bool]) -> float:
+            started = time.perf_counter()
+            status, body = load.get(port, path, headers)
+            took = time.perf_counter() - started
+            if status != 200 or not check(body):
+                raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
+            return took
+
+        def page_of(status: str) -> Callable[[bytes], bool]:
+            def check(body: bytes) -> bool:
+                page = orjson.loads(body)["response"]
+                return len(page) == 100 and all(job["status"] == status for job in page)
+
+            return check
+
+        kinds: dict[str, Callable[[], float]] = {
+            f"newest {status}": functools.partial(timed, path, page_of(status)) for status, path in _LIST_PAGES.items()
+        }
+        kinds["GET by id"] = lambda: timed(load.JOB_PATH.format(rng.randint(ids[0], ids[-1])), lambda _: True)
+        for _ in range(_SCALE_WARMUP // 3):  # warm-up: workers, pools, prepared statements
+            for take in kinds.values():
+                take()
+        bed.progress.say(f"  {scale.list_requests:,} requests of each kind, in turn")
+        took: dict[str, list[float]] = {name: [] for name in kinds}
+        for _ in range(scale.list_requests):
+            for name, take in kinds.items():
+                took[name].append(take())
+    finally:
+        bed.stop_all()
+        db.drop()
+    by_id = percentiles_ms(took["GET by id"])
+    results = []
+    for status, path in _LIST_PAGES.items():
+        name = f"newest {status}"
+        page = percentiles_ms(took[name])
+        bed.progress.say(
+            f"  {name}: p50 {page['p50_ms']:.2f} ms, p99 {page['p99_ms']:.2f} ms; "
+            f"GET by id p50 {by_id['p50_ms']:.2f} ms, p99 {by_id['p99_ms']:.2f} ms"
+        )
+        results.append(
+            Result(
+                "14 list",
+                f"first page of the {name} jobs (limit 100) among {rows:,} rows, p50",
+                "ms",
+                page["p50_ms"],
+                by_id["p50_ms"],
+                f"GET by id (random ids, no row cache) on the same {rows:,} rows",
+                "p50 < 10 ms",
+                page["p50_ms"] < 10,
+                {
+                    "p99_ms": page["p99_ms"],
+                    "reference_p99_ms": by_id["p99_ms"],
+                    "requests": scale.list_requests,
+                    "rows": rows,
+                    "running": _LIST_RUNNING,
+                    "path": path,
+                },
+            )
+        )
+    return results
+
+
 MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
     "ingest": ingest,
     "latency": latency,
     "api": api,
+    "wait": waiting,
     "memory": memory,
     "scale": table_size,
     "receipts": receipts,
     "timeline": timeline,
     "leases": lost_check,
     "capacity": capacity,
+    "list": job_list,
 }

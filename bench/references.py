@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 import falcon
 import falcon.media
 import orjson
-import pika
 import sqlalchemy as sa
 
 from tracker import auth, broker, events
@@ -120,7 +119,7 @@ def _consume_counted(
 ) -> dict[str, Any]:
     """Consume ``args.count`` messages from ``args.queue``, each passed to ``handle`` with how many
     have been seen (itself included); when the first arrived and when the last was handled."""
-    connection = pika.BlockingConnection(broker.parameters(args.amqp_url, client))
+    connection = broker.connect(args.amqp_url, client)
     channel = connection.channel()
     channel.basic_qos(prefetch_count=args.prefetch)
     seen = 0
@@ -149,7 +148,7 @@ def roundtrip(args: argparse.Namespace) -> dict[str, Any]:
 
     Publisher and consumer read the same monotonic clock (one machine, CLOCK_MONOTONIC).
     """
-    connection = pika.BlockingConnection(broker.parameters(args.amqp_url, "bench-roundtrip"))
+    connection = broker.connect(args.amqp_url, "bench-roundtrip")
     channel = connection.channel()
     channel.basic_qos(prefetch_count=args.prefetch)
     latencies: list[float] = []

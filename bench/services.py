@@ -82,14 +82,16 @@ class BenchDatabase:
             conn.exec_driver_sql("VACUUM ANALYZE async_status")
             conn.exec_driver_sql("VACUUM ANALYZE async_status_event")
 
-    def seed_jobs(self, count: int, terminal_every: int = 0) -> range:
-        """Insert ``count`` jobs in one statement; every ``terminal_every``-th is SUCCEEDED. Their ids."""
-        terminal = f"g %% {terminal_every} = 0" if terminal_every else "false"
+    def seed_jobs(self, count: int, terminal_every: int = 0, failed_every: int = 0) -> range:
+        """Insert ``count`` jobs in one statement; every ``terminal_every``-th is SUCCEEDED, and every
+        ``failed_every``-th FAILED instead. Their ids."""
+        failed = f"g %% {failed_every} = 0" if failed_every else "false"
+        terminal = f"({failed} OR g %% {terminal_every} = 0)" if terminal_every else failed
         statement = f"""
             WITH new AS (
                 INSERT INTO async_status (status, message, initial_message, start_time, end_time,
                                           terminal_at, terminal_seq, terminal_event_id)
-                SELECT CASE WHEN {terminal} THEN 'SUCCEEDED' ELSE 'PENDING' END,
+                SELECT CASE WHEN {failed} THEN 'FAILED' WHEN {terminal} THEN 'SUCCEEDED' ELSE 'PENDING' END,
                        CASE WHEN {terminal} THEN 'done' ELSE %(message)s END,
                        %(message)s,
                        now() - interval '1 hour',
@@ -145,7 +147,7 @@ class BenchBroker:
         }
 
     def connect(self) -> pika.BlockingConnection:
-        return pika.BlockingConnection(broker.parameters(self.url, "tracker-bench"))
+        return broker.connect(self.url, "tracker-bench")
 
     def version(self) -> str:
         connection = self.connect()

@@ -39,6 +39,8 @@ class Scale:
     receipts_rounds: int  # on and off alternate this many times
     lost_rows: int  # the table the lost-job check is timed on
     lost_expired: int  # of them, PENDING and past their deadline or lease
+    list_rows: int  # the table the list's first pages are timed on
+    list_requests: int  # of each kind: newest PENDING, newest FAILED, GET by id
 
 
 FULL = Scale(
@@ -62,6 +64,8 @@ FULL = Scale(
     receipts_rounds=3,
     lost_rows=5_000_000,
     lost_expired=1000,
+    list_rows=5_000_000,
+    list_requests=2000,
 )
 QUICK = Scale(
     ingest_events=10_000,
@@ -84,6 +88,8 @@ QUICK = Scale(
     receipts_rounds=1,
     lost_rows=300_000,
     lost_expired=1000,
+    list_rows=300_000,
+    list_requests=500,
 )
 
 

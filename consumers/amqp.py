@@ -16,6 +16,9 @@ Failure policy:
   capped back-off;
 - broker cancels our subscription (``basic.cancel``, e.g. the queue was deleted): as a lost
   connection, so the topology is declared again and consuming resumes;
+- a dead letter the broker does not take (returned as unroutable, or nacked: the dead queue is
+  gone, or its node of a cluster is down): as a lost connection, so its batch is not acked and
+  comes back, and is dead-lettered once the dead queue takes it again;
 - broker refuses our credentials or topology: fatal, exit status 2;
 - SIGTERM/SIGINT: the batch in hand is finished if the database answers, else abandoned
   (unacked, so redelivered); exit status 0.
@@ -110,6 +113,7 @@ class Consumer:
         self._pending_since = 0.0  # when the oldest of them arrived (monotonic)
         self._writing: collections.deque[_Batch] = collections.deque()
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._connector = broker.Connector(settings.amqp_url, "tracker-consumer")
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._beat_at = 0.0
@@ -163,6 +167,9 @@ class Consumer:
                 self._lost(exc, backoff, connected_at)
             except (*_RECONNECTABLE, ConsumerCancelled) as exc:
                 self._lost(exc, backoff, connected_at)
+            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                log.warning("could not dead-letter: %s is not taking messages (%s)", self._settings.dead_queue, exc)
+                self._lost(exc, backoff, connected_at)
             finally:
                 self._close()
 
@@ -184,8 +191,7 @@ class Consumer:
         self._stop.wait(delay)
 
     def _connect(self) -> None:
-        params = broker.parameters(self._settings.amqp_url, "tracker-consumer")
-        self._connection = pika.BlockingConnection(params)
+        self._connection = self._connector.connect()
         channel = self._connection.channel()
         broker.declare_topology(channel, self._settings)
         channel.confirm_delivery()
@@ -195,8 +201,9 @@ class Consumer:
         channel.basic_consume(self._settings.queue, self._on_message)
         self._channel = channel
         log.info(
-            "consuming %s (batch %d, flush %d ms, prefetch %d)",
+            "consuming %s at %s (batch %d, flush %d ms, prefetch %d)",
             self._settings.queue,
+            self._connector.node,
             self._settings.batch_size,
             self._settings.flush_ms,
             self._settings.prefetch,

@@ -64,6 +64,7 @@ class Reaper:
         self._thread = threading.Thread(target=self._run, name="tracker-reaper", daemon=True)
         self._engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
         self._lost = LostJobs(self._engine, settings.job_timeout_s)
+        self._connector = broker.Connector(settings.amqp_url, "tracker-reaper")
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self.published = 0
@@ -160,8 +161,7 @@ class Reaper:
     def _ensure_channel(self) -> BlockingChannel:
         if self._channel is None or not self._channel.is_open:
             self._close()
-            params = broker.parameters(self._settings.amqp_url, "tracker-reaper")
-            self._connection = pika.BlockingConnection(params)
+            self._connection = self._connector.connect()
             channel = self._connection.channel()
             channel.confirm_delivery()
             self._channel = channel

@@ -86,6 +86,7 @@ class GaugeRefresher:
         self._refresh_s = refresh_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tracker-gauges", daemon=True)
+        self._connector = broker.Connector(settings.amqp_url, "tracker-gauges")
         self._connection: pika.BlockingConnection | None = None
         self._queues = {
             settings.queue: metrics.QUEUE_READY.labels(queue="events"),
@@ -116,7 +117,7 @@ class GaugeRefresher:
     def _refresh_queues(self) -> None:
         try:
             if self._connection is None or not self._connection.is_open:
-                self._connection = pika.BlockingConnection(broker.parameters(self._settings.amqp_url, "tracker-gauges"))
+                self._connection = self._connector.connect()
             channel = self._connection.channel()
             for queue, gauge in self._queues.items():
                 gauge.set(channel.queue_declare(queue, passive=True).method.message_count)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ class Settings:
     """Everything the processes need to know, with the SPEC §4 defaults."""
 
     database_url: str = "sqlite:///tracker.db"
-    amqp_url: str = "amqp://guest:guest@localhost:5672/%2F"
+    amqp_url: str = "amqp://guest:guest@localhost:5672/%2F"  # or several, comma-separated (SPEC §10)
     secret: str | None = dataclasses.field(default=None, repr=False)
     secret_file: str = ".tracker_secret"
     bind: str = "127.0.0.1:8000"
@@ -34,6 +35,8 @@ class Settings:
 
     # API
     workers: int = 2
+    api_threads: int = 256  # requests each worker serves at once (held waits and slow clients included)
+    api_read_timeout_s: float = 10.0  # a request's line, headers and body must arrive within this
     token_ttl_s: int = 6 * 3600
     secure_cookies: bool = False
     user_cache_s: float = 30.0
@@ -52,6 +55,11 @@ class Settings:
     # (nothing counted, /metrics not served) only to measure what they cost
     metrics_bind: str = "127.0.0.1:9464"
     metrics: bool = True
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The broker addresses of ``amqp_url``: one, or the nodes of a cluster (SPEC §10)."""
+        return split_amqp_urls(self.amqp_url)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -77,6 +85,11 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"TRACKER_{name.upper()} must be at least 1")
+        if not 1 <= self.api_threads <= 10_000:
+            raise ConfigError("TRACKER_API_THREADS must be an integer from 1 to 10000")
+        if not 0.1 <= self.api_read_timeout_s <= 3600:
+            raise ConfigError("TRACKER_API_READ_TIMEOUT_S must be from 0.1 to 3600 seconds")
+        check_amqp_urls(self.amqp_url)
         if self.row_cache_rows < 0:
             raise ConfigError("TRACKER_ROW_CACHE_ROWS must be at least 0")
         if self.log_format not in ("text", "json"):
@@ -113,6 +126,46 @@ class Settings:
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests and the CLI use this)."""
         return dataclasses.replace(self, **changes)
+
+
+def split_amqp_urls(value: str) -> tuple[str, ...]:
+    """The addresses of a TRACKER_AMQP_URL value: split at commas, spaces around each dropped.
+
+    A comma inside one address (say, in a password) must be written ``%2C``.
+    """
+    return tuple(part.strip() for part in value.split(","))
+
+
+def check_amqp_urls(value: str) -> None:
+    """Raise ConfigError unless every address of ``value`` is an amqp:// or amqps:// URL with a host.
+
+    The error names the setting and the address by its place in the list, with any password
+    masked: the message may well be logged.
+    """
+    urls = split_amqp_urls(value)
+    for place, url in enumerate(urls, start=1):
+        where = f"TRACKER_AMQP_URL address {place} of {len(urls)}" if len(urls) > 1 else "TRACKER_AMQP_URL"
+        if not url:
+            raise ConfigError(f"{where} is empty: give amqp:// or amqps:// URLs separated by commas")
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - urlsplit checks the port only when it is asked for
+        except ValueError:
+            # Not the error's own text: on a password with a "/" in it, it quotes part of it.
+            raise ConfigError(f"{where} is not a valid URL (its host or port): {redact_url(url)!r}") from None
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ConfigError(f"{where} must be an amqp:// or amqps:// URL, not {redact_url(url)!r}")
+        if not parts.hostname:
+            raise ConfigError(f"{where} names no host: {redact_url(url)!r}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password, if it has one, replaced by ``***``: fit for a log or an error."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
 
 
 # Set to the empty string, these turn something off rather than take their default.

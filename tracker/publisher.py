@@ -9,8 +9,8 @@
     #    a heartbeat every 20 s keeps the job's lease alive
 
 ``publish`` returns only once the broker has confirmed the event; it reconnects and resends by
-itself (the same event_id, so a resend is harmless) until ``timeout_s`` runs out, then raises
-PublishFailed.
+itself (the same event_id, so a resend is harmless; to another node when TRACKER_AMQP_URL lists a
+cluster's and its node went) until ``timeout_s`` runs out, then raises PublishFailed.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class Publisher:
         # the cost is at most one confirm round trip of waiting, or one connect attempt while the
         # broker is away, because a beat never sleeps or retries with the lock held.
         self._connection_lock = threading.Lock()
+        self._connector = broker.Connector(settings.amqp_url, "tracker-publisher")
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._numbering_lock = threading.Lock()
@@ -167,8 +168,7 @@ class Publisher:
         """The open, confirming channel; connects first if there is none. Call with the lock held."""
         if self._channel is None or not self._channel.is_open:
             self._drop_connection()
-            params = broker.parameters(self._settings.amqp_url, "tracker-publisher")
-            self._connection = pika.BlockingConnection(params)
+            self._connection = self._connector.connect()
             channel = self._connection.channel()
             if self._declare:
                 broker.declare_topology(channel, self._settings)

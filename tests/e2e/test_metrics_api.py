@@ -13,7 +13,7 @@ JOB = "/api/{version}/async_status/{job_id}"
 
 def test_the_http_counters_are_every_workers_together(database_url: str, tmp_path: pathlib.Path) -> None:
     with running_api(database_url, tmp_path, workers="2") as api:
-        # Many clients at once, so both sync workers take requests (one alone would show ~half).
+        # Many clients at once, so both workers take requests (one alone would show ~half).
         requests = [("GET", f"/api/5.0/async_status/{n}") for n in range(60)]
         requests += [("GET", f"/no/such/path/{n}") for n in range(30)]
         requests += [("DELETE", "/api/5.0/async_status/1")] * 10

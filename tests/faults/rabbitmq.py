@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import pika
 import pika.exceptions
 
+from tracker.config import split_amqp_urls
+
 _CTL_TIMEOUT_S = 120
 
 
@@ -29,11 +31,19 @@ def _ctl_json(*args: str) -> list[dict[str, object]]:
 
 
 def _connect(url: str, timeout: float = 5.0) -> pika.BlockingConnection:
-    params = pika.URLParameters(url)
-    params.socket_timeout = timeout
-    params.blocked_connection_timeout = timeout
-    params.connection_attempts = 1
-    return pika.BlockingConnection(params)
+    """A connection to the first of ``url``'s addresses (one, or a cluster's list) that answers."""
+    failure: pika.exceptions.AMQPConnectionError | None = None
+    for one in split_amqp_urls(url):
+        params = pika.URLParameters(one)
+        params.socket_timeout = timeout
+        params.blocked_connection_timeout = timeout
+        params.connection_attempts = 1
+        try:
+            return pika.BlockingConnection(params)
+        except pika.exceptions.AMQPConnectionError as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
 
 
 def ready_count(url: str, queue: str) -> int:

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import sqlalchemy as sa
 
@@ -334,11 +334,13 @@ def conclude(
     timeout: float = 120.0,
     stop_within_s: float = STOP_WITHIN_S,
     database: str = "postgresql",
+    unacked: Callable[[str], int] = unacked_count,
 ) -> Figures:
     """Wait for the rows to settle, stop the consumers, check everything, write and assert the figures.
 
     Holds when every consumer was still running and exits 0 on SIGTERM within ``stop_within_s``,
-    the queue is empty, ``expected_dead`` messages are in the dead-letter queue, and no event
+    the queue is empty (``unacked`` counts what consumers hold: the local broker's by default),
+    ``expected_dead`` messages are in the dead-letter queue, and no event
     is lost and no row is wrong.
     """
     deadline = time.monotonic() + timeout
@@ -346,9 +348,7 @@ def conclude(
         crashed = [c for c in consumers if not c.alive]
         verdict = check(engine, job_ids, record)
         # Ready and unacked both gone: a message a consumer holds and cannot finish counts too.
-        settled = (
-            verdict.holds and ready_count(settings.amqp_url, settings.queue) == 0 and unacked_count(settings.queue) == 0
-        )
+        settled = verdict.holds and ready_count(settings.amqp_url, settings.queue) == 0 and unacked(settings.queue) == 0
         if settled or crashed or time.monotonic() > deadline:
             break
         time.sleep(0.5)

@@ -155,3 +155,30 @@ def test_concurrent_batches_over_the_same_jobs_lose_nothing(store):
         thread.join(timeout=60)
     assert not errors, errors
     assert actual(store, job_ids) == expected(store, events)
+
+
+def test_statuses_names_the_jobs_that_exist_in_one_call_however_many(store: JobStore) -> None:
+    jobs = [store.create_job() for _ in range(1200)]  # more than one statement's worth of ids
+    store.apply([new_event(jobs[0].id, "succeeded"), new_event(jobs[-1].id, "failed")])
+    missing = jobs[-1].id + 1
+    statuses = store.statuses([job.id for job in jobs] + [missing])
+    assert len(statuses) == 1200 and missing not in statuses
+    assert statuses[jobs[0].id] == merge.SUCCEEDED and statuses[jobs[-1].id] == merge.FAILED
+    assert {statuses[job.id] for job in jobs[1:-1]} == {merge.PENDING}
+    assert store.statuses([]) == {}
+
+
+def test_the_change_counter_moves_when_another_connection_commits(store: JobStore, database_url: str) -> None:
+    counter = store.change_counter()
+    if database_url.startswith("postgresql"):
+        assert counter is None  # notifications serve there
+        return
+    assert counter is not None
+    first = counter()
+    assert counter() == first  # nothing committed: the same value
+    store.create_job()  # through the store's pool: another connection
+    second = counter()
+    assert second != first
+    assert counter() == second
+    store.statuses([1])  # reads commit nothing
+    assert counter() == second

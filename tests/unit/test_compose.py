@@ -9,6 +9,7 @@ import shlex
 import tomllib
 import types
 import unittest.mock
+import urllib.parse
 
 import falcon.testing
 import pytest
@@ -23,6 +24,13 @@ COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
 TRACKER_SERVICES = [name for name, spec in SERVICES.items() if spec.get("command", [""])[0] == "tracker"]
 SETTINGS_ENV = {"TRACKER_" + field.name.upper() for field in dataclasses.fields(Settings)}
+CLUSTER_NODES = ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
+CLUSTER_SERVICES = [*CLUSTER_NODES, "consumer-cluster"]
+
+
+def interpolated(value: str, **variables: str) -> str:
+    """``value`` with compose's ``${NAME:?message}`` references replaced by ``variables``."""
+    return re.sub(r"\$\{(\w+):\?[^}]*\}", lambda found: variables[found.group(1)], value)
 
 
 def test_the_system_is_all_there():
@@ -39,7 +47,7 @@ def test_long_running_services_have_health_checks(name):
 
 def test_tracker_services_run_commands_the_cli_has():
     subcommands = cli._parser()._subparsers._group_actions[0].choices  # noqa: SLF001
-    assert sorted(TRACKER_SERVICES) == ["api", "consumer", "migrate"]
+    assert sorted(TRACKER_SERVICES) == ["api", "consumer", "consumer-cluster", "migrate"]
     for name in TRACKER_SERVICES:
         command = SERVICES[name]["command"]
         assert command[1] in subcommands, command
@@ -59,7 +67,7 @@ def test_environment_names_are_the_settings():
 
 def test_no_credential_has_a_default():
     text = (ROOT / "compose.yaml").read_text()
-    for secret in ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "TRACKER_SECRET"):
+    for secret in ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "TRACKER_SECRET", "RABBITMQ_ERLANG_COOKIE"):
         uses = re.findall(r"\$\{" + secret + r"([^}]*)\}", text)
         assert uses and all(use.startswith(":?") for use in uses), secret
     assert "guest" not in text
@@ -102,7 +110,8 @@ def test_the_dockerfile_copies_what_exists_and_runs_the_console_script():
 def test_prometheus_runs_only_in_the_monitoring_profile_with_files_that_exist():
     prometheus = SERVICES["prometheus"]
     assert prometheus["profiles"] == ["monitoring"]
-    assert all("profiles" not in spec for name, spec in SERVICES.items() if name != "prometheus")
+    profiled = {name: spec["profiles"] for name, spec in SERVICES.items() if "profiles" in spec}
+    assert profiled == {"prometheus": ["monitoring"], **{name: ["cluster"] for name in CLUSTER_SERVICES}}
     mounted = {}
     for volume in prometheus["volumes"]:
         source, target, *_ = volume.split(":")
@@ -121,3 +130,38 @@ def test_prometheus_scrapes_the_compose_services():
     assert jobs["tracker-api"]["static_configs"][0]["targets"] == ["api:8000"]
     assert SERVICES["api"]["environment"]["TRACKER_BIND"].endswith(":8000")
     assert jobs["tracker-consumer"]["dns_sd_configs"][0]["names"] == ["consumer"]
+
+
+def test_the_cluster_profile_runs_three_rabbitmq_nodes_that_form_one_cluster():
+    assert all(SERVICES[name]["profiles"] == ["cluster"] for name in CLUSTER_SERVICES)
+    cookies = {SERVICES[name]["environment"]["RABBITMQ_ERLANG_COOKIE"] for name in CLUSTER_NODES}
+    assert len(cookies) == 1  # one cookie for all three, or they cannot talk
+    for name in CLUSTER_NODES:
+        node = SERVICES[name]
+        assert node["hostname"] == name
+        assert node["healthcheck"]["test"]
+        mounts = dict(volume.split(":")[:2] for volume in node["volumes"])
+        assert mounts["./deploy/rabbitmq/cluster.conf"] == "/etc/rabbitmq/conf.d/20-cluster.conf"
+        assert f"{name}-data" in mounts  # a data volume of its own
+    config = (ROOT / "deploy/rabbitmq/cluster.conf").read_text()
+    assert "cluster_formation.peer_discovery_backend = classic_config" in config
+    peers = set(re.findall(r"^cluster_formation\.classic_config\.nodes\.\d+ = rabbit@(\S+)$", config, re.MULTILINE))
+    assert peers == set(CLUSTER_NODES)
+
+
+def test_the_cluster_consumers_are_given_all_three_nodes_and_wait_for_them():
+    consumer = SERVICES["consumer-cluster"]
+    assert consumer["command"] == SERVICES["consumer"]["command"]
+    assert consumer["deploy"]["replicas"] == 2
+    url = interpolated(consumer["environment"]["TRACKER_AMQP_URL"], RABBITMQ_PASSWORD="pw")
+    settings = Settings.from_env({"TRACKER_AMQP_URL": url})
+    assert [urllib.parse.urlsplit(one).netloc for one in settings.amqp_urls] == [
+        f"tracker:pw@{node}:5672" for node in CLUSTER_NODES
+    ]
+    for node in CLUSTER_NODES:
+        assert consumer["depends_on"][node]["condition"] == "service_healthy"
+    assert consumer["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    single = SERVICES["consumer"]["environment"]
+    assert {k: v for k, v in consumer["environment"].items() if k != "TRACKER_AMQP_URL"} == {
+        k: v for k, v in single.items() if k != "TRACKER_AMQP_URL"
+    }

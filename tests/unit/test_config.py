@@ -26,6 +26,8 @@ def test_values_are_read_and_converted():
             "TRACKER_SECURE_COOKIES": "true",
             "TRACKER_USER_CACHE_S": "2.5",
             "TRACKER_ROW_CACHE_ROWS": "0",
+            "TRACKER_API_THREADS": "64",
+            "TRACKER_API_READ_TIMEOUT_S": "2.5",
             "UNRELATED": "ignored",
         }
     )
@@ -33,6 +35,7 @@ def test_values_are_read_and_converted():
     assert (settings.batch_size, settings.prefetch, settings.secure_cookies) == (50, 100, True)
     assert settings.user_cache_s == 2.5
     assert settings.row_cache_rows == 0
+    assert (settings.api_threads, settings.api_read_timeout_s) == (64, 2.5)
 
 
 @pytest.mark.parametrize(
@@ -45,6 +48,8 @@ def test_values_are_read_and_converted():
         ({"TRACKER_METRICS_BIND": "9464"}, "TRACKER_METRICS_BIND must be HOST:PORT"),
         ({"TRACKER_SECURE_COOKIES": "maybe"}, "TRACKER_SECURE_COOKIES must be true or false"),
         ({"TRACKER_ROW_CACHE_ROWS": "-1"}, "TRACKER_ROW_CACHE_ROWS must be at least 0"),
+        ({"TRACKER_API_THREADS": "0"}, "TRACKER_API_THREADS must be an integer from 1 to 10000"),
+        ({"TRACKER_API_READ_TIMEOUT_S": "0"}, "TRACKER_API_READ_TIMEOUT_S must be from 0.1 to 3600 seconds"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):

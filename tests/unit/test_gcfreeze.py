@@ -47,7 +47,7 @@ def _settings(tmp_path) -> Settings:
 def test_each_api_worker_freezes_once_its_app_is_built(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     steps: list[str] = []
     app = object()
-    monkeypatch.setattr(server, "get_app", lambda _settings: steps.append("app") or app)
+    monkeypatch.setattr(server, "get_app", lambda _settings, _waits: steps.append("app") or app)
     monkeypatch.setattr(gcfreeze, "freeze_startup_objects", lambda: steps.append("freeze"))
     assert server._Gunicorn(_settings(tmp_path), False).load() is app  # noqa: SLF001
     assert steps == ["app", "freeze"]

@@ -176,3 +176,31 @@ def test_a_closed_cache_reads_through() -> None:
     cache.get(1, loads)
     cache.get(1, loads)
     assert not cache.listening and loads.count == 2
+
+
+def test_waits_hear_of_each_notification_after_its_rows_have_left(connection: FakeConnection) -> None:
+    heard: list[tuple[set[int] | None, bool]] = []
+    caches: list[RowCache] = []
+    loads = Loads()
+    loads.put(5, "x")
+
+    def on_change(ids: set[int] | None) -> None:
+        # A woken wait must not read the old row from the cache: it has left before waits hear.
+        heard.append((ids, bool(caches) and 5 in caches[0]))
+
+    cache = RowCache(lambda: connection, check_s=0.05, on_change=on_change)  # type: ignore[arg-type,return-value]
+    caches.append(cache)
+    try:
+        cache.get(5, loads)
+        wait_until(lambda: cache.listening, "listening")
+        assert heard[:1] == [(None, False)]  # listening (again): whatever changed meanwhile
+        cache.get(5, loads)
+        assert 5 in cache
+        connection.notifications.put("5,6")
+        wait_until(lambda: len(heard) >= 2, "the notification heard")
+        assert heard[1] == ({5, 6}, False)
+        connection.notifications.put("*")
+        wait_until(lambda: len(heard) >= 3, "the truncation heard")
+        assert heard[2] == (None, False)
+    finally:
+        cache.close()

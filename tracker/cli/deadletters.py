@@ -254,12 +254,14 @@ def _walk(
 @contextlib.contextmanager
 def _channel(settings: Settings) -> Iterator[BlockingChannel]:
     """A channel on a connection of its own, closed after; pika's errors as DeadLettersUnavailable."""
-    params = broker.parameters(settings.amqp_url, "tracker-dead")
+    connector = broker.Connector(settings.amqp_url, "tracker-dead")
     try:
-        connection = pika.BlockingConnection(params)
+        connection = connector.connect()
+    except broker.BrokerUnreachable as exc:
+        raise DeadLettersUnavailable(f"cannot reach RabbitMQ: {exc}") from None
     except pika.exceptions.AMQPError as exc:
         raise DeadLettersUnavailable(
-            f"cannot reach RabbitMQ at {params.host}:{params.port}: {type(exc).__name__} {exc}".strip()
+            f"cannot reach RabbitMQ at {connector.nodes}: {type(exc).__name__} {exc}".strip()
         ) from None
     try:
         yield connection.channel()

@@ -9,9 +9,10 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tracker import listing
 from tracker.events import Event
 from tracker.store.engine import refused_as_error, unavailable_as_error
-from tracker.store.jobs import Applied, JobStore
+from tracker.store.jobs import Applied, JobStore, matching_rows
 
 # Set once on each pooled connection that folds batches, for its whole session: a round trip per
 # batch is worth saving, as it is on the path of every event's latency. The planner prices the
@@ -105,6 +106,13 @@ class PostgresJobStore(JobStore):
     def __init__(self, engine: Engine, *, record_receipts: bool = True, keep_timeline: bool = True) -> None:
         super().__init__(engine, record_receipts=record_receipts, keep_timeline=keep_timeline)
         self._merge = _MERGE_VARIANTS[record_receipts, keep_timeline]
+
+    def _count_beyond_cap(self, conn: sa.Connection, query: listing.JobQuery) -> listing.Count:
+        # The planner's estimate of the matching rows, from the table's size and the statistics
+        # that ANALYZE (autovacuum) keeps of its columns: no row is read.
+        matching = matching_rows(query).compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {matching}", matching.params).scalar_one()
+        return listing.summary_count(listing.COUNT_CAP + 1, int(plan[0]["Plan"]["Plan Rows"]))
 
     def apply(self, events: Sequence[Event]) -> Applied:
         with refused_as_error(), unavailable_as_error(), self._engine.connect() as conn:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Engine
 
 from tracker import merge, timefmt
+from tracker.errors import StoreUnavailable
 from tracker.events import Event
 from tracker.leases import RENEW_SLACK_S
 from tracker.store.engine import refused_as_error, unavailable_as_error
@@ -48,6 +50,29 @@ _WRITTEN = (
 
 class SQLiteJobStore(JobStore):
     """Takes SQLite's write lock up front (``BEGIN IMMEDIATE``), then folds job by job."""
+
+    def change_counter(self) -> Callable[[], int]:
+        """SQLite's ``PRAGMA data_version`` on a DBAPI connection of its own, outside any
+        transaction (a transaction's snapshot would freeze it, and hold up checkpoints): it moves
+        when any other connection, in any process, commits."""
+        held: list[Any] = []
+
+        def counter() -> int:
+            try:
+                if not held:
+                    held.append(self._engine.raw_connection())
+                cursor = held[0].cursor()
+                try:
+                    cursor.execute("PRAGMA data_version")
+                    return int(cursor.fetchone()[0])
+                finally:
+                    cursor.close()
+            except sqlite3.OperationalError as exc:
+                if held:
+                    held.pop().invalidate()
+                raise StoreUnavailable(f"SQLite: {exc}") from exc
+
+        return counter
 
     def __init__(self, engine: Engine, *, record_receipts: bool = True, keep_timeline: bool = True) -> None:
         super().__init__(engine, record_receipts=record_receipts, keep_timeline=keep_timeline)

@@ -80,6 +80,31 @@ sa.Index(
     sqlite_where=sa.text("status <> 'PENDING'"),
     postgresql_where=sa.text("status <> 'PENDING'"),
 )
+# The job list (migration 0006): finished jobs by status in each order it can be asked for, ties
+# by id; partial, so that the updates of running jobs leave them alone.
+sa.Index(
+    "ix_async_status_finished_by_id",
+    async_status.c.status,
+    async_status.c.id,
+    sqlite_where=sa.text("status <> 'PENDING'"),
+    postgresql_where=sa.text("status <> 'PENDING'"),
+)
+sa.Index(
+    "ix_async_status_finished_by_start_time",
+    async_status.c.status,
+    async_status.c.start_time,
+    async_status.c.id,
+    sqlite_where=sa.text("status <> 'PENDING'"),
+    postgresql_where=sa.text("status <> 'PENDING'"),
+)
+sa.Index(
+    "ix_async_status_finished_by_end_time",
+    async_status.c.status,
+    async_status.c.end_time,
+    async_status.c.id,
+    sqlite_where=sa.text("status <> 'PENDING'"),
+    postgresql_where=sa.text("status <> 'PENDING'"),
+)
 
 # Heartbeat leases: a row only for a PENDING job that has one, made with the job, renewed by the
 # fold of each batch holding an event of it (so the jobs' own rows, watched by the API's row

@@ -1,0 +1,253 @@
+"""Waiting for a job (SPEC §7, ``Prefer: wait=N``): the header read as RFC 7240 says, requests held until told.
+
+``WaitRegistry`` knows which requests wait for which job and wakes them; something else tells it
+what changed: on PostgreSQL the row cache's NOTIFY listener, otherwise (SQLite, or while that
+listener is not listening) one ``StatusPoller`` thread per process. docs/waiting.md says why.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from tracker.merge import PENDING
+from tracker.store import Job, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MIN_WAIT_S = 1
+MAX_WAIT_S = 60
+POLL_S = 0.01
+_MAX_BACKOFF_S = 2.0
+_LIVE_RECHECK_S = 0.1
+
+# RFC 7240 §2: preference = token [ BWS "=" BWS word ] *( OWS ";" [ OWS parameter ] ), in a
+# comma-separated list; word = token / quoted-string. Only the name and value of each matter here.
+_PREFERENCE = re.compile(
+    r"""[ \t]*(?P<name>[!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*
+        (?:=[ \t]*(?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<token>[^ \t;,"]*)))?
+        [ \t]*(?:;(?:"(?:[^"\\]|\\.)*"|[^,"])*)?(?:,|$)""",
+    re.VERBOSE,
+)
+
+
+def preferred_wait(prefer: str | None) -> int | None:
+    """The seconds a request's ``Prefer`` header asks to wait (capped at MAX_WAIT_S), or None.
+
+    None when there is no ``wait`` preference or its value is not delta-seconds from MIN_WAIT_S up:
+    such a preference is ignored, as RFC 7240 §2 has servers ignore what they do not understand.
+    Only the first ``wait`` counts (RFC 7240 §2: a repeated preference is ignored).
+    """
+    if not prefer:
+        return None
+    position = 0
+    while position < len(prefer):
+        while position < len(prefer) and prefer[position] in " \t,":  # empty list elements are allowed
+            position += 1
+        if position == len(prefer):
+            return None
+        match = _PREFERENCE.match(prefer, position)
+        if match is None or match.end() == position:
+            return None
+        position = match.end()
+        if match["name"].lower() != "wait":
+            continue
+        value = match["quoted"] if match["quoted"] is not None else match["token"]
+        if not value or not value.isascii() or not value.isdigit():
+            return None
+        digits = value.lstrip("0")
+        if len(digits) > len(str(MAX_WAIT_S)):  # no int() of thousands of digits
+            return MAX_WAIT_S
+        seconds = int(digits or "0")
+        return None if seconds < MIN_WAIT_S else min(seconds, MAX_WAIT_S)
+    return None
+
+
+class Waiter:
+    """One held request: woken when its job may have changed, or when the registry stops."""
+
+    __slots__ = ("_event", "job_id")
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self._event = threading.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether it was woken within ``timeout`` seconds (since the last ``clear``)."""
+        return self._event.wait(timeout)
+
+    def clear(self) -> None:
+        self._event.clear()
+
+
+class WaitRegistry:
+    """Which requests wait for which job, and the means to wake them. Thread-safe; no I/O."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[int, set[Waiter]] = collections.defaultdict(set)
+        self._someone_waits = threading.Condition(self._lock)
+        self._stopping = False
+
+    @contextlib.contextmanager
+    def watch(self, job_id: int) -> Iterator[Waiter]:
+        """A Waiter for ``job_id``, registered for the block: woken by ``notify`` of that job."""
+        waiter = Waiter(job_id)
+        with self._lock:
+            self._waiters[job_id].add(waiter)
+            if self._stopping:
+                waiter.wake()
+            self._someone_waits.notify_all()
+        try:
+            yield waiter
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(job_id)
+                if waiters is not None:
+                    waiters.discard(waiter)
+                    if not waiters:
+                        del self._waiters[job_id]
+
+    def notify(self, job_ids: Iterable[int] | None) -> None:
+        """Wake the requests waiting for ``job_ids`` (None: every one)."""
+        with self._lock:
+            if job_ids is None:
+                woken = [waiter for waiters in self._waiters.values() for waiter in waiters]
+            else:
+                woken = [waiter for job_id in job_ids for waiter in self._waiters.get(job_id, ())]
+        for waiter in woken:
+            waiter.wake()
+
+    def stop(self) -> None:
+        """From now on no request is held: those held are woken, later ones not held (shutdown)."""
+        with self._lock:
+            self._stopping = True
+        self.notify(None)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def waited_ids(self) -> list[int]:
+        """The jobs someone waits for now."""
+        with self._lock:
+            return list(self._waiters)
+
+    def wait_for_waiters(self, timeout: float) -> bool:
+        """Block until someone waits (True) or ``timeout`` passes (False)."""
+        with self._lock:
+            return self._someone_waits.wait_for(lambda: bool(self._waiters), timeout)
+
+    def hold(
+        self, job_id: int, seconds: float, read: Callable[[int], Job], clock: Callable[[], float] = time.monotonic
+    ) -> Job:
+        """The job's row once it is no longer PENDING, or as it is after ``seconds`` (or at stop).
+
+        Registered before the first read, so that no change committed after that read can go
+        unnoticed. Raises what ``read`` raises (JobNotFound, StoreUnavailable).
+        """
+        deadline = clock() + seconds
+        with self.watch(job_id) as waiter:
+            job = read(job_id)
+            while job.status == PENDING and not self._stopping:
+                remaining = deadline - clock()
+                if remaining <= 0 or not waiter.wait(remaining):
+                    # Time is up: the row as a plain GET would give it now (its message may
+                    # have changed without anyone being woken).
+                    return read(job_id)
+                waiter.clear()  # before the read: a change after it wakes the next wait
+                job = read(job_id)
+        return job
+
+
+class StatusPoller:
+    """One thread per process reading the status of the waited jobs every ``interval_s`` and waking
+    those no longer PENDING, while ``live()`` says notifications cannot be relied on.
+
+    It sleeps while no one waits. Started on first use in each process (after gunicorn's fork).
+    ``change_counter()``, called once on the poller's thread, may give a function whose value
+    moves whenever the database has had a commit (SQLite's data_version): then the statuses are
+    read only after it has moved. That is sound because a wait is registered before its first
+    read: a change that read missed was committed after it, so after the counter's value that
+    the last reading of statuses went by.
+    """
+
+    def __init__(
+        self,
+        registry: WaitRegistry,
+        statuses: Callable[[Sequence[int]], dict[int, str]],
+        live: Callable[[], bool] = lambda: False,
+        interval_s: float = POLL_S,
+        change_counter: Callable[[], Callable[[], int] | None] = lambda: None,
+    ) -> None:
+        self._registry = registry
+        self._statuses = statuses
+        self._change_counter = change_counter
+        self._read_at: int | None = None  # the counter's value when the statuses were last read
+        self._live = live
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        """Start the thread in this process unless it runs already; cheap to call per request."""
+        if self._pid == os.getpid() and self._thread is not None:
+            return
+        with self._lock:
+            if self._pid != os.getpid() or self._thread is None:
+                self._pid = os.getpid()
+                self._stopping = threading.Event()
+                self._thread = threading.Thread(target=self._run, name="tracker-waits", daemon=True)
+                self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        """Runs on the poller thread until close()."""
+        backoff = self._interval_s
+        counter = self._change_counter()
+        self._read_at = None
+        while not self._stopping.is_set():
+            if not self._registry.wait_for_waiters(timeout=1.0):
+                continue
+            if self._live():
+                # Notifications wake the waits; look again now and then in case they stop.
+                self._stopping.wait(max(self._interval_s, _LIVE_RECHECK_S))
+                continue
+            try:
+                self._poll_once(counter)
+                backoff = self._interval_s
+            except StoreUnavailable as exc:
+                log.warning("waits: cannot read the waited jobs (%s); trying again in %.2f s", exc, backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            except Exception:
+                log.exception("waits: polling the waited jobs failed")
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            self._stopping.wait(backoff)
+
+    def _poll_once(self, counter: Callable[[], int] | None) -> None:
+        if counter is not None:
+            value = counter()  # before the read, so that a commit after it moves it
+            if value == self._read_at:
+                return
+            self._read_at = value
+        ids = self._registry.waited_ids()
+        if not ids:
+            return
+        statuses = self._statuses(ids)
+        self._registry.notify([job_id for job_id in ids if statuses.get(job_id) != PENDING])
