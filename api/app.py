@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import time
@@ -14,10 +15,10 @@ import falcon.media
 import orjson
 from falcon.routing import BaseConverter
 
-from api import errors, health, middleware, openapi, resources, rowcache
+from api import dashboard, errors, health, middleware, openapi, resources, rowcache
 from api.reads import JobReads
 from api.waits import WaitRegistry
-from tracker import auth
+from tracker import auth, broker
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store, schema_problem
 from tracker.users import LoginThrottle, UserStore
@@ -54,6 +55,7 @@ class Deps:
     settings: Settings
     clock: Callable[[], float] = time.monotonic  # for the user cache; seconds, any epoch
     reads: JobReads | None = None  # what GET of one job and of its timeline read from; None: ``jobs``, uncached
+    dead_letter_count: Callable[[], int] | None = None  # None: ask RabbitMQ at settings.amqp_url
 
 
 def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
@@ -84,6 +86,10 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     app.add_route("/api/{version:served}/user/logout", resources.Logout(secure))
     app.add_route("/api/{version:served}/ping", resources.Ping())
     app.add_route("/api/{version:served}/openapi.json", resources.OpenApiDocument(openapi.document(SERVED_VERSIONS)))
+    dead_letter_count = deps.dead_letter_count or functools.partial(broker.dead_letter_count, deps.settings)
+    app.add_route("/api/{version:served}/dead_letters", dashboard.DeadLetterCount(dead_letter_count))
+    for route, (name, content_type) in dashboard.ASSETS.items():
+        app.add_route(route, dashboard.Asset(dashboard.load(name), content_type))
     app.add_route("/healthz", health.Health())
     app.add_route("/readyz", health.Readiness(lambda: schema_problem(deps.jobs.engine)))
     if deps.settings.metrics:

@@ -9,12 +9,13 @@ import falcon
 from gunicorn.http import errors as http_errors
 
 from tracker.alerts import alerts, route_not_found
-from tracker.errors import PermissionDenied, Unauthenticated
+from tracker.errors import DeadLettersUnavailable, PermissionDenied, Unauthenticated
 from tracker.store import JobNotFound, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 UNAUTHORIZED = "unauthorized, please log in."
+BROKER_UNAVAILABLE = "RabbitMQ unavailable, try again later"
 RETRY_AFTER_S = 5
 # gunicorn's own defaults, stated so that the OpenAPI document and docs/http-surface.md can name them.
 MAX_REQUEST_LINE_BYTES = 4094
@@ -34,12 +35,13 @@ def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:
     """Make ``app`` answer every error, foreign or Falcon's own, with the alert envelope.
 
     Exceptions this maps: JobNotFound → 404, Unauthenticated → 401, PermissionDenied → 403,
-    StoreUnavailable → 503, RequestTimedOut (a body not received in time) → 408, any other
-    non-HTTP exception → 500 (traceback logged, not sent).
+    StoreUnavailable and DeadLettersUnavailable → 503, RequestTimedOut (a body not received in
+    time) → 408, any other non-HTTP exception → 500 (traceback logged, not sent).
     """
     app.set_error_serializer(_serialize)
     app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(StoreUnavailable, _store_unavailable)
+    app.add_error_handler(DeadLettersUnavailable, _broker_unavailable)
     app.add_error_handler(JobNotFound, _job_not_found)
     app.add_error_handler(Unauthenticated, _unauthenticated)
     app.add_error_handler(PermissionDenied, _permission_denied)
@@ -68,6 +70,11 @@ def _internal_error(req: falcon.Request, _resp: falcon.Response, exc: Exception,
 def _store_unavailable(req: falcon.Request, _resp: falcon.Response, exc: StoreUnavailable, _params: Any) -> None:
     log.warning("database unavailable on %s %s: %s", req.method, req.path, exc)
     raise falcon.HTTPServiceUnavailable(description="database unavailable, try again later", retry_after=RETRY_AFTER_S)
+
+
+def _broker_unavailable(req: falcon.Request, _resp: falcon.Response, exc: DeadLettersUnavailable, _params: Any) -> None:
+    log.warning("RabbitMQ unavailable on %s %s: %s", req.method, req.path, exc)
+    raise falcon.HTTPServiceUnavailable(description=BROKER_UNAVAILABLE, retry_after=RETRY_AFTER_S)
 
 
 def _job_not_found(_req: falcon.Request, _resp: falcon.Response, _exc: JobNotFound, _params: Any) -> None:

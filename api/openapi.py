@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api import errors, resources, waits
+from api import dashboard, errors, resources, waits
 from tracker import leases, listing, merge, roles
 from tracker.events import MAX_MESSAGE_CHARS
 
@@ -76,7 +76,23 @@ def document(versions: tuple[str, ...]) -> dict[str, Any]:
                     {"200": _json("The OpenAPI 3.1 document", "#/components/schemas/Document")},
                 ),
             },
+            "/api/{version}/dead_letters": {
+                "parameters": [{"$ref": "#/components/parameters/Version"}],
+                "get": _operation(
+                    "getDeadLetterCount",
+                    f"How many messages the dead-letter queue holds (read from RabbitMQ at most every "
+                    f"{dashboard.DEAD_LETTER_COUNT_TTL_S:g} s per API process). Permission {roles.READ}.",
+                    _SECURED,
+                    {
+                        "200": _json("The count", "#/components/schemas/DeadLetterCount"),
+                        "401": _ref("Unauthorized"),
+                        "403": _ref("Forbidden"),
+                        "503": _ref("BrokerUnavailable"),
+                    },
+                ),
+            },
             **_observability(),
+            **_dashboard(),
         },
         "components": _components(versions),
     }
@@ -117,6 +133,28 @@ def _observability() -> dict[str, Any]:
                 },
             )
         },
+    }
+
+
+def _dashboard() -> dict[str, Any]:
+    """The dashboard's page and files (SPEC §7): public, since the page itself holds the login form."""
+    return {
+        route: {
+            "get": _operation(
+                "getDashboard" if route == "/" else "getDashboard" + name.rsplit(".", 1)[1].capitalize(),
+                "The dashboard, a web page for people." if route == "/" else f"The dashboard's {name}.",
+                _PUBLIC,
+                {
+                    "200": {
+                        "description": f"`{name}`, with an ETag, `Cache-Control: {dashboard.CACHE_CONTROL}` and "
+                        "the page's Content-Security-Policy",
+                        "content": {content_type.split(";")[0]: {"schema": {"type": "string"}}},
+                    },
+                    "304": {"description": "Not Modified: the ETag in If-None-Match is the current one"},
+                },
+            )
+        }
+        for route, (name, content_type) in dashboard.ASSETS.items()
     }
 
 
@@ -408,6 +446,7 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                 "A later minor version of a served major version, or a transfer coding other than chunked"
             ),
             "Unavailable": _error("`database unavailable, try again later`", **{"Retry-After": retry_after}),
+            "BrokerUnavailable": _error(f"`{errors.BROKER_UNAVAILABLE}`", **{"Retry-After": retry_after}),
             "NotReady": _error(
                 "The database does not answer, or its schema is not the newest", **{"Retry-After": retry_after}
             ),
@@ -541,6 +580,19 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                 "required": ["status"],
                 "additionalProperties": False,
                 "properties": {"status": {"const": "ok"}},
+            },
+            "DeadLetterCount": {
+                "type": "object",
+                "required": ["response"],
+                "additionalProperties": False,
+                "properties": {
+                    "response": {
+                        "type": "object",
+                        "required": ["count"],
+                        "additionalProperties": False,
+                        "properties": {"count": {"type": "integer", "minimum": 0}},
+                    }
+                },
             },
             "Pong": {
                 "type": "object",

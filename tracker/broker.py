@@ -8,6 +8,7 @@ time it starts with the node after the one it was last connected to (the one mos
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -18,6 +19,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from tracker.config import Settings, split_amqp_urls
+from tracker.errors import DeadLettersUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +175,32 @@ def _declare_dead_queue(connection: pika.BlockingConnection, settings: Settings)
         )
         return
     channel.close()
+
+
+def dead_letter_count(settings: Settings) -> int:
+    """How many messages ``settings.dead_queue`` holds, read without touching them (a passive declare).
+
+    A queue never declared holds none. Opens a connection of its own (to any node that answers)
+    and closes it. Raises DeadLettersUnavailable when RabbitMQ cannot be reached or refuses, or
+    when the queue's node is away.
+    """
+    connector = Connector(settings.amqp_url, "tracker-dead-count")
+    try:
+        connection = connector.connect()
+    except pika.exceptions.AMQPError:
+        raise DeadLettersUnavailable(f"cannot reach RabbitMQ at {connector.nodes}") from None
+    try:
+        return int(connection.channel().queue_declare(settings.dead_queue, passive=True).method.message_count)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404 and "home node" not in str(exc.reply_text):  # never declared: empty
+            return 0
+        raise DeadLettersUnavailable(f"RabbitMQ refused: {exc.reply_text}") from None
+    except pika.exceptions.AMQPError as exc:
+        raise DeadLettersUnavailable(f"lost RabbitMQ: {type(exc).__name__}") from None
+    finally:
+        if connection.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.close()
 
 
 @dataclasses.dataclass

@@ -290,9 +290,9 @@ def test_versions_and_unknown_paths(api: Api) -> None:
         "/api/4.01/async_status/1",
         "/api/5.0/nothing",
         "/api/5.0/async_status/1/more",
-        "/",
         "/api",
-        "/index.html",
+        "/index.html",  # the dashboard's page is served at / only
+        "/static/dashboard.js",
     ):
         result = api.client.simulate_get(path, headers={**headers, "Accept": "text/html"})
         assert_alert(result, 404, f"The requested path '{path}' does not exist.")
