@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format install migrate bench bench-quick faults-long clean
+.PHONY: run test lint format install migrate bench bench-quick faults-long screenshot clean
 
 # One venv with everything (the server extra and the tests), reinstalled whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -48,6 +48,10 @@ bench-quick: $(STAMP)
 ## faults-long: the fault scenarios at full scale (make test runs a bounded version).
 faults-long: $(STAMP)
 	TRACKER_FAULTS_SCALE=long $(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
+
+## screenshot: the dashboard's browser test, writing docs/dashboard.png (the README's picture).
+screenshot: $(STAMP)
+	TRACKER_SCREENSHOT=1 $(BIN)/python -m pytest tests/e2e/test_dashboard.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info tracker.db tracker.db-wal tracker.db-shm
