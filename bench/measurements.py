@@ -1125,7 +1125,7 @@ def job_list(bed: Testbed) -> list[Result]:
         )
         results.append(
             Result(
-                "14 list",
+                "9 list",
                 f"first page of the {name} jobs (limit 100) among {rows:,} rows, p50",
                 "ms",
                 page["p50_ms"],
