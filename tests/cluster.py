@@ -28,9 +28,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 
-import pika
-import pika.exceptions
-
+from tests.faults import rabbitmq
 from tests.processes import free_port
 
 # Debian's /usr/sbin/rabbitmq-server is a wrapper that redirects the output and switches user
@@ -212,21 +210,7 @@ class Node:
 
     def answering(self) -> bool:
         """Whether the node takes an AMQP connection and opens a channel right now."""
-        params = pika.URLParameters(self.url)
-        params.socket_timeout = params.blocked_connection_timeout = 3
-        params.connection_attempts = 1
-        try:
-            connection = pika.BlockingConnection(params)
-        except pika.exceptions.AMQPError:
-            return False
-        try:
-            connection.channel()
-            return True
-        except pika.exceptions.AMQPError:
-            return False
-        finally:
-            if connection.is_open:
-                connection.close()
+        return rabbitmq.answering(self.url)
 
     def wait_answering(self, timeout: float = _BOOT_TIMEOUT_S) -> float:
         """Block until the node answers on its AMQP port; the seconds waited."""
