@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 from api.rowcache import RowCache
 from api.waits import StatusPoller, WaitRegistry
-from tracker.store import Job, JobStore, StoreUnavailable, TimelineEvent
+from tracker.model import Job, TimelineEvent
+from tracker.store import JobStore, StoreUnavailable
 
 _T = TypeVar("_T")
 

@@ -18,7 +18,8 @@ from tracker import auth, leases, listing, merge, roles, timefmt
 from tracker.alerts import alerts
 from tracker.config import Settings
 from tracker.events import check_message
-from tracker.store import Job, JobNotFound, JobStore, TimelineEvent
+from tracker.model import Job, TimelineEvent
+from tracker.store import JobNotFound, JobStore
 from tracker.users import LoginThrottle, UserStore
 
 ID_NOT_INTEGER = "getting integer parameters: parameter 'id' not an integer"

@@ -18,7 +18,7 @@ import psycopg
 import sqlalchemy as sa
 
 from tracker import timefmt
-from tracker.store import Job
+from tracker.model import Job
 
 log = logging.getLogger(__name__)
 

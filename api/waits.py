@@ -16,8 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from tracker.errors import StoreUnavailable
 from tracker.merge import PENDING
-from tracker.store import Job, StoreUnavailable
+from tracker.model import Job
 
 log = logging.getLogger(__name__)
 

@@ -48,6 +48,7 @@ from consumers.reaper import Reaper
 from consumers.status import DeadLetter, Delivery, Outcome, StatusProjector
 from consumers.telemetry import BatchTelemetry
 from tracker import broker, gcfreeze
+from tracker.backoff import Backoff
 from tracker.config import Settings
 from tracker.reasons import reason_code
 from tracker.store import StoreUnavailable, make_engine, open_job_store
@@ -141,7 +142,7 @@ class Consumer:
 
     def run(self) -> None:
         """Consume until stopped; reconnects by itself. Raises FatalBrokerError."""
-        backoff = broker.Backoff()
+        backoff = Backoff()
         self._writer = concurrent.futures.ThreadPoolExecutor(
             max_workers=self._policy.writers, thread_name_prefix="tracker-writer"
         )
@@ -150,7 +151,7 @@ class Consumer:
         finally:
             self._writer.shutdown(wait=True)
 
-    def _run(self, backoff: broker.Backoff) -> None:
+    def _run(self, backoff: Backoff) -> None:
         while not self._stop.is_set():
             connected_at = None
             try:
@@ -173,7 +174,7 @@ class Consumer:
             finally:
                 self._close()
 
-    def _lost(self, exc: BaseException, backoff: broker.Backoff, connected_at: float | None) -> None:
+    def _lost(self, exc: BaseException, backoff: Backoff, connected_at: float | None) -> None:
         # Only a connection that held for a while earns a quick reconnect: one that breaks at
         # once, again and again (say, on a message it cannot handle), backs off like a refused one.
         if connected_at is not None and time.monotonic() - connected_at >= _STEADY_S:
@@ -328,7 +329,7 @@ class Consumer:
         None if the batch was abandoned instead: we are stopping, or its deliveries were lost
         with the broker connection.
         """
-        backoff = broker.Backoff()
+        backoff = Backoff()
         started = time.monotonic()
         while True:
             try:

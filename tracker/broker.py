@@ -9,7 +9,6 @@ time it starts with the node after the one it was last connected to (the one mos
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import random
 import urllib.parse
@@ -201,21 +200,3 @@ def dead_letter_count(settings: Settings) -> int:
         if connection.is_open:
             with contextlib.suppress(pika.exceptions.AMQPError):
                 connection.close()
-
-
-@dataclasses.dataclass
-class Backoff:
-    """Capped exponential back-off with jitter: 0.25 s, 0.5 s, 1 s … up to ``cap``."""
-
-    first: float = 0.25
-    cap: float = 15.0
-    _attempt: int = 0
-
-    def next(self) -> float:
-        growth: int = 2**self._attempt  # typeshed types int ** int as Any (a negative power is a float)
-        delay = min(self.cap, self.first * growth)
-        self._attempt += 1
-        return delay * random.uniform(0.8, 1.0)
-
-    def reset(self) -> None:
-        self._attempt = 0

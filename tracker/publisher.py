@@ -29,6 +29,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from tracker import broker, events
+from tracker.backoff import Backoff
 from tracker.config import Settings
 from tracker.errors import PublishFailed
 
@@ -95,7 +96,7 @@ class Publisher:
         """Send ``event`` and wait for the broker's confirm; raises PublishFailed."""
         body, properties = _wire(event)
         deadline = time.monotonic() + self._timeout_s
-        backoff = broker.Backoff(cap=5.0)
+        backoff = Backoff(cap=5.0)
         while True:
             try:
                 self._send(broker.routing_key(event.type), body, properties)

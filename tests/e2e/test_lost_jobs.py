@@ -16,8 +16,9 @@ import sqlalchemy as sa
 from tests.processes import ConsumerProcess, environment
 from tracker import events, leases, merge
 from tracker.config import Settings
+from tracker.model import Job
 from tracker.publisher import Publisher
-from tracker.store import Job, JobStore, open_job_store
+from tracker.store import JobStore, open_job_store
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
 

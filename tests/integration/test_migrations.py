@@ -13,7 +13,8 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from tracker.events import new_event
-from tracker.store import TimelineEvent, make_engine, migrations, open_job_store
+from tracker.model import TimelineEvent
+from tracker.store import make_engine, migrations, open_job_store
 from tracker.store.tables import UTCDateTime, async_status, async_status_event
 
 

@@ -28,7 +28,8 @@ from tests.integration.test_api import FAST_PASSWORDS, PASSWORD
 from tracker import auth
 from tracker.config import Settings
 from tracker.events import new_event
-from tracker.store import Job, JobNotFound, JobStore, StoreUnavailable, make_engine, migrate, open_job_store
+from tracker.model import Job
+from tracker.store import JobNotFound, JobStore, StoreUnavailable, make_engine, migrate, open_job_store
 from tracker.store.postgresql import PostgresJobStore
 from tracker.users import LoginThrottle, UserStore
 

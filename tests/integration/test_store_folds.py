@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from tests import oracle
 from tracker.events import Event, new_event
-from tracker.store import Job, JobStore, make_engine, migrate, open_job_store
+from tracker.model import Job
+from tracker.store import JobStore, make_engine, migrate, open_job_store
 
 pytestmark = [pytest.mark.postgres]
 

@@ -14,7 +14,8 @@ from tests import spec_texts
 from tracker import auth, roles
 from tracker.alerts import alerts
 from tracker.config import Settings
-from tracker.store import Job, JobNotFound, StoreUnavailable
+from tracker.errors import JobNotFound, StoreUnavailable
+from tracker.model import Job
 from tracker.users import User
 
 SECRET = "unit-secret-" + "y" * 40

@@ -16,9 +16,9 @@ from api import app as api_app
 from api import openapi
 from tracker import auth
 from tracker.config import Settings
+from tracker.errors import JobNotFound
 from tracker.listing import Count, JobQuery
-from tracker.store import Job, JobNotFound, TimelineEvent
-from tracker.store.jobs import JobPage
+from tracker.model import Job, JobPage, TimelineEvent
 from tracker.users import User
 
 SECRET = "unit-secret-" + "o" * 40

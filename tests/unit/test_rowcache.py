@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from api.rowcache import RowCache
-from tracker.store import Job, JobNotFound
+from tracker.errors import JobNotFound
+from tracker.model import Job
 
 START = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 

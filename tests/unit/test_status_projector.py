@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from consumers.status import DeadLetter, Delivery, StatusProjector
 from tracker.errors import StoreRefused, StoreUnavailable
 from tracker.events import Event, new_event
-from tracker.store import Applied, JobStore
+from tracker.model import Applied
+from tracker.store import JobStore
 
 KNOWN_JOBS = frozenset(range(1, 100))
 

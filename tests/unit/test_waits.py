@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from api.errors import RequestTimedOut
 from api.server import DeadlineSocket
 from api.waits import StatusPoller, WaitRegistry, preferred_wait
-from tracker.store import Job, JobNotFound
+from tracker.errors import JobNotFound
+from tracker.model import Job
 
 # SPEC §7: "Prefer: wait=N (N 1 to 60)".
 MIN_WAIT_S, MAX_WAIT_S = 1, 60

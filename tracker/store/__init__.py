@@ -6,17 +6,14 @@ the newest schema. Nothing here opens a connection at import time.
 
 from tracker.errors import JobNotFound, StoreRefused, StoreUnavailable
 from tracker.store.engine import make_engine, refused_as_error, unavailable_as_error
-from tracker.store.jobs import Applied, Job, JobStore, TimelineEvent, open_job_store
+from tracker.store.jobs import JobStore, open_job_store
 from tracker.store.migrations import migrate, schema_problem
 
 __all__ = [
-    "Applied",
-    "Job",
     "JobNotFound",
     "JobStore",
     "StoreRefused",
     "StoreUnavailable",
-    "TimelineEvent",
     "make_engine",
     "migrate",
     "open_job_store",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import datetime as dt
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -27,57 +26,11 @@ from tracker import listing, merge, timefmt
 from tracker.errors import JobNotFound
 from tracker.events import Event
 from tracker.leases import JobLimits
+from tracker.model import Applied, Job, JobPage, TimelineEvent
 from tracker.store.engine import unavailable_as_error
 from tracker.store.tables import async_status, async_status_event, async_status_lease
 
 _IDS_PER_STATEMENT = 500  # well under SQLite's limit of bound parameters
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """The public row, as GET returns it."""
-
-    id: int
-    status: str
-    start_time: dt.datetime
-    end_time: dt.datetime | None
-    message: str | None
-
-
-@dataclasses.dataclass(frozen=True)
-class TimelineEvent:
-    """One accepted event of a job as its timeline shows it (SPEC §7).
-
-    ``received_at`` is when the tracker folded it; None for events kept before the timeline was
-    (migration 0005), whose receipt was not recorded.
-    """
-
-    event_id: str
-    type: str
-    occurred_at: dt.datetime
-    received_at: dt.datetime | None
-    seq: int
-    message: str | None
-
-    @property
-    def key(self) -> merge.Key:
-        return merge.Key(self.occurred_at, self.seq, self.event_id)
-
-
-@dataclasses.dataclass(frozen=True)
-class JobPage:
-    """One page of the job list, and how many rows match its filters regardless of paging."""
-
-    jobs: list[Job]
-    count: listing.Count
-
-
-@dataclasses.dataclass(frozen=True)
-class Applied:
-    """What a batch did: rows changed, and the job ids that have no row (their events not applied)."""
-
-    changed_jobs: int
-    missing_jobs: frozenset[int]
 
 
 PUBLIC_COLUMNS = (

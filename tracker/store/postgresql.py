@@ -11,8 +11,9 @@ from sqlalchemy.engine import Engine
 
 from tracker import listing
 from tracker.events import Event
+from tracker.model import Applied
 from tracker.store.engine import refused_as_error, unavailable_as_error
-from tracker.store.jobs import Applied, JobStore, matching_rows
+from tracker.store.jobs import JobStore, matching_rows
 
 # Set once on each pooled connection that folds batches, for its whole session: a round trip per
 # batch is worth saving, as it is on the path of every event's latency. The planner prices the

@@ -16,8 +16,9 @@ from tracker import merge, timefmt
 from tracker.errors import StoreUnavailable
 from tracker.events import Event
 from tracker.leases import RENEW_SLACK_S
+from tracker.model import Applied
 from tracker.store.engine import refused_as_error, unavailable_as_error
-from tracker.store.jobs import Applied, JobStore, chunks
+from tracker.store.jobs import JobStore, chunks
 from tracker.store.tables import async_status, async_status_event, async_status_lease
 
 _ID_CHUNK = 1000  # ids per IN (...) list: far below SQLite's parameter limit
