@@ -28,8 +28,8 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 
+from bench.processes import free_port
 from tests.faults import rabbitmq
-from tests.processes import free_port
 
 # Debian's /usr/sbin/rabbitmq-server is a wrapper that redirects the output and switches user
 # with su; the scripts it wraps take the environment as it is given.

@@ -15,8 +15,9 @@ from typing import TypeVar
 import pytest
 import sqlalchemy as sa
 
+from bench.processes import environment
 from tests.conftest import AMQP_URL, TEST_SECRET
-from tests.processes import ConsumerProcess, environment
+from tests.processes import ConsumerProcess
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 import sqlalchemy as sa
 
+from bench.processes import READY_LINE
 from tests.cluster import Cluster, ClusterUnavailable, running_cluster
 from tests.conftest import TEST_SECRET
 from tests.faults.rabbitmq import ready_count
@@ -42,7 +43,7 @@ from tests.faults.stream import (
 )
 from tests.metrics_text import scrape, total
 from tests.polling import poll_until
-from tests.processes import READY_LINE, ConsumerProcess
+from tests.processes import ConsumerProcess
 from tracker import events
 from tracker.config import Settings
 from tracker.store import JobStore
