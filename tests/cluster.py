@@ -1,4 +1,5 @@
-"""Three RabbitMQ nodes of this machine joined in one cluster, for the cluster tests (SPEC §10).
+"""RabbitMQ nodes of the tests' own on this machine, joined in one cluster: three for the cluster
+tests (SPEC §10), one for the broker restart (a test never stops the machine's own node).
 
 The nodes are the test run's own: names ``tracker-<run>-c1@localhost`` …, AMQP and distribution
 ports that were free, configuration, data and logs in a temporary directory. They are started
@@ -59,8 +60,8 @@ def server_scripts() -> pathlib.Path:
     if found and shutil.which("rabbitmqctl"):
         return pathlib.Path(found).resolve().parent
     raise ClusterUnavailable(
-        "rabbitmq-server is not installed (not in /usr/lib/rabbitmq/bin, not on PATH): the cluster "
-        "tests start three RabbitMQ nodes of their own on this machine; install it with "
+        "rabbitmq-server is not installed (not in /usr/lib/rabbitmq/bin, not on PATH): the tests "
+        "that restart or kill RabbitMQ start nodes of their own on this machine; install it with "
         "apt-get install rabbitmq-server"
     )
 
@@ -256,7 +257,7 @@ class Node:
 
 
 class Cluster:
-    """Three nodes joined in one cluster; ``url`` lists them all, as TRACKER_AMQP_URL would."""
+    """Nodes joined in one cluster (or a single node); ``url`` lists them all, as TRACKER_AMQP_URL would."""
 
     def __init__(self, nodes: Sequence[Node], home: pathlib.Path) -> None:
         self.nodes = list(nodes)

@@ -171,16 +171,21 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def amqp_names(rabbitmq_server: str) -> Iterator[dict[str, str]]:
-    """Exchange and queue names of this test's own, deleted afterwards."""
+def new_amqp_names() -> dict[str, str]:
+    """Exchange and queue names no other test uses, as Settings' keyword arguments."""
     prefix = f"test.{uuid.uuid4().hex[:8]}"
-    names = {
+    return {
         "exchange": f"{prefix}.async_status",
         "queue": f"{prefix}.events",
         "dead_exchange": f"{prefix}.dlx",
         "dead_queue": f"{prefix}.dead",
     }
+
+
+@pytest.fixture
+def amqp_names(rabbitmq_server: str) -> Iterator[dict[str, str]]:
+    """Exchange and queue names of this test's own on the local RabbitMQ, deleted afterwards."""
+    names = new_amqp_names()
     yield names
     connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_server))
     channel = connection.channel()

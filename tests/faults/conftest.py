@@ -1,4 +1,4 @@
-"""Fault-scenario fixtures: PostgreSQL settings, consumer processes, the scale and the random seed.
+"""Fault-scenario fixtures: settings, RabbitMQ nodes of a test's own, consumer processes, the scale and the seed.
 
 TRACKER_FAULTS_SCALE=long (``make faults-long``) runs every scenario much longer and harder;
 the default is a bounded run for ``make test``. TRACKER_FAULTS_SEED replays a stream.
@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from bench.processes import environment
-from tests.conftest import AMQP_URL, TEST_SECRET
+from tests.cluster import Cluster, ClusterUnavailable, running_cluster
+from tests.conftest import AMQP_URL, TEST_SECRET, new_amqp_names
 from tests.processes import ConsumerProcess
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store
@@ -48,16 +49,37 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
 
 
 @pytest.fixture
-def fault_settings(postgres_url: str, amqp_names: dict[str, str], tmp_path) -> Settings:
-    """Settings on the session's PostgreSQL database and this test's own broker names."""
-    return Settings(
-        database_url=postgres_url,
-        amqp_url=AMQP_URL,
-        secret=TEST_SECRET,
-        secret_file=str(tmp_path / "secret"),
-        metrics_bind="127.0.0.1:0",
-        **amqp_names,
-    )
+def settings_on(postgres_url: str, tmp_path) -> Callable[..., Settings]:
+    """Settings on the session's PostgreSQL database for a broker at ``amqp_url`` (one URL or a
+    cluster's list), under broker names of this test's own (new ones unless ``names`` are given)."""
+
+    def on(amqp_url: str, names: dict[str, str] | None = None) -> Settings:
+        return Settings(
+            database_url=postgres_url,
+            amqp_url=amqp_url,
+            secret=TEST_SECRET,
+            secret_file=str(tmp_path / "secret"),
+            metrics_bind="127.0.0.1:0",
+            **(names or new_amqp_names()),
+        )
+
+    return on
+
+
+@pytest.fixture
+def fault_settings(settings_on: Callable[..., Settings], amqp_names: dict[str, str]) -> Settings:
+    """Settings on the session's PostgreSQL database and the local RabbitMQ, under this test's own names."""
+    return settings_on(AMQP_URL, amqp_names)
+
+
+def nodes_of_our_own(size: int) -> Iterator[Cluster]:
+    """For a fixture: ``size`` RabbitMQ nodes of the test's own, joined (tests/cluster.py), removed
+    after it however it ends. The test fails, saying why, when they cannot be run here."""
+    try:
+        with running_cluster(size) as started:
+            yield started
+    except ClusterUnavailable as exc:
+        pytest.fail(f"{size} RabbitMQ node(s) of the test's own could not be run: {exc}")
 
 
 @pytest.fixture

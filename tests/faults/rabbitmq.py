@@ -1,12 +1,13 @@
-"""Looking into and briefly stopping the local RabbitMQ node, always leaving it running."""
+"""Looking into RabbitMQ: a queue's ready messages (any node), the unacked ones (the local node).
+
+Nothing here stops, restarts or changes a node: the tests that do so start nodes of their own
+(tests/cluster.py), and the local node serves other test runs meanwhile.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
-import time
-from collections.abc import Iterator
 
 import pika
 import pika.exceptions
@@ -89,28 +90,3 @@ def answering(url: str) -> bool:
     finally:
         if connection.is_open:
             connection.close()
-
-
-def wait_until_answering(url: str, timeout: float = 90.0) -> float:
-    """Block until the broker answers; the seconds waited. Raises AssertionError on timeout."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if answering(url):
-            return time.monotonic() - started
-        time.sleep(0.25)
-    raise AssertionError(f"RabbitMQ did not answer at {url} within {timeout} s")
-
-
-@contextlib.contextmanager
-def application_stopped(url: str) -> Iterator[None]:
-    """Stop the RabbitMQ application (the Erlang node stays up) for the body of the ``with``.
-
-    It is started again however the body ends, and this returns only once it answers at ``url``:
-    other test sessions share this broker.
-    """
-    _ctl("stop_app")
-    try:
-        yield
-    finally:
-        _ctl("start_app")
-        wait_until_answering(url)
