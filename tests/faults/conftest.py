@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from bench.processes import environment
 from tests.cluster import Cluster, ClusterUnavailable, running_cluster
-from tests.conftest import AMQP_URL, TEST_SECRET, new_amqp_names
+from tests.conftest import AMQP_URL, settings_for
 from tests.processes import ConsumerProcess
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store
@@ -49,27 +49,16 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
 
 
 @pytest.fixture
-def settings_on(postgres_url: str, tmp_path) -> Callable[..., Settings]:
-    """Settings on the session's PostgreSQL database for a broker at ``amqp_url`` (one URL or a
-    cluster's list), under broker names of this test's own (new ones unless ``names`` are given)."""
-
-    def on(amqp_url: str, names: dict[str, str] | None = None) -> Settings:
-        return Settings(
-            database_url=postgres_url,
-            amqp_url=amqp_url,
-            secret=TEST_SECRET,
-            secret_file=str(tmp_path / "secret"),
-            metrics_bind="127.0.0.1:0",
-            **(names or new_amqp_names()),
-        )
-
-    return on
+def settings_on(postgres_url: str, tmp_path) -> Callable[[str], Settings]:
+    """Settings on the session's PostgreSQL database for a broker at the URL given (one URL or a
+    cluster's list), under new broker names of this test's own."""
+    return lambda amqp_url: settings_for(postgres_url, amqp_url, tmp_path)
 
 
 @pytest.fixture
-def fault_settings(settings_on: Callable[..., Settings], amqp_names: dict[str, str]) -> Settings:
+def fault_settings(postgres_url: str, amqp_names: dict[str, str], tmp_path) -> Settings:
     """Settings on the session's PostgreSQL database and the local RabbitMQ, under this test's own names."""
-    return settings_on(AMQP_URL, amqp_names)
+    return settings_for(postgres_url, AMQP_URL, tmp_path, amqp_names)
 
 
 def nodes_of_our_own(size: int) -> Iterator[Cluster]:

@@ -27,7 +27,7 @@ def broker() -> Iterator[Cluster]:
 
 
 def test_broker_restarts_lose_no_confirmed_event(
-    broker: Cluster, settings_on: Callable[..., Settings], scale, rng, pg_engine, store, spawn_consumer
+    broker: Cluster, settings_on: Callable[[str], Settings], scale, rng, pg_engine, store, spawn_consumer
 ):
     (node,) = broker.nodes
     settings = settings_on(broker.url)

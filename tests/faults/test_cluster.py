@@ -63,7 +63,7 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def cluster_settings(cluster: Cluster, settings_on: Callable[..., Settings]) -> Settings:
+def cluster_settings(cluster: Cluster, settings_on: Callable[[str], Settings]) -> Settings:
     """The session's PostgreSQL, the cluster's three nodes in TRACKER_AMQP_URL, this test's own names."""
     return settings_on(cluster.url)
 
