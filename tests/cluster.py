@@ -302,19 +302,7 @@ class Cluster:
 
     def unacked_count(self, queue: str) -> int:
         """Messages of ``queue`` delivered to consumers and not yet acked, on every node's channels."""
-        node = self.any_running()
-        channels = {
-            entry["channel_pid"]
-            for entry in node.ctl_json("list_consumers", "queue_name", "channel_pid")
-            if entry["queue_name"] == queue
-        }
-        if not channels:
-            return 0
-        return sum(
-            int(str(entry["messages_unacknowledged"]))
-            for entry in node.ctl_json("list_channels", "pid", "messages_unacknowledged")
-            if entry["pid"] in channels
-        )
+        return rabbitmq.unacked_count(queue, self.any_running().ctl_json)
 
     def running_nodes(self) -> list[str]:
         """The nodes the cluster itself counts as running, asked of a running node."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 
 import pika
 import pika.exceptions
@@ -56,22 +57,23 @@ def ready_count(url: str, queue: str) -> int:
         connection.close()
 
 
-def unacked_count(queue: str) -> int:
+def unacked_count(queue: str, ctl_json: Callable[..., list[dict[str, object]]] = _ctl_json) -> int:
     """Messages delivered from ``queue`` to its consumers and not yet acked, counted right now.
 
     Asked of the consumers' channels: a quorum queue's own ``messages`` figure is a metric
-    refreshed every few seconds, and lags far behind under load.
+    refreshed every few seconds, and lags far behind under load. ``ctl_json`` runs rabbitmqctl
+    and reads its JSON: of the local node by default, or of a node of the tests' own.
     """
     channels = {
         entry["channel_pid"]
-        for entry in _ctl_json("list_consumers", "queue_name", "channel_pid")
+        for entry in ctl_json("list_consumers", "queue_name", "channel_pid")
         if entry["queue_name"] == queue
     }
     if not channels:
         return 0
     return sum(
-        int(entry["messages_unacknowledged"])
-        for entry in _ctl_json("list_channels", "pid", "messages_unacknowledged")
+        int(str(entry["messages_unacknowledged"]))
+        for entry in ctl_json("list_channels", "pid", "messages_unacknowledged")
         if entry["pid"] in channels
     )
 
