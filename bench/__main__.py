@@ -21,10 +21,10 @@ import uuid
 import pika.exceptions
 
 from bench import load, measurements
+from bench.processes import ROOT
 from bench.report import Progress, Run, describe_machine, summary, write_docs
 from bench.services import BenchBroker, BenchDatabase, MessagesLost
 from bench.testbed import DEFAULT_AMQP_URL, FULL, QUICK, Testbed, settings_changes
-from tests.processes import ROOT
 from tracker.config import ConfigError
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tracker_bench"

@@ -32,11 +32,10 @@ import sqlalchemy as sa
 
 from bench import capacity_model, cputime, load, workload
 from bench.capacity_model import Capacity, Window
-from bench.processes import MeasuredChild, bench_command, tracker_command
+from bench.processes import READY_LINE, MeasuredChild, bench_command, free_port, tracker_command
 from bench.report import Result
 from bench.services import MessagesLost, QueueWatcher
 from bench.testbed import Testbed
-from tests.processes import READY_LINE, free_port
 from tracker.config import Settings
 
 APPLICATION = "tracker-bench-capacity"  # the benchmark's own connections, left out of PostgreSQL's CPU

@@ -16,12 +16,11 @@ import sqlalchemy as sa
 
 from bench import load, processes, report, workload
 from bench.capacity import capacity
-from bench.processes import bench_command, tracker_command
+from bench.processes import ProcessFailed, bench_command, free_port, tracker_command
 from bench.references import percentiles_ms
 from bench.report import Result
 from bench.services import BenchDatabase, MessagesLost, QueueWatcher
 from bench.testbed import Testbed
-from tests.processes import ProcessFailed, free_port
 from tracker.config import Settings
 
 _DONE_CHECK = 2000  # final events whose rows are checked for completion (several batches' worth)

@@ -1,4 +1,5 @@
-"""Three RabbitMQ nodes of this machine joined in one cluster, for the cluster tests (SPEC §10).
+"""RabbitMQ nodes of the tests' own on this machine, joined in one cluster: three for the cluster
+tests (SPEC §10), one for the broker restart (a test never stops the machine's own node).
 
 The nodes are the test run's own: names ``tracker-<run>-c1@localhost`` …, AMQP and distribution
 ports that were free, configuration, data and logs in a temporary directory. They are started
@@ -28,8 +29,8 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 
+from bench.processes import free_port
 from tests.faults import rabbitmq
-from tests.processes import free_port
 
 # Debian's /usr/sbin/rabbitmq-server is a wrapper that redirects the output and switches user
 # with su; the scripts it wraps take the environment as it is given.
@@ -59,8 +60,8 @@ def server_scripts() -> pathlib.Path:
     if found and shutil.which("rabbitmqctl"):
         return pathlib.Path(found).resolve().parent
     raise ClusterUnavailable(
-        "rabbitmq-server is not installed (not in /usr/lib/rabbitmq/bin, not on PATH): the cluster "
-        "tests start three RabbitMQ nodes of their own on this machine; install it with "
+        "rabbitmq-server is not installed (not in /usr/lib/rabbitmq/bin, not on PATH): the tests "
+        "that restart or kill RabbitMQ start nodes of their own on this machine; install it with "
         "apt-get install rabbitmq-server"
     )
 
@@ -256,7 +257,7 @@ class Node:
 
 
 class Cluster:
-    """Three nodes joined in one cluster; ``url`` lists them all, as TRACKER_AMQP_URL would."""
+    """Nodes joined in one cluster (or a single node); ``url`` lists them all, as TRACKER_AMQP_URL would."""
 
     def __init__(self, nodes: Sequence[Node], home: pathlib.Path) -> None:
         self.nodes = list(nodes)
@@ -301,19 +302,7 @@ class Cluster:
 
     def unacked_count(self, queue: str) -> int:
         """Messages of ``queue`` delivered to consumers and not yet acked, on every node's channels."""
-        node = self.any_running()
-        channels = {
-            entry["channel_pid"]
-            for entry in node.ctl_json("list_consumers", "queue_name", "channel_pid")
-            if entry["queue_name"] == queue
-        }
-        if not channels:
-            return 0
-        return sum(
-            int(str(entry["messages_unacknowledged"]))
-            for entry in node.ctl_json("list_channels", "pid", "messages_unacknowledged")
-            if entry["pid"] in channels
-        )
+        return rabbitmq.unacked_count(queue, self.any_running().ctl_json)
 
     def running_nodes(self) -> list[str]:
         """The nodes the cluster itself counts as running, asked of a running node."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pathlib
 import uuid
 from collections.abc import Iterator
 
@@ -171,16 +172,21 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def amqp_names(rabbitmq_server: str) -> Iterator[dict[str, str]]:
-    """Exchange and queue names of this test's own, deleted afterwards."""
+def new_amqp_names() -> dict[str, str]:
+    """Exchange and queue names no other test uses, as Settings' keyword arguments."""
     prefix = f"test.{uuid.uuid4().hex[:8]}"
-    names = {
+    return {
         "exchange": f"{prefix}.async_status",
         "queue": f"{prefix}.events",
         "dead_exchange": f"{prefix}.dlx",
         "dead_queue": f"{prefix}.dead",
     }
+
+
+@pytest.fixture
+def amqp_names(rabbitmq_server: str) -> Iterator[dict[str, str]]:
+    """Exchange and queue names of this test's own on the local RabbitMQ, deleted afterwards."""
+    names = new_amqp_names()
     yield names
     connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_server))
     channel = connection.channel()
@@ -191,15 +197,23 @@ def amqp_names(rabbitmq_server: str) -> Iterator[dict[str, str]]:
     connection.close()
 
 
-@pytest.fixture
-def settings(database_url: str, amqp_names: dict[str, str], tmp_path) -> Settings:
-    """Settings for one test: its own database rows and broker names, a fixed secret."""
+def settings_for(
+    database_url: str, amqp_url: str, tmp_path: pathlib.Path, names: dict[str, str] | None = None
+) -> Settings:
+    """Settings for one test: a database, a broker (one URL or a cluster's list) under names of the
+    test's own (new ones unless ``names`` are given), a fixed secret, ports the kernel picks."""
     return Settings(
         database_url=database_url,
-        amqp_url=AMQP_URL,
+        amqp_url=amqp_url,
         secret=TEST_SECRET,
         secret_file=str(tmp_path / "secret"),
         bind="127.0.0.1:0",
         metrics_bind="127.0.0.1:0",  # consumers started by tests never contend for one port
-        **amqp_names,
+        **(names or new_amqp_names()),
     )
+
+
+@pytest.fixture
+def settings(database_url: str, amqp_names: dict[str, str], tmp_path) -> Settings:
+    """Settings for one test: its own database rows and broker names, a fixed secret."""
+    return settings_for(database_url, AMQP_URL, tmp_path, amqp_names)

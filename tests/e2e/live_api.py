@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import argon2
 
+from bench.processes import environment, free_port
 from tests.conftest import TEST_SECRET
-from tests.processes import environment, free_port
 from tracker import auth
 from tracker.config import Settings
 from tracker.store import make_engine

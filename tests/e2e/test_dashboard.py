@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
+from bench.processes import ROOT, environment
 from tests.e2e.live_api import PASSWORD, LiveApi, add_users, running_api
-from tests.processes import ROOT, ConsumerProcess, environment
+from tests.processes import ConsumerProcess
 from tracker.config import Settings
 from tracker.publisher import Publisher
 

@@ -13,8 +13,9 @@ import urllib.request
 
 import pytest
 
+from bench.processes import environment
 from tests.e2e.live_api import CHEAP_PASSWORDS, PASSWORD, running_api
-from tests.processes import ConsumerProcess, environment
+from tests.processes import ConsumerProcess
 from tracker.publisher import Publisher
 from tracker.users import UserStore
 

@@ -13,7 +13,8 @@ import pika
 import pytest
 import sqlalchemy as sa
 
-from tests.processes import ConsumerProcess, environment
+from bench.processes import environment
+from tests.processes import ConsumerProcess
 from tracker import events, leases, merge
 from tracker.config import Settings
 from tracker.model import Job

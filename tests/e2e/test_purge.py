@@ -10,8 +10,9 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from bench.processes import environment
 from tests.e2e.live_api import add_users, running_api
-from tests.processes import ConsumerProcess, environment
+from tests.processes import ConsumerProcess
 from tracker import events
 from tracker.publisher import Publisher
 from tracker.store import open_job_store

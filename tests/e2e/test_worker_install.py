@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tests.processes import ConsumerProcess, environment
+from bench.processes import environment
+from tests.processes import ConsumerProcess
 from tracker.store import open_job_store
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.timeout(300)]

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.processes import ConsumerProcess, environment
+from bench.processes import environment
+from tests.processes import ConsumerProcess
 from tracker import leases, merge
 from tracker.store import JobStore, open_job_store
 

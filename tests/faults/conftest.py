@@ -1,4 +1,4 @@
-"""Fault-scenario fixtures: PostgreSQL settings, consumer processes, the scale and the random seed.
+"""Fault-scenario fixtures: settings, RabbitMQ nodes of a test's own, consumer processes, the scale and the seed.
 
 TRACKER_FAULTS_SCALE=long (``make faults-long``) runs every scenario much longer and harder;
 the default is a bounded run for ``make test``. TRACKER_FAULTS_SEED replays a stream.
@@ -15,8 +15,10 @@ from typing import TypeVar
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import AMQP_URL, TEST_SECRET
-from tests.processes import ConsumerProcess, environment
+from bench.processes import environment
+from tests.cluster import Cluster, ClusterUnavailable, running_cluster
+from tests.conftest import AMQP_URL, settings_for
+from tests.processes import ConsumerProcess
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store
 
@@ -47,16 +49,26 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
 
 
 @pytest.fixture
+def settings_on(postgres_url: str, tmp_path) -> Callable[[str], Settings]:
+    """Settings on the session's PostgreSQL database for a broker at the URL given (one URL or a
+    cluster's list), under new broker names of this test's own."""
+    return lambda amqp_url: settings_for(postgres_url, amqp_url, tmp_path)
+
+
+@pytest.fixture
 def fault_settings(postgres_url: str, amqp_names: dict[str, str], tmp_path) -> Settings:
-    """Settings on the session's PostgreSQL database and this test's own broker names."""
-    return Settings(
-        database_url=postgres_url,
-        amqp_url=AMQP_URL,
-        secret=TEST_SECRET,
-        secret_file=str(tmp_path / "secret"),
-        metrics_bind="127.0.0.1:0",
-        **amqp_names,
-    )
+    """Settings on the session's PostgreSQL database and the local RabbitMQ, under this test's own names."""
+    return settings_for(postgres_url, AMQP_URL, tmp_path, amqp_names)
+
+
+def nodes_of_our_own(size: int) -> Iterator[Cluster]:
+    """For a fixture: ``size`` RabbitMQ nodes of the test's own, joined (tests/cluster.py), removed
+    after it however it ends. The test fails, saying why, when they cannot be run here."""
+    try:
+        with running_cluster(size) as started:
+            yield started
+    except ClusterUnavailable as exc:
+        pytest.fail(f"{size} RabbitMQ node(s) of the test's own could not be run: {exc}")
 
 
 @pytest.fixture

@@ -1,12 +1,14 @@
-"""Looking into and briefly stopping the local RabbitMQ node, always leaving it running."""
+"""Looking into RabbitMQ: a queue's ready messages (any node), the unacked ones (the local node).
+
+Nothing here stops, restarts or changes a node: the tests that do so start nodes of their own
+(tests/cluster.py), and the local node serves other test runs meanwhile.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pika
 import pika.exceptions
@@ -55,22 +57,23 @@ def ready_count(url: str, queue: str) -> int:
         connection.close()
 
 
-def unacked_count(queue: str) -> int:
+def unacked_count(queue: str, ctl_json: Callable[..., list[dict[str, object]]] = _ctl_json) -> int:
     """Messages delivered from ``queue`` to its consumers and not yet acked, counted right now.
 
     Asked of the consumers' channels: a quorum queue's own ``messages`` figure is a metric
-    refreshed every few seconds, and lags far behind under load.
+    refreshed every few seconds, and lags far behind under load. ``ctl_json`` runs rabbitmqctl
+    and reads its JSON: of the local node by default, or of a node of the tests' own.
     """
     channels = {
         entry["channel_pid"]
-        for entry in _ctl_json("list_consumers", "queue_name", "channel_pid")
+        for entry in ctl_json("list_consumers", "queue_name", "channel_pid")
         if entry["queue_name"] == queue
     }
     if not channels:
         return 0
     return sum(
-        int(entry["messages_unacknowledged"])
-        for entry in _ctl_json("list_channels", "pid", "messages_unacknowledged")
+        int(str(entry["messages_unacknowledged"]))
+        for entry in ctl_json("list_channels", "pid", "messages_unacknowledged")
         if entry["pid"] in channels
     )
 
@@ -89,28 +92,3 @@ def answering(url: str) -> bool:
     finally:
         if connection.is_open:
             connection.close()
-
-
-def wait_until_answering(url: str, timeout: float = 90.0) -> float:
-    """Block until the broker answers; the seconds waited. Raises AssertionError on timeout."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if answering(url):
-            return time.monotonic() - started
-        time.sleep(0.25)
-    raise AssertionError(f"RabbitMQ did not answer at {url} within {timeout} s")
-
-
-@contextlib.contextmanager
-def application_stopped(url: str) -> Iterator[None]:
-    """Stop the RabbitMQ application (the Erlang node stays up) for the body of the ``with``.
-
-    It is started again however the body ends, and this returns only once it answers at ``url``:
-    other test sessions share this broker.
-    """
-    _ctl("stop_app")
-    try:
-        yield
-    finally:
-        _ctl("start_app")
-        wait_until_answering(url)

@@ -23,14 +23,14 @@ import random
 import re
 import signal
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 import sqlalchemy as sa
 
-from tests.cluster import Cluster, ClusterUnavailable, running_cluster
-from tests.conftest import TEST_SECRET
+from bench.processes import READY_LINE
+from tests.cluster import Cluster
+from tests.faults.conftest import nodes_of_our_own
 from tests.faults.rabbitmq import ready_count
 from tests.faults.stream import (
     PacedPublishing,
@@ -42,7 +42,7 @@ from tests.faults.stream import (
 )
 from tests.metrics_text import scrape, total
 from tests.polling import poll_until
-from tests.processes import READY_LINE, ConsumerProcess
+from tests.processes import ConsumerProcess
 from tracker import events
 from tracker.config import Settings
 from tracker.store import JobStore
@@ -59,28 +59,13 @@ FULL_SPEED_RATIO = 0.5
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """Three RabbitMQ nodes of this module's own, joined; removed after its tests, however they end."""
-    try:
-        with running_cluster(3) as started:
-            yield started
-    except ClusterUnavailable as exc:
-        pytest.fail(f"the three-node RabbitMQ cluster could not be run: {exc}")
+    yield from nodes_of_our_own(3)
 
 
 @pytest.fixture
-def cluster_settings(cluster: Cluster, postgres_url: str, tmp_path) -> Settings:
+def cluster_settings(cluster: Cluster, settings_on: Callable[[str], Settings]) -> Settings:
     """The session's PostgreSQL, the cluster's three nodes in TRACKER_AMQP_URL, this test's own names."""
-    prefix = f"test.{uuid.uuid4().hex[:8]}"
-    return Settings(
-        database_url=postgres_url,
-        amqp_url=cluster.url,
-        secret=TEST_SECRET,
-        secret_file=str(tmp_path / "secret"),
-        metrics_bind="127.0.0.1:0",
-        exchange=f"{prefix}.async_status",
-        queue=f"{prefix}.events",
-        dead_exchange=f"{prefix}.dlx",
-        dead_queue=f"{prefix}.dead",
-    )
+    return settings_on(cluster.url)
 
 
 class Resends(logging.Handler):

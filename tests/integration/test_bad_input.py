@@ -15,8 +15,9 @@ import pika
 import pytest
 import sqlalchemy as sa
 
+from bench.processes import environment
 from tests.faults.stream import Record, conclude, create_jobs, plan_events
-from tests.processes import ConsumerProcess, environment, run_tracker
+from tests.processes import ConsumerProcess, run_tracker
 from tracker import events
 from tracker.broker import routing_key
 from tracker.store import open_job_store

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
+from bench.processes import environment, free_port
 from tests.polling import poll_until
-from tests.processes import ConsumerProcess, environment, free_port
+from tests.processes import ConsumerProcess
 from tracker import broker
 from tracker.config import Settings
 from tracker.errors import PublishFailed

@@ -15,10 +15,10 @@ import pika.exceptions
 import pytest
 import sqlalchemy as sa
 
+from bench.processes import environment
 from tests.conftest import TEST_SECRET
 from tests.e2e.live_api import free_port
 from tests.polling import poll_until
-from tests.processes import environment
 from tracker import events
 from tracker.config import Settings
 from tracker.errors import PublishFailed

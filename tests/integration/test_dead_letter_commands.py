@@ -14,7 +14,8 @@ import time
 import pika
 import pytest
 
-from tests.processes import ConsumerProcess, environment, run_tracker
+from bench.processes import environment
+from tests.processes import ConsumerProcess, run_tracker
 from tracker import events
 from tracker.broker import routing_key
 from tracker.config import Settings

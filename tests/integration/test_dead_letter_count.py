@@ -5,7 +5,7 @@ from __future__ import annotations
 import pika
 import pytest
 
-from tests.processes import free_port
+from bench.processes import free_port
 from tracker import broker
 from tracker.config import Settings
 from tracker.errors import DeadLettersUnavailable

@@ -7,8 +7,9 @@ import pika
 import pika.exceptions
 import pytest
 
+from bench.processes import environment
 from tests.polling import poll_until
-from tests.processes import ConsumerProcess, environment
+from tests.processes import ConsumerProcess
 from tracker import events
 from tracker.config import Settings
 from tracker.publisher import Publisher

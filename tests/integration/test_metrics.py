@@ -24,10 +24,11 @@ from alembic import command
 from alembic.config import Config
 
 from api.app import get_app
+from bench.processes import environment
 from tests.conftest import AMQP_URL, TEST_SECRET
 from tests.faults.proxy import TcpProxy
 from tests.metrics_text import scrape, total, value
-from tests.processes import ConsumerProcess, environment
+from tests.processes import ConsumerProcess
 from tracker import events, timefmt
 from tracker.broker import declare_topology
 from tracker.config import Settings

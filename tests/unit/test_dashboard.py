@@ -12,7 +12,7 @@ import pytest
 
 from api import app as api_app
 from api import dashboard
-from tests.processes import ROOT
+from bench.processes import ROOT
 from tracker import auth
 from tracker.config import Settings
 from tracker.errors import DeadLettersUnavailable
