@@ -28,7 +28,7 @@ from bench.testbed import DEFAULT_AMQP_URL, FULL, QUICK, Testbed, settings_chang
 from tracker.config import ConfigError
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tracker_bench"
-_ATTEMPTS = 3  # per measurement, when the broker goes away under it (others' fault tests restart it)
+_ATTEMPTS = 3  # per measurement, when the broker goes away under it (a restart of the machine's broker by its operator)
 
 
 def main(argv: list[str] | None = None) -> int:
