@@ -49,9 +49,9 @@ def test_the_lists_statement_names_each_status_as_the_partial_indexes_need(diale
     # only if it knows the status it looks for, generic plans included, and SQLite only if the
     # statement repeats their condition word for word.
     from tracker.listing import JobQuery
-    from tracker.store.jobs import _page_statement
+    from tracker.store.list_statement import page_of
 
-    statement = _page_statement(JobQuery(statuses=("FAILED", "PENDING")))
+    statement, _ = page_of(JobQuery(statuses=("FAILED", "PENDING")))
     sent = str(statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
     assert "async_status.status = 'FAILED' AND async_status.status != 'PENDING'" in sent
     assert "async_status.status = 'PENDING'" in sent

@@ -13,7 +13,8 @@ from tracker import listing
 from tracker.events import Event
 from tracker.model import Applied
 from tracker.store.engine import refused_as_error, unavailable_as_error
-from tracker.store.jobs import JobStore, matching_rows
+from tracker.store.jobs import JobStore
+from tracker.store.list_statement import matching_rows
 
 # Set once on each pooled connection that folds batches, for its whole session: a round trip per
 # batch is worth saving, as it is on the path of every event's latency. The planner prices the
