@@ -27,15 +27,13 @@ __all__ = [
 ]
 
 
-def open_job_store(engine: Engine, *, record_receipts: bool = True, keep_timeline: bool = True) -> JobStore:
+def open_job_store(engine: Engine) -> JobStore:
     """The JobStore for ``engine``'s dialect (PostgreSQL or SQLite); opens no connection.
 
-    ``record_receipts=False`` and ``keep_timeline=False`` are for the benchmark's A/Bs of ingest
-    with and without lease renewal, and with and without the timeline. Raises ValueError for any
-    other database.
+    Raises ValueError for any other database.
     """
     if engine.dialect.name == "postgresql":
-        return PostgresJobStore(engine, record_receipts=record_receipts, keep_timeline=keep_timeline)
+        return PostgresJobStore(engine)
     if engine.dialect.name == "sqlite":
-        return SQLiteJobStore(engine, record_receipts=record_receipts, keep_timeline=keep_timeline)
+        return SQLiteJobStore(engine)
     raise ValueError(f"unsupported database {engine.dialect.name!r}: use PostgreSQL or SQLite")

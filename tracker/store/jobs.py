@@ -34,13 +34,8 @@ _IDS_PER_STATEMENT = 500  # well under SQLite's limit of bound parameters
 class JobStore(abc.ABC):
     """The async_status table behind one engine. Safe to share between threads."""
 
-    def __init__(self, engine: Engine, *, record_receipts: bool = True, keep_timeline: bool = True) -> None:
-        """For the benchmark's A/Bs only: ``record_receipts=False`` folds without renewing heartbeat
-        leases; ``keep_timeline=False`` keeps only the events the merge may need again (the message
-        events inside R, ``merge.to_remember``), as the store did before the timeline."""
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._record_receipts = record_receipts
-        self._keep_timeline = keep_timeline
         self._get = sa.select(*PUBLIC_COLUMNS).where(async_status.c.id == sa.bindparam("job_id"))
         event = async_status_event.c
         # The job's row joined to its events: one statement, so one snapshot, and a job with no
