@@ -906,10 +906,10 @@ def timeline(bed: Testbed) -> list[Result]:
 
     Jobs report as workers holding a heartbeat lease do: progress events with no message
     (heartbeats), then a terminal event with one. The timeline keeps all of them; the history the
-    store kept before it (``keep_timeline=False``), only the terminal ones: the timeline's whole
-    cost. The same consumer (``python -m bench.receipts off --timeline on|off``, no lease renewal
-    on either side) drains the same events into the same rows, at #6's sizes; the two sides
-    alternate, and the ratio is of their means.
+    store kept before it (``bench.store_variants.HistoryOnly``), only the terminal ones: the
+    timeline's whole cost. The same consumer (``python -m bench.receipts off --timeline on|off``,
+    no lease renewal on either side) drains the same events into the same rows, at #6's sizes;
+    the two sides alternate, and the ratio is of their means.
     """
     scale, db = bed.scale, bed.database
     jobs = scale.receipts_jobs

@@ -9,6 +9,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
+from bench.store_variants import WithoutReceipts
 from tracker import leases, merge, timefmt
 from tracker.events import new_event
 from tracker.store import JobStore, open_job_store
@@ -89,12 +90,17 @@ def test_each_batch_renews_the_leases_of_its_pending_jobs_and_drops_those_of_fin
     assert _lease(engine, finishing.id) is None
 
 
-def test_a_store_that_records_no_receipts_leaves_leases_alone(engine):
-    store = open_job_store(engine, record_receipts=False)
-    job = store.create_job(limits=leases.JobLimits(timeout_s=600, heartbeat_timeout_s=30))
-    lease = _lease(engine, job.id)
-    store.apply([new_event(job.id, "progress")])
-    assert _lease(engine, job.id) == lease
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the benchmark's database
+def test_the_benchmarks_store_without_receipts_folds_but_leaves_leases_alone(engine):
+    """#6's "off" side: the product's fold but for the receipt."""
+    store = WithoutReceipts(engine)
+    limits = leases.JobLimits(timeout_s=600, heartbeat_timeout_s=30)
+    running, finishing = store.create_job(limits=limits), store.create_job(limits=limits)
+    _set(engine, async_status_lease, async_status_lease.c.job_id == running.id, expires_at=running.start_time)
+    before = _lease(engine, running.id), _lease(engine, finishing.id)
+    store.apply([new_event(running.id, "progress", "working"), new_event(finishing.id, "succeeded")])
+    assert (_lease(engine, running.id), _lease(engine, finishing.id)) == before
+    assert (store.get_job(running.id).message, store.get_job(finishing.id).status) == ("working", merge.SUCCEEDED)
 
 
 def test_an_overrun_deadline_is_decided_once_with_the_jobs_own_timeout(store, engine, checks):

@@ -1,21 +1,20 @@
--- The merge rule of tracker.merge over a whole batch at once (PostgreSQL), run by postgresql.py.
+-- The merge rule of tracker.merge over a whole batch at once (PostgreSQL): the body of the
+-- function tracker_merge(json, bigint[]) that postgresql.py makes in each session that folds.
 --
--- Parameters: :events, the batch as one JSON array of events; :ids, the batch's job ids as one
--- bigint[] literal, already locked in id order by the statement before. Answers the number of rows
--- it changed. It keeps every event of the batch whose job has a row in the timeline
--- (async_status_event, once per event_id), which is also the history it reads. It also renews
--- the heartbeat lease (SPEC §6) of each job of the batch that has one, from now (this receipt),
--- and deletes the lease of a job that is no longer PENDING: a table of its own, so a heartbeat
--- writes no row of async_status (whose updates the API's cache watches).
+-- Parameters: $1, the batch as one JSON array of events; $2, the batch's job ids, already locked
+-- in id order by the statement before. Answers the number of rows it changed. It keeps every
+-- event of the batch whose job has a row in the timeline (async_status_event, once per
+-- event_id), which is also the history it reads. It also renews the heartbeat lease (SPEC §6) of
+-- each job of the batch that has one, from now (this receipt), and deletes the lease of a job
+-- that is no longer PENDING: a table of its own, so a heartbeat writes no row of async_status
+-- (whose updates the API's cache watches).
 --
 -- Keys compare as (occurred_at, seq, event_id) with event_id in the "C" collation, which is
 -- Python's order for these ASCII texts. Ties keep what merge.merge keeps: the stored state first,
 -- then the earlier event of the batch (n).
---
--- Each comment has a line of its own: postgresql.py drops comment lines and joins the rest.
 WITH batch AS (
     SELECT e.job_id, e.event_id COLLATE "C" AS event_id, e.occurred_at, e.seq, e.type, e.message, e.n
-    FROM ROWS FROM (json_to_recordset(CAST(:events AS json)) AS (
+    FROM ROWS FROM (json_to_recordset($1) AS (
              job_id bigint, event_id text, occurred_at timestamptz, seq bigint, type text, message text))
          WITH ORDINALITY AS e(job_id, event_id, occurred_at, seq, type, message, n)
 ),
@@ -23,7 +22,7 @@ job AS (
     SELECT id, start_time, initial_message, status, terminal_at, terminal_seq,
            terminal_event_id COLLATE "C" AS terminal_event_id,
            message_at, message_seq, message_event_id COLLATE "C" AS message_event_id, message
-    FROM async_status WHERE id = ANY(CAST(:ids AS bigint[]))
+    FROM async_status WHERE id = ANY($2)
 ),
 -- t: the earliest terminal event by key, the stored one or one of the batch
 terminal AS (
@@ -87,7 +86,7 @@ next AS (
            f.t_at, f.t_seq, f.t_event_id, l.at AS l_at, l.seq AS l_seq, l.event_id AS l_event_id
     FROM folded AS f LEFT JOIN latest AS l ON l.job_id = f.id
 ),
--- receipts: begin (left out, up to its end, by a store that does not record receipts)
+-- the receipt: the leases of the batch's PENDING jobs renewed, those of its finished jobs deleted
 renewed AS (
     UPDATE async_status_lease AS l SET expires_at = now() + l.heartbeat_timeout_s * interval '1 s'
     FROM next AS n WHERE l.job_id = n.id AND n.status = 'PENDING'
@@ -96,14 +95,13 @@ renewed AS (
 ended AS (
     DELETE FROM async_status_lease AS l USING next AS n WHERE l.job_id = n.id AND n.status <> 'PENDING'
 ),
--- receipts: end
 changed AS (
     UPDATE async_status AS a
     SET status = n.status, message = n.message, end_time = n.end_time,
         terminal_at = n.t_at, terminal_seq = n.t_seq, terminal_event_id = n.t_event_id,
         message_at = n.l_at, message_seq = n.l_seq, message_event_id = n.l_event_id
     FROM next AS n
-    WHERE a.id = n.id AND a.id = ANY(CAST(:ids AS bigint[]))
+    WHERE a.id = n.id AND a.id = ANY($2)
       AND (a.status, a.message, a.terminal_at, a.terminal_seq, a.terminal_event_id,
            a.message_at, a.message_seq, a.message_event_id)
           IS DISTINCT FROM (n.status, n.message, n.t_at, n.t_seq, n.t_event_id, n.l_at, n.l_seq, n.l_event_id)

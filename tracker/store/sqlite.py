@@ -75,8 +75,8 @@ class SQLiteJobStore(JobStore):
 
         return counter
 
-    def __init__(self, engine: Engine, *, record_receipts: bool = True, keep_timeline: bool = True) -> None:
-        super().__init__(engine, record_receipts=record_receipts, keep_timeline=keep_timeline)
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
         self._update = (
             sa.update(async_status)
             .where(async_status.c.id == sa.bindparam("job_id"))
@@ -118,13 +118,12 @@ class SQLiteJobStore(JobStore):
                 if after.terminal is None:
                     pending.add(row.id)
                 # The timeline keeps every event: a superset of merge.to_remember, the history's need.
-                to_keep = by_job[row.id] if self._keep_timeline else merge.to_remember(after, by_job[row.id])
-                kept.extend(_kept_row(e, received) for e in to_keep)
+                kept.extend(_kept_row(e, received) for e in by_job[row.id])
         if updates:
             conn.execute(self._update, updates)
         if kept:
             conn.execute(self._keep, kept)
-        if self._record_receipts and found:
+        if found:
             self._record_receipt(conn, sorted(found), pending)
         return Applied(changed_jobs=len(updates), missing_jobs=frozenset(ids) - found)
 

@@ -61,6 +61,14 @@ async_status = sa.Table(
     sa.Column("deadline_at", UTCDateTime),
     sqlite_autoincrement=True,
 )
+# The columns a client sees (Traffic Ops' own), in the order of ``tracker.model.Job``.
+PUBLIC_COLUMNS = (
+    async_status.c.id,
+    async_status.c.status,
+    async_status.c.start_time,
+    async_status.c.end_time,
+    async_status.c.message,
+)
 # The lost-job check reads PENDING rows only, by these (partial, so small: finished rows leave them).
 sa.Index(
     "ix_async_status_pending_deadline",
