@@ -1,4 +1,4 @@
-"""The one place where every error becomes an HTTP status and an alert (``tracker.alerts``)."""
+"""The one place where every error becomes an HTTP status and an alert (``tracker.envelope``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import falcon
 from gunicorn.http import errors as http_errors
 
-from tracker.alerts import alerts, route_not_found
+from tracker.envelope import alerts, route_not_found
 from tracker.errors import DeadLettersUnavailable, PermissionDenied, Unauthenticated
 from tracker.store import JobNotFound, StoreUnavailable
 

@@ -38,8 +38,8 @@ from api.errors import (
 )
 from api.waits import WaitRegistry
 from tracker import auth, gcfreeze
-from tracker.alerts import alerts
 from tracker.config import Settings
+from tracker.envelope import alerts
 
 GRACEFUL_TIMEOUT_S = 10
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is first imported
