@@ -12,6 +12,7 @@ multiprocess mode), so that ``/metrics`` answers with all of them together.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import socket
@@ -37,7 +38,7 @@ from api.errors import (
     refusal_for,
 )
 from api.waits import WaitRegistry
-from tracker import auth, gcfreeze
+from tracker import auth
 from tracker.config import Settings
 from tracker.envelope import alerts
 
@@ -122,7 +123,8 @@ class _Gunicorn(BaseApplication):
     # uses) as returning write(); gunicorn's own start_response returns write(), as PEP 3333 asks.
     def load(self) -> falcon.App[falcon.Request, falcon.Response]:  # type: ignore[override]
         app = get_app(self._settings, self.waits)
-        gcfreeze.freeze_startup_objects()  # in each worker, as it is about to take requests
+        # Start-up's objects live as long as the worker: out of every later collection's sight (docs/performance.md).
+        gc.freeze()
         return app
 
 

@@ -10,13 +10,13 @@ check, which the A/Bs are not about. Both sides of an A/B run this, so they diff
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
 
 from consumers.amqp import Consumer
 from consumers.status import StatusProjector
-from tracker import gcfreeze
 from tracker.config import Settings
 from tracker.store import make_engine, open_job_store
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     store = open_job_store(engine, record_receipts=args.receipts == "on", keep_timeline=args.timeline == "on")
     consumer = Consumer(settings, StatusProjector(store))
     consumer.install_signal_handlers()
-    gcfreeze.freeze_startup_objects()
+    gc.freeze()  # as tracker consume does
     try:
         consumer.run()
     finally:
