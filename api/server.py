@@ -30,17 +30,12 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
 from api.app import get_app
-from api.errors import (
-    MAX_HEADER_FIELD_BYTES,
-    MAX_HEADER_FIELDS,
-    MAX_REQUEST_LINE_BYTES,
-    RequestTimedOut,
-    refusal_for,
-)
+from api.errors import MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE_BYTES, refusal_for
 from api.waits import WaitRegistry
 from tracker import auth
 from tracker.config import Settings
 from tracker.envelope import alerts
+from tracker.errors import RequestTimedOut
 
 GRACEFUL_TIMEOUT_S = 10
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is first imported

@@ -13,10 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.errors import RequestTimedOut
 from api.server import DeadlineSocket
 from api.waits import StatusPoller, WaitRegistry, preferred_wait
-from tracker.errors import JobNotFound
+from tracker.errors import JobNotFound, RequestTimedOut
 from tracker.model import Job
 
 # SPEC §7: "Prefer: wait=N (N 1 to 60)".
