@@ -142,15 +142,18 @@ class JsonErrorsWorker(ThreadWorker):
     The refusals are those the app never sees: a request line or headers over the limits set
     above (named in api.errors), bytes that are not HTTP/1.x at all, or a request line and headers
     not received within the read timeout (a body not received in time is the app's 408).
+
+    It overrides four methods of gunicorn's gthread worker, which gunicorn does not document:
+    ``handle``, ``handle_request``, ``handle_exit`` and ``handle_error``. tests/unit/test_server.py
+    pins them (their signatures, and that the worker's loop calls them); pyproject.toml allows
+    only the gunicorn major release they were checked against (docs/http-surface.md).
     """
 
-    def enqueue_req(self, conn: Any) -> None:
-        # Runs on the main thread for each accepted or readable connection, before a thread takes it.
+    def handle(self, conn: Any) -> Any:
+        # On a pool thread, for each connection that is new or has sent bytes again; no other
+        # thread touches it meanwhile. Its socket is one with a deadline from its first turn on.
         if not isinstance(conn.sock, DeadlineSocket):
             conn.sock = DeadlineSocket.taking_over(conn.sock)
-        super().enqueue_req(conn)
-
-    def handle(self, conn: Any) -> Any:
         # gunicorn parses the request on this thread with blocking reads: without a deadline a
         # client stuck mid-headers would hold the thread for ever.
         conn.sock.start_reading(self._served.read_timeout_s)
