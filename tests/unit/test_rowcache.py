@@ -338,18 +338,18 @@ class Heard:
         return sum(1 for said in self.said if said[0] == what)
 
 
+def started_listener(connect: Callable[[], FakeConnection], heard: Heard, warm_rows: int = 0) -> ChangeListener:
+    """A listener over ``connect``'s fake connections telling ``heard``, turning every 20 ms, started."""
+    listener = ChangeListener(connect, heard, check_s=0.02, warm_rows=warm_rows, clock=time.monotonic)  # type: ignore[arg-type]
+    listener.start()
+    return listener
+
+
 def test_the_listener_goes_live_proves_itself_each_turn_and_passes_notifications_on(
     connection: FakeConnection,
 ) -> None:
     heard = Heard()
-    listener = ChangeListener(
-        lambda: connection,  # type: ignore[arg-type,return-value]
-        heard,
-        check_s=0.02,
-        warm_rows=0,
-        clock=time.monotonic,
-    )
-    listener.start()
+    listener = started_listener(lambda: connection, heard, warm_rows=0)
     try:
         wait_until(lambda: heard.count("proved") >= 3, "three more proofs")
         assert heard.said[0] == ("live",) and listener.backend_pid == 4242
@@ -370,14 +370,7 @@ def test_the_listener_reads_the_newest_rows_once_live_and_the_rows_due_at_each_t
     for job_id in (1, 2, 3):
         connection.rows[job_id] = row(job_id)
     heard = Heard()
-    listener = ChangeListener(
-        lambda: connection,  # type: ignore[arg-type,return-value]
-        heard,
-        check_s=0.02,
-        warm_rows=2,
-        clock=time.monotonic,
-    )
-    listener.start()
+    listener = started_listener(lambda: connection, heard, warm_rows=2)
     try:
         wait_until(lambda: heard.count("read") == 1, "the warm-up")
         assert [said for said in heard.said if said[0] == "read"] == [("read", [3, 2], set(), False)]
@@ -405,8 +398,7 @@ def test_without_the_triggers_the_listener_backs_off_and_starts_afresh_once_live
         return connection
 
     heard = Heard()
-    listener = ChangeListener(connect, heard, check_s=0.02, warm_rows=0, clock=time.monotonic)  # type: ignore[arg-type]
-    listener.start()
+    listener = started_listener(connect, heard)
     try:
         wait_until(lambda: len(connected) >= 4, "four tries", timeout=10)
         assert heard.count("live") == 0 and heard.count("dark") >= 3
