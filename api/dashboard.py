@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import cachetools
 import falcon
 
 from api.middleware import requires
@@ -73,23 +74,26 @@ class DeadLetterCount:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._count = count
-        self._ttl_s = ttl_s
         self._clock = clock
         self._lock = threading.Lock()  # one question at a time; the others wait for its answer
-        # (asked at, the count or the error it raised): a broker that is away is not asked again
-        # by every request either.
-        self._kept: tuple[float, int | DeadLettersUnavailable] | None = None
+        # The one answer, (asked at, the count or the error it raised), until ttl_s after it was
+        # asked for: a broker that is away is not asked again by every request either.
+        self._kept: cachetools.TLRUCache[None, tuple[float, int | DeadLettersUnavailable], float] = (
+            cachetools.TLRUCache(1, ttu=lambda _key, kept, _now: kept[0] + ttl_s, timer=clock)
+        )
 
     @requires(roles.READ)
     def on_get(self, _req: falcon.Request, resp: falcon.Response, version: str) -> None:
         with self._lock:
-            now = self._clock()
-            if self._kept is None or now - self._kept[0] >= self._ttl_s:
+            kept = self._kept.get(None)
+            if kept is None:
+                asked_at = self._clock()
                 try:
-                    self._kept = (now, self._count())
+                    kept = (asked_at, self._count())
                 except DeadLettersUnavailable as exc:
-                    self._kept = (now, exc)
-            answer = self._kept[1]
+                    kept = (asked_at, exc)
+                self._kept[None] = kept
+        answer = kept[1]
         if isinstance(answer, DeadLettersUnavailable):
             raise answer
         resp.media = {"response": {"count": answer}}

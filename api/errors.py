@@ -1,4 +1,4 @@
-"""The one place where every error becomes an HTTP status and an alert (``tracker.alerts``)."""
+"""The one place where every error becomes an HTTP status and an alert (``tracker.envelope``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import falcon
 from gunicorn.http import errors as http_errors
 
-from tracker.alerts import alerts, route_not_found
-from tracker.errors import DeadLettersUnavailable, PermissionDenied, Unauthenticated
+from tracker.envelope import alerts, route_not_found
+from tracker.errors import DeadLettersUnavailable, PermissionDenied, RequestTimedOut, Unauthenticated
 from tracker.store import JobNotFound, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -21,14 +21,6 @@ RETRY_AFTER_S = 5
 MAX_REQUEST_LINE_BYTES = 4094
 MAX_HEADER_FIELDS = 100
 MAX_HEADER_FIELD_BYTES = 8190
-
-
-class RequestTimedOut(Exception):
-    """The client did not send its whole request (line, headers, body) within the read timeout."""
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(f"the request was not received within {timeout_s:g} seconds")
-        self.timeout_s = timeout_s
 
 
 def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import cachetools
 import falcon
 
 from tracker import auth, roles
@@ -35,7 +36,8 @@ def requires(permission: str | None = None) -> Callable[[_Responder], _Responder
 
 
 class UserCache:
-    """Users by name, remembered for ``ttl_s`` — absent ones too, so a deleted user stays out.
+    """Users by name, remembered for ``ttl_s`` after they were looked up — absent ones too, so a
+    deleted user stays out. Thread-safe; at most ``_MAX_ENTRIES`` (the least recently used leave).
 
     Bounds how long a deleted user's tokens keep working, and how long a role change takes.
     """
@@ -44,28 +46,30 @@ class UserCache:
 
     def __init__(self, lookup: Callable[[str], User | None], ttl_s: float, clock: Callable[[], float]) -> None:
         self._lookup = lookup
-        self._ttl_s = ttl_s
         self._clock = clock
-        self._entries: dict[str, tuple[float, User | None]] = {}
+        # (looked up at, the user or None): each leaves ttl_s after the lookup began, not after it ended.
+        self._entries: cachetools.TLRUCache[str, tuple[float, User | None], float] = cachetools.TLRUCache(
+            self._MAX_ENTRIES, ttu=lambda _name, kept, _now: kept[0] + ttl_s, timer=clock
+        )
         self._lock = threading.Lock()
 
     def get(self, username: str) -> User | None:
-        """The user, or None when there is none; may raise what ``lookup`` raises."""
-        now = self._clock()
-        with self._lock:
-            cached = self._entries.get(username)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        """The user, or None when there is none; may raise what ``lookup`` raises (then nothing is kept)."""
+        try:
+            with self._lock:
+                return self._entries[username][1]
+        except KeyError:
+            pass
+        looked_up_at = self._clock()
         user = self._lookup(username)
         with self._lock:
-            if len(self._entries) >= self._MAX_ENTRIES:
-                self._entries.clear()  # names come from our own signed tokens, so this is rare
-            self._entries[username] = (now + self._ttl_s, user)
+            self._entries[username] = (looked_up_at, user)
         return user
 
 
 class VerifiedTokens:
-    """Tokens whose signature has been checked, each remembered until it expires.
+    """Tokens whose signature has been checked, each remembered until it expires. Thread-safe; at
+    most ``_MAX_ENTRIES`` (the least recently used leave).
 
     Checking an HS256 signature costs as much as the rest of a GET answered from the row cache
     (docs/performance.md), and a client sends the same token with every request. Keyed by the
@@ -79,25 +83,24 @@ class VerifiedTokens:
     def __init__(self, tokens: auth.Tokens, wall_clock: Callable[[], float] = time.time) -> None:
         self._tokens = tokens
         self._wall_clock = wall_clock  # seconds since the epoch, as the tokens' exp is
-        self._entries: dict[bytes, auth.Claims] = {}
+        # Claims by digest, each until its exp (on wall_clock).
+        self._entries: cachetools.TLRUCache[bytes, auth.Claims, float] = cachetools.TLRUCache(
+            self._MAX_ENTRIES, ttu=lambda _digest, claims, _now: claims.expires_at, timer=wall_clock
+        )
         self._lock = threading.Lock()
 
     def verify(self, token: str) -> auth.Claims:
         """The claims of a valid token; raises Unauthenticated otherwise."""
         key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        claims = self._entries.get(key)
-        if claims is not None:
-            if self._wall_clock() < claims.expires_at:
-                return claims
+        try:
             with self._lock:
-                self._entries.pop(key, None)
-            raise Unauthenticated()  # expired, as tokens.verify would say
+                return self._entries[key]
+        except KeyError:
+            pass
         claims = self._tokens.verify(token)
+        if not self._wall_clock() < claims.expires_at:
+            raise Unauthenticated()  # expired on this cache's clock, as a remembered one would be
         with self._lock:
-            self._entries.pop(key, None)
-            if len(self._entries) >= self._MAX_ENTRIES:
-                # Valid tokens come only from logins (slow and throttled): the oldest can go.
-                del self._entries[next(iter(self._entries))]
             self._entries[key] = claims
         return claims
 

@@ -1,11 +1,12 @@
-"""The OpenAPI 3.1 document of the HTTP API, built from the constants the resources answer with."""
+"""The OpenAPI 3.1 document of the HTTP API, built from the constants the resources answer with and the
+event wire model (tracker.events), so that what pydantic states is not written again here."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from api import dashboard, errors, resources, waits
-from tracker import leases, listing, merge, roles
+from tracker import events, leases, listing, merge, roles
 from tracker.events import MAX_MESSAGE_CHARS
 
 TIME_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
@@ -397,7 +398,41 @@ def _error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
     return {**response, "headers": headers} if headers else response
 
 
+def _job_event(wire: dict[str, Any]) -> dict[str, Any]:
+    """A timeline entry (SPEC §7): the event's fields as the wire model states them, but for the
+    job's id (the path's), the fields the API renders itself, and when the tracker received it.
+
+    A field or event type added to the wire model shows here by itself; such a field is not
+    required, since an entry carries it only when its event does (SPEC §11).
+    """
+    rendered = {
+        # The API gives the id in lowercase, the times in its one format, the message within
+        # check_message's bound (a validator of the model's, which its schema does not state).
+        "event_id": {"type": "string", "format": "uuid", "pattern": "^[0-9a-f-]{36}$"},
+        "occurred_at": {"$ref": "#/components/schemas/Time"},
+        "received_at": {
+            "oneOf": [{"$ref": "#/components/schemas/Time"}, {"type": "null"}],
+            "description": "When the tracker folded the event; null for events kept before the timeline was "
+            "(migration 0005)",
+        },
+        "message": {"type": ["string", "null"], "maxLength": MAX_MESSAGE_CHARS},
+    }
+    properties: dict[str, Any] = {}
+    for name, schema in wire["properties"].items():
+        if name != "job_id":
+            properties[name] = rendered.get(name) or {key: value for key, value in schema.items() if key != "title"}
+        if name == "occurred_at":
+            properties["received_at"] = rendered["received_at"]
+    return {
+        "type": "object",
+        "required": ["event_id", "type", "occurred_at", "received_at", "seq", "message"],
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
 def _components(versions: tuple[str, ...]) -> dict[str, Any]:
+    wire = events.wire_schema(ref_template="#/components/schemas/{model}")
     retry_after = {
         "description": "Seconds to wait",
         "required": True,
@@ -478,23 +513,8 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                 "additionalProperties": False,
                 "properties": {"response": {"$ref": "#/components/schemas/Job"}},
             },
-            "JobEvent": {
-                "type": "object",
-                "required": ["event_id", "type", "occurred_at", "received_at", "seq", "message"],
-                "additionalProperties": False,
-                "properties": {
-                    "event_id": {"type": "string", "format": "uuid", "pattern": "^[0-9a-f-]{36}$"},
-                    "type": {"enum": ["progress", "succeeded", "failed"]},
-                    "occurred_at": {"$ref": "#/components/schemas/Time"},
-                    "received_at": {
-                        "oneOf": [{"$ref": "#/components/schemas/Time"}, {"type": "null"}],
-                        "description": "When the tracker folded the event; null for events kept before the "
-                        "timeline was (migration 0005)",
-                    },
-                    "seq": {"type": "integer", "minimum": 0},
-                    "message": {"type": ["string", "null"], "maxLength": MAX_MESSAGE_CHARS},
-                },
-            },
+            "JobEvent": _job_event(wire),
+            **wire.get("$defs", {}),  # the models the event's fields are made of, if any
             "JobEvents": {
                 "type": "object",
                 "required": ["response"],

@@ -15,8 +15,8 @@ from api.middleware import COOKIES, requires
 from api.reads import JobReads
 from api.waits import preferred_wait
 from tracker import auth, leases, listing, merge, roles, timefmt
-from tracker.alerts import alerts
 from tracker.config import Settings
+from tracker.envelope import alerts
 from tracker.events import check_message
 from tracker.model import Job, TimelineEvent
 from tracker.store import JobNotFound, JobStore

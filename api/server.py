@@ -12,6 +12,7 @@ multiprocess mode), so that ``/metrics`` answers with all of them together.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import socket
@@ -29,17 +30,12 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
 from api.app import get_app
-from api.errors import (
-    MAX_HEADER_FIELD_BYTES,
-    MAX_HEADER_FIELDS,
-    MAX_REQUEST_LINE_BYTES,
-    RequestTimedOut,
-    refusal_for,
-)
+from api.errors import MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE_BYTES, refusal_for
 from api.waits import WaitRegistry
-from tracker import auth, gcfreeze
-from tracker.alerts import alerts
+from tracker import auth
 from tracker.config import Settings
+from tracker.envelope import alerts
+from tracker.errors import RequestTimedOut
 
 GRACEFUL_TIMEOUT_S = 10
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is first imported
@@ -122,7 +118,8 @@ class _Gunicorn(BaseApplication):
     # uses) as returning write(); gunicorn's own start_response returns write(), as PEP 3333 asks.
     def load(self) -> falcon.App[falcon.Request, falcon.Response]:  # type: ignore[override]
         app = get_app(self._settings, self.waits)
-        gcfreeze.freeze_startup_objects()  # in each worker, as it is about to take requests
+        # Start-up's objects live as long as the worker: out of every later collection's sight (docs/performance.md).
+        gc.freeze()
         return app
 
 
@@ -145,15 +142,18 @@ class JsonErrorsWorker(ThreadWorker):
     The refusals are those the app never sees: a request line or headers over the limits set
     above (named in api.errors), bytes that are not HTTP/1.x at all, or a request line and headers
     not received within the read timeout (a body not received in time is the app's 408).
+
+    It overrides four methods of gunicorn's gthread worker, which gunicorn does not document:
+    ``handle``, ``handle_request``, ``handle_exit`` and ``handle_error``. tests/unit/test_server.py
+    pins them (their signatures, and that the worker's loop calls them); pyproject.toml allows
+    only the gunicorn major release they were checked against (docs/http-surface.md).
     """
 
-    def enqueue_req(self, conn: Any) -> None:
-        # Runs on the main thread for each accepted or readable connection, before a thread takes it.
+    def handle(self, conn: Any) -> Any:
+        # On a pool thread, for each connection that is new or has sent bytes again; no other
+        # thread touches it meanwhile. Its socket is one with a deadline from its first turn on.
         if not isinstance(conn.sock, DeadlineSocket):
             conn.sock = DeadlineSocket.taking_over(conn.sock)
-        super().enqueue_req(conn)
-
-    def handle(self, conn: Any) -> Any:
         # gunicorn parses the request on this thread with blocking reads: without a deadline a
         # client stuck mid-headers would hold the thread for ever.
         conn.sock.start_reading(self._served.read_timeout_s)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from tracker.backoff import Backoff
 from tracker.errors import StoreUnavailable
 from tracker.merge import PENDING
 from tracker.model import Job
@@ -220,7 +221,7 @@ class StatusPoller:
 
     def _run(self) -> None:
         """Runs on the poller thread until close()."""
-        backoff = self._interval_s
+        backoff = Backoff(first=self._interval_s, cap=_MAX_BACKOFF_S)
         counter = self._change_counter()
         self._read_at = None
         while not self._stopping.is_set():
@@ -232,14 +233,16 @@ class StatusPoller:
                 continue
             try:
                 self._poll_once(counter)
-                backoff = self._interval_s
             except StoreUnavailable as exc:
-                log.warning("waits: cannot read the waited jobs (%s); trying again in %.2f s", exc, backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                delay = backoff.next()
+                log.warning("waits: cannot read the waited jobs (%s); trying again in %.2f s", exc, delay)
             except Exception:
+                delay = backoff.next()
                 log.exception("waits: polling the waited jobs failed")
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
-            self._stopping.wait(backoff)
+            else:
+                backoff.reset()
+                delay = self._interval_s
+            self._stopping.wait(delay)
 
     def _poll_once(self, counter: Callable[[], int] | None) -> None:
         if counter is not None:

@@ -1009,7 +1009,7 @@ def lost_check(bed: Testbed) -> list[Result]:
             with db.engine.begin() as conn:
                 conn.exec_driver_sql("DELETE FROM async_status_lost")
             # This process holds every sample of the run so far, which `tracker consume` (its
-            # start-up frozen, gcfreeze) does not: a full collection of it is not the check's.
+            # start-up frozen, gc.freeze) does not: a full collection of it is not the check's.
             gc.collect()
             started = time.perf_counter()
             checked = checks.check(lambda: True)

@@ -12,6 +12,7 @@ differ in the one part of the merge statement the A/B is about.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -19,7 +20,6 @@ import sys
 from bench.store_variants import HistoryOnly, WithoutReceipts
 from consumers.amqp import Consumer
 from consumers.status import StatusProjector
-from tracker import gcfreeze
 from tracker.config import Settings
 from tracker.store import make_engine
 from tracker.store.postgresql import PostgresJobStore
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = make_engine(settings.database_url, pool_pre_ping=False)
     consumer = Consumer(settings, StatusProjector(store_class(engine)))
     consumer.install_signal_handlers()
-    gcfreeze.freeze_startup_objects()
+    gc.freeze()  # as tracker consume does
     try:
         consumer.run()
     finally:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from consumers.telemetry import GaugeRefresher
-from tracker.alerts import alerts, route_not_found
 from tracker.config import Settings
+from tracker.envelope import alerts, route_not_found
 from tracker.store import make_engine, schema_problem
 
 if TYPE_CHECKING:

@@ -4,6 +4,7 @@ The tree (each class also derives from the builtin its callers already catch)::
 
     TrackerError
     ├── ConfigError(ValueError)            an environment variable the tracker cannot use
+    ├── UsageError(ValueError)             a `tracker` command given something it cannot use
     ├── InvalidEvent(ValueError)           a message breaking the wire contract (SPEC §3); .reason
     ├── InvalidUser(ValueError)            a username or role that cannot be stored
     ├── UserExists(ValueError)             adding a user whose name is taken
@@ -12,14 +13,16 @@ The tree (each class also derives from the builtin its callers already catch)::
     ├── StoreRefused                       the database refused the data; nothing committed; .error
     ├── Unauthenticated                    no, forged, expired or revoked credentials
     ├── PermissionDenied                   authenticated without the permission; .permission
+    ├── RequestTimedOut                    an HTTP request not received within the read timeout
     ├── PublishFailed(RuntimeError)        the broker did not confirm an event in time
     ├── ApiError(RuntimeError)             the HTTP API answered with an error; .status
     └── DeadLettersUnavailable(RuntimeError)  the dead-letter queue could not be read
 
-Where they become answers: ``api/errors.py`` maps JobNotFound, StoreUnavailable, Unauthenticated
-and PermissionDenied to HTTP once; the consumer dead-letters InvalidEvent, retries
+Where they become answers: ``api/errors.py`` maps JobNotFound, StoreUnavailable, Unauthenticated,
+PermissionDenied and RequestTimedOut to HTTP once; the consumer dead-letters InvalidEvent, retries
 StoreUnavailable, and halves a batch on StoreRefused until it can dead-letter the one event the
-database refuses; the ``tracker`` command prints the ValueErrors and exits 2.
+database refuses; the ``tracker`` command prints the ValueErrors and exits 2. RequestTimedOut is
+no OSError, so that gunicorn, which passes over socket errors quietly, lets it be answered (408).
 
 Private to one module, never crossing a boundary: ``api.rowcache.NotNotified`` (the listener's
 proof of the triggers failed), ``consumers.amqp.FatalBrokerError`` and ``ConsumerCancelled``
@@ -37,6 +40,10 @@ class TrackerError(Exception):
 
 class ConfigError(TrackerError, ValueError):
     """An environment variable holds a value the tracker cannot use."""
+
+
+class UsageError(TrackerError, ValueError):
+    """A ``tracker`` command was given something it cannot use; printed, exit status 2."""
 
 
 class InvalidEvent(TrackerError, ValueError):
@@ -92,6 +99,14 @@ class PermissionDenied(TrackerError):
     def __init__(self, permission: str) -> None:
         super().__init__(permission)
         self.permission = permission
+
+
+class RequestTimedOut(TrackerError):
+    """The client did not send its whole request (line, headers, body) within the read timeout."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"the request was not received within {timeout_s:g} seconds")
+        self.timeout_s = timeout_s
 
 
 class PublishFailed(TrackerError, RuntimeError):

@@ -104,6 +104,13 @@ class _Wire(pydantic.BaseModel):
     seq: Annotated[int, pydantic.Field(ge=0, le=MAX_JOB_ID)] = 0
 
 
+def wire_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """The JSON Schema of an event body as the wire model states it (the API's document derives
+    its timeline entries from it). Nested models are under ``$defs``, referred to by
+    ``ref_template`` (``{model}``: the model's name)."""
+    return _Wire.model_json_schema(ref_template=ref_template)
+
+
 def new_event(
     job_id: int,
     type: str,

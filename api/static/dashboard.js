@@ -8,6 +8,8 @@ const WAIT_S = 5; // a job page holds `Prefer: wait` this long instead of sleepi
 const LOST_WINDOW = 100; // the lost jobs are looked for among this many latest failed jobs
 const STATUSES = ["PENDING", "SUCCEEDED", "FAILED"];
 // The messages of the tracker's own failed events (SPEC §6): a job with one of them was lost.
+// To change with SPEC §11 (issue 20): those events carry error.code `lost` or `timeout`, and the lost
+// count becomes the exact count of `errorCode=lost&errorCode=timeout` (readGlance), not a match of texts.
 const LOST_MESSAGES = [/^no event for \d+ s: the worker is presumed lost$/, /^not finished within \d+ s$/];
 const DEFAULT_QUERY = { statuses: [], orderby: "id", sortOrder: "desc", limit: 25, page: 1 };
 const ORDER_WORDS = { id: "id", start_time: "start time", end_time: "end time", status: "status" };

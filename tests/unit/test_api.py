@@ -12,8 +12,8 @@ from api import app as api_app
 from api.resources import parse_job_id
 from tests import spec_texts
 from tracker import auth, roles
-from tracker.alerts import alerts
 from tracker.config import Settings
+from tracker.envelope import alerts
 from tracker.errors import JobNotFound, StoreUnavailable
 from tracker.model import Job
 from tracker.users import User

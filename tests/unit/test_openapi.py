@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
+import typing
+from typing import Annotated, Any, Literal
 
 import falcon
 import falcon.inspect
 import falcon.testing
 import jsonschema_rs
+import pydantic
 import pytest
 
 from api import app as api_app
 from api import openapi
-from tracker import auth
+from tracker import auth, events
 from tracker.config import Settings
 from tracker.errors import JobNotFound
 from tracker.listing import Count, JobQuery
@@ -240,3 +242,46 @@ def test_the_job_schema_is_the_contract() -> None:
     errors.validate({"alerts": [{"text": "Not Found", "level": "error"}]})
     for breach in ({"alerts": []}, {"alerts": [{"text": "x", "level": "success"}]}, {"alerts": [], "response": 1}):
         assert not errors.is_valid(breach), breach
+
+
+def test_the_timeline_entry_is_derived_from_the_event_wire_model() -> None:
+    entry = DOCUMENT["components"]["schemas"]["JobEvent"]
+    assert entry["properties"]["type"]["enum"] == list(typing.get_args(events.EventType))
+    assert set(entry["properties"]) == set(events.wire_schema()["properties"]) - {"job_id"} | {"received_at"}
+
+
+def test_an_event_type_or_field_added_to_the_wire_model_changes_the_document_by_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Outcome(pydantic.BaseModel):
+        code: str
+
+    class Extended(events._Wire):  # noqa: SLF001 - the model as a later version of the contract states it
+        type: Literal["progress", "succeeded", "failed", "cancel_requested"]  # type: ignore[assignment]
+        progress: Annotated[float, pydantic.Field(ge=0, le=100)] | None = None
+        error: Outcome | None = None
+
+    monkeypatch.setattr(events, "_Wire", Extended)
+    document = openapi.document(api_app.SERVED_VERSIONS)
+    schemas = document["components"]["schemas"]
+    entry = schemas["JobEvent"]
+    assert entry["properties"]["type"]["enum"] == ["progress", "succeeded", "failed", "cancel_requested"]
+    assert {"progress", "error"} <= set(entry["properties"]) and not {"progress", "error"} & set(entry["required"])
+    assert "Outcome" in schemas  # a model a field is made of is a component of its own
+    validate = jsonschema_rs.Draft202012Validator(
+        {"$ref": "#/components/schemas/JobEvent", "components": document["components"]}
+    )
+    at = "2021-02-18T17:14:00.000000Z"
+    plain = {
+        "event_id": "3f1c8a52-7b4e-4c1d-9a0e-2b6f5d8c9e01",
+        "type": "progress",
+        "occurred_at": at,
+        "received_at": at,
+        "seq": 0,
+        "message": None,
+    }
+    validate.validate(plain)  # an entry without the new fields is as valid as before
+    validate.validate({**plain, "type": "cancel_requested", "progress": 50, "error": {"code": "lost"}})
+    assert not validate.is_valid({**plain, "progress": 101})
+    assert not validate.is_valid({**plain, "error": {"reason": "lost"}})
+    assert DOCUMENT["components"]["schemas"]["JobEvent"] != entry  # the real model has none of them

@@ -1,8 +1,10 @@
-"""The row cache's bookkeeping against a fake listener connection: bounds, expiry, what drops what."""
+"""The row cache and its parts without a database: the map of rows (bounds, expiry, what is due), the
+listener's trust, the listener against a fake connection, and the cache that composes them."""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from api.rowcache import RowCache
+from api.rowcache import ChangeListener, RowCache, RowMap, Trust
 from tracker.errors import JobNotFound
 from tracker.model import Job
 
@@ -19,12 +21,16 @@ START = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 
 
 class FakeConnection:
-    """Enough of a psycopg connection for the listener: LISTEN, the trigger check, notifications."""
+    """Enough of a psycopg connection for the listener: LISTEN, the trigger check, notifications,
+    and the bulk reads of ``rows`` (none unless a test puts some), calling ``during_read`` after each."""
 
     def __init__(self, triggers: int = 3) -> None:
         self.notifications: queue.Queue[str] = queue.Queue()
         self.triggers = triggers
         self.info = SimpleNamespace(backend_pid=4242)
+        self.rows: dict[int, Job] = {}
+        self.during_read: Callable[[], None] = lambda: None
+        self.queries: list[str] = []
 
     def __enter__(self) -> FakeConnection:
         return self
@@ -32,9 +38,19 @@ class FakeConnection:
     def __exit__(self, *_exc: object) -> None:
         pass
 
-    def execute(self, query: str, _params: object = None) -> Any:
-        # The trigger check counts the triggers; the bulk reads of rows find none here.
-        return SimpleNamespace(fetchone=lambda: (self.triggers,), fetchall=list)
+    def execute(self, query: str, params: Any = None) -> Any:
+        self.queries.append(query)
+        if "pg_trigger" in query:
+            return SimpleNamespace(fetchone=lambda: (self.triggers,))
+        if "ORDER BY id DESC" in query:
+            found = sorted(self.rows.values(), key=lambda job: -job.id)[: params[0]]
+        elif "id = ANY" in query:
+            found = [self.rows[job_id] for job_id in params[0] if job_id in self.rows]
+        else:
+            found = []  # LISTEN
+        self.during_read()
+        rows = [(job.id, job.status, job.start_time, job.end_time, job.message) for job in found]
+        return SimpleNamespace(fetchall=lambda: rows)
 
     def notifies(self, timeout: float) -> Iterator[SimpleNamespace]:
         deadline = time.monotonic() + timeout
@@ -205,3 +221,195 @@ def test_waits_hear_of_each_notification_after_its_rows_have_left(connection: Fa
         assert heard[2] == (None, False)
     finally:
         cache.close()
+
+
+# --- RowMap: the rows, without threads or a clock of its own ---
+
+
+def row(job_id: int, message: str = "x") -> Job:
+    return Job(job_id, "PENDING", START, None, message)
+
+
+def test_the_map_serves_a_row_until_its_ttl_has_passed_then_drops_it() -> None:
+    rows = RowMap(max_entries=10, ttl_s=5)
+    rows.remember(row(1), read_at=100, used_at=100)
+    assert rows.get(1, 104.9) == row(1)
+    assert rows.get(1, 105) is None
+    assert 1 not in rows and len(rows) == 0
+    assert rows.get(2, 100) is None
+
+
+def test_the_map_drops_the_least_recently_used_row_first() -> None:
+    rows = RowMap(max_entries=3, ttl_s=30)
+    for job_id in (1, 2, 3):
+        rows.remember(row(job_id), read_at=0, used_at=0)
+    rows.get(1, 1)
+    rows.remember(row(4), read_at=1, used_at=1)
+    assert [job_id in rows for job_id in (1, 2, 3, 4)] == [True, False, True, True]
+
+
+def test_rows_nobody_asked_for_are_added_only_where_there_is_room_and_no_row() -> None:
+    rows = RowMap(max_entries=2, ttl_s=30)
+    rows.remember(row(1, "asked for"), read_at=0, used_at=0)
+    rows.add(row(1, "read in bulk"), read_at=1)
+    rows.add(row(2), read_at=1)
+    rows.add(row(3), read_at=1)  # full: pushes nothing out
+    assert rows.get(1, 2) == row(1, "asked for")
+    assert 2 in rows and 3 not in rows
+
+
+def test_a_refresh_replaces_only_a_row_still_there_and_says_whether_it_differed() -> None:
+    rows = RowMap(max_entries=10, ttl_s=5)
+    assert not rows.refresh(row(1), read_at=0)
+    assert 1 not in rows  # it had left on purpose: not brought back
+    rows.remember(row(1, "old"), read_at=0, used_at=0)
+    assert not rows.refresh(row(1, "old"), read_at=4)
+    assert rows.refresh(row(1, "new"), read_at=4)
+    assert rows.get(1, 8.9) == row(1, "new")  # read again at 4: served until 9
+
+
+def test_rows_due_are_those_in_use_about_to_expire_and_the_idle_ones_leave_once_expired() -> None:
+    rows = RowMap(max_entries=10, ttl_s=10)
+    rows.remember(row(1), read_at=0, used_at=0)  # expires at 10, asked for at 0
+    rows.add(row(2), read_at=0)  # expires at 10, never asked for
+    rows.remember(row(3), read_at=5, used_at=5)  # expires at 15
+    assert rows.take_due(now=8, horizon=11, idle_s=60, count=100) == ([1], True)
+    assert 2 in rows  # idle, not yet expired: looked at again later
+    assert rows.take_due(now=12, horizon=16, idle_s=60, count=100) == ([3], True)
+    assert 2 not in rows  # idle and expired: gone
+
+
+def test_rows_due_skip_expiries_of_rows_read_again_and_stop_after_count() -> None:
+    rows = RowMap(max_entries=10, ttl_s=10)
+    for job_id in (1, 2, 3):
+        rows.remember(row(job_id), read_at=0, used_at=0)
+    rows.refresh(row(1), read_at=5)  # its first expiry (10) is stale now
+    assert rows.take_due(now=9, horizon=11, idle_s=60, count=2) == ([2], False)
+    assert rows.take_due(now=9, horizon=11, idle_s=60, count=2) == ([3], True)
+    assert rows.take_due(now=14, horizon=16, idle_s=60, count=5) == ([1], True)
+    assert rows.take_due(now=9, horizon=11, idle_s=0, count=5) == ([], True)  # nothing queued any more
+
+
+# --- Trust: the listener's proof, in time ---
+
+
+def test_trust_holds_for_a_window_after_each_proof_and_never_while_dark() -> None:
+    trust = Trust(window_s=2)
+    assert not trust.listening and trust.until == float("-inf")
+    trust.live(proved_at=10)
+    assert trust.listening and trust.until == 12
+    trust.proved(11)
+    assert trust.until == 13
+    trust.dark()
+    trust.proved(14)  # a late proof of a connection already given up
+    assert not trust.listening and trust.until == float("-inf")
+
+
+# --- ChangeListener: the thread and its connection, against the fake ---
+
+
+class Heard:
+    """ListenerHooks that write down what the listener says, and hand it the rows due."""
+
+    def __init__(self) -> None:
+        self.said: list[tuple[object, ...]] = []
+        self.due: list[int] = []
+
+    def went_live(self, proved_at: float) -> None:
+        self.said.append(("live",))
+
+    def proved(self, at: float) -> None:
+        self.said.append(("proved",))
+
+    def went_dark(self) -> None:
+        self.said.append(("dark",))
+
+    def notified(self, job_ids: set[int] | None) -> None:
+        self.said.append(("notified", job_ids))
+
+    def rows_due(self) -> list[int]:
+        due, self.due = self.due, []
+        return due
+
+    def rows_read(self, jobs: list[Job], read_at: float, changed: set[int], refresh: bool) -> None:
+        self.said.append(("read", [job.id for job in jobs], changed, refresh))
+
+    def count(self, what: str) -> int:
+        return sum(1 for said in self.said if said[0] == what)
+
+
+def started_listener(connect: Callable[[], FakeConnection], heard: Heard, warm_rows: int = 0) -> ChangeListener:
+    """A listener over ``connect``'s fake connections telling ``heard``, turning every 20 ms, started."""
+    listener = ChangeListener(connect, heard, check_s=0.02, warm_rows=warm_rows, clock=time.monotonic)  # type: ignore[arg-type]
+    listener.start()
+    return listener
+
+
+def test_the_listener_goes_live_proves_itself_each_turn_and_passes_notifications_on(
+    connection: FakeConnection,
+) -> None:
+    heard = Heard()
+    listener = started_listener(lambda: connection, heard, warm_rows=0)
+    try:
+        wait_until(lambda: heard.count("proved") >= 3, "three more proofs")
+        assert heard.said[0] == ("live",) and listener.backend_pid == 4242
+        assert connection.queries[0].startswith("LISTEN ")
+        connection.notifications.put("1,2")
+        connection.notifications.put("*")
+        wait_until(lambda: heard.count("notified") == 2, "the notifications")
+        assert [said for said in heard.said if said[0] == "notified"] == [("notified", {1, 2}), ("notified", None)]
+    finally:
+        listener.close(5)
+    assert heard.said[-1] == ("dark",) and listener.backend_pid is None
+    assert heard.count("live") == 1
+
+
+def test_the_listener_reads_the_newest_rows_once_live_and_the_rows_due_at_each_turn(
+    connection: FakeConnection,
+) -> None:
+    for job_id in (1, 2, 3):
+        connection.rows[job_id] = row(job_id)
+    heard = Heard()
+    listener = started_listener(lambda: connection, heard, warm_rows=2)
+    try:
+        wait_until(lambda: heard.count("read") == 1, "the warm-up")
+        assert [said for said in heard.said if said[0] == "read"] == [("read", [3, 2], set(), False)]
+        # A change committed during a bulk read is named to the cache with the rows read.
+        connection.during_read = lambda: connection.notifications.put("1")
+        heard.due = [1, 9]
+        wait_until(lambda: heard.count("read") == 2, "the rows due")
+        assert heard.said[-1] == ("read", [1], {1}, True)
+        assert heard.said[-2] == ("notified", {1})  # applied before the rows were handed over
+        connection.during_read = lambda: connection.notifications.put("*")
+        heard.due = [2]
+        wait_until(lambda: ("notified", None) in heard.said, "a truncation during the read")
+        time.sleep(0.1)
+        assert heard.count("read") == 2  # any row may have changed: the read is not handed over
+    finally:
+        listener.close(5)
+
+
+def test_without_the_triggers_the_listener_backs_off_and_starts_afresh_once_live() -> None:
+    connection = FakeConnection(triggers=2)
+    connected: list[float] = []
+
+    def connect() -> FakeConnection:
+        connected.append(time.monotonic())
+        return connection
+
+    heard = Heard()
+    listener = started_listener(connect, heard)
+    try:
+        wait_until(lambda: len(connected) >= 4, "four tries", timeout=10)
+        assert heard.count("live") == 0 and heard.count("dark") >= 3
+        gaps = [later - earlier for earlier, later in itertools.pairwise(connected)]
+        assert gaps[2] > 1.5 * gaps[0]  # 0.1 s doubling, with jitter: 0.08-0.1, 0.16-0.2, 0.32-0.4
+        connection.triggers = 3
+        wait_until(lambda: heard.count("live") == 1, "live once the triggers are back", timeout=10)
+        tries = len(connected)
+        lost_at = time.monotonic()
+        connection.triggers = 2  # lost again: the back-off starts afresh, not where it was
+        wait_until(lambda: len(connected) > tries, "a new try")
+        assert connected[-1] - lost_at < 0.3
+    finally:
+        listener.close(5)

@@ -13,10 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.errors import RequestTimedOut
 from api.server import DeadlineSocket
 from api.waits import StatusPoller, WaitRegistry, preferred_wait
-from tracker.errors import JobNotFound
+from tracker.errors import JobNotFound, RequestTimedOut, StoreUnavailable
 from tracker.model import Job
 
 # SPEC §7: "Prefer: wait=N (N 1 to 60)".
@@ -251,6 +250,39 @@ def test_with_a_change_counter_the_poller_reads_statuses_only_after_a_commit() -
         assert len(polled) == before + 1 and "at" not in result
         rows.change(job(1, "SUCCEEDED"), notify=False)
         commits[0] += 1
+        finish(result)
+        assert result["job"] == job(1, "SUCCEEDED")
+    finally:
+        poller.close()
+
+
+def test_the_poller_backs_off_while_the_database_is_away_then_keeps_its_pace_again() -> None:
+    registry = WaitRegistry()
+    rows = Rows(registry)
+    away = threading.Event()
+    away.set()
+    tries: list[float] = []
+
+    def statuses(ids: Sequence[int]) -> dict[int, str]:
+        tries.append(time.monotonic())
+        if away.is_set():
+            raise StoreUnavailable("the database is away")
+        return rows.statuses(ids)
+
+    poller = StatusPoller(registry, statuses, interval_s=0.01)
+    poller.start()
+    try:
+        result = hold_in_thread(registry, rows, 1, 30)
+        time.sleep(0.6)
+        # 10 ms doubling (tracker.backoff): a handful of tries, not one every 10 ms.
+        assert 3 <= len(tries) <= 10
+        assert tries[-1] - tries[-2] >= 0.08
+        away.clear()
+        time.sleep(0.6)  # the next try finds the database again ...
+        back = len(tries)
+        time.sleep(0.2)
+        assert len(tries) - back >= 5  # ... and the pace is the interval's again, not the last back-off's
+        rows.change(job(1, "SUCCEEDED"), notify=False)
         finish(result)
         assert result["job"] == job(1, "SUCCEEDED")
     finally:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from tracker import logs, roles
 from tracker.config import Settings
-from tracker.errors import ConfigError, InvalidEvent, InvalidUser, UserExists
+from tracker.errors import ConfigError, InvalidEvent, InvalidUser, UsageError, UserExists
 from tracker.events import TERMINAL_TYPES
 from tracker.leases import MAX_TIMEOUT_S
 
@@ -31,10 +31,6 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 log = logging.getLogger("tracker")
-
-
-class UsageError(Exception):
-    """The command was given something it cannot use; printed, exit status 2."""
 
 
 # What a command refuses as the user's mistake (printed, exit 2). Anything else is a bug and
