@@ -56,18 +56,10 @@ from tracker.store import StoreUnavailable, make_engine, open_job_store
 
 log = logging.getLogger(__name__)
 
-_RECONNECTABLE = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.ConnectionClosed,
-    pika.exceptions.StreamLostError,
-    pika.exceptions.ChannelWrongStateError,
-    pika.exceptions.ConnectionWrongStateError,
-)
+_RECONNECTABLE = broker.CONNECTION_ERRORS
 _STOP_CHECK_S = 0.5  # how often a writer waiting to retry looks at the stop and abandon flags
 _BEAT_EVERY_S = 5.0  # how often the loop touches settings.health_file
 _STEADY_S = 5.0  # a broker connection that lasted this long resets the reconnect back-off
-_MAX_REASON_CHARS = 1000
-_MAX_KEPT_HEADER_BYTES = 16 * 1024  # far below any broker frame size, whatever we add
 
 
 class FatalBrokerError(RuntimeError):
@@ -115,7 +107,7 @@ class Consumer:
         self._pending_since = 0.0  # when the oldest of them arrived (monotonic)
         self._writing: collections.deque[_Batch] = collections.deque()
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
-        self._connector = broker.Connector(settings.amqp_url, "tracker-consumer")
+        self._link = broker.ConfirmingChannel(settings, "tracker-consumer", declare=True)
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._beat_at = 0.0
@@ -167,7 +159,9 @@ class Consumer:
                 if exc.reply_code in (403, 406):
                     raise FatalBrokerError(f"RabbitMQ refused the topology: {exc.reply_text}") from None
                 self._lost(exc, backoff, connected_at)
-            except (*_RECONNECTABLE, ConsumerCancelled) as exc:
+            except _RECONNECTABLE as exc:
+                self._lost(exc, backoff, connected_at)
+            except ConsumerCancelled as exc:
                 self._lost(exc, backoff, connected_at)
             except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
                 log.warning("could not dead-letter: %s is not taking messages (%s)", self._settings.dead_queue, exc)
@@ -193,10 +187,8 @@ class Consumer:
         self._stop.wait(delay)
 
     def _connect(self) -> None:
-        self._connection = self._connector.connect()
-        channel = self._connection.channel()
-        broker.declare_topology(channel, self._settings)
-        channel.confirm_delivery()
+        channel = self._link.open()
+        self._connection = channel.connection
         channel.basic_qos(prefetch_count=self._settings.prefetch)
         self._cancelled = False
         channel.add_on_cancel_callback(self._on_cancelled)
@@ -205,7 +197,7 @@ class Consumer:
         log.info(
             "consuming %s at %s (batch %d, flush %d ms, prefetch %d)",
             self._settings.queue,
-            self._connector.node,
+            self._link.node,
             self._settings.batch_size,
             self._settings.flush_ms,
             self._settings.prefetch,
@@ -213,12 +205,10 @@ class Consumer:
 
     def _close(self) -> None:
         self._abandon_writing()
-        connection, self._connection, self._channel = self._connection, None, None
+        self._connection, self._channel = None, None
         self._pending.clear()
         self.settled = self.received  # what was in hand goes back to the queue
-        if connection is not None and connection.is_open:
-            with contextlib.suppress(*_RECONNECTABLE):
-                connection.close()
+        self._link.close()
 
     def _on_message(
         self, _channel: BlockingChannel, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
@@ -357,20 +347,15 @@ class Consumer:
         """Republish to the dead-letter exchange, confirmed, with the reason in a header."""
         assert self._channel is not None
         delivery = dead.delivery
-        headers = _dead_letter_headers(delivery, dead.reason)
+        headers = broker.dead_letter_headers(delivery.headers, delivery.routing_key, dead.reason)
         self._channel.basic_publish(
             self._settings.dead_exchange,
             delivery.routing_key,
             delivery.body,
-            pika.BasicProperties(
-                content_type=delivery.content_type,
-                delivery_mode=pika.DeliveryMode.Persistent,
-                message_id=delivery.message_id,
-                headers=headers,
-            ),
+            broker.message_properties(delivery.message_id, delivery.content_type, headers),
             mandatory=True,
         )
-        reason = headers["x-tracker-reason"]
+        reason = headers[broker.REASON_HEADER]
         log.warning(
             "dead-lettered delivery %s (message_id %s): %s",
             delivery.tag,
@@ -378,35 +363,6 @@ class Consumer:
             reason,
             extra={"event_id": delivery.message_id, "reason_code": reason_code(str(reason))},
         )
-
-
-def _dead_letter_headers(delivery: Delivery, reason: str) -> dict[str, object]:
-    """The delivery's own headers, unless they are big, plus ``x-tracker-reason`` and the routing key.
-
-    A dead letter must always fit in one frame: if it did not, the broker would close the
-    connection, the message would come back, and the consumer would stall on it for ever. So the
-    reason (which may quote the input) is cut short, and large original headers are left out.
-    """
-    if len(reason) > _MAX_REASON_CHARS:
-        reason = reason[: _MAX_REASON_CHARS - 1] + "…"
-    headers: dict[str, object] = {}
-    if delivery.headers:
-        size = _encoded_size(delivery.headers)
-        if size is not None and size <= _MAX_KEPT_HEADER_BYTES:
-            headers.update(delivery.headers)
-        else:
-            headers["x-tracker-headers-dropped"] = f"{size} bytes" if size is not None else "not encodable"
-    headers["x-tracker-reason"] = reason
-    headers["x-tracker-routing-key"] = delivery.routing_key
-    return headers
-
-
-def _encoded_size(headers: dict[str, object]) -> int | None:
-    """Bytes the headers take on the wire, or None when pika cannot encode them back."""
-    try:
-        return len(b"".join(pika.BasicProperties(headers=headers).encode()))
-    except (pika.exceptions.AMQPError, TypeError, ValueError, OverflowError):
-        return None
 
 
 def _wake(connection: pika.BlockingConnection) -> None:
