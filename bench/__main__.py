@@ -26,6 +26,7 @@ from bench.report import Progress, Run, describe_machine, summary, write_docs
 from bench.services import BenchBroker, BenchDatabase, MessagesLost
 from bench.testbed import DEFAULT_AMQP_URL, FULL, QUICK, Testbed, settings_changes
 from tracker.config import ConfigError
+from tracker.errors import BrokerUnreachable
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tracker_bench"
 _ATTEMPTS = 3  # per measurement, when the broker goes away under it (a restart of the machine's broker by its operator)
@@ -143,7 +144,12 @@ def _measure(name: str, bed: Testbed) -> list:
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             return measurements.MEASUREMENTS[name](bed)
-        except (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError, MessagesLost) as exc:
+        except (
+            pika.exceptions.AMQPConnectionError,
+            pika.exceptions.ConnectionWrongStateError,
+            BrokerUnreachable,
+            MessagesLost,
+        ) as exc:
             bed.stop_all()
             if attempt == _ATTEMPTS:
                 raise

@@ -219,7 +219,7 @@ class BenchBroker:
             try:
                 self.connect().close()
                 return
-            except pika.exceptions.AMQPError:
+            except broker.ERRORS:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(2.0)
@@ -235,7 +235,7 @@ class BenchBroker:
             ):
                 try:
                     connection = self.connect()
-                except pika.exceptions.AMQPError:
+                except broker.ERRORS:
                     return
                 try:
                     channel = connection.channel()

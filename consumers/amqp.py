@@ -22,14 +22,18 @@ Failure policy:
 - broker refuses our credentials or topology: fatal, exit status 2;
 - SIGTERM/SIGINT: the batch in hand is finished if the database answers, else abandoned
   (unacked, so redelivered); exit status 0.
+
+The parts: ``Consumer`` is the loop, in the shape of kombu's ConsumerMixin (a short ``run`` and
+a hook for each step); ``consumers.writers.Writers`` commits batches on threads of their own,
+and ``consumers.batching`` says when to hand one over; ``dead_letter`` republishes bad input;
+``refusal`` tells a fatal refusal from a loss; ``HealthFile`` and ``stop_on_signals`` tie the
+process to whatever runs it. ``tracker.broker`` connects, declares and opens the channel.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import contextlib
-import dataclasses
+import functools
 import gc
 import logging
 import pathlib
@@ -46,28 +50,17 @@ from pika.adapters.blocking_connection import BlockingChannel
 from consumers import metrics_server
 from consumers.batching import Flush, FlushPolicy
 from consumers.reaper import Reaper
-from consumers.status import DeadLetter, Delivery, Outcome, StatusProjector
+from consumers.status import DeadLetter, Delivery, StatusProjector
 from consumers.telemetry import BatchTelemetry
+from consumers.writers import Batch, Projector, Writers
 from tracker import broker
-from tracker.backoff import Backoff
 from tracker.config import Settings
 from tracker.reasons import reason_code
-from tracker.store import StoreUnavailable, make_engine, open_job_store
+from tracker.store import make_engine, open_job_store
 
 log = logging.getLogger(__name__)
 
-_RECONNECTABLE = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.ConnectionClosed,
-    pika.exceptions.StreamLostError,
-    pika.exceptions.ChannelWrongStateError,
-    pika.exceptions.ConnectionWrongStateError,
-)
-_STOP_CHECK_S = 0.5  # how often a writer waiting to retry looks at the stop and abandon flags
 _BEAT_EVERY_S = 5.0  # how often the loop touches settings.health_file
-_STEADY_S = 5.0  # a broker connection that lasted this long resets the reconnect back-off
-_MAX_REASON_CHARS = 1000
-_MAX_KEPT_HEADER_BYTES = 16 * 1024  # far below any broker frame size, whatever we add
 
 
 class FatalBrokerError(RuntimeError):
@@ -81,18 +74,23 @@ class ConsumerCancelled(RuntimeError):
     """
 
 
-@dataclasses.dataclass
-class _Batch:
-    """Deliveries handed to a writer; ``outcome`` resolves to None if the batch was abandoned."""
-
-    deliveries: list[Delivery]
-    outcome: concurrent.futures.Future[Outcome | None]
-    abandon: threading.Event
-    through: int = 0  # Consumer.received when its last delivery arrived
+# What ends a session with the broker: the connection or the subscription lost, a dead letter it
+# did not take, or its refusal of the channel's work (fatal when ``refusal`` says so).
+_SESSION_ENDS: tuple[type[Exception], ...] = (
+    *broker.CONNECTION_ERRORS,
+    pika.exceptions.ChannelClosedByBroker,
+    pika.exceptions.UnroutableError,
+    pika.exceptions.NackError,
+    ConsumerCancelled,
+)
 
 
 class Consumer:
     """One consumer connection folding ``settings.queue`` into the store.
+
+    ``run`` is the loop: connect (the topology declared), subscribe, consume; when the session
+    ends, drop what it held and connect again. Each step is a hook below that says when it runs;
+    all run on the connection's thread (the one calling ``run``).
 
     ``on_batch(applied, dead_lettered)``, if given, runs on the connection's thread after each
     batch has been dead-lettered and acked. ``telemetry``, if given, is told of each batch.
@@ -101,24 +99,22 @@ class Consumer:
     def __init__(
         self,
         settings: Settings,
-        projector: StatusProjector,
+        projector: Projector,
         on_batch: Callable[[int, int], None] | None = None,
         telemetry: BatchTelemetry | None = None,
     ) -> None:
         self._settings = settings
-        self._projector = projector
         self._on_batch = on_batch
         self._telemetry = telemetry
         self._policy = FlushPolicy.from_settings(settings)
         self._stop = threading.Event()
+        self._writers = Writers(projector, self._policy.writers, self._stop, telemetry)
+        self._link = broker.ConfirmingChannel(settings, "tracker-consumer", declare=True)
+        self._reconnect = broker.ReconnectDelay()
+        self._health = HealthFile(settings.health_file)
+        self._channel: BlockingChannel | None = None  # while subscribed
         self._pending: list[Delivery] = []  # received, not yet handed to a writer
         self._pending_since = 0.0  # when the oldest of them arrived (monotonic)
-        self._writing: collections.deque[_Batch] = collections.deque()
-        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
-        self._connector = broker.Connector(settings.amqp_url, "tracker-consumer")
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
-        self._beat_at = 0.0
         self._cancelled = False  # set by the broker's basic.cancel
         self.dead_lettered = 0
         self.applied = 0
@@ -138,89 +134,65 @@ class Consumer:
 
     def install_signal_handlers(self) -> None:
         """Make SIGTERM and SIGINT call ``stop``; from the main thread, before ``run``."""
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self.stop())
+        stop_on_signals(self.stop)
 
     def run(self) -> None:
         """Consume until stopped; reconnects by itself. Raises FatalBrokerError."""
-        backoff = Backoff()
-        self._writer = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._policy.writers, thread_name_prefix="tracker-writer"
-        )
-        try:
-            self._run(backoff)
-        finally:
-            self._writer.shutdown(wait=True)
+        with self._writers:
+            while not self._stop.is_set():
+                connected_at = None
+                try:
+                    self.on_connection_revived(self._link.open())
+                    connected_at = time.monotonic()
+                    self.consume()
+                except _SESSION_ENDS as exc:
+                    if (refused := refusal(exc)) is not None:
+                        raise FatalBrokerError(refused) from None
+                    self.on_connection_error(exc, None if connected_at is None else time.monotonic() - connected_at)
+                finally:
+                    self.on_connection_closed()
 
-    def _run(self, backoff: Backoff) -> None:
-        while not self._stop.is_set():
-            connected_at = None
-            try:
-                self._connect()
-                connected_at = time.monotonic()
-                self._consume()
-            except pika.exceptions.ProbableAuthenticationError as exc:
-                raise FatalBrokerError(f"RabbitMQ refused the credentials: {exc}") from None
-            except pika.exceptions.ProbableAccessDeniedError as exc:
-                raise FatalBrokerError(f"RabbitMQ refused access to the virtual host: {exc}") from None
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code in (403, 406):
-                    raise FatalBrokerError(f"RabbitMQ refused the topology: {exc.reply_text}") from None
-                self._lost(exc, backoff, connected_at)
-            except (*_RECONNECTABLE, ConsumerCancelled) as exc:
-                self._lost(exc, backoff, connected_at)
-            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-                log.warning("could not dead-letter: %s is not taking messages (%s)", self._settings.dead_queue, exc)
-                self._lost(exc, backoff, connected_at)
-            finally:
-                self._close()
-
-    def _lost(self, exc: BaseException, backoff: Backoff, connected_at: float | None) -> None:
-        # Only a connection that held for a while earns a quick reconnect: one that breaks at
-        # once, again and again (say, on a message it cannot handle), backs off like a refused one.
-        if connected_at is not None and time.monotonic() - connected_at >= _STEADY_S:
-            backoff.reset()
-        delay = backoff.next()
-        unacked = len(self._pending) + sum(len(b.deliveries) for b in self._writing)
-        log.warning(
-            "broker connection lost (%s: %s); %d unacked deliveries will be redelivered; reconnecting in %.1f s",
-            type(exc).__name__,
-            exc,
-            unacked,
-            delay,
-        )
-        self._pending.clear()
-        self._stop.wait(delay)
-
-    def _connect(self) -> None:
-        self._connection = self._connector.connect()
-        channel = self._connection.channel()
-        broker.declare_topology(channel, self._settings)
-        channel.confirm_delivery()
+    def on_connection_revived(self, channel: BlockingChannel) -> None:
+        """Runs once connected, the topology declared and confirms on: subscribe."""
         channel.basic_qos(prefetch_count=self._settings.prefetch)
         self._cancelled = False
-        channel.add_on_cancel_callback(self._on_cancelled)
-        channel.basic_consume(self._settings.queue, self._on_message)
+        channel.add_on_cancel_callback(self.on_cancelled)
+        channel.basic_consume(self._settings.queue, self.on_message)
         self._channel = channel
         log.info(
             "consuming %s at %s (batch %d, flush %d ms, prefetch %d)",
             self._settings.queue,
-            self._connector.node,
+            self._link.node,
             self._settings.batch_size,
             self._settings.flush_ms,
             self._settings.prefetch,
         )
 
-    def _close(self) -> None:
-        self._abandon_writing()
-        connection, self._connection, self._channel = self._connection, None, None
-        self._pending.clear()
-        self.settled = self.received  # what was in hand goes back to the queue
-        if connection is not None and connection.is_open:
-            with contextlib.suppress(*_RECONNECTABLE):
-                connection.close()
+    def consume(self) -> None:
+        """Runs while subscribed: receive, hand batches to the writers, settle those written; until stopped."""
+        assert self._channel is not None
+        connection = self._channel.connection
+        while not self._stop.is_set():
+            self.on_iteration()
+            # A Wait ends early when a delivery arrives or a writer finishes (see _flush).
+            step = self._policy.decide(len(self._pending), len(self._writers), time.monotonic() - self._pending_since)
+            if isinstance(step, Flush):
+                self._flush(step.count)
+            else:
+                connection.process_data_events(time_limit=step.seconds)
+        self.on_consume_end()
 
-    def _on_message(
+    def on_iteration(self) -> None:
+        """Runs before each decision of the loop: end a cancelled session, beat, settle what is written."""
+        if self._cancelled:
+            # Without a subscription nothing more would arrive, ever: start over. What is
+            # being written is abandoned unacked (redelivered if the queue still holds it).
+            raise ConsumerCancelled(f"RabbitMQ cancelled the subscription to {self._settings.queue}")
+        self._health.beat()
+        while (batch := self._writers.next_written()) is not None:
+            self._settle(batch)
+
+    def on_message(
         self, _channel: BlockingChannel, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
     ) -> None:
         """Runs inside process_data_events for each delivery: only buffers it."""
@@ -238,75 +210,69 @@ class Consumer:
             )
         )
 
-    def _on_cancelled(self, _method: pika.frame.Method) -> None:
+    def on_cancelled(self, _method: pika.frame.Method) -> None:
         """Runs inside process_data_events when the broker cancels our subscription."""
         self._cancelled = True
 
-    def _consume(self) -> None:
-        assert self._connection is not None
-        while not self._stop.is_set():
-            if self._cancelled:
-                # Without a subscription nothing more would arrive, ever: start over. What is
-                # being written is abandoned unacked (redelivered if the queue still holds it).
-                raise ConsumerCancelled(f"RabbitMQ cancelled the subscription to {self._settings.queue}")
-            self._beat()
-            while self._writing and self._writing[0].outcome.done():
-                self._finish(self._writing[0])
-            # A Wait ends early when a delivery arrives or a writer finishes (see _start_writing).
-            step = self._policy.decide(len(self._pending), len(self._writing), time.monotonic() - self._pending_since)
-            if isinstance(step, Flush):
-                self._start_writing(step.count)
-                continue
-            self._connection.process_data_events(time_limit=step.seconds)
-        # Stopping: finish what is in hand if the database answers; whatever is left unacked
-        # goes back to the queue when the connection closes.
-        while self._writing:
-            if not self._finish(self._writing[0], block=True):
+    def on_consume_end(self) -> None:
+        """Runs when stopping, still subscribed: finish what is in hand if the database answers;
+        whatever is left unacked goes back to the queue when the connection closes."""
+        while (batch := self._writers.next_written(wait=True)) is not None:
+            if not self._settle(batch):
                 return
         while self._pending:
-            self._start_writing(self._policy.batch_size)
-            if not self._finish(self._writing[0], block=True):
+            self._flush(self._policy.batch_size)
+            batch = self._writers.next_written(wait=True)
+            if batch is None or not self._settle(batch):
                 return
 
-    def _beat(self) -> None:
-        """Touch the health file, every few seconds at most: the loop is turning (container checks)."""
-        now = time.monotonic()
-        if self._settings.health_file is None or now - self._beat_at < _BEAT_EVERY_S:
-            return
-        self._beat_at = now
-        pathlib.Path(self._settings.health_file).touch()
+    def on_connection_error(self, exc: Exception, held_s: float | None) -> None:
+        """Runs when a session ends by a loss (after ``held_s`` connected; None: no connection):
+        say so, then wait before the next (an early return when stopped)."""
+        if isinstance(exc, (pika.exceptions.UnroutableError, pika.exceptions.NackError)):
+            log.warning("could not dead-letter: %s is not taking messages (%s)", self._settings.dead_queue, exc)
+        delay = self._reconnect.after(held_s)
+        log.warning(
+            "broker connection lost (%s: %s); %d unacked deliveries will be redelivered; reconnecting in %.1f s",
+            type(exc).__name__,
+            exc,
+            len(self._pending) + self._writers.deliveries,
+            delay,
+        )
+        self._pending.clear()
+        self._stop.wait(delay)
 
-    def _start_writing(self, count: int) -> None:
+    def on_connection_closed(self) -> None:
+        """Runs after every session, however it ended: the writers' batches abandoned and what
+        was pending dropped (the broker redelivers both), the connection closed."""
+        self._writers.abandon()
+        self._channel = None
+        self._pending.clear()
+        self.settled = self.received  # what was in hand goes back to the queue
+        self._link.close()
+
+    def _flush(self, count: int) -> None:
         """Hand the ``count`` oldest pending deliveries to a writer."""
-        assert self._writer is not None and self._connection is not None
+        assert self._channel is not None
         deliveries = self._pending[:count]
         del self._pending[:count]
         # What is left arrived while this batch was gathered: count its wait from now.
         self._pending_since = time.monotonic()
-        abandon = threading.Event()
-        batch = _Batch(
-            deliveries,
-            self._writer.submit(self._write, deliveries, abandon),
-            abandon,
-            through=self.received - len(self._pending),
-        )
-        connection = self._connection
-        batch.outcome.add_done_callback(lambda _done: _wake(connection))
-        self._writing.append(batch)
+        through = self.received - len(self._pending)
+        self._writers.write(deliveries, through, functools.partial(_wake, self._channel.connection))
 
-    def _finish(self, batch: _Batch, block: bool = False) -> bool:
+    def _settle(self, batch: Batch) -> bool:
         """Dead-letter and ack a written batch; False if the writer abandoned it.
 
         Re-raises what the writer raised other than StoreUnavailable: that is a bug.
         """
-        outcome = batch.outcome.result() if block else batch.outcome.result(timeout=0)
-        self._writing.popleft()
+        outcome = batch.outcome.result()
         self.settled = batch.through
         if outcome is None:
             return False
-        for dead in outcome.dead:
-            self._dead_letter(dead)
         assert self._channel is not None
+        for dead in outcome.dead:
+            dead_letter(self._channel, self._settings.dead_exchange, dead)
         self._channel.basic_ack(delivery_tag=batch.deliveries[-1].tag, multiple=True)
         self.applied += outcome.applied
         self.dead_lettered += len(outcome.dead)
@@ -316,97 +282,66 @@ class Consumer:
             self._on_batch(outcome.applied, len(outcome.dead))
         return True
 
-    def _abandon_writing(self) -> None:
-        """Drop the batches being written (their deliveries will be redelivered) once their attempts end."""
-        batches = list(self._writing)
-        self._writing.clear()
-        for batch in batches:
-            batch.abandon.set()
-        concurrent.futures.wait([batch.outcome for batch in batches])
 
-    def _write(self, deliveries: list[Delivery], abandon: threading.Event) -> Outcome | None:
-        """Runs on a writer thread: commit one batch, retrying while the database is away.
-
-        None if the batch was abandoned instead: we are stopping, or its deliveries were lost
-        with the broker connection.
-        """
-        backoff = Backoff()
-        started = time.monotonic()
-        while True:
-            try:
-                outcome = self._projector.handle(deliveries)
-                if self._telemetry is not None:
-                    self._telemetry.written(outcome, len(deliveries), time.monotonic() - started)
-                return outcome
-            except StoreUnavailable as exc:
-                if self._stop.is_set() or abandon.is_set():
-                    why = "while stopping" if self._stop.is_set() else "and the broker connection is gone"
-                    log.warning(
-                        "database unavailable %s; abandoning %d deliveries (they will be redelivered)",
-                        why,
-                        len(deliveries),
-                    )
-                    return None
-                delay = backoff.next()
-                log.warning("database unavailable (%s); retrying %d deliveries in %.1f s", exc, len(deliveries), delay)
-                deadline = time.monotonic() + delay
-                while not (self._stop.is_set() or abandon.is_set()) and (left := deadline - time.monotonic()) > 0:
-                    abandon.wait(min(left, _STOP_CHECK_S))
-
-    def _dead_letter(self, dead: DeadLetter) -> None:
-        """Republish to the dead-letter exchange, confirmed, with the reason in a header."""
-        assert self._channel is not None
-        delivery = dead.delivery
-        headers = _dead_letter_headers(delivery, dead.reason)
-        self._channel.basic_publish(
-            self._settings.dead_exchange,
-            delivery.routing_key,
-            delivery.body,
-            pika.BasicProperties(
-                content_type=delivery.content_type,
-                delivery_mode=pika.DeliveryMode.Persistent,
-                message_id=delivery.message_id,
-                headers=headers,
-            ),
-            mandatory=True,
-        )
-        reason = headers["x-tracker-reason"]
-        log.warning(
-            "dead-lettered delivery %s (message_id %s): %s",
-            delivery.tag,
-            delivery.message_id,
-            reason,
-            extra={"event_id": delivery.message_id, "reason_code": reason_code(str(reason))},
-        )
+def refusal(exc: BaseException) -> str | None:
+    """Why the broker will never take this consumer as configured, if ``exc`` says so (its
+    credentials, virtual host or topology refused: fatal); None for a loss to reconnect after."""
+    if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
+        return f"RabbitMQ refused the credentials: {exc}"
+    if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
+        return f"RabbitMQ refused access to the virtual host: {exc}"
+    if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code in (403, 406):
+        return f"RabbitMQ refused the topology: {exc.reply_text}"
+    return None
 
 
-def _dead_letter_headers(delivery: Delivery, reason: str) -> dict[str, object]:
-    """The delivery's own headers, unless they are big, plus ``x-tracker-reason`` and the routing key.
+def dead_letter(channel: BlockingChannel, exchange: str, dead: DeadLetter) -> None:
+    """Republish ``dead``'s delivery to ``exchange`` (mandatory), with why in its headers, and log it.
 
-    A dead letter must always fit in one frame: if it did not, the broker would close the
-    connection, the message would come back, and the consumer would stall on it for ever. So the
-    reason (which may quote the input) is cut short, and large original headers are left out.
+    On a confirming channel it returns once the broker has taken it, and raises pika's
+    UnroutableError or NackError when it does not.
     """
-    if len(reason) > _MAX_REASON_CHARS:
-        reason = reason[: _MAX_REASON_CHARS - 1] + "…"
-    headers: dict[str, object] = {}
-    if delivery.headers:
-        size = _encoded_size(delivery.headers)
-        if size is not None and size <= _MAX_KEPT_HEADER_BYTES:
-            headers.update(delivery.headers)
-        else:
-            headers["x-tracker-headers-dropped"] = f"{size} bytes" if size is not None else "not encodable"
-    headers["x-tracker-reason"] = reason
-    headers["x-tracker-routing-key"] = delivery.routing_key
-    return headers
+    delivery = dead.delivery
+    headers = broker.dead_letter_headers(delivery.headers, delivery.routing_key, dead.reason)
+    properties = broker.message_properties(delivery.message_id, delivery.content_type, headers)
+    channel.basic_publish(exchange, delivery.routing_key, delivery.body, properties, mandatory=True)
+    reason = str(headers[broker.REASON_HEADER])
+    log.warning(
+        "dead-lettered delivery %s (message_id %s): %s",
+        delivery.tag,
+        delivery.message_id,
+        reason,
+        extra={"event_id": delivery.message_id, "reason_code": reason_code(reason)},
+    )
 
 
-def _encoded_size(headers: dict[str, object]) -> int | None:
-    """Bytes the headers take on the wire, or None when pika cannot encode them back."""
-    try:
-        return len(b"".join(pika.BasicProperties(headers=headers).encode()))
-    except (pika.exceptions.AMQPError, TypeError, ValueError, OverflowError):
-        return None
+class HealthFile:
+    """Touches ``path`` (None: nothing) each time the loop turns, at most every ``every_s``: a
+    container's health check sees the loop alive by the file's age."""
+
+    def __init__(
+        self, path: str | None, every_s: float = _BEAT_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._path = None if path is None else pathlib.Path(path)
+        self._every_s = every_s
+        self._clock = clock
+        self._touched_at: float | None = None
+
+    def beat(self) -> None:
+        """Say the loop turns; touches the file if ``every_s`` has passed since it last did."""
+        if self._path is None:
+            return
+        now = self._clock()
+        if self._touched_at is not None and now - self._touched_at < self._every_s:
+            return
+        self._touched_at = now
+        self._path.touch()
+
+
+def stop_on_signals(stop: Callable[[], None]) -> None:
+    """Make SIGTERM and SIGINT call ``stop``; from the main thread."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop())
 
 
 def _wake(connection: pika.BlockingConnection) -> None:

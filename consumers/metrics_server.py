@@ -12,7 +12,7 @@ import socketserver
 import threading
 import wsgiref.simple_server
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -24,11 +24,16 @@ from tracker.store import make_engine, schema_problem
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from consumers.amqp import Consumer
-
 log = logging.getLogger(__name__)
 
 _JSON = [("Content-Type", "application/json")]
+
+
+class Subscription(Protocol):
+    """Whether the consumer holds its subscription on the broker now (``consumers.amqp.Consumer``)."""
+
+    @property
+    def subscribed(self) -> bool: ...
 
 
 class Endpoints:
@@ -88,7 +93,7 @@ class Endpoints:
             stopper()
 
 
-def start(settings: Settings, consumer: Consumer) -> Endpoints | None:
+def start(settings: Settings, consumer: Subscription) -> Endpoints | None:
     """The endpoints of a ``tracker consume`` at ``settings.metrics_bind``, and (metrics on) the gauges' timer.
 
     None when ``TRACKER_METRICS_BIND`` is empty, or cannot be had (logged as an error: the consumer

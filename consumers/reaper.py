@@ -2,35 +2,32 @@
 
 Every ``reap_interval_s`` the thread:
 1. asks the broker how many messages the events queue holds ready (a passive declare), and goes
-   no further unless none: a consumer outage or a backlog must never fail a live job;
+   no further unless none (nor if the queue is not there): a consumer outage or a backlog must
+   never fail a live job;
 2. waits until this process's own consumer has committed every delivery it had received by
    then (``Backlog``): those left the queue's ready count, but their receipts are not recorded yet;
 3. runs ``LostJobs.check``, which decides under the one-at-a-time lock and asks the broker once
    more, just before committing the decisions, that nothing is ready;
-4. publishes each decision's failed event, confirmed, as any worker would; a decision not folded
-   30 s later (say, this process died between 3 and 4) is published again, the same event;
+4. publishes each decision's failed event through the workers' ``Publisher`` (confirmed, once:
+   a failure ends the check); a decision not folded 30 s later (say, this process died between
+   3 and 4) is published again, the same event;
 5. with ``retention_days`` > 0, purges up to ``_PURGE_PER_CHECK`` finished jobs older than that.
 
-It has its own database engine and its own broker connection: pika connections are not
-thread-safe, and the consumer's must never wait on this.
+It has its own database engine and its own broker connection (counts and publishing on one
+channel): pika connections are not thread-safe, and the consumer's must never wait on this.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from typing import Protocol
 
-import orjson
-import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
-
-from tracker import broker, events, leases, metrics, timefmt
+from tracker import broker, leases, metrics, timefmt
 from tracker.config import Settings
-from tracker.errors import StoreUnavailable
+from tracker.errors import PublishFailed, StoreUnavailable
+from tracker.publisher import Publisher
 from tracker.store import make_engine
 from tracker.store.leases import LostJobs, purge
 
@@ -38,7 +35,7 @@ log = logging.getLogger(__name__)
 
 _PURGE_PER_CHECK = 5000  # jobs; the rest wait for the next check, so no check takes long
 _SETTLE_POLL_S = 0.01
-_BROKER_ERRORS: type[Exception] = pika.exceptions.AMQPError
+_BROKER_ERRORS: tuple[type[Exception], ...] = (*broker.ERRORS, PublishFailed)
 
 
 class Backlog(Protocol):
@@ -64,9 +61,10 @@ class Reaper:
         self._thread = threading.Thread(target=self._run, name="tracker-reaper", daemon=True)
         self._engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
         self._lost = LostJobs(self._engine, settings.job_timeout_s)
-        self._connector = broker.Connector(settings.amqp_url, "tracker-reaper")
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
+        # Declares nothing (the consumer does). One attempt per event (timeout 0): a failed check
+        # is tried again at the next, and what it decided is published again (step 4).
+        self._channel = broker.ConfirmingChannel(settings, "tracker-reaper")
+        self._publisher = Publisher(settings, timeout_s=0.0, channel=self._channel)
         self.published = 0
 
     def start(self) -> Reaper:
@@ -98,19 +96,19 @@ class Reaper:
 
     def check(self) -> int:
         """One check (the steps of the module's docstring); how many failed events it published."""
-        if not leases.caught_up(self._ready()) or not self._settled():
+        if not self._caught_up() or not self._settled():
             return 0
-        checked = self._lost.check(lambda: leases.caught_up(self._ready()))
+        checked = self._lost.check(self._caught_up)
         published = 0
         if checked is not None:
             for lost in checked.new:
                 log.warning("job %d is lost: %s; failing it", lost.job_id, lost.message, extra={"job_id": lost.job_id})
-                self._publish(lost.failed_event())
+                self._publisher.publish(lost.failed_event())
                 metrics.count_lost_jobs(lost.reason)
                 published += 1
             for lost in checked.again:
                 log.info("job %d: its failed event is not folded yet; publishing it again", lost.job_id)
-                self._publish(lost.failed_event())
+                self._publisher.publish(lost.failed_event())
                 published += 1
         if self._settings.retention_days > 0:
             cutoff = leases.purge_cutoff(timefmt.now(), self._settings.retention_days)
@@ -131,44 +129,21 @@ class Reaper:
                 return False
         return True
 
-    def _ready(self) -> int:
-        """Messages ready in the events queue, by a passive declare.
+    def _caught_up(self) -> bool:
+        """Whether the events queue holds no ready message (SPEC §6); False while it does not exist.
 
-        Once more on a new connection if the one kept since the last check has gone (between
-        checks nobody answers the broker's heartbeats on it, so long intervals outlive it).
+        Asked once more on a new connection if the one kept since the last check has gone
+        (between checks nobody answers the broker's heartbeats on it, so long intervals outlive it).
         """
         try:
-            frame = self._ensure_channel().queue_declare(self._settings.queue, passive=True)
-        except _BROKER_ERRORS:
+            ready = broker.count_messages(self._channel.open(), self._settings.queue)
+        except broker.ERRORS:
             self._close()
-            frame = self._ensure_channel().queue_declare(self._settings.queue, passive=True)
-        return int(frame.method.message_count)
-
-    def _publish(self, event: events.Event) -> None:
-        """Publish ``event`` persistent and mandatory, and wait for the broker's confirm."""
-        self._ensure_channel().basic_publish(
-            self._settings.exchange,
-            broker.routing_key(event.type),
-            orjson.dumps(event.to_wire()),
-            pika.BasicProperties(
-                content_type=events.CONTENT_TYPE,
-                delivery_mode=pika.DeliveryMode.Persistent,
-                message_id=event.event_id,
-            ),
-            mandatory=True,
-        )
-
-    def _ensure_channel(self) -> BlockingChannel:
-        if self._channel is None or not self._channel.is_open:
-            self._close()
-            self._connection = self._connector.connect()
-            channel = self._connection.channel()
-            channel.confirm_delivery()
-            self._channel = channel
-        return self._channel
+            ready = broker.count_messages(self._channel.open(), self._settings.queue)
+        if ready is None:
+            log.warning("lost-job check skipped: the events queue %s does not exist", self._settings.queue)
+            return False
+        return leases.caught_up(ready)
 
     def _close(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            with contextlib.suppress(_BROKER_ERRORS):
-                connection.close()
+        self._publisher.close()

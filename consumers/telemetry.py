@@ -16,8 +16,6 @@ import threading
 import time
 import typing
 
-import pika
-import pika.exceptions
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -86,8 +84,7 @@ class GaugeRefresher:
         self._refresh_s = refresh_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tracker-gauges", daemon=True)
-        self._connector = broker.Connector(settings.amqp_url, "tracker-gauges")
-        self._connection: pika.BlockingConnection | None = None
+        self._channel = broker.ConfirmingChannel(settings, "tracker-gauges")
         self._queues = {
             settings.queue: metrics.QUEUE_READY.labels(queue="events"),
             settings.dead_queue: metrics.QUEUE_READY.labels(queue="dead"),
@@ -111,20 +108,18 @@ class GaugeRefresher:
                 self._refresh_jobs()
                 count_at = started + max(self._refresh_s, (time.monotonic() - started) / COUNT_BUDGET)
             self._stop.wait(self._refresh_s)
-        if self._connection is not None and self._connection.is_open:
-            self._connection.close()
+        self._channel.close()
 
     def _refresh_queues(self) -> None:
+        """Set each queue's gauge; one not declared yet keeps its value (the channel is opened again)."""
         try:
-            if self._connection is None or not self._connection.is_open:
-                self._connection = self._connector.connect()
-            channel = self._connection.channel()
             for queue, gauge in self._queues.items():
-                gauge.set(channel.queue_declare(queue, passive=True).method.message_count)
-            channel.close()
-        except pika.exceptions.AMQPError as exc:
+                ready = broker.count_messages(self._channel.open(), queue)
+                if ready is not None:
+                    gauge.set(ready)
+        except broker.ERRORS as exc:
             log.debug("could not read the queue depths: %s: %s", type(exc).__name__, exc)
-            self._connection = None
+            self._channel.close()
 
     def _refresh_jobs(self) -> None:
         try:

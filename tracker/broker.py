@@ -1,28 +1,64 @@
-"""The RabbitMQ side every process agrees on: which node to connect to, topology, back-off.
+"""RabbitMQ, written once for every process: connecting, the channel, topology, counts, messages.
 
-TRACKER_AMQP_URL may list the nodes of a cluster (SPEC §10). Every connection of every process
-is made by a ``Connector``: it tries the nodes one after another until one takes the connection,
-in an order shuffled once per connector (so that consumers spread over the nodes), and the next
-time it starts with the node after the one it was last connected to (the one most likely gone).
+- Connecting: TRACKER_AMQP_URL may list the nodes of a cluster (SPEC §10). Every connection is
+  made by a ``Connector``: it tries the nodes one after another until one takes the connection,
+  in an order shuffled once per connector (so that consumers spread over the nodes), and the
+  next time it starts with the node after the one it was last connected to (the one most likely
+  gone). ``ConfirmingChannel`` keeps a confirming channel on such a connection, and opens it
+  again once lost: the publisher, the lost-job check, the gauges, the dead-letter commands and
+  the consumer all use one. ``CONNECTION_ERRORS`` are what says it is lost.
+- Topology and counts: ``declare_topology``, and ``count_messages``, the one passive declare.
+- Messages: ``message_properties`` of everything the tracker publishes (SPEC §3), and the
+  headers a dead letter carries (``REASON_HEADER`` …), written and read here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import urllib.parse
+from collections.abc import Iterator, Mapping
+from typing import Any
 
+import orjson
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from tracker import events
+from tracker.backoff import Backoff
 from tracker.config import Settings, split_amqp_urls
-from tracker.errors import DeadLettersUnavailable
+from tracker.errors import BrokerUnreachable, DeadLettersUnavailable
 
 log = logging.getLogger(__name__)
 
+# The connection (or the channel) is gone: connect again. Not the broker's refusals of a channel
+# operation (pika's AMQPChannelError), which each caller judges for itself.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    pika.exceptions.AMQPConnectionError,  # StreamLostError, ConnectionClosed … among them
+    pika.exceptions.ChannelWrongStateError,
+    BrokerUnreachable,
+)
+# Anything the broker, or pika on its behalf, raises: "the broker is unavailable" to a caller
+# that does not tell the cases apart.
+ERRORS: tuple[type[Exception], ...] = (pika.exceptions.AMQPError, BrokerUnreachable)
+
 ROUTING_PREFIX = "job."
+
+# The headers of a dead letter: ours (the consumer writes them, ``tracker dead`` reads them) …
+REASON_HEADER = "x-tracker-reason"
+ROUTING_KEY_HEADER = "x-tracker-routing-key"
+HEADERS_DROPPED_HEADER = "x-tracker-headers-dropped"
+_OWN_HEADER_PREFIX = "x-tracker-"
+# … and RabbitMQ's, on a message it dead-lettered itself (rejected, expired, over a limit).
+FIRST_DEATH_REASON_HEADER = "x-first-death-reason"
+DEATH_HEADERS = frozenset(
+    f"x-{which}-death-{what}" for which in ("first", "last") for what in ("exchange", "queue", "reason")
+) | {"x-death"}
+MAX_REASON_CHARS = 1000
+MAX_KEPT_HEADER_BYTES = 16 * 1024  # far below any broker frame size, whatever we add
 
 
 def parameters(url: str, name: str) -> pika.URLParameters:
@@ -47,13 +83,6 @@ def address(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     default = 5671 if parts.scheme == "amqps" else 5672
     return f"{parts.hostname}:{parts.port or default}"
-
-
-class BrokerUnreachable(pika.exceptions.AMQPConnectionError):  # type: ignore[misc]  # pika is untyped
-    """No node of TRACKER_AMQP_URL took a connection; the text says what each one answered.
-
-    An AMQPConnectionError, so that whoever retried a lost single node retries this the same way.
-    """
 
 
 class Rotation:
@@ -132,6 +161,74 @@ def connect(amqp_url: str, name: str) -> pika.BlockingConnection:
     return Connector(amqp_url, name).connect()
 
 
+@dataclasses.dataclass
+class ReconnectDelay:
+    """How long to wait before connecting again after a connection was lost: the one Backoff.
+
+    Only a connection that held for ``steady_s`` earns a quick reconnect: one that breaks at
+    once, again and again (say, on a message it cannot handle), backs off like a refused one.
+    """
+
+    steady_s: float = 5.0
+    backoff: Backoff = dataclasses.field(default_factory=Backoff)
+
+    def after(self, held_s: float | None) -> float:
+        """The seconds to wait after a connection that held ``held_s`` (None: none was made)."""
+        if held_s is not None and held_s >= self.steady_s:
+            self.backoff.reset()
+        return self.backoff.next()
+
+
+class ConfirmingChannel:
+    """A channel in confirm mode on a connection of its own (named ``name`` on the broker),
+    opened when first asked for and again once it is lost; with ``declare``, every new channel
+    declares the topology first.
+
+    Not thread-safe (pika's connections are not): one per thread, or under its user's lock.
+    """
+
+    def __init__(self, settings: Settings, name: str, *, declare: bool = False) -> None:
+        self._settings = settings
+        self._declare = declare
+        self._connector = Connector(settings.amqp_url, name)
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+
+    @property
+    def node(self) -> str:
+        """``host:port`` of the node last connected to."""
+        return self._connector.node
+
+    @property
+    def nodes(self) -> str:
+        """Every node's ``host:port``, comma-separated, for messages."""
+        return self._connector.nodes
+
+    def open(self) -> BlockingChannel:
+        """The open channel: a new one if there is none (on a new connection if that is gone too).
+
+        Raises what ``Connector.connect`` and ``declare_topology`` raise, and CONNECTION_ERRORS.
+        """
+        if self._channel is not None and self._channel.is_open:
+            return self._channel
+        if self._connection is None or not self._connection.is_open:
+            self.close()
+            self._connection = self._connector.connect()
+        channel = self._connection.channel()
+        if self._declare:
+            declare_topology(channel, self._settings)
+        channel.confirm_delivery()
+        self._channel = channel
+        return channel
+
+    def close(self) -> None:
+        """Close the connection, if any, quietly: the next ``open`` connects again."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(*ERRORS):
+                connection.close()
+
+
 def routing_key(event_type: str) -> str:
     return ROUTING_PREFIX + event_type
 
@@ -165,7 +262,7 @@ def _declare_dead_queue(connection: pika.BlockingConnection, settings: Settings)
         channel.queue_declare(settings.dead_queue, durable=True)
         channel.queue_bind(settings.dead_queue, settings.dead_exchange)
     except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code != 404 or "home node" not in str(exc.reply_text):
+        if not home_node_down(exc):
             raise
         log.warning(
             "the dead-letter queue %s is unavailable (%s); going on without it until its node is back",
@@ -176,27 +273,117 @@ def _declare_dead_queue(connection: pika.BlockingConnection, settings: Settings)
     channel.close()
 
 
+def home_node_down(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
+    """Whether the broker refused a classic queue because the node it lives on is down (a 404,
+    as for a queue never declared, which it is not)."""
+    return bool(exc.reply_code == 404 and "home node" in str(exc.reply_text))
+
+
+def count_messages(channel: BlockingChannel, queue: str) -> int | None:
+    """Messages ready in ``queue``, read by a passive declare (nothing is taken); None when the
+    queue was never declared, and the broker has then closed ``channel``.
+
+    Raises pika.exceptions.ChannelClosedByBroker when the broker refuses otherwise (among them
+    the 404 of a queue whose node is down: ``home_node_down``), and CONNECTION_ERRORS.
+    """
+    try:
+        return int(channel.queue_declare(queue, passive=True).method.message_count)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404 and not home_node_down(exc):
+            return None
+        raise
+
+
+@contextlib.contextmanager
+def dead_letters_channel(settings: Settings, name: str) -> Iterator[BlockingChannel]:
+    """A confirming channel on a connection of its own (named ``name``), closed after, to look at
+    or handle the dead letters; every broker error, on connecting or after, as DeadLettersUnavailable.
+    """
+    link = ConfirmingChannel(settings, name)
+    try:
+        channel = link.open()
+    except BrokerUnreachable as exc:
+        raise DeadLettersUnavailable(f"cannot reach RabbitMQ: {exc}") from None
+    except pika.exceptions.AMQPError as exc:
+        raise DeadLettersUnavailable(
+            f"cannot reach RabbitMQ at {link.nodes}: {type(exc).__name__} {exc}".strip()
+        ) from None
+    try:
+        yield channel
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise DeadLettersUnavailable(f"RabbitMQ refused: {exc.reply_text}") from None
+    except pika.exceptions.AMQPError as exc:
+        raise DeadLettersUnavailable(f"lost RabbitMQ: {type(exc).__name__} {exc}".strip()) from None
+    finally:
+        link.close()
+
+
 def dead_letter_count(settings: Settings) -> int:
-    """How many messages ``settings.dead_queue`` holds, read without touching them (a passive declare).
+    """How many messages ``settings.dead_queue`` holds, read without touching them.
 
     A queue never declared holds none. Opens a connection of its own (to any node that answers)
     and closes it. Raises DeadLettersUnavailable when RabbitMQ cannot be reached or refuses, or
     when the queue's node is away.
     """
-    connector = Connector(settings.amqp_url, "tracker-dead-count")
+    with dead_letters_channel(settings, "tracker-dead-count") as channel:
+        return count_messages(channel, settings.dead_queue) or 0
+
+
+def message_properties(
+    message_id: str | None, content_type: str | None = events.CONTENT_TYPE, headers: Mapping[str, Any] | None = None
+) -> pika.BasicProperties:
+    """The properties of every message the tracker publishes, events and dead letters (SPEC §3):
+    persistent, with ``message_id`` (an event's ``event_id``), ``content_type`` and ``headers``."""
+    return pika.BasicProperties(
+        content_type=content_type,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=message_id,
+        headers=headers,
+    )
+
+
+def event_message(event: events.Event) -> tuple[bytes, pika.BasicProperties]:
+    """The body and properties ``event`` is published with (SPEC §3)."""
+    return orjson.dumps(event.to_wire()), message_properties(event.event_id)
+
+
+def dead_letter_headers(original: Mapping[str, Any] | None, routing_key: str, reason: str) -> dict[str, Any]:
+    """A dead letter's headers: the delivery's own, unless they are big, plus the reason and its
+    routing key (``REASON_HEADER``, ``ROUTING_KEY_HEADER``).
+
+    A dead letter must always fit in one frame: if it did not, the broker would close the
+    connection, the message would come back, and the consumer would stall on it for ever. So the
+    reason (which may quote the input) is cut short, and large original headers are left out
+    (``HEADERS_DROPPED_HEADER`` says so).
+    """
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[: MAX_REASON_CHARS - 1] + "…"
+    headers: dict[str, Any] = {}
+    if original:
+        size = _encoded_size(original)
+        if size is not None and size <= MAX_KEPT_HEADER_BYTES:
+            headers.update(original)
+        else:
+            headers[HEADERS_DROPPED_HEADER] = f"{size} bytes" if size is not None else "not encodable"
+    headers[REASON_HEADER] = reason
+    headers[ROUTING_KEY_HEADER] = routing_key
+    return headers
+
+
+def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A dead letter's own headers, less those that say why and how it died (ours and
+    RabbitMQ's): what it is published again with. None when none is left."""
+    kept = {
+        name: value
+        for name, value in headers.items()
+        if not name.startswith(_OWN_HEADER_PREFIX) and name not in DEATH_HEADERS
+    }
+    return kept or None
+
+
+def _encoded_size(headers: Mapping[str, Any]) -> int | None:
+    """Bytes the headers take on the wire, or None when pika cannot encode them back."""
     try:
-        connection = connector.connect()
-    except pika.exceptions.AMQPError:
-        raise DeadLettersUnavailable(f"cannot reach RabbitMQ at {connector.nodes}") from None
-    try:
-        return int(connection.channel().queue_declare(settings.dead_queue, passive=True).method.message_count)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == 404 and "home node" not in str(exc.reply_text):  # never declared: empty
-            return 0
-        raise DeadLettersUnavailable(f"RabbitMQ refused: {exc.reply_text}") from None
-    except pika.exceptions.AMQPError as exc:
-        raise DeadLettersUnavailable(f"lost RabbitMQ: {type(exc).__name__}") from None
-    finally:
-        if connection.is_open:
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                connection.close()
+        return len(b"".join(pika.BasicProperties(headers=dict(headers)).encode()))
+    except (pika.exceptions.AMQPError, TypeError, ValueError, OverflowError):
+        return None

@@ -15,6 +15,7 @@ The tree (each class also derives from the builtin its callers already catch)::
     ├── PermissionDenied                   authenticated without the permission; .permission
     ├── RequestTimedOut                    an HTTP request not received within the read timeout
     ├── PublishFailed(RuntimeError)        the broker did not confirm an event in time
+    ├── BrokerUnreachable(ConnectionError)  no node of TRACKER_AMQP_URL took a connection
     ├── ApiError(RuntimeError)             the HTTP API answered with an error; .status
     └── DeadLettersUnavailable(RuntimeError)  the dead-letter queue could not be read
 
@@ -111,6 +112,14 @@ class RequestTimedOut(TrackerError):
 
 class PublishFailed(TrackerError, RuntimeError):
     """The broker did not confirm the event before the timeout."""
+
+
+class BrokerUnreachable(TrackerError, ConnectionError):
+    """No node of TRACKER_AMQP_URL took a connection; the text says what each one answered.
+
+    Whoever retries a lost broker connection (pika's AMQPConnectionError) retries this as well:
+    ``tracker.broker.CONNECTION_ERRORS`` holds both.
+    """
 
 
 class ApiError(TrackerError, RuntimeError):

@@ -16,17 +16,14 @@ cluster's and its node went) until ``timeout_s`` runs out, then raises PublishFa
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import threading
 import time
 import types
 
-import orjson
 import pika
 import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
 
 from tracker import broker, events
 from tracker.backoff import Backoff
@@ -35,15 +32,9 @@ from tracker.errors import PublishFailed
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE: tuple[type[Exception], ...] = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.AMQPChannelError,
-    pika.exceptions.NackError,
-    pika.exceptions.UnroutableError,
-    pika.exceptions.StreamLostError,
-    pika.exceptions.ConnectionWrongStateError,
-    pika.exceptions.ChannelWrongStateError,
-)
+# A lost connection, and the broker's refusals of a channel operation: a closed channel, a nack,
+# an event it could not route (the queue not declared yet). Each is tried again.
+_RETRYABLE: tuple[type[Exception], ...] = (*broker.CONNECTION_ERRORS, pika.exceptions.AMQPChannelError)
 
 
 class Publisher:
@@ -53,10 +44,18 @@ class Publisher:
     so the heartbeat thread of a ``job`` block, or any other thread, may share one Publisher.
     """
 
-    def __init__(self, settings: Settings, *, timeout_s: float = 30.0, declare: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        timeout_s: float = 30.0,
+        declare: bool = True,
+        channel: broker.ConfirmingChannel | None = None,
+    ) -> None:
+        """``declare``: declare the topology on each new channel. ``channel``: publish on this one
+        (its own declare setting holds) instead of one of the publisher's own."""
         self._settings = settings
         self._timeout_s = timeout_s
-        self._declare = declare
         # pika's BlockingConnection is not thread-safe, so a job block and its heartbeat thread
         # could each have had a connection. They share this one under a lock instead: one
         # connection per worker rather than two; the beats keep it serviced while the block works
@@ -65,9 +64,7 @@ class Publisher:
         # the cost is at most one confirm round trip of waiting, or one connect attempt while the
         # broker is away, because a beat never sleeps or retries with the lock held.
         self._connection_lock = threading.Lock()
-        self._connector = broker.Connector(settings.amqp_url, "tracker-publisher")
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
+        self._channel = channel or broker.ConfirmingChannel(settings, "tracker-publisher", declare=declare)
         self._numbering_lock = threading.Lock()
         self._seq: collections.Counter[int] = collections.Counter()
 
@@ -84,7 +81,7 @@ class Publisher:
 
     def close(self) -> None:
         with self._connection_lock:
-            self._drop_connection()
+            self._channel.close()
 
     def emit(self, job_id: int, type: str, message: str | None = None) -> events.Event:
         """Publish a new event for ``job_id`` now, with this client's next seq for the job."""
@@ -94,7 +91,7 @@ class Publisher:
 
     def publish(self, event: events.Event) -> None:
         """Send ``event`` and wait for the broker's confirm; raises PublishFailed."""
-        body, properties = _wire(event)
+        body, properties = broker.event_message(event)
         deadline = time.monotonic() + self._timeout_s
         backoff = Backoff(cap=5.0)
         while True:
@@ -116,7 +113,7 @@ class Publisher:
         between the beats of a long lease); raises PublishFailed, and the next beat tries afresh.
         """
         event = self._next_event(job_id, "progress", None)
-        body, properties = _wire(event)
+        body, properties = broker.event_message(event)
         try:
             self._send(broker.routing_key(event.type), body, properties)
         except _RETRYABLE:
@@ -159,30 +156,12 @@ class Publisher:
         """One publish-and-confirm, the lock held throughout; drops the connection if it fails."""
         with self._connection_lock:
             try:
-                channel = self._ensure_channel()
-                channel.basic_publish(self._settings.exchange, routing_key, body, properties, mandatory=True)
+                self._channel.open().basic_publish(
+                    self._settings.exchange, routing_key, body, properties, mandatory=True
+                )
             except _RETRYABLE:
-                self._drop_connection()
+                self._channel.close()
                 raise
-
-    def _ensure_channel(self) -> BlockingChannel:
-        """The open, confirming channel; connects first if there is none. Call with the lock held."""
-        if self._channel is None or not self._channel.is_open:
-            self._drop_connection()
-            self._connection = self._connector.connect()
-            channel = self._connection.channel()
-            if self._declare:
-                broker.declare_topology(channel, self._settings)
-            channel.confirm_delivery()
-            self._channel = channel
-        return self._channel
-
-    def _drop_connection(self) -> None:
-        """Close the connection, if any, quietly. Call with the lock held."""
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            with contextlib.suppress(*_RETRYABLE):
-                connection.close()
 
 
 class JobReport:
@@ -254,16 +233,6 @@ class _Heartbeat:
                 # A beat must never end the beating: an alive worker would lose its job.
                 log.exception("heartbeat of job %s failed; next in %.1f s", self._job_id, self._interval_s)
             self._stopped.wait(self._interval_s)
-
-
-def _wire(event: events.Event) -> tuple[bytes, pika.BasicProperties]:
-    """The body and properties an event is published with (SPEC §3)."""
-    properties = pika.BasicProperties(
-        content_type=events.CONTENT_TYPE,
-        delivery_mode=pika.DeliveryMode.Persistent,
-        message_id=event.event_id,
-    )
-    return orjson.dumps(event.to_wire()), properties
 
 
 def _failure_text(exc: BaseException) -> str:

@@ -28,5 +28,5 @@ def test_the_count_is_what_the_queue_holds_and_reading_it_takes_nothing(settings
 
 def test_a_broker_that_does_not_answer_is_unavailable(settings: Settings) -> None:
     closed = settings.with_(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F")
-    with pytest.raises(DeadLettersUnavailable, match=r"cannot reach RabbitMQ at 127\.0\.0\.1:"):
+    with pytest.raises(DeadLettersUnavailable, match=r"cannot reach RabbitMQ.* 127\.0\.0\.1:"):
         broker.dead_letter_count(closed)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -38,14 +38,7 @@ from tracker.config import Settings
 from tracker.errors import DeadLettersUnavailable
 from tracker.reasons import NO_REASON, ReasonFilter, broker_reason, reason_code
 
-REASON_HEADER = "x-tracker-reason"
-ROUTING_KEY_HEADER = "x-tracker-routing-key"
 PREVIEW_CHARS = 160
-
-# Headers that say why and how a message died; a replayed event goes back without them.
-_DEATH_HEADERS = frozenset(
-    f"x-{which}-death-{what}" for which in ("first", "last") for what in ("exchange", "queue", "reason")
-) | {"x-death"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +69,7 @@ class DeadLetter:
     @classmethod
     def from_message(cls, routing_key: str, properties: pika.BasicProperties, body: bytes) -> DeadLetter:
         headers: dict[str, Any] = dict(properties.headers or {})
-        original_key = headers.get(ROUTING_KEY_HEADER)
+        original_key = headers.get(broker.ROUTING_KEY_HEADER)
         if isinstance(original_key, bytes):
             original_key = original_key.decode("utf-8", "replace")
         return cls(
@@ -90,17 +83,7 @@ class DeadLetter:
 
     def replay_properties(self) -> pika.BasicProperties:
         """The properties the event is re-published with: its own, less what says it died."""
-        kept = {
-            name: value
-            for name, value in self.headers.items()
-            if not name.startswith("x-tracker-") and name not in _DEATH_HEADERS
-        }
-        return pika.BasicProperties(
-            content_type=self.content_type,
-            delivery_mode=pika.DeliveryMode.Persistent,
-            message_id=self.message_id,
-            headers=kept or None,
-        )
+        return broker.message_properties(self.message_id, self.content_type, broker.replay_headers(self.headers))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +98,11 @@ class Handled:
 
 def reason_of(headers: dict[str, Any]) -> str:
     """The reason a message was dead-lettered, from its headers (ours, or RabbitMQ's own)."""
-    reason = headers.get(REASON_HEADER)
+    reason = headers.get(broker.REASON_HEADER)
     if reason is not None:
         return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
     # Dead-lettered by RabbitMQ itself (rejected, expired, over a limit), not by a consumer.
-    first = headers.get("x-first-death-reason")
+    first = headers.get(broker.FIRST_DEATH_REASON_HEADER)
     if first is not None:
         return broker_reason(first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first))
     return NO_REASON
@@ -216,16 +199,17 @@ def _walk(
 
     Stops after ``limit`` handled, or after as many messages as the queue held at the start.
     """
-    with _channel(settings) as channel:
+    with broker.dead_letters_channel(settings, "tracker-dead") as channel:
         if declare:
             broker.declare_topology(channel, settings)
-            channel.confirm_delivery()
         try:
-            total = channel.queue_declare(settings.dead_queue, passive=True).method.message_count
+            total = broker.count_messages(channel, settings.dead_queue)
         except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 404:  # never declared: empty
-                return Handled(settings.dead_queue, 0, 0, 0)
-            raise
+            if not broker.home_node_down(exc):
+                raise
+            total = None  # its node is down: nothing to walk through, as when it was never declared
+        if total is None:
+            return Handled(settings.dead_queue, 0, 0, 0)
         examined = handled = 0
         held: int | None = None  # the newest delivery tag not acked: the rest go back with it
         try:
@@ -249,27 +233,3 @@ def _walk(
                 with contextlib.suppress(pika.exceptions.AMQPError):
                     channel.basic_nack(delivery_tag=held, multiple=True, requeue=True)
         return Handled(settings.dead_queue, total, examined, handled)
-
-
-@contextlib.contextmanager
-def _channel(settings: Settings) -> Iterator[BlockingChannel]:
-    """A channel on a connection of its own, closed after; pika's errors as DeadLettersUnavailable."""
-    connector = broker.Connector(settings.amqp_url, "tracker-dead")
-    try:
-        connection = connector.connect()
-    except broker.BrokerUnreachable as exc:
-        raise DeadLettersUnavailable(f"cannot reach RabbitMQ: {exc}") from None
-    except pika.exceptions.AMQPError as exc:
-        raise DeadLettersUnavailable(
-            f"cannot reach RabbitMQ at {connector.nodes}: {type(exc).__name__} {exc}".strip()
-        ) from None
-    try:
-        yield connection.channel()
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        raise DeadLettersUnavailable(f"RabbitMQ refused: {exc.reply_text}") from None
-    except pika.exceptions.AMQPError as exc:
-        raise DeadLettersUnavailable(f"lost RabbitMQ: {type(exc).__name__} {exc}".strip()) from None
-    finally:
-        if connection.is_open:
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                connection.close()
