@@ -316,9 +316,10 @@ def _parse_plain(body: bytes) -> Event | None:
         if (type(progress) is not int and type(progress) is not float) or not 0 <= progress <= 100:
             return None
         progress = float(progress) + 0.0
-    if document.get("result") is not None:
-        if kind != "succeeded" or (result := _plain_json_text(document["result"])) is None:
-            return None
+    if document.get("result") is not None and (
+        kind != "succeeded" or (result := _plain_json_text(document["result"])) is None
+    ):
+        return None
     if "error" in document:
         error = document["error"]
         if type(error) is not dict or kind != "failed":

@@ -26,9 +26,7 @@ _LABEL_KEY = re.compile(LABEL_KEY_PATTERN, re.ASCII)
 
 KIND_RULE = f"kind must be 1 to {MAX_KIND_CHARS} characters of A-Z a-z 0-9 . _ -"
 LABELS_RULE = f"labels must be an object of at most {MAX_LABELS} pairs"
-LABEL_KEY_RULE = (
-    f"1 to {MAX_LABEL_KEY_CHARS} characters of a-z 0-9 . _ / -, starting and ending with a letter or digit"
-)
+LABEL_KEY_RULE = f"1 to {MAX_LABEL_KEY_CHARS} characters of a-z 0-9 . _ / -, starting and ending with a letter or digit"
 
 
 def check_kind(value: Any) -> str:
