@@ -177,25 +177,19 @@ def test_wrong_password_is_401_and_missing_fields_400(system: Http):
     assert (status, alert(body)) == (400, "username and password are required")
 
 
-def test_the_cli_creates_and_emits(system: Http, settings, engine):
+def _tracker(system: Http, settings, *argv: str) -> str:
+    """Run the ``tracker`` command as a user of the system's API; its output (it must succeed)."""
     env = environment(settings, TRACKER_API_URL=system.base, TRACKER_API_USER="ops", TRACKER_PASSWORD=PASSWORD)
-    created = subprocess.run(
-        [sys.executable, "-m", "tracker.cli", "jobs", "create", "From the CLI."],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    done = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", *argv], env=env, capture_output=True, text=True, timeout=30
     )
-    assert created.returncode == 0, created.stderr
-    job_id = int(created.stdout.strip())
-    emitted = subprocess.run(
-        [sys.executable, "-m", "tracker.cli", "jobs", "emit", str(job_id), "failed", "It broke."],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert emitted.returncode == 0, emitted.stderr
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_cli_creates_and_emits(system: Http, settings, engine):
+    job_id = int(_tracker(system, settings, "jobs", "create", "From the CLI.").strip())
+    _tracker(system, settings, "jobs", "emit", str(job_id), "failed", "It broke.")
     login(system, "ops")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -209,17 +203,20 @@ def test_the_cli_creates_and_emits(system: Http, settings, engine):
 def test_what_a_job_says_about_itself_goes_from_the_cli_and_the_worker_to_every_answer(system: Http, settings):
     """SPEC §11 end to end: kind and labels from `tracker jobs create`, progress and a result
     through RabbitMQ and `tracker consume`, seen in GET, the list and the timeline."""
-    env = environment(settings, TRACKER_API_URL=system.base, TRACKER_API_USER="ops", TRACKER_PASSWORD=PASSWORD)
-    created = subprocess.run(
-        [sys.executable, "-m", "tracker.cli", "jobs", "create", "Exporting.", "--kind", "export.csv"]
-        + ["--label", "env=prod", "--label", "team=cdn"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    created = _tracker(
+        system,
+        settings,
+        "jobs",
+        "create",
+        "Exporting.",
+        "--kind",
+        "export.csv",
+        "--label",
+        "env=prod",
+        "--label",
+        "team=cdn",
     )
-    assert created.returncode == 0, created.stderr
-    job_id = int(created.stdout.strip())
+    job_id = int(created.strip())
     with Publisher(settings) as publisher:
         publisher.publish(new_event(job_id, "progress", "half way", seq=1, progress=50))
         publisher.publish(new_event(job_id, "succeeded", "Exported.", seq=2, progress=100, result={"rows": 1200}))

@@ -140,7 +140,7 @@ def test_settings_defaults_and_bounds():
             Settings.from_env({name: value})
 
 
-def test_the_client_sends_only_the_limits_it_is_given(monkeypatch):
+def test_the_client_sends_only_the_fields_it_is_given(monkeypatch):
     from tracker.client import ApiClient
 
     sent: list[object] = []
@@ -153,7 +153,14 @@ def test_the_client_sends_only_the_limits_it_is_given(monkeypatch):
     monkeypatch.setattr(client, "_call", call)
     assert client.create_job("Deploying.", timeout_s=600, heartbeat_timeout_s=30) == 7
     assert client.create_job() == 7
-    assert sent == [{"message": "Deploying.", "timeout_s": 600, "heartbeat_timeout_s": 30}, {}]
+    assert client.create_job(kind="export", labels={"env": "prod"}) == 7  # SPEC §11
+    assert client.create_job(labels={}) == 7
+    assert sent == [
+        {"message": "Deploying.", "timeout_s": 600, "heartbeat_timeout_s": 30},
+        {},
+        {"kind": "export", "labels": {"env": "prod"}},
+        {},
+    ]
 
 
 @pytest.mark.parametrize("flag", ["--timeout", "--heartbeat-timeout"])
