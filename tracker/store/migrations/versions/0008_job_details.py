@@ -15,8 +15,9 @@
   holds off the others queued behind it meanwhile). Measured on a table of 5,000,000 rows (and
   as many timeline rows) while a writer updated one row at a time beside it: the whole upgrade
   took 24 ms, alembic included, and the slowest write meanwhile 7.9 ms, against 0.7 ms before;
-  on a busier machine 130 ms and 42.5 ms (``python -m bench.migration_hold``; docs/performance.md). No index is added, and the table's
-  fillfactor is left as it is (docs/http-surface.md says why).
+  on a busier machine 130 ms and 42.5 ms (``python -m bench.migration_hold``;
+  docs/performance.md). No index is added, and the table's fillfactor is left as it is
+  (docs/http-surface.md says why).
 - SQLite: ``ALTER TABLE … ADD COLUMN`` each, as quick.
 
 Revision ID: 0008
