@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from api import dashboard, errors, resources, waits
-from tracker import events, leases, listing, merge, roles
+from tracker import events, labels, leases, listing, merge, roles
 from tracker.events import MAX_MESSAGE_CHARS
 
 TIME_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
@@ -158,6 +158,20 @@ def _dashboard() -> dict[str, Any]:
         for route, (name, content_type) in dashboard.ASSETS.items()
     }
 
+
+# SPEC §11's creation fields, as tracker.labels checks them. A pattern is matched against the whole
+# text (lookahead for the end, so that a trailing newline, which Python's "$" would let through, is not).
+_KIND = {"type": "string", "pattern": f"^{labels.KIND_PATTERN}(?![\\s\\S])"}
+_LABELS = {
+    "type": "object",
+    "maxProperties": labels.MAX_LABELS,
+    "propertyNames": {"pattern": f"^{labels.LABEL_KEY_PATTERN}(?![\\s\\S])"},
+    "additionalProperties": {
+        "type": "string",
+        "maxLength": labels.MAX_LABEL_VALUE_CHARS,
+        "pattern": "^[^\\u0000]*$",
+    },
+}
 
 _JOB_ID = {
     "name": "id",
@@ -403,7 +417,8 @@ def _job_event(wire: dict[str, Any]) -> dict[str, Any]:
     job's id (the path's), the fields the API renders itself, and when the tracker received it.
 
     A field or event type added to the wire model shows here by itself; such a field is not
-    required, since an entry carries it only when its event does (SPEC §11).
+    required, since an entry carries it only when its event does (SPEC §11). Nor has it a default:
+    an entry never carries one for it.
     """
     rendered = {
         # The API gives the id in lowercase, the times in its one format, the message within
@@ -420,7 +435,7 @@ def _job_event(wire: dict[str, Any]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for name, schema in wire["properties"].items():
         if name != "job_id":
-            properties[name] = rendered.get(name) or {key: value for key, value in schema.items() if key != "title"}
+            properties[name] = rendered.get(name) or _bare(schema)
         if name == "occurred_at":
             properties["received_at"] = rendered["received_at"]
     return {
@@ -429,6 +444,12 @@ def _job_event(wire: dict[str, Any]) -> dict[str, Any]:
         "additionalProperties": False,
         "properties": properties,
     }
+
+
+def _bare(schema: dict[str, Any]) -> dict[str, Any]:
+    """A wire field's schema as a field of an answer: without pydantic's title, and without a
+    default, since an answer carries such a field only when it has a value."""
+    return {key: value for key, value in schema.items() if key not in ("title", "default")}
 
 
 def _components(versions: tuple[str, ...]) -> dict[str, Any]:
@@ -505,6 +526,19 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                         "description": "null until the job is SUCCEEDED or FAILED",
                     },
                     "message": {"type": ["string", "null"], "maxLength": MAX_MESSAGE_CHARS},
+                    # SPEC §11: each only when set
+                    "kind": _KIND,
+                    "labels": _LABELS,
+                    "progress": {
+                        **_bare(wire["properties"]["progress"]),
+                        "description": "How far the job is, in percent: its latest event's that says",
+                    },
+                    "result": {"description": "What the job produced: its succeeded event's result, any JSON value"},
+                    "error": {"$ref": "#/components/schemas/JobError"},
+                    "cancel_requested_at": {
+                        "$ref": "#/components/schemas/Time",
+                        "description": "When its cancellation was first asked for",
+                    },
                 },
             },
             "JobStatus": {
@@ -588,6 +622,8 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                         "many seconds is failed with `no event for N s: the worker is presumed lost`. Absent: "
                         "`TRACKER_HEARTBEAT_TIMEOUT_S` (default 0: no lease).",
                     },
+                    "kind": {**_KIND, "description": "What kind of job it is, fixed for its life"},
+                    "labels": {**_LABELS, "description": "Pairs to find it by, fixed for its life"},
                 },
             },
             "Credentials": {

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import falcon
 import falcon.uri
@@ -14,7 +15,7 @@ import orjson
 from api.middleware import COOKIES, requires
 from api.reads import JobReads
 from api.waits import preferred_wait
-from tracker import auth, leases, listing, merge, roles, timefmt
+from tracker import auth, labels, leases, listing, merge, roles, timefmt
 from tracker.config import Settings
 from tracker.envelope import alerts
 from tracker.events import check_message
@@ -32,6 +33,7 @@ MAX_USERNAME_CHARS = 128  # tracker_user.username; longer names cannot exist
 _INTEGER = re.compile(r"(?P<sign>[+-]?)(?P<digits>[0-9]+)")
 _INT64 = range(-(2**63), 2**63)
 _NO_BODY = object()  # tells an absent body from a JSON null, which is not an object
+_T = TypeVar("_T")
 
 
 def parse_job_id(text: str) -> int:
@@ -49,14 +51,42 @@ def parse_job_id(text: str) -> int:
 
 
 def job_view(job: Job) -> dict[str, Any]:
-    """A job as the API shows it, keys in Traffic Ops' order."""
-    return {
+    """A job as the API shows it: Traffic Ops' five fields in its order, then SPEC §11's, each only
+    when set, so that a job using none of them is answered as Traffic Ops answers (SPEC §2)."""
+    view: dict[str, Any] = {
         "id": job.id,
         "status": job.status,
         "start_time": timefmt.format_time(job.start_time),
         "end_time": timefmt.format_time(job.end_time),
         "message": job.message,
     }
+    if job.kind is not None:
+        view["kind"] = job.kind
+    if job.labels:
+        view["labels"] = dict(job.labels)
+    if job.progress is not None:
+        view["progress"] = _number(job.progress)
+    _outcome(view, job.result_json, job.error_code, job.error_details_json)
+    if job.cancel_requested_at is not None:
+        view["cancel_requested_at"] = timefmt.format_time(job.cancel_requested_at)
+    return view
+
+
+def _number(value: float) -> float | int:
+    """A progress as JSON shows it: a whole number without a fraction (50, not 50.0)."""
+    return int(value) if value.is_integer() else value
+
+
+def _outcome(view: dict[str, Any], result_json: str | None, code: str | None, details_json: str | None) -> None:
+    """Add ``result`` and ``error`` to ``view`` when there are any; their JSON texts are written into
+    the answer as they are kept, not read and written again."""
+    if result_json is not None:
+        view["result"] = orjson.Fragment(result_json)
+    if code is not None:
+        error: dict[str, Any] = {"code": code}
+        if details_json is not None:
+            error["details"] = orjson.Fragment(details_json)
+        view["error"] = error
 
 
 @functools.lru_cache(maxsize=4096)
@@ -97,8 +127,9 @@ class JobStatus:
 
 
 def event_view(event: TimelineEvent) -> dict[str, Any]:
-    """One event of a job's timeline as the API shows it (SPEC §7), times as in ``job_view``."""
-    return {
+    """One event of a job's timeline as the API shows it (SPEC §7), times as in ``job_view``, and
+    its ``progress``, ``result`` and ``error`` when it has them (SPEC §11)."""
+    view: dict[str, Any] = {
         "event_id": event.event_id,
         "type": event.type,
         "occurred_at": timefmt.format_time(event.occurred_at),
@@ -106,6 +137,10 @@ def event_view(event: TimelineEvent) -> dict[str, Any]:
         "seq": event.seq,
         "message": event.message,
     }
+    if event.progress is not None:
+        view["progress"] = _number(event.progress)
+    _outcome(view, event.result_json, event.error_code, event.error_details_json)
+    return view
 
 
 class JobTimeline:
@@ -125,7 +160,7 @@ class JobTimeline:
 
 class JobStatuses:
     """/api/{version}/async_status: GET lists jobs (SPEC §7); POST starts tracking a new job, with its
-    deadline and lease (SPEC §6)."""
+    deadline and lease (SPEC §6), its kind and labels (SPEC §11)."""
 
     def __init__(self, jobs: JobStore, settings: Settings) -> None:
         self._jobs = jobs
@@ -158,7 +193,9 @@ class JobStatuses:
             self._default_timeout_s,
             self._default_heartbeat_timeout_s,
         )
-        job = self._jobs.create_job(message, limits)
+        kind = _checked(body, "kind", labels.check_kind)
+        given = _checked(body, "labels", labels.check_labels)
+        job = self._jobs.create_job(message, limits, kind=kind, labels=given or ())
         location = f"/api/{version}/async_status/{job.id}"
         resp.status = falcon.HTTP_202
         resp.location = location
@@ -272,14 +309,20 @@ def _initial_message(body: dict[str, Any]) -> str | None:
         raise falcon.HTTPBadRequest(description=f"'message' {exc}") from None
 
 
+def _checked(body: dict[str, Any], field: str, check: Callable[[Any], _T]) -> _T | None:
+    """``check(body[field])``; None when the field is absent. Raises falcon.HTTPBadRequest with the
+    check's ValueError, which names the field (a null is checked as any other value is)."""
+    if field not in body:
+        return None
+    try:
+        return check(body[field])
+    except ValueError as exc:
+        raise falcon.HTTPBadRequest(description=str(exc)) from None
+
+
 def _timeout(body: dict[str, Any], field: str) -> int | None:
     """A job's ``timeout_s`` or ``heartbeat_timeout_s`` as the body gives it; None when absent.
 
     Raises falcon.HTTPBadRequest naming the field (anything but an integer in range, null included).
     """
-    if field not in body:
-        return None
-    try:
-        return leases.check_timeout(field, body[field])
-    except ValueError as exc:
-        raise falcon.HTTPBadRequest(description=str(exc)) from None
+    return _checked(body, field, functools.partial(leases.check_timeout, field))

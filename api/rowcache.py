@@ -11,6 +11,7 @@ the safety net) is argued in docs/rowcache.md; keep that argument and this code 
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import logging
 import os
 import threading
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 
 from tracker import timefmt
 from tracker.backoff import Backoff
+from tracker.labels import as_labels
 from tracker.model import Job
 
 log = logging.getLogger(__name__)
@@ -60,9 +62,14 @@ _CHECK_TRIGGERS = (
     "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('async_status') "
     "AND tgname = ANY(%s) AND tgenabled IN ('O', 'A')"
 )
-# The public columns, as tracker.store reads them for GET.
-_ROWS_BY_ID = "SELECT id, status, start_time, end_time, message FROM async_status WHERE id = ANY(%s::bigint[])"
-_NEWEST_ROWS = "SELECT id, status, start_time, end_time, message FROM async_status ORDER BY id DESC LIMIT %s"
+# The public columns, as tracker.store reads them for GET (tracker.store.tables.PUBLIC_COLUMNS), in
+# the order of tracker.model.Job: the JSON texts as text, read by no one.
+_PUBLIC = (
+    "id, status, start_time, end_time, message, kind, labels, progress, result::text, error_code, "
+    "error_details::text, cancel_requested_at"
+)
+_ROWS_BY_ID = f"SELECT {_PUBLIC} FROM async_status WHERE id = ANY(%s::bigint[])"
+_NEWEST_ROWS = f"SELECT {_PUBLIC} FROM async_status ORDER BY id DESC LIMIT %s"
 
 
 class NotNotified(RuntimeError):
@@ -552,12 +559,36 @@ def _ids_in(payload: str) -> set[int] | None:
 
 
 def _jobs_of(rows: Iterable[tuple[Any, ...]]) -> Iterable[Job]:
-    """Rows of (id, status, start_time, end_time, message) as tracker.store returns them: in UTC."""
-    for job_id, status, start_time, end_time, message in rows:
+    """Rows of ``_PUBLIC`` as tracker.store returns them: times in UTC, labels as sorted pairs."""
+    for (
+        job_id,
+        status,
+        start_time,
+        end_time,
+        message,
+        kind,
+        labels,
+        progress,
+        result_json,
+        error_code,
+        error_details_json,
+        cancel_requested_at,
+    ) in rows:
         yield Job(
             job_id,
             status,
             start_time.astimezone(timefmt.UTC),
-            None if end_time is None else end_time.astimezone(timefmt.UTC),
+            _utc(end_time),
             message,
+            kind,
+            as_labels(labels),
+            progress,
+            result_json,
+            error_code,
+            error_details_json,
+            _utc(cancel_requested_at),
         )
+
+
+def _utc(instant: dt.datetime | None) -> dt.datetime | None:
+    return None if instant is None else instant.astimezone(timefmt.UTC)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import itertools
@@ -20,7 +21,7 @@ from bench.processes import ProcessFailed, bench_command, free_port, tracker_com
 from bench.references import percentiles_ms
 from bench.report import Result
 from bench.services import BenchDatabase, MessagesLost, QueueWatcher
-from bench.testbed import Testbed
+from bench.testbed import Scale, Testbed
 from tracker.config import Settings
 
 _DONE_CHECK = 2000  # final events whose rows are checked for completion (several batches' worth)
@@ -847,38 +848,75 @@ def table_size(bed: Testbed) -> list[Result]:
     ]
 
 
+@dataclasses.dataclass
+class _Side:
+    """One side of a drain A/B: the drain's name, the command that drains, the events it drains,
+    and what to read once it is done (nothing by default)."""
+
+    name: str
+    command: list[str]
+    work: workload.Workload
+    after: Callable[[], None] = lambda: None
+
+
+def _alternating_drains(bed: Testbed, tag: str, side_of: Callable[[str, range], _Side]) -> dict[str, list[float]]:
+    """The A/B of #6, #1d and #1e: each round drains side "on" and side "off" (which first
+    alternates), each from fresh rows at #6's sizes, ``side_of(side, ids)`` preparing the rows of
+    ``ids`` and giving the rest. Each side's rates, round by round."""
+    scale, db = bed.scale, bed.database
+    settings = bed.settings(tag)
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    for round_number in range(scale.receipts_rounds):
+        for side in ("off", "on") if round_number % 2 == 0 else ("on", "off"):
+            db.empty()
+            drain = side_of(side, db.seed_jobs(scale.receipts_jobs))
+            done_check = drain.work.final_jobs[-_DONE_CHECK:]
+            drained = _drain(
+                bed,
+                settings,
+                drain.work.bodies,
+                drain.name,
+                drain.command,
+                done=lambda check=done_check: db.pending_among(check) == 0,
+            )
+            rates[side].append(drained.rate)
+            drain.after()
+    return rates
+
+
+def _per_job(scale: Scale) -> int:
+    return scale.receipts_events // scale.receipts_jobs
+
+
+def _ab_details(scale: Scale, rates: dict[str, list[float]]) -> dict[str, Any]:
+    """What every drain A/B reports of its run."""
+    return {
+        "events": scale.receipts_jobs * _per_job(scale),
+        "jobs": scale.receipts_jobs,
+        "rounds": scale.receipts_rounds,
+        "on_per_round": [round(rate) for rate in rates["on"]],
+        "off_per_round": [round(rate) for rate in rates["off"]],
+    }
+
+
 def receipts(bed: Testbed) -> list[Result]:
     """#6: ingest recording receipt times (every batch renews its jobs' heartbeat leases) against not.
 
     The same consumer (``python -m bench.receipts on|off``) drains the same events into the same
     rows, every job holding a lease; the two sides alternate, and the ratio is of their means.
     """
-    scale, db = bed.scale, bed.database
-    jobs = scale.receipts_jobs
-    per_job = scale.receipts_events // jobs
-    settings = bed.settings("receipts")
-    rates: dict[str, list[float]] = {"on": [], "off": []}
-    for round_number in range(scale.receipts_rounds):
-        for side in ("off", "on") if round_number % 2 == 0 else ("on", "off"):
-            db.empty()
-            ids = db.seed_jobs(jobs)
-            with db.engine.begin() as conn:
-                conn.exec_driver_sql(
-                    "INSERT INTO async_status_lease (job_id, heartbeat_timeout_s, expires_at) "
-                    "SELECT id, 3600, now() + interval '1 hour' FROM async_status"
-                )
-                conn.exec_driver_sql("ANALYZE async_status_lease")
-            work = workload.lifecycles(ids, per_job, random.Random(1))
-            done_check = work.final_jobs[-_DONE_CHECK:]
-            drained = _drain(
-                bed,
-                settings,
-                work.bodies,
-                f"consumer recording receipts {side}",
-                bench_command("receipts", side),
-                done=lambda check=done_check: db.pending_among(check) == 0,
+
+    def side_of(side: str, ids: range) -> _Side:
+        with bed.database.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO async_status_lease (job_id, heartbeat_timeout_s, expires_at) "
+                "SELECT id, 3600, now() + interval '1 hour' FROM async_status"
             )
-            rates[side].append(drained.rate)
+            conn.exec_driver_sql("ANALYZE async_status_lease")
+        work = workload.lifecycles(ids, _per_job(bed.scale), random.Random(1))
+        return _Side(f"consumer recording receipts {side}", bench_command("receipts", side), work)
+
+    rates = _alternating_drains(bed, "receipts", side_of)
     on, off = statistics.fmean(rates["on"]), statistics.fmean(rates["off"])
     return [
         Result(
@@ -890,13 +928,7 @@ def receipts(bed: Testbed) -> list[Result]:
             "the same consumer recording no receipt times",
             ">= 0.9x (within 10%)",
             on >= 0.9 * off,
-            {
-                "events": jobs * per_job,
-                "jobs": jobs,
-                "rounds": scale.receipts_rounds,
-                "on_per_round": [round(rate) for rate in rates["on"]],
-                "off_per_round": [round(rate) for rate in rates["off"]],
-            },
+            _ab_details(bed.scale, rates),
         )
     ]
 
@@ -911,29 +943,18 @@ def timeline(bed: Testbed) -> list[Result]:
     no lease renewal on either side) drains the same events into the same rows, at #6's sizes;
     the two sides alternate, and the ratio is of their means.
     """
-    scale, db = bed.scale, bed.database
-    jobs = scale.receipts_jobs
-    per_job = scale.receipts_events // jobs
-    settings = bed.settings("timeline")
-    rates: dict[str, list[float]] = {"on": [], "off": []}
     kept: dict[str, int] = {}
-    for round_number in range(scale.receipts_rounds):
-        for side in ("off", "on") if round_number % 2 == 0 else ("on", "off"):
-            db.empty()
-            ids = db.seed_jobs(jobs)
-            work = workload.lifecycles(ids, per_job, random.Random(1), heartbeats=True)
-            done_check = work.final_jobs[-_DONE_CHECK:]
-            drained = _drain(
-                bed,
-                settings,
-                work.bodies,
-                f"consumer keeping the timeline {side}",
-                bench_command("receipts", "off", "--timeline", side),
-                done=lambda check=done_check: db.pending_among(check) == 0,
-            )
-            rates[side].append(drained.rate)
-            with db.engine.connect() as conn:
+
+    def side_of(side: str, ids: range) -> _Side:
+        def count_kept() -> None:
+            with bed.database.engine.connect() as conn:
                 kept[side] = conn.exec_driver_sql("SELECT count(*) FROM async_status_event").scalar_one()
+
+        work = workload.lifecycles(ids, _per_job(bed.scale), random.Random(1), heartbeats=True)
+        command = bench_command("receipts", "off", "--timeline", side)
+        return _Side(f"consumer keeping the timeline {side}", command, work, count_kept)
+
+    rates = _alternating_drains(bed, "timeline", side_of)
     on, off = statistics.fmean(rates["on"]), statistics.fmean(rates["off"])
     return [
         Result(
@@ -946,17 +967,72 @@ def timeline(bed: Testbed) -> list[Result]:
             "none: what the timeline costs",
             None,
             {
-                "events": jobs * per_job,
-                "jobs": jobs,
-                "rounds": scale.receipts_rounds,
-                "on_per_round": [round(rate) for rate in rates["on"]],
-                "off_per_round": [round(rate) for rate in rates["off"]],
+                **_ab_details(bed.scale, rates),
                 "rows_kept_on": kept["on"],
                 "rows_kept_off": kept["off"],
                 "timeline_cost": round(1 - on / off, 3),
             },
         )
     ]
+
+
+def details(bed: Testbed) -> list[Result]:
+    """#1e: ingest with SPEC §11's fields (a progress on every progress event, a result on every
+    success) against the same events without them.
+
+    ``tracker consume`` drains the two workloads (``workload.lifecycles`` with and without
+    ``details``, the same events otherwise) into the same rows, at #6's sizes; the two sides
+    alternate, and the ratio is of their means. Also the share of each side's row updates that
+    were HOT (no index entry written), from PostgreSQL's statistics.
+    """
+    hot: dict[str, list[float]] = {"on": [], "off": []}
+
+    def side_of(side: str, ids: range) -> _Side:
+        work = workload.lifecycles(ids, _per_job(bed.scale), random.Random(1), details=side == "on")
+        before = _row_updates(bed.database)
+
+        def check() -> None:
+            if not _complete(bed, ids, len(work.bodies)):
+                raise RuntimeError(f"details {side}: the tracker did not fold every event")
+            updated, hot_updated = (
+                after - first for after, first in zip(_row_updates(bed.database), before, strict=True)
+            )
+            hot[side].append(hot_updated / updated if updated else 0.0)
+
+        return _Side(f"tracker consume, details {side}", tracker_command("consume"), work, check)
+
+    rates = _alternating_drains(bed, "details", side_of)
+    on, off = statistics.fmean(rates["on"]), statistics.fmean(rates["off"])
+    return [
+        Result(
+            "1e details",
+            "events/s drained and committed, a progress on each progress event and a result on each success",
+            "events/s",
+            on,
+            off,
+            "the same events without progress or result",
+            ">= 0.9x (within 10%)",
+            on >= 0.9 * off,
+            {
+                **_ab_details(bed.scale, rates),
+                "hot_update_share_on": [round(share, 3) for share in hot["on"]],
+                "hot_update_share_off": [round(share, 3) for share in hot["off"]],
+                "result_bytes": len(orjson.dumps(workload.result_of(bed.scale.receipts_jobs))),
+            },
+        )
+    ]
+
+
+def _row_updates(db: BenchDatabase) -> tuple[int, int]:
+    """The updates of async_status rows so far, and how many of them were HOT (PostgreSQL's counts,
+    which each backend reports within a second of its transactions: hence the wait)."""
+    time.sleep(1.5)
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+        updated, hot_updated = conn.exec_driver_sql(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'async_status'"
+        ).one()
+    return updated, hot_updated
 
 
 _LOST_CHECKS = 5  # timed checks, each finding every lost job anew
@@ -1154,6 +1230,7 @@ MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
     "scale": table_size,
     "receipts": receipts,
     "timeline": timeline,
+    "details": details,
     "leases": lost_check,
     "capacity": capacity,
     "list": job_list,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from tracker.store.postgresql import PostgresJobStore
 
 # The timeline's source rows in merge.sql, and what a fold that keeps only the history puts there
-# instead: the message events inside R (merge.to_remember), as the store kept before the timeline.
+# instead: the message and progress events inside R (merge.to_remember), as the store kept the
+# message events before the timeline.
 _TIMELINE_ROWS = "FROM batch AS b JOIN job AS j ON j.id = b.job_id"
 _HISTORY_ROWS = (
-    "FROM batch AS b JOIN folded AS f ON f.id = b.job_id WHERE b.message IS NOT NULL "
+    "FROM batch AS b JOIN folded AS f ON f.id = b.job_id WHERE (b.message IS NOT NULL OR b.progress IS NOT NULL) "
     "AND (f.t_at IS NULL OR (b.occurred_at, b.seq, b.event_id) <= (f.t_at, f.t_seq, f.t_event_id))"
 )
 
@@ -49,8 +50,8 @@ class WithoutReceipts(PostgresJobStore):
 
 
 class HistoryOnly(WithoutReceipts):
-    """Folds as ``WithoutReceipts`` does, but keeps in async_status_event only the message events
-    inside R, as the store did before the timeline (#1d's "off" side; both its sides run without
+    """Folds as ``WithoutReceipts`` does, but keeps in async_status_event only the message (and
+    progress) events inside R, as the store did before the timeline (#1d's "off" side; both its sides run without
     receipts)."""
 
     merge_name = "bench_merge_history_only"

@@ -14,6 +14,21 @@ MISSING_READ = "missing required Permissions: ASYNC-STATUS:READ"
 LOGGED_IN = "Successfully logged in."
 CREDENTIALS_REQUIRED = "username and password are required"
 INVALID_CREDENTIALS = "Invalid username or password."
+# SPEC §2's 200 of GET /api/{v}/async_status/{id}, byte for byte; the seed's Response Example
+# (seeds/async_status.rst) is the same JSON, written over several lines.
+SEED_GET_BODY = (
+    b'{"response":{"id":1,"status":"PENDING","start_time":"2021-02-18T17:13:56.352261Z",'
+    b'"end_time":null,"message":"Async job has started."}}'
+)
+SEED_RESPONSE_EXAMPLE = """{ "response":
+{
+"id":1,
+"status":"PENDING",
+"start_time":"2021-02-18T17:13:56.352261Z",
+"end_time":null,
+"message":"Async job has started."
+}
+}"""
 
 
 def no_such_path(path: str) -> str:

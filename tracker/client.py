@@ -6,6 +6,7 @@ import http.client
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 from tracker.errors import ApiError
@@ -37,18 +38,28 @@ class ApiClient:
         self._timeout = timeout_s
 
     def create_job(
-        self, message: str | None = None, *, timeout_s: int | None = None, heartbeat_timeout_s: int | None = None
+        self,
+        message: str | None = None,
+        *,
+        timeout_s: int | None = None,
+        heartbeat_timeout_s: int | None = None,
+        kind: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> int:
         """Start a job (POST async_status) and return its id; raises ApiError.
 
         ``timeout_s``: fail it if still PENDING this many seconds after its start; ``heartbeat_timeout_s``:
         fail it if none of its events is received for this long (SPEC §6). None: the server's defaults.
+        ``kind`` (e.g. ``deliveryservice.regenerate``) and ``labels`` (e.g. ``{"env": "prod"}``) say
+        what the job is, for good (SPEC §11); the API refuses (400, ApiError) what it cannot take.
         """
         body: dict[str, Any] = {}
         for name, value in (
             ("message", message),
             ("timeout_s", timeout_s),
             ("heartbeat_timeout_s", heartbeat_timeout_s),
+            ("kind", kind),
+            ("labels", dict(labels) if labels else None),
         ):
             if value is not None:
                 body[name] = value

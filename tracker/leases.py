@@ -25,6 +25,9 @@ RENEW_SLACK_S = 1
 
 Reason = Literal["heartbeat", "timeout"]
 REASONS: tuple[Reason, ...] = ("heartbeat", "timeout")
+# The error.code of the tracker's failed event for each (SPEC §11): what a machine, the list's
+# errorCode filter and the dashboard's lost-job count go by.
+ERROR_CODES: dict[Reason, str] = {"heartbeat": "lost", "timeout": "timeout"}
 
 # Fixed for ever: the id of the tracker's failed event is uuid5 of this, the job and the reason,
 # so deciding twice (two consumers, or a check after a crash) publishes the very same event.
@@ -99,9 +102,14 @@ class Lost:
     def event_id(self) -> str:
         return str(uuid.uuid5(EVENT_NAMESPACE, f"{self.job_id}:{self.reason}"))
 
+    @property
+    def error_code(self) -> str:
+        return ERROR_CODES[self.reason]
+
     def failed_event(self) -> Event:
-        """The tracker's own ``failed`` event for this job (SPEC §6): the same for the same decision."""
-        return Event(self.event_id, self.job_id, "failed", self.decided_at, self.message, 0)
+        """The tracker's own ``failed`` event for this job (SPEC §6), with ``error.code`` ``lost`` or
+        ``timeout`` (SPEC §11): the same for the same decision."""
+        return Event(self.event_id, self.job_id, "failed", self.decided_at, self.message, 0, error_code=self.error_code)
 
 
 def decide(expired: Iterable[Expired], decided_at: dt.datetime) -> list[Lost]:

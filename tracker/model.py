@@ -9,17 +9,30 @@ import dataclasses
 import datetime as dt
 
 from tracker import listing, merge
+from tracker.labels import Labels
 
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """The public row, as GET returns it."""
+    """The public row, as GET returns it: Traffic Ops' five fields, then SPEC §11's, which a job
+    that uses none of them leaves at their defaults (and the API then leaves out).
+
+    Hashable (the API keys caches of rendered rows by it): labels are sorted pairs, and the result
+    and the error's details their compact JSON text (``tracker.events.json_text``).
+    """
 
     id: int
     status: str
     start_time: dt.datetime
     end_time: dt.datetime | None
     message: str | None
+    kind: str | None = None
+    labels: Labels = ()
+    progress: float | None = None
+    result_json: str | None = None
+    error_code: str | None = None
+    error_details_json: str | None = None
+    cancel_requested_at: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +49,10 @@ class TimelineEvent:
     received_at: dt.datetime | None
     seq: int
     message: str | None
+    progress: float | None = None
+    result_json: str | None = None
+    error_code: str | None = None
+    error_details_json: str | None = None
 
     @property
     def key(self) -> merge.Key:
@@ -51,8 +68,29 @@ class JobPage:
 
 
 @dataclasses.dataclass(frozen=True)
+class Ended:
+    """A job a batch ended: PENDING before it, SUCCEEDED or FAILED after (for the duration metric)."""
+
+    job_id: int
+    kind: str | None
+    status: str
+    start_time: dt.datetime
+    end_time: dt.datetime
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_time - self.start_time).total_seconds()
+
+
+@dataclasses.dataclass(frozen=True)
 class Applied:
-    """What a batch did: rows changed, and the job ids that have no row (their events not applied)."""
+    """What a batch did: rows changed, the job ids that have no row (their events not applied),
+    and the jobs it ended, in job id order.
+
+    A job ends once: a batch that moves an ended job's end earlier (a late earlier terminal event)
+    changes its row but does not end it again.
+    """
 
     changed_jobs: int
     missing_jobs: frozenset[int]
+    ended: tuple[Ended, ...] = ()

@@ -18,6 +18,7 @@ CODES: Final[dict[str, str]] = {
     "invalid_json": "body is not JSON (including NaN and Infinity)",
     "duplicate_key": "body repeats a JSON key",
     "not_an_object": "body is JSON but not an object",
+    "too_large_value": "a result or an error's details over 16 KiB as JSON",
     "invalid_field": "a field breaks the event table (missing, wrong type, out of range)",
     "unknown_job": "the event names a job with no row",
     "database_refused": "the database refused an event that passed validation",
@@ -37,11 +38,15 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (re.compile(r"content_type must be "), "invalid_content_type"),
     (re.compile(r"body is \d+ bytes, over the limit"), "too_large"),
     (re.compile(r"body is not valid UTF-8"), "invalid_utf8"),
-    (re.compile(r"body is not valid JSON|body holds .*, which is not JSON"), "invalid_json"),
+    (
+        re.compile(r"body is not valid JSON|body holds .*, which is not JSON|body holds the number .*, out of range"),
+        "invalid_json",
+    ),
     (re.compile(r"body repeats the key "), "duplicate_key"),
     (re.compile(r"body must be a JSON object"), "not_an_object"),
     (re.compile(r"job \d+ does not exist$"), "unknown_job"),
     (re.compile(r"database refused the event"), "database_refused"),
+    (re.compile(r"(result|error): (details )?must be at most \d+ bytes as compact JSON"), "too_large_value"),
     # pydantic's field errors: "job_id: must be at least 1; type: is required"
     (re.compile(r"[A-Za-z_][\w.]*: "), "invalid_field"),
 )

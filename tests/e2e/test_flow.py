@@ -16,6 +16,7 @@ import pytest
 from bench.processes import environment
 from tests.e2e.live_api import CHEAP_PASSWORDS, PASSWORD, running_api
 from tests.processes import ConsumerProcess
+from tracker.events import new_event
 from tracker.publisher import Publisher
 from tracker.users import UserStore
 
@@ -176,25 +177,19 @@ def test_wrong_password_is_401_and_missing_fields_400(system: Http):
     assert (status, alert(body)) == (400, "username and password are required")
 
 
-def test_the_cli_creates_and_emits(system: Http, settings, engine):
+def _tracker(system: Http, settings, *argv: str) -> str:
+    """Run the ``tracker`` command as a user of the system's API; its output (it must succeed)."""
     env = environment(settings, TRACKER_API_URL=system.base, TRACKER_API_USER="ops", TRACKER_PASSWORD=PASSWORD)
-    created = subprocess.run(
-        [sys.executable, "-m", "tracker.cli", "jobs", "create", "From the CLI."],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    done = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", *argv], env=env, capture_output=True, text=True, timeout=30
     )
-    assert created.returncode == 0, created.stderr
-    job_id = int(created.stdout.strip())
-    emitted = subprocess.run(
-        [sys.executable, "-m", "tracker.cli", "jobs", "emit", str(job_id), "failed", "It broke."],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert emitted.returncode == 0, emitted.stderr
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_cli_creates_and_emits(system: Http, settings, engine):
+    job_id = int(_tracker(system, settings, "jobs", "create", "From the CLI.").strip())
+    _tracker(system, settings, "jobs", "emit", str(job_id), "failed", "It broke.")
     login(system, "ops")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -203,3 +198,43 @@ def test_the_cli_creates_and_emits(system: Http, settings, engine):
             break
         time.sleep(0.02)
     assert (body["response"]["status"], body["response"]["message"]) == ("FAILED", "It broke.")
+
+
+def test_what_a_job_says_about_itself_goes_from_the_cli_and_the_worker_to_every_answer(system: Http, settings):
+    """SPEC §11 end to end: kind and labels from `tracker jobs create`, progress and a result
+    through RabbitMQ and `tracker consume`, seen in GET, the list and the timeline."""
+    created = _tracker(
+        system,
+        settings,
+        "jobs",
+        "create",
+        "Exporting.",
+        "--kind",
+        "export.csv",
+        "--label",
+        "env=prod",
+        "--label",
+        "team=cdn",
+    )
+    job_id = int(created.strip())
+    with Publisher(settings) as publisher:
+        publisher.publish(new_event(job_id, "progress", "half way", seq=1, progress=50))
+        publisher.publish(new_event(job_id, "succeeded", "Exported.", seq=2, progress=100, result={"rows": 1200}))
+    login(system, "ops")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        _, _, body = system.call("GET", f"/api/5.0/async_status/{job_id}")
+        if body["response"]["status"] != "PENDING":
+            break
+        time.sleep(0.02)
+    row = body["response"]
+    assert list(row) == ["id", "status", "start_time", "end_time", "message", "kind", "labels", "progress", "result"]
+    assert (row["status"], row["kind"], row["labels"]) == ("SUCCEEDED", "export.csv", {"env": "prod", "team": "cdn"})
+    assert (row["progress"], row["result"]) == (100, {"rows": 1200})
+    _, _, listed = system.call("GET", "/api/5.0/async_status?status=SUCCEEDED&orderby=id&sortOrder=desc&limit=5")
+    assert row in listed["response"]
+    _, _, timeline = system.call("GET", f"/api/5.0/async_status/{job_id}/events")
+    assert [(e["type"], e.get("progress"), e.get("result")) for e in timeline["response"]] == [
+        ("progress", 50, None),
+        ("succeeded", 100, {"rows": 1200}),
+    ]

@@ -103,6 +103,7 @@ def test_deadlines_and_lapsed_leases_fail_their_jobs_and_live_ones_stay_pending(
     took = wait_for(finished(store, dying.id), LEASE_S + INTERVAL_S + 2, "the lost job to be FAILED")
     row = store.get_job(dying.id)
     assert (row.status, row.message) == (merge.FAILED, f"no event for {LEASE_S} s: the worker is presumed lost")
+    assert (row.error_code, row.error_details_json) == ("lost", None)  # SPEC §11
     assert row.end_time is not None and row.end_time >= row.start_time
     assert took >= LEASE_S - 0.5  # not before its lease could have run out
     # The tracker's own failed event is in the job's timeline, after the worker's heartbeats.
@@ -114,7 +115,7 @@ def test_deadlines_and_lapsed_leases_fail_their_jobs_and_live_ones_stay_pending(
 
     wait_for(finished(store, overrun.id), 2 + INTERVAL_S + 5, "the overrun job to be FAILED")
     row = store.get_job(overrun.id)
-    assert (row.status, row.message) == (merge.FAILED, "not finished within 2 s")
+    assert (row.status, row.message, row.error_code) == (merge.FAILED, "not finished within 2 s", "timeout")
     assert row.end_time is not None
 
     time.sleep(LEASE_S)  # the live job's lease would have run out twice over without its heartbeats

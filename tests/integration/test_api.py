@@ -238,6 +238,91 @@ def test_the_servers_defaults_apply_when_the_body_names_none(settings: Settings,
     assert _limits_of(api, result.json["response"]["id"]) == (600, 20)
 
 
+def test_create_job_takes_a_kind_and_labels_and_keeps_them(api: Api) -> None:
+    body = {"kind": "deliveryservice.regenerate", "labels": {"env": "prod", "k8s.io/team": "cdn", "empty": ""}}
+    result = api.client.simulate_post("/api/5.0/async_status", headers=api.bearer("ops"), json=body)
+    assert result.status_code == 202
+    created = result.json["response"]
+    assert list(created) == [*FIELDS, "kind", "labels"]
+    assert created["labels"] == {"empty": "", "env": "prod", "k8s.io/team": "cdn"}
+    assert list(created["labels"]) == ["empty", "env", "k8s.io/team"]  # by key, whatever order they came in
+    read = api.client.simulate_get(f"/api/5.0/async_status/{created['id']}", headers=api.bearer("ops"))
+    assert read.json["response"] == created
+    # no labels at all is no labels: the answer is Traffic Ops' own
+    plain = api.client.simulate_post("/api/5.0/async_status", headers=api.bearer("ops"), json={"labels": {}})
+    assert list(plain.json["response"]) == FIELDS
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ({"kind": ""}, "kind must be 1 to 64 characters of A-Z a-z 0-9 . _ -"),
+        ({"kind": "k" * 65}, "kind must be 1 to 64 characters of A-Z a-z 0-9 . _ -"),
+        ({"kind": "a b"}, "kind must be 1 to 64 characters of A-Z a-z 0-9 . _ -"),
+        ({"kind": None}, "kind must be 1 to 64 characters of A-Z a-z 0-9 . _ -"),
+        ({"kind": 7}, "kind must be 1 to 64 characters of A-Z a-z 0-9 . _ -"),
+        ({"labels": None}, "labels must be an object of at most 16 pairs"),
+        ({"labels": [["env", "prod"]]}, "labels must be an object of at most 16 pairs"),
+        ({"labels": {f"k{n}": "v" for n in range(17)}}, "labels must be an object of at most 16 pairs, not 17"),
+        (
+            {"labels": {"Env": "prod"}},
+            "labels key 'Env' must be 1 to 63 characters of a-z 0-9 . _ / -, starting and ending with a letter "
+            "or digit",
+        ),
+        ({"labels": {"env-": "prod"}}, "labels key 'env-' must be 1 to 63 characters"),
+        ({"labels": {"env": 1}}, "labels value of 'env' must be a string of at most 256 characters"),
+        ({"labels": {"env": "v" * 257}}, "labels value of 'env' must be a string of at most 256 characters"),
+        ({"labels": {"env": "a\x00b"}}, "labels value of 'env' must hold neither NUL nor a lone surrogate"),
+    ],
+)
+def test_a_bad_kind_or_label_is_refused_naming_it_and_creates_nothing(api: Api, body: dict, text: str) -> None:
+    with api.jobs.engine.connect() as conn:
+        before = conn.execute(sa.select(sa.func.count()).select_from(async_status)).scalar_one()
+    result = api.client.simulate_post("/api/5.0/async_status", headers=api.bearer("ops"), json=body)
+    assert result.status_code == 400
+    assert result.json["alerts"][0]["text"].startswith(text)
+    with api.jobs.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(async_status)).scalar_one() == before
+
+
+def test_a_job_says_what_its_events_say_in_get_the_list_and_the_timeline(api: Api) -> None:
+    made = api.jobs.create_job("created", kind="export", labels=(("env", "prod"),))
+    start = made.start_time
+    progress = events.new_event(made.id, "progress", None, progress=40, occurred_at=start)
+    cancel = events.new_event(made.id, "cancel_requested", "stop", occurred_at=start + dt.timedelta(seconds=1))
+    failed = events.new_event(
+        made.id,
+        "failed",
+        "gave up",
+        error_code="disk_full",
+        error_details={"free": 0, "é": [1.5, None]},
+        occurred_at=start + dt.timedelta(seconds=2),
+    )
+    applied = api.jobs.apply([progress, cancel, failed])
+    assert [(e.job_id, e.kind, e.status) for e in applied.ended] == [(made.id, "export", "FAILED")]
+    headers = api.bearer("ops")
+    row = api.client.simulate_get(f"/api/5.0/async_status/{made.id}", headers=headers).json["response"]
+    assert {key: row[key] for key in list(row)[5:]} == {
+        "kind": "export",
+        "labels": {"env": "prod"},
+        "progress": 40,
+        "error": {"code": "disk_full", "details": {"free": 0, "é": [1.5, None]}},
+        "cancel_requested_at": cancel.to_wire()["occurred_at"],
+    }
+    listed = api.client.simulate_get("/api/5.0/async_status?status=FAILED", headers=headers).json["response"]
+    assert [job for job in listed if job["id"] == made.id] == [row]
+    timeline = api.client.simulate_get(f"/api/5.0/async_status/{made.id}/events", headers=headers).json["response"]
+    assert [(e["type"], e.get("progress"), e.get("error")) for e in timeline] == [
+        ("progress", 40, None),
+        ("cancel_requested", None, None),
+        ("failed", None, {"code": "disk_full", "details": {"free": 0, "é": [1.5, None]}}),
+    ]
+    done = api.jobs.create_job()
+    api.jobs.apply([events.new_event(done.id, "succeeded", None, progress=100, result={"rows": 3, "files": []})])
+    row = api.client.simulate_get(f"/api/5.0/async_status/{done.id}", headers=headers)
+    assert row.text.endswith('"progress":100,"result":{"rows":3,"files":[]}}}')
+
+
 def test_get_job_in_traffic_ops_format(api: Api) -> None:
     job_id = api.jobs.create_job().id
     result = api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=api.bearer("ops"))

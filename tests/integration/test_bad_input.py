@@ -77,7 +77,9 @@ def corpus(job_id: int) -> list[BadInput]:
         BadInput("missing type", without("type"), "type: is required"),
         BadInput("missing occurred_at", without("occurred_at"), "occurred_at: is required"),
         BadInput("event_id not a UUID", changed(event_id="42"), "event_id: must be a UUID"),
-        BadInput("unknown type", changed(type="paused"), "type: must be one of progress, succeeded, failed"),
+        BadInput(
+            "unknown type", changed(type="paused"), "type: must be one of progress, succeeded, failed, cancel_requested"
+        ),
         BadInput(
             "timestamp without offset",
             changed(occurred_at="2026-01-01T12:00:00.123456"),
@@ -103,6 +105,38 @@ def corpus(job_id: int) -> list[BadInput]:
             "message: must be valid Unicode",
         ),
         BadInput("repeated key", text.replace("{", '{"type": "failed", ', 1).encode(), "body repeats the key 'type'"),
+        # SPEC §11's fields
+        BadInput("progress over 100", changed(progress=100.5), "progress: must be a number from 0 to 100"),
+        BadInput("progress as a string", changed(progress="50"), "progress: must be a number from 0 to 100"),
+        BadInput("result on a progress event", changed(result={"rows": 1}), "result: only a succeeded event"),
+        BadInput(
+            "result over 16 KiB",
+            changed(type="succeeded", result="r" * 16383),
+            "result: must be at most 16384 bytes as compact JSON, not 16385",
+        ),
+        BadInput(
+            "integer beyond 64 bits in a result",
+            changed(type="succeeded", result=[2**64]),
+            "result: cannot be kept as JSON",
+        ),
+        BadInput("error on a succeeded event", changed(type="succeeded", error={"code": "x"}), "error: only a failed"),
+        BadInput("error not an object", changed(type="failed", error="disk full"), "error: must be an object"),
+        BadInput(
+            "error code in capitals", changed(type="failed", error={"code": "LOST"}), "error: code must be 1 to 64"
+        ),
+        BadInput(
+            "error details over 16 KiB",
+            changed(type="failed", error={"code": "x", "details": ["d" * 16381]}),
+            "error: details must be at most 16384 bytes as compact JSON, not 16385",
+        ),
+        BadInput(
+            "repeated key in a result",
+            text.replace("{", '{"result": {"a": 1, "a": 2}, ', 1).encode(),
+            "body repeats the key 'a'",
+        ),
+        BadInput(
+            "number beyond a double", text.replace('"seq": 1', '"seq": 1e400').encode(), "body holds the number 1e400"
+        ),
         BadInput("nested too deeply", b"[" * 30000 + b"]" * 30000, "nested too deeply"),
         BadInput("65 KiB body", changed(message=None, padding="p" * (65 * 1024)), "over the limit of 65536"),
         BadInput(

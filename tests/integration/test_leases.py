@@ -116,6 +116,7 @@ def test_an_overrun_deadline_is_decided_once_with_the_jobs_own_timeout(store, en
     store.apply([lost.failed_event()])
     row = store.get_job(job.id)
     assert (row.status, row.message, row.end_time) == (merge.FAILED, "not finished within 120 s", lost.decided_at)
+    assert row.error_code == "timeout"
     checks.check(_always)
     assert _count(engine, async_status_lost) == 0  # folded: the decision is forgotten
 
@@ -129,12 +130,14 @@ def test_a_lapsed_heartbeat_lease_is_decided_and_its_event_kept_in_the_timeline(
     assert (lost.reason, lost.limit_s) == ("heartbeat", 5)
     store.apply([lost.failed_event()])
     assert store.get_job(job.id).message == "no event for 5 s: the worker is presumed lost"
+    assert store.get_job(job.id).error_code == "lost"
     [kept] = store.timeline(job.id)  # the tracker's own event, folded like any other (SPEC §7)
-    assert (kept.event_id, kept.type, kept.occurred_at, kept.message) == (
+    assert (kept.event_id, kept.type, kept.occurred_at, kept.message, kept.error_code) == (
         lost.event_id,
         "failed",
         lost.decided_at,
         "no event for 5 s: the worker is presumed lost",
+        "lost",
     )
     assert kept.received_at is not None and kept.received_at >= lost.decided_at
     assert _lease(engine, job.id) is None

@@ -292,3 +292,64 @@ def test_after_migration_0005_deleting_a_job_deletes_its_events(any_fresh_databa
         assert left == [2, 2]
     finally:
         engine.dispose()
+
+
+_SECTION_11_JOB_COLUMNS = {
+    "kind",
+    "labels",
+    "progress",
+    "progress_at",
+    "progress_seq",
+    "progress_event_id",
+    "result",
+    "error_code",
+    "error_details",
+    "cancel_requested_at",
+    "cancel_seq",
+    "cancel_event_id",
+}
+_SECTION_11_EVENT_COLUMNS = {"progress", "result", "error_code", "error_details"}
+
+
+def _columns(engine: sa.Engine, table: str) -> set[str]:
+    with engine.connect() as conn:
+        return {column["name"] for column in sa.inspect(conn).get_columns(table)}
+
+
+def test_migration_0008_adds_what_a_job_says_about_itself_to_rows_from_before_and_goes_back(
+    any_fresh_database: str,
+) -> None:
+    engine = make_engine(any_fresh_database)
+    try:
+        _alembic(engine, lambda config: command.upgrade(config, "0004"))
+        _history_at_0004(engine)  # job 1 SUCCEEDED, job 2 PENDING, with their events
+        _alembic(engine, lambda config: command.upgrade(config, "0006"))
+        assert not _columns(engine, "async_status") & _SECTION_11_JOB_COLUMNS
+        migrations.migrate(engine)
+        assert _columns(engine, "async_status") >= _SECTION_11_JOB_COLUMNS
+        assert _columns(engine, "async_status_event") >= _SECTION_11_EVENT_COLUMNS
+        store = open_job_store(engine)
+        # Rows from before say nothing of it: their answers are as they were.
+        old = store.get_job(1)
+        assert (old.kind, old.labels, old.progress, old.result_json, old.error_code, old.cancel_requested_at) == (
+            None,
+            (),
+            None,
+            None,
+            None,
+            None,
+        )
+        assert store.timeline(1)[0].progress is None
+        # and they fold the new fields from now on, with the history they had
+        at = _AT + dt.timedelta(seconds=10)
+        store.apply([new_event(2, "failed", None, occurred_at=at, progress=90, error_code="lost")])
+        failed = store.get_job(2)
+        assert (failed.status, failed.message, failed.progress, failed.error_code) == ("FAILED", "half", 90, "lost")
+
+        _alembic(engine, lambda config: command.downgrade(config, "0006"))
+        assert not _columns(engine, "async_status") & _SECTION_11_JOB_COLUMNS
+        assert not _columns(engine, "async_status_event") & _SECTION_11_EVENT_COLUMNS
+        migrations.migrate(engine)
+        assert open_job_store(engine).get_job(2).status == "FAILED"  # what 0006 knew of it is kept
+    finally:
+        engine.dispose()

@@ -1,5 +1,5 @@
 """PostgreSQL folds a batch in SQL, SQLite with tracker.merge: for any batches, the rows agree with
-each other and with SPEC §3 (``tests.oracle``).
+each other and with SPEC §3 and §11 (``tests.oracle``), and so do the jobs each says a batch ended.
 
 Events are timed a few µs either side of each job's own start_time, so both sides of
 ``end_time = max(t.occurred_at, start_time)`` are taken whatever the date.
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests import oracle
 from tracker.events import Event, new_event
-from tracker.model import Job
+from tracker.model import Applied, Job
 from tracker.store import JobStore, make_engine, migrate, open_job_store
 
 pytestmark = [pytest.mark.postgres]
@@ -27,11 +27,14 @@ pytestmark = [pytest.mark.postgres]
 EVENT_IDS = st.sampled_from([str(uuid.UUID(int=n)) for n in range(6)]) | st.uuids().map(str)
 EVENT = st.tuples(
     st.integers(min_value=0, max_value=2),  # which of three jobs
-    st.sampled_from(["progress", "progress", "succeeded", "failed"]),
+    st.sampled_from(["progress", "progress", "succeeded", "failed", "cancel_requested"]),
     st.one_of(st.none(), st.sampled_from(["a", "b", "c", "é", "Z"])),
     st.integers(min_value=-2, max_value=4),  # µs from the job's start_time
     st.integers(min_value=0, max_value=2),  # seq
     EVENT_IDS,
+    st.one_of(st.none(), st.sampled_from([0, 33.25, 100])),  # progress
+    # the outcome: a succeeded event's result, a failed one's (code, details); dropped on other types
+    st.one_of(st.none(), st.sampled_from([{"rows": 1, "é": [True, None]}, "ok", 0, ("lost", None), ("x.y", [1.5])])),
 )
 
 
@@ -45,32 +48,71 @@ def stores(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     sqlite.dispose()
 
 
-def make_event(job: Job, kind: str, message: str | None, at: int, seq: int, event_id: str) -> Event:
+def make_event(
+    job: Job,
+    kind: str,
+    message: str | None,
+    at: int,
+    seq: int,
+    event_id: str,
+    progress: float | None = None,
+    outcome: object = None,
+) -> Event:
+    code, details = outcome if kind == "failed" and isinstance(outcome, tuple) else (None, None)
     return new_event(
-        job.id, kind, message, seq=seq, occurred_at=job.start_time + dt.timedelta(microseconds=at), event_id=event_id
+        job.id,
+        kind,
+        message,
+        seq=seq,
+        occurred_at=job.start_time + dt.timedelta(microseconds=at),
+        event_id=event_id,
+        progress=progress,
+        result=outcome if kind == "succeeded" else None,
+        error_code=code,
+        error_details=details,
     )
 
 
-def row_of(job: Job) -> tuple[str, str | None, dt.timedelta | None]:
-    """The row, with end_time as its distance from start_time (the two stores start jobs apart)."""
-    return job.status, job.message, None if job.end_time is None else job.end_time - job.start_time
+def row_of(job: Job) -> tuple[object, ...]:
+    """The row, with its times as distances from start_time (the two stores start jobs apart)."""
+    since = [None if at is None else at - job.start_time for at in (job.end_time, job.cancel_requested_at)]
+    return (
+        job.status,
+        job.message,
+        *since,
+        job.progress,
+        job.result_json,
+        job.error_code,
+        job.error_details_json,
+    )
+
+
+def ended_of(applied: Applied, jobs: list[Job]) -> list[tuple[int, str | None, str, dt.timedelta]]:
+    """The jobs a batch ended, as (which of ``jobs``, kind, status, duration)."""
+    which = {job.id: n for n, job in enumerate(jobs)}
+    assert [e.job_id for e in applied.ended] == sorted(e.job_id for e in applied.ended)
+    return [(which[e.job_id], e.kind, e.status, e.end_time - e.start_time) for e in applied.ended]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=st.lists(st.lists(EVENT, max_size=8), min_size=1, max_size=5))
 def test_postgresql_folds_batches_as_tracker_merge_does(stores: tuple[JobStore, JobStore], batches) -> None:
     postgres, sqlite = stores
-    jobs = [(postgres.create_job("created"), sqlite.create_job("created")) for _ in range(3)]
+    kinds = ["export", None, "deliveryservice.regenerate"]
+    jobs = [(postgres.create_job("created", kind=k), sqlite.create_job("created", kind=k)) for k in kinds]
     for batch in batches:
+        ended = []
         for side, store in enumerate((postgres, sqlite)):
-            store.apply([make_event(jobs[job][side], *fields) for job, *fields in batch])
+            applied = store.apply([make_event(jobs[job][side], *fields) for job, *fields in batch])
+            ended.append(ended_of(applied, [pair[side] for pair in jobs]))
+        assert ended[0] == ended[1]
     for in_postgres, in_sqlite in jobs:
         assert row_of(postgres.get_job(in_postgres.id)) == row_of(sqlite.get_job(in_sqlite.id))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    distinct=st.lists(EVENT, max_size=16, unique_by=lambda fields: fields[-1]),
+    distinct=st.lists(EVENT, max_size=16, unique_by=lambda fields: fields[5]),
     data=st.data(),
 )
 def test_both_stores_fold_batches_as_the_spec_says(stores: tuple[JobStore, JobStore], distinct, data) -> None:
@@ -81,11 +123,13 @@ def test_both_stores_fold_batches_as_the_spec_says(stores: tuple[JobStore, JobSt
     batches = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     for store in stores:
         jobs = [store.create_job("created") for _ in range(3)]
+        ended: list[int] = []
         for batch in batches:
-            store.apply([make_event(jobs[job], *fields) for job, *fields in batch])
+            applied = store.apply([make_event(jobs[job], *fields) for job, *fields in batch])
+            ended += [e.job_id for e in applied.ended]
         for n, job in enumerate(jobs):
             wire = [make_event(job, *fields).to_wire() for j, *fields in distinct if j == n]
-            got = store.get_job(job.id)
-            assert oracle.Row(got.status, got.message, got.end_time) == oracle.expected_row(
-                job.start_time, "created", wire
-            )
+            expected = oracle.expected_row(job.start_time, "created", wire)
+            assert oracle.as_row(store.get_job(job.id)) == expected
+            # each job that ended is said to have ended once, by the batch that ended it
+            assert ended.count(job.id) == (expected.status != "PENDING")

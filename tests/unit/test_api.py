@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import falcon
 import falcon.testing
@@ -195,6 +196,59 @@ def test_a_later_minor_version_answers_the_spec_text(version: str) -> None:
     result = client.simulate_get(f"/api/{version}/async_status/1", headers=headers)
     assert_alert(result, 501, spec_texts.NOT_IMPLEMENTED)
     assert_alert(client.simulate_post(f"/api/{version}/user/login"), 501, spec_texts.NOT_IMPLEMENTED)
+
+
+SEED_START = dt.datetime(2021, 2, 18, 17, 13, 56, 352261, tzinfo=dt.UTC)
+
+
+def test_a_job_that_says_nothing_of_section_11_is_answered_byte_for_byte_as_the_seed() -> None:
+    client, headers = client_over(FakeJobs(Job(1, "PENDING", SEED_START, None, "Async job has started.")))
+    for version in ("4.0", "4.1", "5.0"):
+        answer = client.simulate_get(f"/api/{version}/async_status/1", headers=headers)
+        assert answer.content == spec_texts.SEED_GET_BODY
+    assert json.loads(spec_texts.SEED_RESPONSE_EXAMPLE) == json.loads(spec_texts.SEED_GET_BODY)
+    # empty labels are not set either
+    client, headers = client_over(FakeJobs(Job(1, "PENDING", SEED_START, None, "Async job has started.", None, ())))
+    assert client.simulate_get("/api/5.0/async_status/1", headers=headers).content == spec_texts.SEED_GET_BODY
+
+
+def test_section_11s_fields_follow_the_seeds_five_each_only_when_set() -> None:
+    said = Job(
+        1,
+        "FAILED",
+        SEED_START,
+        SEED_START,
+        None,
+        "export",
+        (("env", "prod"), ("a", "1")),
+        50.0,
+        None,
+        "disk_full",
+        '{"free":0,"f":1.5}',
+        SEED_START,
+    )
+    client, headers = client_over(FakeJobs(said))
+    answer = client.simulate_get("/api/5.0/async_status/1", headers=headers)
+    assert list(answer.json["response"]) == [
+        "id",
+        "status",
+        "start_time",
+        "end_time",
+        "message",
+        "kind",
+        "labels",
+        "progress",
+        "error",
+        "cancel_requested_at",
+    ]
+    assert b'"progress":50,' in answer.content  # a whole number, without a fraction
+    assert answer.json["response"]["labels"] == {"env": "prod", "a": "1"}
+    assert answer.json["response"]["error"] == {"code": "disk_full", "details": {"free": 0, "f": 1.5}}
+    assert answer.json["response"]["cancel_requested_at"] == "2021-02-18T17:13:56.352261Z"
+    done = Job(1, "SUCCEEDED", SEED_START, SEED_START, None, progress=12.25, result_json='{"b":1,"a":[]}')
+    client, headers = client_over(FakeJobs(done))
+    body = client.simulate_get("/api/5.0/async_status/1", headers=headers).content
+    assert body.endswith(b'"message":null,"progress":12.25,"result":{"b":1,"a":[]}}}')  # the kept text, as it is
 
 
 def test_refusals_answer_the_spec_texts() -> None:

@@ -49,8 +49,13 @@ def test_the_failed_event_is_an_ordinary_valid_event_with_the_specs_message():
     assert (event.job_id, event.type, event.occurred_at, event.seq) == (42, "failed", AT, 0)
     assert event.message == "no event for 30 s: the worker is presumed lost"
     assert leases.Lost(42, "timeout", 3600, AT).message == "not finished within 3600 s"
+    # SPEC §11: error.code says why, for machines
+    assert (event.error_code, event.error_details_json) == ("lost", None)
+    timed_out = leases.Lost(42, "timeout", 3600, AT).failed_event()
+    assert timed_out.error_code == "timeout"
     # What the consumer would parse from the wire is the same event.
     assert events.parse(orjson.dumps(event.to_wire())) == event
+    assert events.parse(orjson.dumps(timed_out.to_wire())) == timed_out
 
 
 def test_the_event_id_depends_on_the_job_and_the_reason_only():
@@ -135,7 +140,7 @@ def test_settings_defaults_and_bounds():
             Settings.from_env({name: value})
 
 
-def test_the_client_sends_only_the_limits_it_is_given(monkeypatch):
+def test_the_client_sends_only_the_fields_it_is_given(monkeypatch):
     from tracker.client import ApiClient
 
     sent: list[object] = []
@@ -148,7 +153,14 @@ def test_the_client_sends_only_the_limits_it_is_given(monkeypatch):
     monkeypatch.setattr(client, "_call", call)
     assert client.create_job("Deploying.", timeout_s=600, heartbeat_timeout_s=30) == 7
     assert client.create_job() == 7
-    assert sent == [{"message": "Deploying.", "timeout_s": 600, "heartbeat_timeout_s": 30}, {}]
+    assert client.create_job(kind="export", labels={"env": "prod"}) == 7  # SPEC §11
+    assert client.create_job(labels={}) == 7
+    assert sent == [
+        {"message": "Deploying.", "timeout_s": 600, "heartbeat_timeout_s": 30},
+        {},
+        {"kind": "export", "labels": {"env": "prod"}},
+        {},
+    ]
 
 
 @pytest.mark.parametrize("flag", ["--timeout", "--heartbeat-timeout"])

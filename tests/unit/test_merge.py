@@ -1,4 +1,4 @@
-"""The merge rule: incremental folds agree with SPEC §3 (``tests.oracle``), in any order and batching."""
+"""The merge rule: incremental folds agree with SPEC §3 and §11 (``tests.oracle``), in any order and batching."""
 
 from __future__ import annotations
 
@@ -16,19 +16,46 @@ START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def event(
-    type: str = "progress", message: str | None = None, at_us: int = 0, seq: int = 0, event_id: str | None = None
+    type: str = "progress",
+    message: str | None = None,
+    at_us: int = 0,
+    seq: int = 0,
+    event_id: str | None = None,
+    progress: float | None = None,
+    outcome: object = None,
 ) -> Event:
-    return new_event(1, type, message, seq=seq, occurred_at=START + dt.timedelta(microseconds=at_us), event_id=event_id)
+    """An event of job 1; ``outcome`` is the result of a succeeded event, or the (code, details)
+    of a failed one's error, and is dropped on any other type."""
+    result = outcome if type == "succeeded" else None
+    code, details = outcome if type == "failed" and isinstance(outcome, tuple) else (None, None)
+    return new_event(
+        1,
+        type,
+        message,
+        seq=seq,
+        occurred_at=START + dt.timedelta(microseconds=at_us),
+        event_id=event_id,
+        progress=progress,
+        result=result,
+        error_code=code,
+        error_details=details,
+    )
 
 
+OUTCOMES = st.one_of(
+    st.none(),
+    st.sampled_from([{"rows": 3}, [1, "two"], "done", 0, ("lost", None), ("boom", {"at": [1, 2]}), ("timeout", 5)]),
+)
 events_strategy = st.builds(
     event,
-    type=st.sampled_from(["progress", "progress", "succeeded", "failed"]),
+    type=st.sampled_from(["progress", "progress", "succeeded", "failed", "cancel_requested"]),
     message=st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d"])),
     # a narrow range of instants and seqs, so ties on time and seq are common
     at_us=st.integers(min_value=-2, max_value=4),
     seq=st.integers(min_value=0, max_value=2),
     event_id=st.uuids().map(str),
+    progress=st.one_of(st.none(), st.sampled_from([0, 12.5, 50, 100])),
+    outcome=OUTCOMES,
 )
 
 
@@ -36,15 +63,18 @@ class MemoryHistory:
     """What the store keeps of past folds, in memory."""
 
     def __init__(self) -> None:
-        self.marks: list[merge.MessageMark] = []
+        self.events: list[Event] = []
 
     def remember(self, state: merge.JobState, batch: list[Event]) -> None:
-        for e in merge.to_remember(state, batch):
-            assert e.message is not None
-            self.marks.append(merge.MessageMark(merge.key_of(e), e.message))
+        self.events += merge.to_remember(state, batch)
 
-    def __call__(self, limit: merge.Key) -> merge.MessageMark | None:
-        return max((m for m in self.marks if m.key <= limit), default=None)
+    def __call__(self, limit: merge.Key) -> merge.Recalled:
+        messages = [merge.MessageMark(merge.key_of(e), e.message) for e in self.events if e.message is not None]
+        progresses = [merge.ProgressMark(merge.key_of(e), e.progress) for e in self.events if e.progress is not None]
+        return merge.Recalled(
+            max((m for m in messages if m.key <= limit), default=None),
+            max((m for m in progresses if m.key <= limit), default=None),
+        )
 
 
 def fold_in_batches(batches: list[list[Event]], initial: str | None = "created") -> merge.JobState:
@@ -57,7 +87,7 @@ def fold_in_batches(batches: list[list[Event]], initial: str | None = "created")
 
 
 def row(state: merge.JobState) -> oracle.Row:
-    return oracle.Row(state.status, state.message, state.end_time)
+    return oracle.as_row(state)
 
 
 def spec_row(events: list[Event], initial: str | None = "created") -> oracle.Row:
@@ -137,3 +167,86 @@ def test_the_oracle_reads_the_words_of_the_spec():
     assert oracle.expected_row(START, None, [upper, later_seq]).status == "FAILED"
     assert oracle.expected_row(START, None, [upper]).end_time == START + dt.timedelta(microseconds=1)
     assert oracle.expected_row(START + dt.timedelta(days=1), None, [upper]).end_time == START + dt.timedelta(days=1)
+
+
+# ---- SPEC §11: progress, result, error, cancel_requested_at
+
+
+def test_a_late_earlier_terminal_restores_the_progress_before_it():
+    # As for the message: the kept progress (30, t=3) leaves R, and only history holds 10 (t=1).
+    p1, p3 = event("progress", progress=10, at_us=1), event("progress", progress=30, at_us=3)
+    t2 = event("failed", at_us=2)
+    state = fold_in_batches([[p1], [p3], [t2]])
+    assert (state.progress, state.message) == (10, "created")
+    assert fold_in_batches([[p1, p3]]).progress == 30
+
+
+def test_progress_null_or_absent_keeps_the_previous_and_any_type_may_carry_one():
+    state = fold_in_batches([[event("progress", progress=40, at_us=1), event("progress", "note", at_us=2)]])
+    assert state.progress == 40
+    done = event("succeeded", progress=100, at_us=3, outcome={"rows": 3})
+    # the terminal event's own progress is the latest in R, whatever comes late before it or after
+    assert fold_in_batches([[done], [event("progress", progress=5, at_us=2)]]).progress == 100
+    assert fold_in_batches([[event("progress", progress=5, at_us=4)], [done]]).progress == 100
+    silent = event("succeeded", at_us=3)
+    assert fold_in_batches([[silent], [event("progress", progress=5, at_us=2)]]).progress == 5
+
+
+def test_result_and_error_travel_with_the_earliest_terminal_event():
+    success = event("succeeded", at_us=5, outcome={"rows": 3})
+    failure = event("failed", at_us=2, outcome=("timeout", {"limit_s": 60}))
+    state = fold_in_batches([[success]])
+    assert (state.result_json, state.error_code) == ('{"rows":3}', None)
+    state = fold_in_batches([[success], [failure]])
+    assert (state.status, state.result_json, state.error_code, state.error_details_json) == (
+        merge.FAILED,
+        None,
+        "timeout",
+        '{"limit_s":60}',
+    )
+    # a later terminal event changes none of it
+    assert fold_in_batches([[failure], [success]]) == state
+
+
+def test_a_terminal_event_without_an_outcome_shows_none():
+    bare = fold_in_batches([[event("failed", at_us=1)], [event("succeeded", at_us=2, outcome=[1])]])
+    assert (bare.status, bare.result_json, bare.error_code) == (merge.FAILED, None, None)
+
+
+def test_cancel_requested_is_the_earliest_in_r_and_ends_nothing():
+    first, second = event("cancel_requested", "stop", at_us=1), event("cancel_requested", "stop!", at_us=3)
+    state = fold_in_batches([[second], [first]])
+    assert (state.status, state.message, state.cancel_requested_at) == (
+        merge.PENDING,
+        "stop!",
+        START + dt.timedelta(microseconds=1),
+    )
+    # a terminal event between them leaves the first; one before both takes it away, with no history
+    assert fold_in_batches([[second, first], [event("failed", at_us=2)]]).cancel_requested_at == first.occurred_at
+    gone = fold_in_batches([[second], [first], [event("succeeded", at_us=0)]])
+    assert gone.cancel_requested_at is None
+    # after the end it changes nothing
+    assert fold_in_batches([[event("failed", at_us=0)], [first]]).cancel_requested_at is None
+
+
+def test_the_oracle_reads_the_words_of_section_11():
+    at = "2026-01-01T00:00:00.000001Z"
+    base = {"event_id": "a0000000-0000-0000-0000-000000000000", "type": "progress", "occurred_at": at}
+    later = "2026-01-01T00:00:00.000002Z"
+    events = [
+        {**base, "progress": 10},
+        {**base, "event_id": "b0000000-0000-0000-0000-000000000000", "occurred_at": later, "progress": 20},
+        {**base, "event_id": "c0000000-0000-0000-0000-000000000000", "type": "cancel_requested", "occurred_at": later},
+        {
+            **base,
+            "event_id": "d0000000-0000-0000-0000-000000000000",
+            "type": "failed",
+            "occurred_at": later,
+            "error": {"code": "lost", "details": None, "extra": 1},
+        },
+    ]
+    row = oracle.expected_row(START, None, events)
+    assert (row.status, row.progress, row.result, row.error) == ("FAILED", 20, None, {"code": "lost"})
+    assert row.cancel_requested_at == START + dt.timedelta(microseconds=2)
+    ok = {**base, "event_id": "a1000000-0000-0000-0000-000000000000", "type": "succeeded", "result": [1]}
+    assert oracle.expected_row(START, None, [ok, *events]).result == [1]

@@ -19,6 +19,7 @@ from api import openapi
 from tracker import auth, events
 from tracker.config import Settings
 from tracker.errors import JobNotFound
+from tracker.labels import Labels
 from tracker.listing import Count, JobQuery
 from tracker.model import Job, JobPage, TimelineEvent
 from tracker.users import User
@@ -37,38 +38,56 @@ SEED_EXAMPLE = {
 }
 
 
+_AT = dt.datetime(2021, 2, 18, 17, 14, tzinfo=dt.UTC)
+
+
 class OneJob:
-    """Job 1 exists; creating one gives job 2."""
+    """Job 1 exists, and job 3, which says everything SPEC §11 lets a job say; creating one gives job 2."""
 
     def get_job(self, job_id: int) -> Job:
-        if job_id != 1:
-            raise JobNotFound(job_id)
-        return Job(
-            1,
-            "SUCCEEDED",
-            dt.datetime(2021, 2, 18, 17, 13, 56, 352261, tzinfo=dt.UTC),
-            dt.datetime(2021, 2, 18, 17, 14, tzinfo=dt.UTC),
-            None,
-        )
+        start = dt.datetime(2021, 2, 18, 17, 13, 56, 352261, tzinfo=dt.UTC)
+        if job_id == 1:
+            return Job(1, "SUCCEEDED", start, _AT, None)
+        if job_id == 3:
+            return Job(
+                3,
+                "FAILED",
+                start,
+                _AT,
+                "disk full",
+                "export.csv",
+                (("env", "prod"), ("team/owner", "ops")),
+                62.5,
+                None,
+                "disk_full",
+                '{"free_bytes":0,"paths":["/var"]}',
+                start,
+            )
+        raise JobNotFound(job_id)
 
     def timeline(self, job_id: int) -> list[TimelineEvent]:
-        if job_id != 1:
-            raise JobNotFound(job_id)
-        at = dt.datetime(2021, 2, 18, 17, 14, tzinfo=dt.UTC)
-        return [TimelineEvent("3f1c8a52-7b4e-4c1d-9a0e-2b6f5d8c9e01", "succeeded", at, at, 0, None)]
+        if job_id == 1:
+            return [TimelineEvent("3f1c8a52-7b4e-4c1d-9a0e-2b6f5d8c9e01", "succeeded", _AT, _AT, 0, None)]
+        if job_id == 3:
+            return [
+                TimelineEvent("3f1c8a52-7b4e-4c1d-9a0e-2b6f5d8c9e02", "progress", _AT, _AT, 1, None, 62.5),
+                TimelineEvent("3f1c8a52-7b4e-4c1d-9a0e-2b6f5d8c9e03", "cancel_requested", _AT, _AT, 2, "stop"),
+                TimelineEvent("3f1c8a52-7b4e-4c1d-9a0e-2b6f5d8c9e04", "succeeded", _AT, None, 3, None, 100.0, "[1]"),
+                TimelineEvent(
+                    "3f1c8a52-7b4e-4c1d-9a0e-2b6f5d8c9e05", "failed", _AT, _AT, 4, None, None, None, "lost", '"x"'
+                ),
+            ]
+        raise JobNotFound(job_id)
 
     def list_jobs(self, query: JobQuery) -> JobPage:
-        jobs = [self.get_job(1)] if "SUCCEEDED" in query.kept_statuses and query.offset == 0 else []
+        jobs = [self.get_job(1), self.get_job(3)] if "SUCCEEDED" in query.kept_statuses and query.offset == 0 else []
         return JobPage(jobs, Count(2_500_000, estimated=True) if query.statuses else Count(len(jobs)))
 
-    def create_job(self, message: str | None = None, limits: object = None) -> Job:
-        return Job(
-            2,
-            "PENDING",
-            dt.datetime(2021, 2, 18, 17, 15, tzinfo=dt.UTC),
-            None,
-            message or "Async job has started.",
-        )
+    def create_job(
+        self, message: str | None = None, limits: object = None, *, kind: str | None = None, labels: Labels = ()
+    ) -> Job:
+        start = dt.datetime(2021, 2, 18, 17, 15, tzinfo=dt.UTC)
+        return Job(2, "PENDING", start, None, message or "Async job has started.", kind, labels)
 
 
 class RolesByName:
@@ -177,6 +196,8 @@ def test_real_answers_match_their_documented_schemas(client: falcon.testing.Test
     ops = bearer("operations")
     answers = [
         ("GET", "/api/5.0/async_status/1", ops, None),
+        ("GET", "/api/5.0/async_status/3", ops, None),
+        ("GET", "/api/5.0/async_status/3/events", ops, None),
         ("GET", "/api/5.0/async_status/abc", ops, None),
         ("GET", "/api/5.0/async_status/7", ops, None),
         ("GET", "/api/5.0/async_status/1/events", ops, None),
@@ -190,6 +211,9 @@ def test_real_answers_match_their_documented_schemas(client: falcon.testing.Test
         ("GET", "/api/5.0/async_status?limit=0", ops, None),
         ("GET", "/api/5.0/async_status", bearer("read-only"), None),
         ("POST", "/api/4.1/async_status", ops, {"message": "rebuild"}),
+        ("POST", "/api/5.0/async_status", ops, {"kind": "cdn.rebuild", "labels": {"env": "prod"}}),
+        ("POST", "/api/5.0/async_status", ops, {"kind": "no spaces"}),
+        ("POST", "/api/5.0/async_status", ops, {"labels": {"Env": "prod"}}),
         ("POST", "/api/4.1/async_status", ops, ["not", "an", "object"]),
         ("POST", "/api/5.0/user/logout", ops, None),
         ("GET", "/api/5.0/ping", {}, None),
@@ -229,8 +253,24 @@ def test_the_job_schema_is_the_contract() -> None:
         {"id": 0},
         {"id": "1"},
         {"extra": 1},
+        {"kind": "a b"},
+        {"kind": None},
+        {"labels": {"A": "b"}},
+        {"progress": 101},
+        {"progress": None},
+        {"error": {"details": 1}},
+        {"cancel_requested_at": "yesterday"},
     ):
         assert not job_status.is_valid({"response": {**SEED_EXAMPLE["response"], **breach}}), breach
+    said = {
+        "kind": "deliveryservice.regenerate",
+        "labels": {"env": "prod", "k8s.io/team": "cdn"},
+        "progress": 62.5,
+        "result": {"any": ["JSON", None]},
+        "error": {"code": "lost", "details": None},
+        "cancel_requested_at": "2021-02-18T17:14:00.000000Z",
+    }
+    job_status.validate({"response": {**SEED_EXAMPLE["response"], **said}})
     created = validator("JobCreated")
     alert = {
         "text": "Async job has started. Status updates can be found here: /api/5.0/async_status/1",
@@ -253,21 +293,21 @@ def test_the_timeline_entry_is_derived_from_the_event_wire_model() -> None:
 def test_an_event_type_or_field_added_to_the_wire_model_changes_the_document_by_itself(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    class Outcome(pydantic.BaseModel):
-        code: str
+    class Retry(pydantic.BaseModel):
+        attempt: int
 
     class Extended(events._Wire):  # noqa: SLF001 - the model as a later version of the contract states it
-        type: Literal["progress", "succeeded", "failed", "cancel_requested"]  # type: ignore[assignment]
-        progress: Annotated[float, pydantic.Field(ge=0, le=100)] | None = None
-        error: Outcome | None = None
+        type: Literal["progress", "succeeded", "failed", "cancel_requested", "retrying"]  # type: ignore[assignment]
+        eta_s: Annotated[float, pydantic.Field(ge=0, le=100)] | None = None
+        retry: Retry | None = None
 
     monkeypatch.setattr(events, "_Wire", Extended)
     document = openapi.document(api_app.SERVED_VERSIONS)
     schemas = document["components"]["schemas"]
     entry = schemas["JobEvent"]
-    assert entry["properties"]["type"]["enum"] == ["progress", "succeeded", "failed", "cancel_requested"]
-    assert {"progress", "error"} <= set(entry["properties"]) and not {"progress", "error"} & set(entry["required"])
-    assert "Outcome" in schemas  # a model a field is made of is a component of its own
+    assert entry["properties"]["type"]["enum"] == ["progress", "succeeded", "failed", "cancel_requested", "retrying"]
+    assert {"eta_s", "retry"} <= set(entry["properties"]) and not {"eta_s", "retry"} & set(entry["required"])
+    assert "Retry" in schemas  # a model a field is made of is a component of its own
     validate = jsonschema_rs.Draft202012Validator(
         {"$ref": "#/components/schemas/JobEvent", "components": document["components"]}
     )
@@ -281,7 +321,18 @@ def test_an_event_type_or_field_added_to_the_wire_model_changes_the_document_by_
         "message": None,
     }
     validate.validate(plain)  # an entry without the new fields is as valid as before
-    validate.validate({**plain, "type": "cancel_requested", "progress": 50, "error": {"code": "lost"}})
-    assert not validate.is_valid({**plain, "progress": 101})
-    assert not validate.is_valid({**plain, "error": {"reason": "lost"}})
+    validate.validate({**plain, "type": "retrying", "eta_s": 50, "retry": {"attempt": 2}})
+    assert not validate.is_valid({**plain, "eta_s": 101})
+    assert not validate.is_valid({**plain, "retry": {"reason": "lost"}})
     assert DOCUMENT["components"]["schemas"]["JobEvent"] != entry  # the real model has none of them
+
+
+def test_the_timeline_entry_states_section_11s_fields() -> None:
+    validate = validator("JobEvent")
+    at = "2021-02-18T17:14:00.000000Z"
+    plain = {"event_id": "3f1c8a52-7b4e-4c1d-9a0e-2b6f5d8c9e01", "type": "failed", "occurred_at": at}
+    plain |= {"received_at": at, "seq": 0, "message": None}
+    validate.validate({**plain, "progress": 0, "error": {"code": "lost", "details": {"a": [1]}}})
+    validate.validate({**plain, "type": "succeeded", "result": None})
+    for breach in ({"progress": 100.5}, {"error": {"code": "LOST"}}, {"error": {"details": 1}}, {"type": "paused"}):
+        assert not validate.is_valid({**plain, **breach}), breach

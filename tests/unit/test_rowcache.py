@@ -49,7 +49,7 @@ class FakeConnection:
         else:
             found = []  # LISTEN
         self.during_read()
-        rows = [(job.id, job.status, job.start_time, job.end_time, job.message) for job in found]
+        rows = [_as_read(job) for job in found]
         return SimpleNamespace(fetchall=lambda: rows)
 
     def notifies(self, timeout: float) -> Iterator[SimpleNamespace]:
@@ -60,6 +60,26 @@ class FakeConnection:
             except queue.Empty:
                 return
             yield SimpleNamespace(payload=payload)
+
+
+def _as_read(job: Job) -> tuple[object, ...]:
+    """``job`` as the listener's SQL reads it: the public columns, labels as the JSON object psycopg
+    gives for JSONB (keys in its own order, shorter first), the JSON texts as text."""
+    labels = dict(sorted(job.labels, key=lambda pair: (len(pair[0]), pair[0]))) or None
+    return (
+        job.id,
+        job.status,
+        job.start_time,
+        job.end_time,
+        job.message,
+        job.kind,
+        labels,
+        job.progress,
+        job.result_json,
+        job.error_code,
+        job.error_details_json,
+        job.cancel_requested_at,
+    )
 
 
 def wait_until(condition: Callable[[], object], what: str, timeout: float = 5.0) -> None:
@@ -314,6 +334,7 @@ class Heard:
     def __init__(self) -> None:
         self.said: list[tuple[object, ...]] = []
         self.due: list[int] = []
+        self.jobs: list[Job] = []  # the rows of the last read
 
     def went_live(self, proved_at: float) -> None:
         self.said.append(("live",))
@@ -333,6 +354,7 @@ class Heard:
 
     def rows_read(self, jobs: list[Job], read_at: float, changed: set[int], refresh: bool) -> None:
         self.said.append(("read", [job.id for job in jobs], changed, refresh))
+        self.jobs = jobs
 
     def count(self, what: str) -> int:
         return sum(1 for said in self.said if said[0] == what)
@@ -385,6 +407,31 @@ def test_the_listener_reads_the_newest_rows_once_live_and_the_rows_due_at_each_t
         wait_until(lambda: ("notified", None) in heard.said, "a truncation during the read")
         time.sleep(0.1)
         assert heard.count("read") == 2  # any row may have changed: the read is not handed over
+    finally:
+        listener.close(5)
+
+
+def test_the_listener_makes_the_rows_the_store_makes_every_field_of_them(connection: FakeConnection) -> None:
+    said = Job(
+        1,
+        "FAILED",
+        START,
+        START,
+        "gave up",
+        "export",
+        (("aaa", "2"), ("zz", "1")),  # JSONB gives "zz" first; the row keeps them sorted
+        62.5,
+        None,
+        "lost",
+        '{"a":[1]}',
+        START,
+    )
+    connection.rows = {1: said, 2: row(2)}
+    heard = Heard()
+    listener = started_listener(lambda: connection, heard, warm_rows=2)
+    try:
+        wait_until(lambda: heard.count("read") == 1, "the warm-up")
+        assert heard.jobs == [row(2), said]  # newest first
     finally:
         listener.close(5)
 

@@ -102,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="fail the job if none of its events is received for S seconds",
     )
+    create.add_argument("--kind", metavar="K", help="what kind of job it is, e.g. deliveryservice.regenerate")
+    create.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label to find the job by, e.g. env=prod (repeatable, up to 16)",
+    )
     create.set_defaults(handler=_jobs_create)
     emit = jobs.add_parser("emit", help="publish an event for a job")
     emit.add_argument("id", type=int)
@@ -349,12 +357,40 @@ def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
             except ValueError:
                 flag = "--" + option.replace("_", "-")
                 raise UsageError(f"{flag} must be an integer from 1 to {MAX_TIMEOUT_S}") from None
+    kind, labels = _kind_and_labels(args.kind, args.label)
     try:
-        print(client.create_job(args.message, **limits))
+        print(client.create_job(args.message, kind=kind, labels=labels, **limits))
     except (ApiError, OSError) as exc:
         print(f"tracker: could not create the job: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _kind_and_labels(kind: str | None, assignments: list[str]) -> tuple[str | None, dict[str, str]]:
+    """``--kind`` and the ``--label KEY=VALUE`` options as the API takes them (SPEC §11), checked
+    as it checks them; raises UsageError naming the option."""
+    from tracker.labels import MAX_LABELS, check_kind, check_labels
+
+    labels: dict[str, str] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise UsageError(f"--label takes KEY=VALUE, not {assignment!r}")
+        if key in labels:
+            raise UsageError(f"--label {key} is given more than once")
+        labels[key] = value
+    if len(labels) > MAX_LABELS:
+        raise UsageError(f"--label may be given at most {MAX_LABELS} times, not {len(labels)}")
+    if kind is not None:
+        try:
+            check_kind(kind)
+        except ValueError as exc:
+            raise UsageError("--kind" + str(exc).removeprefix("kind")) from None
+    try:
+        check_labels(labels)
+    except ValueError as exc:  # "labels key 'Env' must be …"
+        raise UsageError("--label" + str(exc).removeprefix("labels")) from None
+    return kind, labels
 
 
 def _jobs_emit(settings: Settings, args: argparse.Namespace) -> int:

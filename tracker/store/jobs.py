@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from tracker import listing, merge, timefmt
 from tracker.errors import JobNotFound
 from tracker.events import Event
+from tracker.labels import Labels
 from tracker.leases import JobLimits
 from tracker.model import Applied, Job, JobPage, TimelineEvent
 from tracker.store.engine import unavailable_as_error
@@ -41,7 +42,18 @@ class JobStore(abc.ABC):
         # The job's row joined to its events: one statement, so one snapshot, and a job with no
         # events yet still answers (with one row of NULLs) where a missing job answers nothing.
         self._timeline = (
-            sa.select(event.event_id, event.type, event.occurred_at, event.received_at, event.seq, event.message)
+            sa.select(
+                event.event_id,
+                event.type,
+                event.occurred_at,
+                event.received_at,
+                event.seq,
+                event.message,
+                event.progress,
+                sa.cast(event.result, sa.Text),
+                event.error_code,
+                sa.cast(event.error_details, sa.Text),
+            )
             .select_from(async_status.outerjoin(async_status_event, event.job_id == async_status.c.id))
             .where(async_status.c.id == sa.bindparam("job_id"))
         )
@@ -50,11 +62,19 @@ class JobStore(abc.ABC):
     def engine(self) -> Engine:
         return self._engine
 
-    def create_job(self, message: str | None = None, limits: JobLimits | None = None) -> Job:
+    def create_job(
+        self,
+        message: str | None = None,
+        limits: JobLimits | None = None,
+        *,
+        kind: str | None = None,
+        labels: Labels = (),
+    ) -> Job:
         """Insert a PENDING job and return it; its id is new and never reused.
 
         With ``limits``, the job gets their deadline and, if they have one, its heartbeat lease
         (from now); without, it has no lease and the server's default deadline (SPEC §6).
+        ``kind`` and ``labels`` (SPEC §11), checked by ``tracker.labels``, are kept for its life.
         """
         text = merge.DEFAULT_MESSAGE if message is None else message
         started = timefmt.now()
@@ -66,6 +86,8 @@ class JobStore(abc.ABC):
                 initial_message=text,
                 start_time=started,
                 deadline_at=None if limits is None else limits.deadline(started),
+                kind=kind,
+                labels=labels,
             )
             .returning(*PUBLIC_COLUMNS)
         )

@@ -9,9 +9,9 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tracker import listing
+from tracker import listing, timefmt
 from tracker.events import Event
-from tracker.model import Applied
+from tracker.model import Applied, Ended
 from tracker.store.engine import refused_as_error, unavailable_as_error
 from tracker.store.jobs import JobStore
 from tracker.store.list_statement import matching_rows
@@ -50,6 +50,9 @@ _MADE_FOR_BATCHES = "tracker.store: merge functions of this session"
 # A session is one server connection: a pooler that gives each transaction any server connection
 # (PgBouncer's transaction mode) would lose both (docs/scaling.md).
 _FUNCTION_QUOTE = "$merge$"
+# What merge.sql answers (its header says which rows). The names are the function's output
+# parameters, which PL/pgSQL would take a column of the same name for: its body prefers the column.
+_ANSWER = "changed bigint, job_id bigint, kind text, status text, start_time timestamptz, end_time timestamptz"
 
 # Locking in id order is what makes concurrent batches over the same jobs wait for each other
 # instead of deadlocking. It answers with the ids that have no row (usually none), not with the
@@ -64,7 +67,8 @@ SELECT ARRAY(SELECT unnest(CAST(:ids AS bigint[])) EXCEPT ALL SELECT id FROM loc
 
 def define_merge_function(name: str, statement: str) -> str:
     """The statement that makes ``pg_temp.<name>(json, bigint[])``, a function of the session's own
-    that runs ``statement`` (``$1`` the batch's events, ``$2`` their job ids) and answers its rows.
+    that runs ``statement`` (``$1`` the batch's events, ``$2`` their job ids) and answers its rows,
+    which are merge.sql's (``_ANSWER``).
 
     Raises ValueError if ``statement`` holds the quote the function's body is written between.
     """
@@ -72,8 +76,8 @@ def define_merge_function(name: str, statement: str) -> str:
     if _FUNCTION_QUOTE in body:
         raise ValueError(f"the statement holds {_FUNCTION_QUOTE}, which quotes the function's body")
     return (
-        f"CREATE OR REPLACE FUNCTION pg_temp.{name}(json, bigint[]) RETURNS SETOF bigint LANGUAGE plpgsql AS "
-        f"{_FUNCTION_QUOTE} BEGIN RETURN QUERY\n{body};\nEND {_FUNCTION_QUOTE}"
+        f"CREATE OR REPLACE FUNCTION pg_temp.{name}(json, bigint[]) RETURNS TABLE ({_ANSWER}) LANGUAGE plpgsql AS "
+        f"{_FUNCTION_QUOTE} #variable_conflict use_column\nBEGIN RETURN QUERY\n{body};\nEND {_FUNCTION_QUOTE}"
     )
 
 
@@ -126,5 +130,12 @@ class PostgresJobStore(JobStore):
         batch = orjson.dumps(list(events)).decode()
         # A new statement, so a new snapshot: it sees everything committed by whoever held these
         # locks before us, message history included.
-        changed = conn.execute(self._merge, {"events": batch, "ids": ids}).scalar_one()
-        return Applied(changed_jobs=changed, missing_jobs=frozenset(missing))
+        changed, ended = 0, []
+        for row in conn.execute(self._merge, {"events": batch, "ids": ids}):
+            if row.job_id is None:
+                changed = row.changed
+            else:
+                start, end = row.start_time.astimezone(timefmt.UTC), row.end_time.astimezone(timefmt.UTC)
+                ended.append(Ended(row.job_id, row.kind, row.status, start, end))
+        ended.sort(key=lambda job: job.job_id)
+        return Applied(changed_jobs=changed, missing_jobs=frozenset(missing), ended=tuple(ended))

@@ -16,7 +16,7 @@ from tracker import merge, timefmt
 from tracker.errors import StoreUnavailable
 from tracker.events import Event
 from tracker.leases import RENEW_SLACK_S
-from tracker.model import Applied
+from tracker.model import Applied, Ended
 from tracker.store.engine import refused_as_error, unavailable_as_error
 from tracker.store.jobs import JobStore, chunks
 from tracker.store.tables import async_status, async_status_event, async_status_lease
@@ -35,6 +35,17 @@ _STATE = (
     async_status.c.message_seq,
     async_status.c.message_event_id,
     async_status.c.message,
+    async_status.c.kind,
+    async_status.c.progress,
+    async_status.c.progress_at,
+    async_status.c.progress_seq,
+    async_status.c.progress_event_id,
+    async_status.c.result,
+    async_status.c.error_code,
+    async_status.c.error_details,
+    async_status.c.cancel_requested_at,
+    async_status.c.cancel_seq,
+    async_status.c.cancel_event_id,
 )
 _WRITTEN = (
     "status",
@@ -46,6 +57,16 @@ _WRITTEN = (
     "message_at",
     "message_seq",
     "message_event_id",
+    "progress",
+    "progress_at",
+    "progress_seq",
+    "progress_event_id",
+    "result",
+    "error_code",
+    "error_details",
+    "cancel_requested_at",
+    "cancel_seq",
+    "cancel_event_id",
 )
 
 
@@ -105,6 +126,7 @@ class SQLiteJobStore(JobStore):
         received = timefmt.now()
         found: set[int] = set()
         pending: set[int] = set()
+        ended: list[Ended] = []
         for chunk in chunks(ids, _ID_CHUNK):
             rows = conn.execute(
                 sa.select(*_STATE).where(async_status.c.id.in_(chunk)).order_by(async_status.c.id).with_for_update()
@@ -117,6 +139,8 @@ class SQLiteJobStore(JobStore):
                     updates.append(_params_of(row.id, after))
                 if after.terminal is None:
                     pending.add(row.id)
+                elif before.terminal is None:
+                    ended.append(_ended(row, after))
                 # The timeline keeps every event: a superset of merge.to_remember, the history's need.
                 kept.extend(_kept_row(e, received) for e in by_job[row.id])
         if updates:
@@ -125,7 +149,7 @@ class SQLiteJobStore(JobStore):
             conn.execute(self._keep, kept)
         if found:
             self._record_receipt(conn, sorted(found), pending)
-        return Applied(changed_jobs=len(updates), missing_jobs=frozenset(ids) - found)
+        return Applied(changed_jobs=len(updates), missing_jobs=frozenset(ids) - found, ended=tuple(ended))
 
     def _record_receipt(self, conn: sa.Connection, job_ids: list[int], pending: set[int]) -> None:
         """Renew the leases of the PENDING jobs among ``job_ids`` from now; delete the others'."""
@@ -151,19 +175,28 @@ class SQLiteJobStore(JobStore):
             conn.execute(sa.delete(async_status_lease).where(async_status_lease.c.job_id.in_(chunk)))
 
 
+def _key(at: dt.datetime | None, seq: int | None, event_id: str | None) -> merge.Key | None:
+    """A key kept in three columns; None when they are NULL."""
+    if at is None or seq is None or event_id is None:
+        return None
+    return merge.Key(at, seq, event_id)
+
+
 def _state_of(row: sa.Row[*tuple[Any, ...]]) -> merge.JobState:
-    terminal = None
-    if row.terminal_at is not None:
-        key = merge.Key(row.terminal_at, row.terminal_seq, row.terminal_event_id)
-        terminal = merge.Terminal(key, "succeeded" if row.status == merge.SUCCEEDED else "failed")
-    latest = None
-    if row.message_at is not None:
-        latest = merge.MessageMark(merge.Key(row.message_at, row.message_seq, row.message_event_id), row.message)
-    return merge.JobState(row.start_time, row.initial_message, terminal, latest)
+    terminal = latest = progress = None
+    if (key := _key(row.terminal_at, row.terminal_seq, row.terminal_event_id)) is not None:
+        kind = "succeeded" if row.status == merge.SUCCEEDED else "failed"
+        terminal = merge.Terminal(key, kind, row.result, row.error_code, row.error_details)
+    if (key := _key(row.message_at, row.message_seq, row.message_event_id)) is not None:
+        latest = merge.MessageMark(key, row.message)
+    if (key := _key(row.progress_at, row.progress_seq, row.progress_event_id)) is not None:
+        progress = merge.ProgressMark(key, row.progress)
+    cancel = _key(row.cancel_requested_at, row.cancel_seq, row.cancel_event_id)
+    return merge.JobState(row.start_time, row.initial_message, terminal, latest, progress, cancel)
 
 
 def _params_of(job_id: int, state: merge.JobState) -> dict[str, object]:
-    terminal, latest = state.terminal, state.latest_message
+    terminal, latest, progress, cancel = state.terminal, state.latest_message, state.latest_progress, state.first_cancel
     return {
         "job_id": job_id,
         "status": state.status,
@@ -175,7 +208,22 @@ def _params_of(job_id: int, state: merge.JobState) -> dict[str, object]:
         "message_at": latest.key.occurred_at if latest else None,
         "message_seq": latest.key.seq if latest else None,
         "message_event_id": latest.key.event_id if latest else None,
+        "progress": state.progress,
+        "progress_at": progress.key.occurred_at if progress else None,
+        "progress_seq": progress.key.seq if progress else None,
+        "progress_event_id": progress.key.event_id if progress else None,
+        "result": state.result_json,
+        "error_code": state.error_code,
+        "error_details": state.error_details_json,
+        "cancel_requested_at": cancel.occurred_at if cancel else None,
+        "cancel_seq": cancel.seq if cancel else None,
+        "cancel_event_id": cancel.event_id if cancel else None,
     }
+
+
+def _ended(row: sa.Row[*tuple[Any, ...]], state: merge.JobState) -> Ended:
+    assert state.end_time is not None
+    return Ended(row.id, row.kind, state.status, row.start_time, state.end_time)
 
 
 def _kept_row(event: Event, received: dt.datetime) -> dict[str, object]:
@@ -187,27 +235,29 @@ def _kept_row(event: Event, received: dt.datetime) -> dict[str, object]:
         "type": event.type,
         "message": event.message,
         "received_at": received,
+        "progress": event.progress,
+        "result": event.result_json,
+        "error_code": event.error_code,
+        "error_details": event.error_details_json,
     }
 
 
 def _history(conn: sa.Connection, job_id: int) -> merge.History:
-    def latest_at_or_before(limit: merge.Key) -> merge.MessageMark | None:
-        # Rare path (a terminal event arrived before an already-applied message): compare keys
-        # in Python, because text collation in the database need not match Python's order.
+    def latest_at_or_before(limit: merge.Key) -> merge.Recalled:
+        # Rare path (a terminal event arrived before an already-applied message or progress):
+        # compare keys in Python, because text collation in the database need not match Python's order.
+        event = async_status_event.c
         rows = conn.execute(
-            sa.select(
-                async_status_event.c.occurred_at,
-                async_status_event.c.seq,
-                async_status_event.c.event_id,
-                async_status_event.c.message,
-            ).where(
-                async_status_event.c.job_id == job_id,
-                async_status_event.c.message.is_not(None),
-                async_status_event.c.occurred_at <= limit.occurred_at,
+            sa.select(event.occurred_at, event.seq, event.event_id, event.message, event.progress).where(
+                event.job_id == job_id,
+                sa.or_(event.message.is_not(None), event.progress.is_not(None)),
+                event.occurred_at <= limit.occurred_at,
             )
         ).all()
-        marks = [merge.MessageMark(merge.Key(r.occurred_at, r.seq, r.event_id), r.message) for r in rows]
-        eligible = [m for m in marks if m.key <= limit]
-        return max(eligible, default=None)
+        eligible = [(merge.Key(r.occurred_at, r.seq, r.event_id), r) for r in rows]
+        eligible = [(key, r) for key, r in eligible if key <= limit]
+        messages = [merge.MessageMark(key, r.message) for key, r in eligible if r.message is not None]
+        progresses = [merge.ProgressMark(key, r.progress) for key, r in eligible if r.progress is not None]
+        return merge.Recalled(max(messages, default=None), max(progresses, default=None))
 
     return latest_at_or_before

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from tracker import timefmt
+from tracker.labels import Labels, as_labels
 
 metadata = sa.MetaData()
 
@@ -36,6 +38,30 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
         return value.astimezone(timefmt.UTC)
 
 
+class LabelsType(sa.types.TypeDecorator[Labels]):
+    """A job's labels (``tracker.labels.Labels``, sorted pairs) in, the same out; stored as a JSON
+    object (JSONB on PostgreSQL, so that a later index can look into it), SQL NULL for none."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[object]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB(none_as_null=True))
+        return dialect.type_descriptor(sa.JSON(none_as_null=True))
+
+    def process_bind_param(self, value: Labels | None, dialect: sa.Dialect) -> dict[str, str] | None:
+        return dict(value) if value else None
+
+    def process_result_value(self, value: dict[str, str] | None, dialect: sa.Dialect) -> Labels:
+        return as_labels(value)
+
+
+# A JSON value kept as the compact text it came as (tracker.events.json_text): PostgreSQL's json
+# keeps the text exactly, as SQLite's text does. Read it as text (``sa.cast(column, sa.Text)``),
+# so that no reader parses it: the API writes it into its answers as it is.
+JsonText = sa.Text().with_variant(postgresql.JSON(), "postgresql")
+
 # SQLite only autoincrements (and never reuses ids) for an INTEGER PRIMARY KEY column.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -59,15 +85,37 @@ async_status = sa.Table(
     # SPEC §6 (migration 0004): start_time + timeout_s; NULL for rows made before, whose deadline
     # is start_time + TRACKER_JOB_TIMEOUT_S
     sa.Column("deadline_at", UTCDateTime),
+    # SPEC §11 (migration 0008), NULL when not given or not set. Given at creation, fixed:
+    sa.Column("kind", sa.Text),
+    sa.Column("labels", LabelsType),
+    # the merge's: progress and its event's key (as message and message_*); t's result and error
+    # (written with terminal_*); the earliest cancel_requested event in R, by its key
+    sa.Column("progress", sa.Double),
+    sa.Column("progress_at", UTCDateTime),
+    sa.Column("progress_seq", sa.BigInteger),
+    sa.Column("progress_event_id", sa.String(36)),
+    sa.Column("result", JsonText),
+    sa.Column("error_code", sa.Text),
+    sa.Column("error_details", JsonText),
+    sa.Column("cancel_requested_at", UTCDateTime),
+    sa.Column("cancel_seq", sa.BigInteger),
+    sa.Column("cancel_event_id", sa.String(36)),
     sqlite_autoincrement=True,
 )
-# The columns a client sees (Traffic Ops' own), in the order of ``tracker.model.Job``.
+# The columns a client sees (Traffic Ops' own, then SPEC §11's), in the order of ``tracker.model.Job``.
 PUBLIC_COLUMNS = (
     async_status.c.id,
     async_status.c.status,
     async_status.c.start_time,
     async_status.c.end_time,
     async_status.c.message,
+    async_status.c.kind,
+    async_status.c.labels,
+    async_status.c.progress,
+    sa.cast(async_status.c.result, sa.Text).label("result"),
+    async_status.c.error_code,
+    sa.cast(async_status.c.error_details, sa.Text).label("error_details"),
+    async_status.c.cancel_requested_at,
 )
 # The lost-job check reads PENDING rows only, by these (partial, so small: finished rows leave them).
 sa.Index(
@@ -153,6 +201,11 @@ async_status_event = sa.Table(
     sa.Column("type", sa.String(16), nullable=False),
     sa.Column("message", sa.Text),
     sa.Column("received_at", UTCDateTime),
+    # SPEC §11 (migration 0008), NULL when the event carries none
+    sa.Column("progress", sa.Double),
+    sa.Column("result", JsonText),
+    sa.Column("error_code", sa.Text),
+    sa.Column("error_details", JsonText),
 )
 
 users = sa.Table(
