@@ -91,7 +91,7 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     for route, (name, content_type) in dashboard.ASSETS.items():
         app.add_route(route, dashboard.Asset(dashboard.load(name), content_type))
     app.add_route("/healthz", health.Health())
-    app.add_route("/readyz", health.Readiness(lambda: schema_problem(deps.jobs.engine)))
+    app.add_route("/readyz", health.Readiness(lambda: [schema_problem(deps.jobs.engine)]))
     if deps.settings.metrics:
         app.add_route("/metrics", metrics.Exposition())
     app.add_sink(_unrouted_api, prefix=_UNDER_API)
