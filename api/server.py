@@ -87,7 +87,8 @@ class _Gunicorn(BaseApplication):
     def __init__(self, settings: Settings, access_log: bool) -> None:
         self._settings = settings
         self.read_timeout_s = settings.api_read_timeout_s
-        self.waits = WaitRegistry()  # each worker's own once forked; stopped when it is told to exit
+        # Each worker's own once forked; stopped when it is told to exit.
+        self.waits = WaitRegistry(settings.max_waits, settings.max_waits_per_user)
         self._options: dict[str, Any] = {
             "bind": settings.bind,
             "workers": settings.workers,
