@@ -162,36 +162,40 @@ def test_a_backlog_larger_than_the_prefetch_never_fails_a_live_job_whose_heartbe
     # message at a time, so the backlog stays in the queue's ready count while it is folded.
     settings = lease_settings.with_(prefetch=PREFETCH, batch_size=PREFETCH)
     consumer = ConsumerProcess(environment(settings), tmp_path / "consumer.log").start()
-    consumer.wait_ready()
-    job = store.create_job("Deploying.", leases.JobLimits(timeout_s=600, heartbeat_timeout_s=LEASE_S))
-    busy = store.create_job("Importing.")
-    beats = Heartbeats(settings, job.id, every_s=LEASE_S / 4)  # alive all along: never a gap of a lease
     try:
-        wait_for(lambda: len(store.timeline(job.id)) >= 2, 10, "heartbeats folded")
-        code, _ = consumer.terminate(timeout=15)
-        assert code == 0
-        with beats.between:  # a burst of another job's events, ahead of the heartbeats to come
-            publish_burst(settings, busy.id, BACKLOG)
-        # The outage outlasts the lease as recorded (its last receipt, + RENEW_SLACK_S): by the
-        # tracker's clock the job is overdue until its heartbeats behind the backlog are folded.
-        time.sleep(LEASE_S + leases.RENEW_SLACK_S + 1)
-        consumer.start()
         consumer.wait_ready()
-        restarted = time.monotonic()
-        wait_for(lambda: queue_ready(settings) == 0, 120, "the backlog to drain")
-        drained_s = time.monotonic() - restarted
-        time.sleep(LEASE_S + 4 * INTERVAL_S)  # the checks after the drain see the job's heartbeats
+        job = store.create_job("Deploying.", leases.JobLimits(timeout_s=600, heartbeat_timeout_s=LEASE_S))
+        busy = store.create_job("Importing.")
+        beats = Heartbeats(settings, job.id, every_s=LEASE_S / 4)  # alive all along: never a gap of a lease
+        try:
+            wait_for(lambda: len(store.timeline(job.id)) >= 2, 10, "heartbeats folded")
+            code, _ = consumer.terminate(timeout=15)
+            assert code == 0
+            with beats.between:  # a burst of another job's events, ahead of the heartbeats to come
+                publish_burst(settings, busy.id, BACKLOG)
+            # The outage outlasts the lease as recorded (its last receipt, + RENEW_SLACK_S): by the
+            # tracker's clock the job is overdue until its heartbeats behind the backlog are folded.
+            time.sleep(LEASE_S + leases.RENEW_SLACK_S + 1)
+            consumer.start()
+            consumer.wait_ready()
+            restarted = time.monotonic()
+            wait_for(lambda: queue_ready(settings) == 0, 120, "the backlog to drain")
+            drained_s = time.monotonic() - restarted
+            time.sleep(LEASE_S + 4 * INTERVAL_S)  # the checks after the drain see the job's heartbeats
+        finally:
+            beats.stop()
+        # Checks ran while the backlog was there: else this test would prove nothing.
+        assert drained_s > 4 * INTERVAL_S, f"the backlog drained in {drained_s:.1f} s: make BACKLOG larger"
+        print(f"lost jobs: a backlog of {BACKLOG} one-message prefetches drained in {drained_s:.1f} s")
+        assert store.get_job(job.id).status == merge.PENDING
+        assert "is lost" not in consumer.output()
+        # Its events were applied, every one, and no failed event among them.
+        wait_for(lambda: len(store.timeline(job.id)) >= beats.sent, 30, "every heartbeat folded")
+        assert [(e.type, e.message) for e in store.timeline(job.id)] == [("progress", None)] * beats.sent
+        assert len(store.timeline(busy.id)) == BACKLOG
     finally:
-        beats.stop()
-    # Checks ran while the backlog was there: else this test would prove nothing.
-    assert drained_s > 4 * INTERVAL_S, f"the backlog drained in {drained_s:.1f} s: make BACKLOG larger"
-    print(f"lost jobs: a backlog of {BACKLOG} one-message prefetches drained in {drained_s:.1f} s")
-    assert store.get_job(job.id).status == merge.PENDING
-    assert "is lost" not in consumer.output()
-    # Its events were applied, every one, and no failed event among them.
-    wait_for(lambda: len(store.timeline(job.id)) >= beats.sent, 30, "every heartbeat folded")
-    assert [(e.type, e.message) for e in store.timeline(job.id)] == [("progress", None)] * beats.sent
-    assert len(store.timeline(busy.id)) == BACKLOG
+        if consumer.alive:  # its checks must not go on in the database the next test uses
+            consumer.kill()
 
 
 def publish_burst(settings: Settings, job_id: int, count: int) -> None:
