@@ -63,12 +63,14 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     users = middleware.UserCache(deps.users.get, deps.settings.user_cache_s, deps.clock)
     tokens = middleware.VerifiedTokens(deps.tokens)
     layers: list[Any] = [middleware.Authentication(tokens, users)]
+    reads = deps.reads or JobReads(deps.jobs)
     if deps.settings.metrics:
         # Imported here, in the process that serves: tracker api's master must not load
         # prometheus_client before it has set the workers' multiprocess directory (api.server).
         from api import metrics
 
         layers.insert(0, metrics.RequestMetrics())  # first in, last out: it times the others too
+        reads.waits.count_in(metrics.WaitMetrics())
     app = falcon.App(middleware=layers)
     json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     # JSON only: a form or other body is refused (415) rather than read as something else.
@@ -79,7 +81,6 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     app.router_options.converters["served"] = _ServedVersion
     secure = deps.settings.secure_cookies
     app.add_route("/api/{version:served}/async_status", resources.JobStatuses(deps.jobs, deps.settings))
-    reads = deps.reads or JobReads(deps.jobs)
     app.add_route("/api/{version:served}/async_status/{job_id}", resources.JobStatus(reads))
     app.add_route("/api/{version:served}/async_status/{job_id}/events", resources.JobTimeline(reads))
     app.add_route("/api/{version:served}/user/login", resources.Login(deps.users, deps.throttle, deps.tokens, secure))
@@ -91,7 +92,7 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     for route, (name, content_type) in dashboard.ASSETS.items():
         app.add_route(route, dashboard.Asset(dashboard.load(name), content_type))
     app.add_route("/healthz", health.Health())
-    app.add_route("/readyz", health.Readiness(lambda: schema_problem(deps.jobs.engine)))
+    app.add_route("/readyz", health.Readiness(lambda: [schema_problem(deps.jobs.engine)]))
     if deps.settings.metrics:
         app.add_route("/metrics", metrics.Exposition())
     app.add_sink(_unrouted_api, prefix=_UNDER_API)
@@ -118,7 +119,13 @@ def get_app(
             throttle=LoginThrottle(engine, settings.login_max_failures, settings.login_lockout_s),
             tokens=auth.Tokens(secret, settings.token_ttl_s),
             settings=settings,
-            reads=job_reads(settings.database_url, cached_rows=settings.row_cache_rows, waits=waits),
+            reads=job_reads(
+                settings.database_url,
+                cached_rows=settings.row_cache_rows,
+                waits=waits,
+                max_waits=settings.max_waits,
+                max_waits_per_user=settings.max_waits_per_user,
+            ),
         )
     )
 
@@ -128,16 +135,18 @@ def job_reads(
     cached_rows: int = rowcache.MAX_ENTRIES,
     warm_rows: int | None = None,
     waits: WaitRegistry | None = None,
+    max_waits: int | None = None,
+    max_waits_per_user: int | None = None,
 ) -> JobReads:
     """GET's reads: an engine of their own without pre-ping (a round trip less per GET; a read
     that meets a dropped connection is retried instead), through the exact row cache of up to
     ``cached_rows`` rows (0: none) on PostgreSQL, which starts with the ``warm_rows`` newest
     (default: as many as it holds). Opens no connection: the cache's listener starts on first
     use, in the process that serves (after gunicorn's fork). Requests that wait are held in
-    ``waits`` (default: a registry of its own)."""
+    ``waits`` (default: a registry of its own, with these caps)."""
     engine = make_engine(database_url, pool_pre_ping=False)
     store = open_job_store(engine)
-    waits = waits or WaitRegistry()
+    waits = waits or WaitRegistry(max_waits, max_waits_per_user)
     if engine.dialect.name != "postgresql" or cached_rows <= 0:
         return JobReads(store, waits=waits)
     cache = rowcache.RowCache(

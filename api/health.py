@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 
 import falcon
 
 from api.errors import RETRY_AFTER_S
+from tracker.readiness import NotReady, ReadinessLog
+
+log = logging.getLogger(__name__)
 
 OK = {"status": "ok"}
 
@@ -19,13 +23,15 @@ class Health:
 
 
 class Readiness:
-    """200 when ``problem()`` finds none (the database answers with the newest schema); else 503 saying which."""
+    """200 when ``checks()`` finds nothing wrong (the database answers with the newest schema); else
+    503 saying which check failed, and no more: the detail goes to the log (``tracker.readiness``)."""
 
-    def __init__(self, problem: Callable[[], str | None]) -> None:
-        self._problem = problem
+    def __init__(self, checks: Callable[[], Iterable[NotReady | None]]) -> None:
+        self._checks = checks
+        self._log = ReadinessLog(log)
 
     def on_get(self, _req: falcon.Request, resp: falcon.Response) -> None:
-        problem = self._problem()
-        if problem is not None:
-            raise falcon.HTTPServiceUnavailable(description=problem, retry_after=RETRY_AFTER_S)
+        alert = self._log.alert(self._checks())
+        if alert is not None:
+            raise falcon.HTTPServiceUnavailable(description=alert, retry_after=RETRY_AFTER_S)
         resp.media = OK

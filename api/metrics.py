@@ -17,6 +17,7 @@ import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from api.waits import Cap
 from tracker import metrics
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -59,6 +60,20 @@ class RequestMetrics:
         if duration is None:
             duration = self._durations.setdefault(route, metrics.HTTP_DURATION.labels(route))
         duration.observe(seconds)
+
+
+class WaitMetrics:
+    """``tracker_waits_held`` and ``tracker_waits_refused_total``, as a WaitRegistry reports them
+    (``api.waits.WaitCounts``); summed over the workers like the rest."""
+
+    def __init__(self) -> None:
+        self._refused = {cap: metrics.WAITS_REFUSED.labels(cap) for cap in metrics.WAIT_CAPS}
+
+    def held(self, change: int) -> None:
+        metrics.WAITS_HELD.inc(change)
+
+    def refused(self, cap: Cap) -> None:
+        self._refused[cap].inc()
 
 
 class Exposition:

@@ -299,14 +299,15 @@ def _get_job() -> dict[str, Any]:
         "getJobStatus",
         f"One job's status. Permission {roles.READ}. With the header `Prefer: wait=N` (RFC 7240; N from "
         f"{waits.MIN_WAIT_S} to {waits.MAX_WAIT_S}, more is taken as {waits.MAX_WAIT_S}) the answer to a PENDING "
-        "job is held until its status changes or N seconds pass; any other Prefer value is ignored.",
+        "job is held until its status changes or N seconds pass; any other Prefer value is ignored. Beyond the "
+        "server's caps on held requests, answered at once without `Preference-Applied`.",
         _SECURED,
         {
             "200": {
                 **_json("The job", "#/components/schemas/JobStatus"),
                 "headers": {
                     "Preference-Applied": {
-                        "description": "`wait=N` when the request asked to wait (N as honoured)",
+                        "description": "`wait=N` when the request asked to wait and was held (N as honoured)",
                         "required": False,
                         "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
                     }

@@ -62,13 +62,20 @@ class JobReads:
             return self._read(job_id)
         return self._cache.get(job_id, self._read)
 
-    def wait_for(self, job_id: int, seconds: float) -> Job:
-        """The job's row once it is no longer PENDING, or after ``seconds``, or at once on shutdown.
+    def wait_for(
+        self, job_id: int, seconds: float, user: str, gone: Callable[[], bool] | None = None
+    ) -> tuple[Job, bool]:
+        """The job's row once it is no longer PENDING, or after ``seconds``, or at once on shutdown
+        or when ``gone()`` says the client has gone; and True. Or, when the registry's caps hold
+        no more of ``user``'s requests, the row at once, as ``get_job`` gives it; and False.
 
         Holds no database connection while it waits. Raises as ``get_job`` does.
         """
-        self._poller.start()
-        return self._waits.hold(job_id, seconds, self.get_job)
+        with self._waits.admitted(user) as held:
+            if not held:
+                return self.get_job(job_id), False
+            self._poller.start()
+            return self._waits.hold(job_id, seconds, self.get_job, gone), True
 
     def timeline(self, job_id: int) -> list[TimelineEvent]:
         """The job's events in merge-key order (never cached); raises JobNotFound or StoreUnavailable."""

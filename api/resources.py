@@ -14,7 +14,7 @@ import orjson
 
 from api.middleware import COOKIES, requires
 from api.reads import JobReads
-from api.waits import preferred_wait
+from api.waits import client_gone_check, preferred_wait
 from tracker import auth, labels, leases, listing, merge, roles, timefmt
 from tracker.config import Settings
 from tracker.envelope import alerts
@@ -106,7 +106,9 @@ def _row_json(job: Job) -> bytes:
 
 class JobStatus:
     """GET /api/{version}/async_status/{id}: one job's status; with ``Prefer: wait=N``, held while
-    the job is PENDING, for N seconds at most (SPEC §7)."""
+    the job is PENDING, for N seconds at most (SPEC §7), unless the caps on held requests are
+    reached (then answered at once, without ``Preference-Applied``: a wait is a preference), or
+    until its client goes."""
 
     def __init__(self, jobs: JobReads) -> None:
         self._jobs = jobs
@@ -120,8 +122,9 @@ class JobStatus:
         if wait_s is None:
             job = self._jobs.get_job(number)
         else:
-            job = self._jobs.wait_for(number, wait_s)
-            resp.set_header("Preference-Applied", f"wait={wait_s}")
+            job, held = self._jobs.wait_for(number, wait_s, req.context.user.username, client_gone_check(req.env))
+            if held:
+                resp.set_header("Preference-Applied", f"wait={wait_s}")
         resp.content_type = falcon.MEDIA_JSON
         resp.data = _job_body(job)
 

@@ -87,7 +87,8 @@ class _Gunicorn(BaseApplication):
     def __init__(self, settings: Settings, access_log: bool) -> None:
         self._settings = settings
         self.read_timeout_s = settings.api_read_timeout_s
-        self.waits = WaitRegistry()  # each worker's own once forked; stopped when it is told to exit
+        # Each worker's own once forked; stopped when it is told to exit.
+        self.waits = WaitRegistry(settings.max_waits, settings.max_waits_per_user)
         self._options: dict[str, Any] = {
             "bind": settings.bind,
             "workers": settings.workers,
@@ -98,8 +99,9 @@ class _Gunicorn(BaseApplication):
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "accesslog": "-" if access_log else None,  # off unless asked for
             "proc_name": "tracker-api",
-            # As JSON, gunicorn's own lines too: through the handler `tracker` set up (tracker.logs).
-            "logger_class": RootLogger if settings.log_format == "json" else glogging.Logger,
+            # gunicorn's own lines too go through the handler `tracker` set up (tracker.logs): as
+            # JSON, or as text with control characters escaped.
+            "logger_class": RootLogger,
             "limit_request_line": MAX_REQUEST_LINE_BYTES,
             "limit_request_fields": MAX_HEADER_FIELDS,
             "limit_request_field_size": MAX_HEADER_FIELD_BYTES,

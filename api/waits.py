@@ -1,20 +1,26 @@
 """Waiting for a job (SPEC §7, ``Prefer: wait=N``): the header read as RFC 7240 says, requests held until told.
 
-``WaitRegistry`` knows which requests wait for which job and wakes them; something else tells it
-what changed: on PostgreSQL the row cache's NOTIFY listener, otherwise (SQLite, or while that
-listener is not listening) one ``StatusPoller`` thread per process. docs/waiting.md says why.
+``WaitRegistry`` knows which requests wait for which job and wakes them, and holds no more of them
+than its caps allow (in all, and per user); something else tells it what changed: on PostgreSQL
+the row cache's NOTIFY listener, otherwise (SQLite, or while that listener is not listening) one
+``StatusPoller`` thread per process. A held request whose client has gone (``client_gone``) ends
+at once. docs/waiting.md says why.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import re
+import select
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 from tracker.backoff import Backoff
 from tracker.errors import StoreUnavailable
@@ -26,6 +32,7 @@ log = logging.getLogger(__name__)
 MIN_WAIT_S = 1
 MAX_WAIT_S = 60
 POLL_S = 0.01
+CLIENT_CHECK_S = 0.25  # how often a held request looks whether its client is still there
 _MAX_BACKOFF_S = 2.0
 _LIVE_RECHECK_S = 0.1
 
@@ -91,14 +98,79 @@ class Waiter:
         self._event.clear()
 
 
-class WaitRegistry:
-    """Which requests wait for which job, and the means to wake them. Thread-safe; no I/O."""
+Cap = Literal["process", "user"]
 
-    def __init__(self) -> None:
+
+class WaitCounts(Protocol):
+    """What a registry reports as it goes (the API's metrics: ``api.metrics.WaitMetrics``)."""
+
+    def held(self, change: int) -> None:
+        """One more request held (+1), or one fewer (-1)."""
+
+    def refused(self, cap: Cap) -> None:
+        """A request was not held: ``cap`` (``process`` or ``user``) was reached."""
+
+
+class WaitRegistry:
+    """Which requests wait for which job, and the means to wake them. Thread-safe; no I/O.
+
+    At most ``most`` requests are held at once, and at most ``most_per_user`` of one user's
+    (None: no cap): each is a thread of an API worker, and the worker needs some for everything
+    else (docs/waiting.md, "Capacity").
+    """
+
+    def __init__(self, most: int | None = None, most_per_user: int | None = None) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[int, set[Waiter]] = collections.defaultdict(set)
         self._someone_waits = threading.Condition(self._lock)
         self._stopping = False
+        self._most = most
+        self._most_per_user = most_per_user
+        self._held = 0
+        self._held_by: collections.Counter[str] = collections.Counter()
+        self._counts: WaitCounts | None = None
+
+    def count_in(self, counts: WaitCounts) -> None:
+        """Report to ``counts`` from now on (set once, before the first request: the registry is
+        made before the metrics can be loaded, in gunicorn's master)."""
+        self._counts = counts
+
+    @property
+    def held(self) -> int:
+        """How many requests are held now."""
+        return self._held
+
+    @contextlib.contextmanager
+    def admitted(self, user: str) -> Iterator[bool]:
+        """Whether a request of ``user`` may be held now (neither cap is reached); if so, it counts
+        against both caps until the block ends."""
+        with self._lock:
+            cap: Cap | None = None
+            if self._most is not None and self._held >= self._most:
+                cap = "process"
+            elif self._most_per_user is not None and self._held_by[user] >= self._most_per_user:
+                cap = "user"
+            else:
+                self._held += 1
+                self._held_by[user] += 1
+        counts = self._counts
+        if cap is not None:
+            if counts is not None:
+                counts.refused(cap)
+            yield False
+            return
+        if counts is not None:
+            counts.held(1)
+        try:
+            yield True
+        finally:
+            with self._lock:
+                self._held -= 1
+                self._held_by[user] -= 1
+                if not self._held_by[user]:
+                    del self._held_by[user]
+            if counts is not None:
+                counts.held(-1)
 
     @contextlib.contextmanager
     def watch(self, job_id: int) -> Iterator[Waiter]:
@@ -150,25 +222,64 @@ class WaitRegistry:
             return self._someone_waits.wait_for(lambda: bool(self._waiters), timeout)
 
     def hold(
-        self, job_id: int, seconds: float, read: Callable[[int], Job], clock: Callable[[], float] = time.monotonic
+        self,
+        job_id: int,
+        seconds: float,
+        read: Callable[[int], Job],
+        gone: Callable[[], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        check_s: float = CLIENT_CHECK_S,
     ) -> Job:
         """The job's row once it is no longer PENDING, or as it is after ``seconds`` (or at stop).
 
         Registered before the first read, so that no change committed after that read can go
-        unnoticed. Raises what ``read`` raises (JobNotFound, StoreUnavailable).
+        unnoticed. With ``gone``, asked every ``check_s`` while held: once it says the client has
+        gone, the row last read is returned at once (nobody will read the answer). Raises what
+        ``read`` raises (JobNotFound, StoreUnavailable).
         """
         deadline = clock() + seconds
         with self.watch(job_id) as waiter:
             job = read(job_id)
             while job.status == PENDING and not self._stopping:
                 remaining = deadline - clock()
-                if remaining <= 0 or not waiter.wait(remaining):
+                if remaining <= 0:
                     # Time is up: the row as a plain GET would give it now (its message may
                     # have changed without anyone being woken).
                     return read(job_id)
+                if not waiter.wait(remaining if gone is None else min(remaining, check_s)):
+                    if gone is not None and gone():
+                        return job
+                    continue
                 waiter.clear()  # before the read: a change after it wakes the next wait
                 job = read(job_id)
         return job
+
+
+def client_gone_check(environ: Mapping[str, Any]) -> Callable[[], bool] | None:
+    """A check of whether the client of a request has gone (``client_gone`` of its socket), or
+    None when the server does not say which socket it is (gunicorn puts it in ``gunicorn.socket``)."""
+    sock = environ.get("gunicorn.socket")
+    return functools.partial(client_gone, sock) if isinstance(sock, socket.socket) else None
+
+
+def client_gone(sock: socket.socket) -> bool:
+    """Whether the peer has closed its end of ``sock`` (EOF) or reset it; never blocks, reads nothing.
+
+    Bytes it has sent (a pipelined next request) are left where they are: they are peeked at
+    (MSG_PEEK), not read, and only to tell them from an EOF. ``socket.socket.recv`` itself is
+    called, past any subclass's (the API's deadline on reads, TLS), and only once ``poll`` has
+    said there is something to read, so that it returns at once whatever the socket's timeout.
+    """
+    try:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        if not poller.poll(0):
+            return False
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except (OSError, ValueError):  # reset, not connected, or closed here already
+        return True
 
 
 class StatusPoller:

@@ -2,7 +2,8 @@
 
 ``/healthz`` answers 200 while the process serves; ``/readyz`` 200 when the database answers with
 the newest schema and the consumer holds a subscription on the broker, else 503 with an alert
-saying which is not so. No authentication, as for the API's own: nothing here names a job.
+saying which is not so (the detail goes to the log: ``tracker.readiness``). No authentication, as
+for the API's own: nothing here names a job, a host or a version.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import orjson
 from consumers.telemetry import GaugeRefresher
 from tracker.config import Settings
 from tracker.envelope import alerts, route_not_found
+from tracker.readiness import NotReady, ReadinessLog
 from tracker.store import make_engine, schema_problem
 
 if TYPE_CHECKING:
@@ -104,9 +106,11 @@ def start(settings: Settings, consumer: Subscription) -> Endpoints | None:
     # An engine of their own, with pre-ping, so a probe never meets a connection the database dropped.
     engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
 
+    readiness = ReadinessLog(log)
+
     def ready() -> str | None:
-        problems = [schema_problem(engine), None if consumer.subscribed else "not connected to RabbitMQ"]
-        return "; ".join(p for p in problems if p) or None
+        subscribed = None if consumer.subscribed else NotReady("broker", "the consumer holds no subscription")
+        return readiness.alert([schema_problem(engine), subscribed])
 
     endpoints = Endpoints(ready, metrics=settings.metrics)
     endpoints.on_stop(engine.dispose)

@@ -36,6 +36,9 @@ class Settings:
     # API
     workers: int = 2
     api_threads: int = 256  # requests each worker serves at once (held waits and slow clients included)
+    # requests each worker holds for `Prefer: wait` at once (None: max_waits), and one user's of them
+    api_max_waits: int | None = None
+    api_max_waits_per_user: int | None = None
     api_read_timeout_s: float = 10.0  # a request's line, headers and body must arrive within this
     token_ttl_s: int = 6 * 3600
     secure_cookies: bool = False
@@ -55,6 +58,21 @@ class Settings:
     # (nothing counted, /metrics not served) only to measure what they cost
     metrics_bind: str = "127.0.0.1:9464"
     metrics: bool = True
+
+    @property
+    def max_waits(self) -> int:
+        """How many requests each API worker holds at once for ``Prefer: wait`` (SPEC §7):
+        ``api_max_waits``, else three quarters of its threads, so that a quarter stay for
+        everything else (plain requests, slow clients) however many wait."""
+        return self.api_max_waits if self.api_max_waits is not None else self.api_threads * 3 // 4
+
+    @property
+    def max_waits_per_user(self) -> int:
+        """How many of those one user's requests may be: ``api_max_waits_per_user``, else three
+        quarters of ``max_waits``, so that no one user takes every wait a worker holds."""
+        if self.api_max_waits_per_user is not None:
+            return self.api_max_waits_per_user
+        return self.max_waits * 3 // 4
 
     @property
     def amqp_urls(self) -> tuple[str, ...]:
@@ -87,6 +105,10 @@ class Settings:
                 raise ConfigError(f"TRACKER_{name.upper()} must be at least 1")
         if not 1 <= self.api_threads <= 10_000:
             raise ConfigError("TRACKER_API_THREADS must be an integer from 1 to 10000")
+        if not 0 <= self.max_waits < self.api_threads:
+            raise ConfigError("TRACKER_API_MAX_WAITS must be an integer from 0 to TRACKER_API_THREADS - 1")
+        if self.max_waits_per_user < 0:
+            raise ConfigError("TRACKER_API_MAX_WAITS_PER_USER must be at least 0")
         if not 0.1 <= self.api_read_timeout_s <= 3600:
             raise ConfigError("TRACKER_API_READ_TIMEOUT_S must be from 0.1 to 3600 seconds")
         check_amqp_urls(self.amqp_url)

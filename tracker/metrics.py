@@ -7,7 +7,7 @@ are always from a small fixed set: event types, outcomes, reason codes (``tracke
 statuses, queue names, HTTP methods, route templates and status codes; never a job id or a path.
 
 Which process moves which: a consumer the events, dead letters, batches, lag, lost jobs and the
-two gauges (refreshed on a timer); the API the HTTP pair.
+two gauges (refreshed on a timer); the API the HTTP pair and the held waits.
 """
 
 from __future__ import annotations
@@ -66,8 +66,19 @@ HTTP_DURATION = Histogram(
     "Time from a request's routing to its answer, by route template.",
     ["route"],
 )
+WAITS_HELD = Gauge(
+    "tracker_waits_held",
+    "Requests held now for Prefer: wait (each holds one of an API worker's threads).",
+    multiprocess_mode="livesum",
+)
+WAITS_REFUSED = Counter(
+    "tracker_waits_refused",
+    "Requests with Prefer: wait answered at once, not held, because a cap was reached: the worker's, or the user's.",
+    ["cap"],
+)
 
 LOST_REASONS = ("heartbeat", "timeout")
+WAIT_CAPS = ("process", "user")
 
 
 def count_lost_jobs(reason: str, count: int = 1) -> None:

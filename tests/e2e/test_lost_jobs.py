@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from bench.processes import environment
 from tests.processes import ConsumerProcess
-from tracker import events, leases, merge
+from tracker import broker, events, leases, merge
 from tracker.config import Settings
 from tracker.model import Job
 from tracker.publisher import Publisher
@@ -68,11 +68,16 @@ def finished(store: JobStore, job_id: int) -> Callable[[], bool]:
 
 
 class Heartbeats:
-    """A worker's background heartbeats (``progress`` with a null message) every ``every_s`` until stopped."""
+    """A worker's background heartbeats (``progress`` with a null message) every ``every_s`` until stopped.
+
+    While a test holds ``between``, none is sent: what it publishes meanwhile lands in the queue
+    between two heartbeats, not among them.
+    """
 
     def __init__(self, settings: Settings, job_id: int, every_s: float) -> None:
         self._settings, self._job_id, self._every_s = settings, job_id, every_s
         self._stop = threading.Event()
+        self.between = threading.Lock()
         self.sent = 0
         self.last_sent = time.monotonic()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -81,7 +86,8 @@ class Heartbeats:
     def _run(self) -> None:
         with Publisher(self._settings) as publisher:
             while not self._stop.is_set():
-                publisher.emit(self._job_id, "progress", None)
+                with self.between:
+                    publisher.emit(self._job_id, "progress", None)
                 self.sent += 1
                 self.last_sent = time.monotonic()
                 self._stop.wait(self._every_s)
@@ -143,6 +149,82 @@ def test_a_consumer_outage_never_fails_a_job_whose_heartbeats_wait_in_the_queue(
         beats.stop()
     assert store.get_job(job.id).status == merge.PENDING
     assert "is lost" not in consumer.output()
+
+
+BACKLOG = 2000  # another job's events ahead of the heartbeats: 2000 prefetches, folded one by one in seconds
+PREFETCH = 1
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_backlog_larger_than_the_prefetch_never_fails_a_live_job_whose_heartbeats_wait_behind_it(
+    lease_settings, store, tmp_path
+):
+    # SPEC §6: "A consumer outage or a backlog never fails a live job." The consumer takes one
+    # message at a time, so the backlog stays in the queue's ready count while it is folded.
+    settings = lease_settings.with_(prefetch=PREFETCH, batch_size=PREFETCH)
+    consumer = ConsumerProcess(environment(settings), tmp_path / "consumer.log").start()
+    try:
+        consumer.wait_ready()
+        job = store.create_job("Deploying.", leases.JobLimits(timeout_s=600, heartbeat_timeout_s=LEASE_S))
+        busy = store.create_job("Importing.")
+        beats = Heartbeats(settings, job.id, every_s=LEASE_S / 4)  # alive all along: never a gap of a lease
+        try:
+            wait_for(lambda: len(store.timeline(job.id)) >= 2, 10, "heartbeats folded")
+            code, _ = consumer.terminate(timeout=15)
+            assert code == 0
+            with beats.between:  # a burst of another job's events, ahead of the heartbeats to come
+                publish_burst(settings, busy.id, BACKLOG)
+            # The outage outlasts the lease as recorded (its last receipt, + RENEW_SLACK_S): by the
+            # tracker's clock the job is overdue until its heartbeats behind the backlog are folded.
+            time.sleep(LEASE_S + leases.RENEW_SLACK_S + 1)
+            consumer.start()
+            consumer.wait_ready()
+            restarted = time.monotonic()
+            wait_for(lambda: queue_ready(settings) == 0, 120, "the backlog to drain")
+            drained_s = time.monotonic() - restarted
+            time.sleep(LEASE_S + 4 * INTERVAL_S)  # the checks after the drain see the job's heartbeats
+        finally:
+            beats.stop()
+        # Checks ran while the backlog was there: else this test would prove nothing.
+        assert drained_s > 4 * INTERVAL_S, f"the backlog drained in {drained_s:.1f} s: make BACKLOG larger"
+        print(f"lost jobs: a backlog of {BACKLOG} one-message prefetches drained in {drained_s:.1f} s")
+        assert store.get_job(job.id).status == merge.PENDING
+        assert "is lost" not in consumer.output()
+        # Its events were applied, every one, and no failed event among them.
+        wait_for(lambda: len(store.timeline(job.id)) >= beats.sent, 30, "every heartbeat folded")
+        assert [(e.type, e.message) for e in store.timeline(job.id)] == [("progress", None)] * beats.sent
+        assert len(store.timeline(busy.id)) == BACKLOG
+    finally:
+        if consumer.alive:  # its checks must not go on in the database the next test uses
+            consumer.kill()
+
+
+def publish_burst(settings: Settings, job_id: int, count: int) -> None:
+    """``count`` progress events of ``job_id``, as fast as the broker takes them; all in the queue on return."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = connection.channel()
+        for n in range(count):
+            if n == count - 1:
+                # Confirmed once it is in the queue, which on one channel means every one before it too.
+                channel.confirm_delivery()
+            event = events.new_event(job_id, "progress", f"Importing part {n}.", seq=n)
+            channel.basic_publish(
+                settings.exchange,
+                broker.routing_key(event.type),
+                orjson.dumps(event.to_wire()),
+                broker.message_properties(event.event_id),
+            )
+    finally:
+        connection.close()
+
+
+def queue_ready(settings: Settings) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        return connection.channel().queue_declare(settings.queue, passive=True).method.message_count
+    finally:
+        connection.close()
 
 
 def test_a_workers_earlier_success_arriving_after_the_trackers_failure_wins(lease_settings, store, spawn):

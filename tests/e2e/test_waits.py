@@ -7,16 +7,20 @@ import concurrent.futures
 import http.client
 import pathlib
 import signal
+import socket
 import statistics
+import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from tests.e2e.live_api import Answer, LiveApi, add_users, running_api
+from tests.metrics_text import parse, value
 from tracker import timefmt
+from tracker.config import Settings
 from tracker.events import new_event
 from tracker.store import JobStore, make_engine, open_job_store
 
@@ -224,3 +228,154 @@ def test_held_waits_are_answered_at_once_when_the_api_stops(
         assert {a.json["response"]["status"] for a in answers} == {"PENDING"}  # type: ignore[index]
         assert live.process.wait(GRACEFUL_TIMEOUT_S + 5) == 0
         assert time.monotonic() - stopping < GRACEFUL_TIMEOUT_S
+
+
+# Held waits have a cap (issue 24): per API worker, and per user within a worker. Twice the
+# workers' caps together, sent at once, must leave plain GETs prompt. The default settings'.
+DEFAULTS = Settings()
+CAP = DEFAULTS.workers * DEFAULTS.max_waits  # 2 workers of 192: 384
+# Users enough that each one's share of a worker's waits stays within its own cap (144), even
+# if one worker takes most of them: the workers' caps are what bind.
+WAITERS = 4
+
+
+def wait_request(job_id: int, token: str) -> bytes:
+    return (
+        f"GET /api/5.0/async_status/{job_id} HTTP/1.1\r\nHost: tracker\r\nAuthorization: Bearer {token}\r\n"
+        "Prefer: wait=60\r\n\r\n"
+    ).encode()
+
+
+class PlainGets:
+    """GETs of a finished job back to back, on new connections, from a thread, until stopped; their latencies."""
+
+    def __init__(self, live: LiveApi, job_id: int, headers: dict[str, str]) -> None:
+        self.latencies: list[float] = []
+        self.failures: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(live, job_id, headers), daemon=True)
+        self._thread.start()
+
+    def _run(self, live: LiveApi, job_id: int, headers: dict[str, str]) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                assert live.request("GET", f"/api/5.0/async_status/{job_id}", headers=headers).status == 200
+            except (OSError, AssertionError) as exc:
+                self.failures.append(exc)
+            self.latencies.append(time.monotonic() - started)
+            self._stop.wait(0.05)
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join(15)
+        assert not self.failures, self.failures
+        return self.latencies
+
+
+def waits_held(live: LiveApi) -> float:
+    return value(parse(live.request("GET", "/metrics").body.decode()), "tracker_waits_held")
+
+
+@pytest.fixture
+def waiters(live: LiveApi, database_url: str) -> list[str]:
+    """The tokens of WAITERS users with ASYNC-STATUS:READ."""
+    names = [f"waiter{n}" for n in range(WAITERS)]
+    add_users(database_url, **dict.fromkeys(names, "operations"))
+    return [live.login(name) for name in names]
+
+
+def settled(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``condition`` until true; the seconds it took. Fails after ``timeout``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def worst_ms(latencies: list[float]) -> str:
+    return f"{max(latencies) * 1000:.0f} ms worst of {len(latencies)}"
+
+
+def test_twice_the_cap_of_held_waits_leaves_plain_gets_prompt(
+    live: LiveApi, bearer: dict[str, str], waiters: list[str], store: JobStore
+) -> None:
+    done = store.create_job()
+    store.apply([new_event(done.id, "succeeded")])
+    before = PlainGets(live, done.id, bearer)
+    time.sleep(2.0)
+    before_s = before.stop()
+    jobs = [store.create_job() for _ in range(2 * CAP // 8)]  # eight waits per job
+    arriving = PlainGets(live, done.id, bearer)
+    waits = [
+        Waiting(live, jobs[n % len(jobs)].id, {"Authorization": f"Bearer {waiters[n % WAITERS]}", "Prefer": "wait=60"})
+        for n in range(2 * CAP)
+    ]
+    # Each wait is held, or answered at once; then the held ones stay held while plain GETs go on.
+    try:
+        took_s = settled(lambda: sum(w.done for w in waits) + waits_held(live) == len(waits), 30, "the waits")
+    finally:
+        arriving_s = arriving.stop()  # first, should plain GETs have failed meanwhile
+    plain = PlainGets(live, done.id, bearer)
+    time.sleep(3.0)
+    during_s = plain.stop()
+    answered = [w.join(0) for w in waits if w.done]
+    held_now = waits_held(live)
+    print(  # the figures of docs/waiting.md
+        f"waits: {len(waits)} sent, {held_now:.0f} held (cap {CAP}), {len(answered)} answered at once, "
+        f"settled in {took_s:.1f} s; plain GETs {worst_ms(before_s)} before, {worst_ms(arriving_s)} while "
+        f"the waits arrived (this process starting {len(waits)} threads meanwhile), {worst_ms(during_s)} while held"
+    )
+    # Held, they take no thread that plain GETs need. (Before the cap: time-outs at 10 s.)
+    assert max(during_s) < PROMPT_S, (worst_ms(before_s), sorted(during_s)[-5:])
+    # Those beyond the cap were answered at once: the row, without Preference-Applied (RFC 7240).
+    assert len(answered) >= len(waits) - CAP and held_now == len(waits) - len(answered), (held_now, len(answered))
+    assert {(a.status, a.json["response"]["status"], "preference-applied" in a.headers) for a in answered} == {  # type: ignore[index]
+        (200, "PENDING", False)
+    }
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda job: store.apply([new_event(job.id, "succeeded")]), jobs))
+    finished = [w.join(10) for w in waits if w.answer is None or "preference-applied" in w.answer.headers]
+    assert len(finished) == held_now
+    assert {(a.json["response"]["status"], a.headers["preference-applied"]) for a in finished} == {  # type: ignore[index]
+        ("SUCCEEDED", "wait=60")
+    }
+    assert waits_held(live) == 0
+
+
+def test_waits_whose_clients_reset_or_close_their_connections_free_their_threads(
+    live: LiveApi, bearer: dict[str, str], waiters: list[str], store: JobStore
+) -> None:
+    done = store.create_job()
+    store.apply([new_event(done.id, "succeeded")])
+    job = store.create_job()
+    sockets = []
+    for n in range(2 * CAP):
+        sock = socket.create_connection((live.host, live.port), timeout=10)
+        sock.sendall(wait_request(job.id, waiters[n % WAITERS]))
+        sockets.append(sock)
+    time.sleep(2.0)  # held, as many as may be
+    held_before = waits_held(live)
+    assert held_before > 0
+    for n, sock in enumerate(sockets):  # all gone within a second: half with an RST, half with a FIN
+        if n % 2:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    reset_at = time.monotonic()
+    plain = PlainGets(live, done.id, bearer)
+    # Every held wait ends when its client goes: their threads are free again.
+    freed_s = settled(lambda: waits_held(live) == 0, 10, "the reset waits to end")
+    time.sleep(max(0.0, reset_at + 3.0 - time.monotonic()))
+    during_s = plain.stop()
+    print(
+        f"waits: {len(sockets)} sent, {held_before:.0f} held, reset: all ended within {freed_s:.2f} s; "
+        f"plain GETs meanwhile {worst_ms(during_s)}"
+    )
+    assert max(during_s) < PROMPT_S, sorted(during_s)[-5:]
+    assert freed_s < PROMPT_S
+    # And new waits are held again (none was counted twice, none left behind).
+    again = [Waiting(live, job.id, {**bearer, "Prefer": "wait=60"}) for _ in range(4)]
+    held(again)
+    store.apply([new_event(job.id, "succeeded")])
+    assert {w.join(10).headers["preference-applied"] for w in again} == {"wait=60"}

@@ -25,6 +25,9 @@ METRICS = {
     "tracker_queue_messages_ready": {"queue"},
     "tracker_http_requests_total": {"method", "route", "code"},
     "tracker_http_request_duration_seconds": {"route"},
+    # Beyond SPEC §8 (README's metrics table): the API's held waits.
+    "tracker_waits_held": set(),
+    "tracker_waits_refused_total": {"cap"},
 }
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every series it scrapes
 JOBS = {"tracker-api", "tracker-consumer"}

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 
 import falcon
 import falcon.testing
 import pytest
 
 from api import app as api_app
+from api.reads import JobReads
 from api.resources import parse_job_id
+from api.waits import WaitRegistry
 from tests import spec_texts
 from tracker import auth, roles
 from tracker.config import Settings
@@ -34,6 +37,12 @@ class FakeJobs:
             raise JobNotFound(job_id)
         return self.job
 
+    def statuses(self, ids: Sequence[int]) -> dict[int, str]:  # for the waits' poller
+        return {self.job.id: self.job.status} if self.job is not None and self.job.id in ids else {}
+
+    def change_counter(self) -> None:
+        return None
+
 
 class FakeUsers:
     def get(self, username: str) -> User | None:
@@ -41,7 +50,7 @@ class FakeUsers:
         return User(username, role, dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
 
 
-def client_over(jobs: FakeJobs) -> tuple[falcon.testing.TestClient, dict[str, str]]:
+def client_over(jobs: FakeJobs, waits: WaitRegistry | None = None) -> tuple[falcon.testing.TestClient, dict[str, str]]:
     tokens = auth.Tokens(SECRET, 60)
     deps = api_app.Deps(
         jobs=jobs,
@@ -49,6 +58,7 @@ def client_over(jobs: FakeJobs) -> tuple[falcon.testing.TestClient, dict[str, st
         throttle=None,
         tokens=tokens,  # type: ignore[arg-type]
         settings=Settings(secret=SECRET),
+        reads=None if waits is None else JobReads(jobs, waits=waits),  # type: ignore[arg-type]
     )
     return falcon.testing.TestClient(api_app.create_app(deps)), {"Authorization": f"Bearer {tokens.issue('ops')}"}
 
@@ -264,3 +274,18 @@ def test_refusals_answer_the_spec_texts() -> None:
     viewer = {"Authorization": f"Bearer {auth.Tokens(SECRET, 60).issue('viewer')}"}
     assert_alert(get("/api/5.0/async_status/7", headers=viewer), 403, spec_texts.MISSING_READ)
     assert get("/api/5.0/async_status/7", headers=headers).status_code == 200
+
+
+def test_a_wait_beyond_the_cap_is_answered_at_once_without_preference_applied() -> None:
+    job = Job(3, "SUCCEEDED", dt.datetime(2021, 2, 18, tzinfo=dt.UTC), dt.datetime(2021, 2, 19, tzinfo=dt.UTC), "done")
+    waits = {"Prefer": "wait=5"}
+    client, headers = client_over(FakeJobs(job), WaitRegistry(most=1))
+    within = client.simulate_get("/api/5.0/async_status/3", headers={**headers, **waits})
+    assert (within.status_code, within.headers["preference-applied"]) == (200, "wait=5")
+    client, headers = client_over(FakeJobs(job), WaitRegistry(most=0))
+    beyond = client.simulate_get("/api/5.0/async_status/3", headers={**headers, **waits})
+    assert (beyond.status_code, beyond.text) == (200, within.text)  # the row, as a plain GET gives it
+    assert "preference-applied" not in beyond.headers
+    client, headers = client_over(FakeJobs(job), WaitRegistry(most=5, most_per_user=0))
+    mine = client.simulate_get("/api/5.0/async_status/3", headers={**headers, **waits})
+    assert "preference-applied" not in mine.headers

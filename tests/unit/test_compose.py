@@ -18,6 +18,7 @@ import yaml
 from api.app import Deps, create_app
 from tracker import cli
 from tracker.config import Settings
+from tracker.readiness import NotReady
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
@@ -82,7 +83,7 @@ def test_the_api_health_check_asks_the_apis_readiness():
     with unittest.mock.patch("api.app.schema_problem", return_value=None):
         result = falcon.testing.TestClient(create_app(deps)).simulate_get(url.group(1))
     assert result.status_code == 200
-    with unittest.mock.patch("api.app.schema_problem", return_value="the database does not answer"):
+    with unittest.mock.patch("api.app.schema_problem", return_value=NotReady("database", "refused")):
         result = falcon.testing.TestClient(create_app(deps)).simulate_get(url.group(1))
     assert result.status_code == 503
 

@@ -50,6 +50,9 @@ def test_values_are_read_and_converted():
         ({"TRACKER_ROW_CACHE_ROWS": "-1"}, "TRACKER_ROW_CACHE_ROWS must be at least 0"),
         ({"TRACKER_API_THREADS": "0"}, "TRACKER_API_THREADS must be an integer from 1 to 10000"),
         ({"TRACKER_API_READ_TIMEOUT_S": "0"}, "TRACKER_API_READ_TIMEOUT_S must be from 0.1 to 3600 seconds"),
+        ({"TRACKER_API_MAX_WAITS": "256"}, "TRACKER_API_MAX_WAITS must be an integer from 0 to TRACKER_API_THREADS"),
+        ({"TRACKER_API_MAX_WAITS": "-1"}, "TRACKER_API_MAX_WAITS must be an integer from 0 to TRACKER_API_THREADS"),
+        ({"TRACKER_API_MAX_WAITS_PER_USER": "-1"}, "TRACKER_API_MAX_WAITS_PER_USER must be at least 0"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):
@@ -81,3 +84,15 @@ def test_an_empty_metrics_bind_turns_the_consumers_endpoints_off_and_round_trips
     assert off.metrics_bind == ""
     assert Settings.from_env(off.to_env()) == off
     assert Settings.from_env({"TRACKER_METRICS": "false"}).metrics is False
+
+
+def test_held_waits_are_capped_by_default_at_three_quarters_of_the_threads_and_one_user_at_three_quarters_of_that():
+    assert (Settings().max_waits, Settings().max_waits_per_user) == (192, 144)  # 256 threads
+    assert (Settings(api_threads=64).max_waits, Settings(api_threads=64).max_waits_per_user) == (48, 36)
+    assert Settings(api_threads=1).max_waits == 0  # the one thread is never held by a wait
+    given = Settings.from_env({"TRACKER_API_MAX_WAITS": "100"})
+    assert (given.max_waits, given.max_waits_per_user) == (100, 75)
+    both = Settings.from_env({"TRACKER_API_MAX_WAITS": "100", "TRACKER_API_MAX_WAITS_PER_USER": "100"})
+    assert (both.max_waits, both.max_waits_per_user) == (100, 100)
+    assert Settings.from_env(both.to_env()) == both
+    assert "TRACKER_API_MAX_WAITS" not in Settings().to_env()  # derived, so it follows TRACKER_API_THREADS

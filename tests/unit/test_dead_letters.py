@@ -157,3 +157,16 @@ def test_the_dead_commands_parse(argv, action, reason, limit):
 def test_plain_tracker_dead_still_counts():
     args = _parser().parse_args(["dead", "--limit", "5"])
     assert (args.action, args.limit, args.handler.__name__) == (None, 5, "_dead")
+
+
+def test_describe_escapes_control_characters_in_every_field_from_the_broker():
+    properties = pika.BasicProperties(
+        message_id="m1\x1b]0;owned\x07\nFORGED LINE",
+        headers={"x-tracker-reason": "job 5 does not exist\x1b[2J", "x-tracker-routing-key": "job.\x1b[31mprogress"},
+    )
+    shown = describe(DeadLetter.from_message("job.progress", properties, b'{"a": "\x1b[0m"}'))
+    lines = shown.split("\n")
+    assert len(lines) == 3 and all(line.isprintable() for line in lines), lines
+    assert lines[0] == r"other: job 5 does not exist\x1b[2J"
+    assert lines[1] == r"    routing key job.\x1b[31mprogress, message_id m1\x1b]0;owned\x07\nFORGED LINE, 13 bytes"
+    assert lines[2] == r'    {"a": "\x1b[0m"}'

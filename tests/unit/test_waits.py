@@ -3,8 +3,10 @@ requests, the poller's policy, and the read deadline of the API's client sockets
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -14,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.server import DeadlineSocket
-from api.waits import StatusPoller, WaitRegistry, preferred_wait
+from api.waits import StatusPoller, WaitRegistry, client_gone, client_gone_check, preferred_wait
 from tracker.errors import JobNotFound, RequestTimedOut, StoreUnavailable
 from tracker.model import Job
 
@@ -308,3 +310,103 @@ def test_a_client_socket_read_fails_once_its_deadline_has_passed() -> None:
     finally:
         sock.close()
         theirs.close()
+
+
+class Counts:
+    """What a registry reports (api.waits.WaitCounts), kept."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.refusals: list[str] = []
+
+    def held(self, change: int) -> None:
+        self.now += change
+
+    def refused(self, cap: str) -> None:
+        self.refusals.append(cap)
+
+
+def test_the_caps_hold_so_many_requests_in_all_and_so_many_of_one_user() -> None:
+    registry = WaitRegistry(most=3, most_per_user=2)
+    counts = Counts()
+    registry.count_in(counts)
+    with contextlib.ExitStack() as stack:
+        assert [stack.enter_context(registry.admitted("ann")) for _ in range(3)] == [True, True, False]
+        assert counts.refusals == ["user"]
+        assert stack.enter_context(registry.admitted("bob")) is True
+        assert (registry.held, counts.now) == (3, 3)
+        with registry.admitted("cy") as held:
+            assert held is False  # the process's cap, though cy holds none
+        assert counts.refusals == ["user", "process"]
+    assert (registry.held, counts.now) == (0, 0)
+    with registry.admitted("ann") as held:
+        assert held is True  # every slot was given back
+
+
+def test_a_slot_is_given_back_when_its_request_fails() -> None:
+    registry = WaitRegistry(most=1)
+    with pytest.raises(JobNotFound), registry.admitted("ann"):
+        raise JobNotFound(9)
+    assert registry.held == 0
+    with registry.admitted("ann") as held:
+        assert held
+
+
+def test_no_cap_holds_every_request_and_a_cap_of_zero_none() -> None:
+    with contextlib.ExitStack() as stack:
+        assert all(stack.enter_context(WaitRegistry().admitted("ann")) for _ in range(1000))
+    with WaitRegistry(most=0).admitted("ann") as held:
+        assert held is False
+
+
+def test_a_held_request_ends_soon_after_its_client_goes_and_asks_only_every_check() -> None:
+    registry = WaitRegistry()
+    rows = Rows(registry)
+    asked: list[float] = []
+    gone_at = time.monotonic() + 0.5
+
+    def gone() -> bool:
+        asked.append(time.monotonic())
+        return asked[-1] >= gone_at
+
+    started = time.monotonic()
+    assert registry.hold(1, 30, rows.read, gone, check_s=0.1) == job(1)
+    took = time.monotonic() - started
+    assert 0.5 <= took < 0.5 + 0.1 + 0.3
+    assert rows.reads == 1  # the answer goes nowhere: the row is not read again
+    assert 4 <= len(asked) <= 7  # every 0.1 s, not in a busy loop
+    # Still woken by its job's change at once, not at the next check.
+    result = hold_in_thread(registry, rows, 2, 30)
+    changed_at = time.monotonic()
+    rows.change(job(2, "SUCCEEDED"))
+    finish(result)
+    assert float(result["at"]) - changed_at < 0.05  # type: ignore[arg-type]
+
+
+def test_client_gone_sees_a_close_and_a_reset_but_not_bytes_sent_which_it_leaves_unread() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        for end in ("idle", "sends", "closes", "resets"):
+            client = socket.create_connection(listener.getsockname())
+            server, _ = listener.accept()
+            server.setblocking(True)
+            with server:
+                if end == "sends":
+                    client.sendall(b"GET /next HTTP/1.1\r\n")
+                elif end == "resets":
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                if end in ("closes", "resets"):
+                    client.close()
+                time.sleep(0.05)
+                started = time.monotonic()
+                assert client_gone(server) is (end in ("closes", "resets")), end
+                assert time.monotonic() - started < 0.05  # never waits
+                if end == "sends":
+                    assert server.recv(100) == b"GET /next HTTP/1.1\r\n"  # still there to be read
+            client.close()
+
+
+def test_a_request_of_a_server_that_names_no_socket_has_no_client_check() -> None:
+    assert client_gone_check({}) is None
+    with socket.socket() as sock:
+        check = client_gone_check({"gunicorn.socket": sock})
+        assert check is not None and check() is True  # never connected: nobody to answer

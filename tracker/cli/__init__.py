@@ -170,7 +170,7 @@ def _consume(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _dead(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.cli.deadletters import count
+    from tracker.cli.deadletters import count, shown
     from tracker.errors import DeadLettersUnavailable
     from tracker.reasons import reason_code
 
@@ -186,7 +186,7 @@ def _dead(settings: Settings, args: argparse.Namespace) -> int:
         which = "all" if found.examined == found.total else f"the first {found.examined}"
         print(f"reasons ({which}):")
         for reason, times in found.reasons:
-            print(f"{times:8d}  {reason_code(reason):<21}  {reason}")
+            print(shown(f"{times:8d}  {reason_code(reason):<21}  {reason}"))
     return 0
 
 
@@ -231,7 +231,8 @@ def _dead_action(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "show":
             print(deadletters.describe(letter), flush=True)
         elif args.verbose:
-            print(f"{done_word} {letter.message_id} {letter.routing_key} {letter.code}: {letter.reason}", flush=True)
+            line = f"{done_word} {letter.message_id} {letter.routing_key} {letter.code}: {letter.reason}"
+            print(deadletters.shown(line), flush=True)
 
     run = {"show": deadletters.show, "replay": deadletters.replay, "drop": deadletters.drop}[args.action]
     try:

@@ -36,6 +36,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from tracker import broker
 from tracker.config import Settings
 from tracker.errors import DeadLettersUnavailable
+from tracker.logs import printable
 from tracker.reasons import NO_REASON, ReasonFilter, broker_reason, reason_code
 
 PREVIEW_CHARS = 160
@@ -111,17 +112,25 @@ def reason_of(headers: dict[str, Any]) -> str:
 def preview(body: bytes, chars: int = PREVIEW_CHARS) -> str:
     """The start of a body as one printable line: invalid UTF-8 and control characters escaped."""
     text = body[: chars * 4].decode("utf-8", "backslashreplace")
-    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text[:chars])
-    return shown + ("…" if len(text) > chars or len(body) > chars * 4 else "")
+    return printable(text[:chars]) + ("…" if len(text) > chars or len(body) > chars * 4 else "")
 
 
 def describe(letter: DeadLetter) -> str:
-    """Three lines for ``tracker dead show``: the reason, where it was going, the body's start."""
-    return (
-        f"{letter.code}: {letter.reason}\n"
-        f"    routing key {letter.routing_key}, message_id {letter.message_id}, {len(letter.body)} bytes\n"
-        f"    {preview(letter.body)}"
+    """Three lines for ``tracker dead show``: the reason, where it was going, the body's start.
+
+    Everything in them came from the broker, so each line is escaped (``tracker.logs.printable``):
+    a message_id or routing key cannot forge a line or send the terminal an escape sequence.
+    """
+    return shown(
+        f"{letter.code}: {letter.reason}",
+        f"    routing key {letter.routing_key}, message_id {letter.message_id}, {len(letter.body)} bytes",
+        f"    {preview(letter.body)}",
     )
+
+
+def shown(*lines: str) -> str:
+    """``lines`` as the dead-letter commands print them: each escaped, one per line."""
+    return "\n".join(map(printable, lines))
 
 
 def count(settings: Settings, limit: int = 1000) -> DeadLetterCount:

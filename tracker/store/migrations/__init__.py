@@ -9,6 +9,7 @@ import pathlib
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tracker.readiness import NotReady
 from tracker.store.engine import describe
 
 # alembic is imported where it is used: the commands and processes that only read and write jobs
@@ -40,17 +41,21 @@ def newest_revision() -> str:
     return str(heads[0])
 
 
-def schema_problem(engine: Engine) -> str | None:
-    """None when the database answers and holds the newest schema; else a sentence saying which is not so."""
+def schema_problem(engine: Engine) -> NotReady | None:
+    """None when the database answers and holds the newest schema; else which check failed
+    (``database`` or ``schema``), with a detail for the log that names the driver's error or the
+    revisions."""
     from alembic.runtime.migration import MigrationContext
 
     try:
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_heads()
     except sa.exc.DBAPIError as exc:
-        return f"the database does not answer ({describe(exc)})"
+        return NotReady("database", describe(exc))
     newest = newest_revision()
     if current != (newest,):
         found = ", ".join(current) or "none"
-        return f"the database schema is at revision {found}, not the newest ({newest}): run tracker migrate"
+        return NotReady(
+            "schema", f"the database schema is at revision {found}, not the newest ({newest}): run tracker migrate"
+        )
     return None
