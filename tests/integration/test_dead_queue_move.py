@@ -202,20 +202,26 @@ class Crash(BaseException):
     """The move stopped dead (as by SIGKILL: its connection closes, unacked messages go back)."""
 
 
-@pytest.mark.parametrize(
-    ("where", "twice"),
-    [
-        ("parking, between two messages", 0),
-        ("parking, between a confirm and its ack", 1),
-        ("parked, before the classic queue is deleted", 0),
-        ("after the classic queue is deleted, before the quorum one is declared", 0),
-        ("returning, between two messages", 0),
-        ("returning, between a confirm and its ack", 1),
-        ("returned, before the parking queue is deleted", 0),
-    ],
-)
+# Six messages moved two a batch, each batch in two commits (copies, then acks): commits 1-6
+# park them, 7-12 return them. Stopped after commit N: (where, N, how many are then kept twice).
+STOPS = [
+    ("parking, between two batches", 2, 0),
+    ("parking, between a batch's copies and their acks", 3, 2),
+    ("parked, before the classic queue is deleted", 6, 0),
+    ("returning, between two batches", 10, 0),
+    ("returning, between a batch's copies and their acks", 9, 2),
+    ("returned, before the parking queue is deleted", 12, 0),
+]
+
+
+@pytest.mark.parametrize(("where", "commits", "twice"), STOPS, ids=[stop[0] for stop in STOPS])
 def test_a_move_stopped_at_any_step_is_finished_by_the_next_run_losing_nothing(
-    settings: Settings, channel: BlockingChannel, monkeypatch: pytest.MonkeyPatch, where: str, twice: int
+    settings: Settings,
+    channel: BlockingChannel,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    commits: int,
+    twice: int,
 ) -> None:
     declare_as_an_older_tracker_did(channel, settings)
     for n in range(6):
@@ -223,34 +229,19 @@ def test_a_move_stopped_at_any_step_is_finished_by_the_next_run_losing_nothing(
         channel.basic_publish(settings.dead_exchange, "job.progress", b"body %d" % n, properties, mandatory=True)
     before = peek(channel, settings.dead_queue)
 
-    acks = 0
-    real_ack = BlockingChannel.basic_ack
+    done = 0
+    real_commit = BlockingChannel.tx_commit
 
-    def ack(self: BlockingChannel, delivery_tag: int = 0, multiple: bool = False) -> None:
-        nonlocal acks
-        acks += 1
-        # The third message of the leg (6 parked first, then 6 returned).
-        if where.endswith("a confirm and its ack") and acks == (3 if where.startswith("parking") else 9):
-            raise Crash(where)
-        real_ack(self, delivery_tag, multiple)
-        if where.endswith("between two messages") and acks == (3 if where.startswith("parking") else 9):
-            raise Crash(where)
-
-    deletes = 0
-    real_delete = dead_queue_move._delete_if_empty  # noqa: SLF001
-
-    def delete(connection: pika.BlockingConnection, queue: str, *, classic: bool) -> None:
-        nonlocal deletes
-        deletes += 1
-        if (deletes == 1 and where.startswith("parked,")) or (deletes == 2 and where.startswith("returned,")):
-            raise Crash(where)
-        real_delete(connection, queue, classic=classic)
-        if deletes == 1 and where.startswith("after the classic"):
+    def commit(self: BlockingChannel) -> None:
+        nonlocal done
+        real_commit(self)
+        done += 1
+        if done == commits:
             raise Crash(where)
 
     with monkeypatch.context() as patched:
-        patched.setattr(BlockingChannel, "basic_ack", ack)
-        patched.setattr(dead_queue_move, "_delete_if_empty", delete)
+        patched.setattr(dead_queue_move, "BATCH", 2)
+        patched.setattr(BlockingChannel, "tx_commit", commit)
         with pytest.raises(Crash):
             dead_queue_move.move_to_quorum(settings)
 
@@ -258,9 +249,46 @@ def test_a_move_stopped_at_any_step_is_finished_by_the_next_run_losing_nothing(
     assert f"; {6 + twice} messages before, {6 + twice} after" in out, out
     assert_moved(channel, settings)
     after = drain(channel, settings.dead_queue)
-    # Every message, each once; one twice only when stopped between its copy's confirm and its ack.
-    assert sorted(after, key=repr) == sorted(before + [m for m in before if m[1] == b"body 2"] * twice, key=repr)
+    # Every message, each once; a batch twice only when stopped between its copies and their acks.
+    copied = [m for m in before if m[1] in (b"body 2", b"body 3")][:twice]
+    assert sorted(after, key=repr) == sorted(before + copied, key=repr)
     assert_bound(channel, settings)
+
+
+def test_a_move_stopped_between_deleting_the_classic_queue_and_declaring_the_quorum_one_is_finished(
+    settings: Settings, channel: BlockingChannel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one moment no queue holds the name: a consumer declaring its topology then makes the
+    quorum queue itself, which the next run takes as its own."""
+    declare_as_an_older_tracker_did(channel, settings)
+    for n in range(3):
+        channel.basic_publish(settings.dead_exchange, "job.progress", b"%d" % n, broker.message_properties(f"m{n}"))
+    before = peek(channel, settings.dead_queue)
+    real_delete = dead_queue_move._delete_if_empty  # noqa: SLF001
+
+    def delete(connection: pika.BlockingConnection, queue: str, *, classic: bool) -> None:
+        real_delete(connection, queue, classic=classic)
+        raise Crash("deleted")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(dead_queue_move, "_delete_if_empty", delete)
+        with pytest.raises(Crash):
+            dead_queue_move.move_to_quorum(settings)
+    assert not exists(channel, settings.dead_queue)
+    broker.declare_topology(channel, settings)  # a consumer (re)connecting now
+    channel.basic_publish(settings.dead_exchange, "job.x", b"meanwhile", broker.message_properties("meanwhile"))
+
+    out = run_tracker(settings, "migrate")
+    assert out.splitlines() == [
+        f"dead-letter queue {settings.dead_queue}: finished the move an earlier run began, into a quorum "
+        "queue; 5 messages before, 5 after"
+    ]
+    assert_moved(channel, settings)
+    after = drain(channel, settings.dead_queue)
+    # Published while both were bound, "meanwhile" is kept twice (the one case a move duplicates
+    # without a crash); the parked ones once each.
+    assert sorted(message[2]["message_id"] for message in after) == ["m0", "m1", "m2", "meanwhile", "meanwhile"]
+    assert all(message in after for message in before)
 
 
 def test_consumers_running_through_the_move_keep_every_dead_letter(
