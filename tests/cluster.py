@@ -49,6 +49,7 @@ _MACHINE_NODE_PORTS = frozenset({5672, 25672, 15672, 15692, 4369})
 # to the nodes' distribution ports, which every rule names too.
 _GROUP_BASE = 64000
 _NFT_TABLE_PREFIX = "tracker_cut_"
+_MARK_BASE = 0x7AC0_0000  # conntrack marks of the cuts' connections: this, and 16 bits of the run's own
 
 
 def _free_port() -> int:
@@ -355,13 +356,12 @@ class Cluster:
         """Cut ``node`` off from the other nodes while the block runs, itself still running; the
         rules are removed afterwards, however the block ends.
 
-        Its Erlang distribution traffic is dropped on loopback by an nftables table of the run's
-        own (``nft``, as root): everything ``node`` sends to the others' distribution ports or from
-        its own, and everything the others send to its. What they send it on a connection it
-        opened still arrives, but unanswered that connection dies by the tick as surely, and
-        closing it is all the others then send. Nothing else is touched: every rule names both a
-        node's group and a distribution port of these nodes (never the machine's own node's
-        ports), and a table left by a test run that was killed is removed by the next.
+        Its Erlang distribution traffic is dropped on loopback, both ways, by an nftables table of
+        the run's own (``nft``, as root; ``partition_rules``): every connection between it and the
+        others, whoever opened it, and every one either tries to open. Nothing else is touched:
+        every rule names both a node's group and a distribution port of these nodes (never the
+        machine's own node's ports), and a table left by a test run that was killed is removed by
+        the next.
         """
         problem = partition_problem()
         if problem is not None:
@@ -370,8 +370,9 @@ class Cluster:
         if node.group is None or any(other.group is None for other in others):
             raise ClusterUnavailable("the nodes were not started under groups of their own (as root)")
         _remove_stale_tables()
-        table = f"{_NFT_TABLE_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        _nft("-f", "-", stdin=partition_rules(table, node, others))
+        run = uuid.uuid4().hex[:6]
+        table = f"{_NFT_TABLE_PREFIX}{os.getpid()}_{run}"
+        _nft("-f", "-", stdin=partition_rules(table, node, others, mark=_MARK_BASE | int(run[:4], 16)))
         self.cut_off.add(node.name)
         try:
             yield
@@ -386,8 +387,13 @@ class Cluster:
         shutil.rmtree(self._home, ignore_errors=True)
 
 
-def partition_rules(table: str, node: Node, others: Sequence[Node]) -> str:
-    """The nftables table (``nft -f`` text) that cuts ``node`` off from ``others``; see ``Cluster.partitioned``."""
+def partition_rules(table: str, node: Node, others: Sequence[Node], mark: int) -> str:
+    """The nftables table (``nft -f`` text) that cuts ``node`` off from ``others``; see ``Cluster.partitioned``.
+
+    A connection between them is marked (``ct mark``, conntrack) by the first packet seen that
+    says so: one ``node`` sends to their distribution ports or from its own, or one they send to
+    its port; then every packet of it is dropped, either way, as a cut cable would.
+    """
     ports = {node.dist_port, *(other.dist_port for other in others)}
     if ports & _MACHINE_NODE_PORTS:
         raise ValueError(f"a rule would name a port of the machine's own node: {sorted(ports & _MACHINE_NODE_PORTS)}")
@@ -397,9 +403,10 @@ def partition_rules(table: str, node: Node, others: Sequence[Node]) -> str:
         f"table inet {table} {{\n"
         "  chain output {\n"
         "    type filter hook output priority 0; policy accept;\n"
-        f"    meta skgid {node.group} tcp dport {{ {theirs_ports} }} drop\n"
-        f"    meta skgid {node.group} tcp sport {node.dist_port} drop\n"
-        f"    meta skgid {{ {theirs_groups} }} tcp dport {node.dist_port} drop\n"
+        f"    meta skgid {node.group} tcp dport {{ {theirs_ports} }} ct mark set {mark:#x}\n"
+        f"    meta skgid {node.group} tcp sport {node.dist_port} ct mark set {mark:#x}\n"
+        f"    meta skgid {{ {theirs_groups} }} tcp dport {node.dist_port} ct mark set {mark:#x}\n"
+        f"    ct mark {mark:#x} drop\n"
         "  }\n"
         "}\n"
     )

@@ -67,6 +67,14 @@ def publish_through(nodes: list[Node], messages: list[tuple[str, bytes, str]], s
         connection.close()
 
 
+def led_by_others(cluster: Cluster, queue: str, victim: Node) -> bool:
+    """Whether ``queue`` has a leader other than ``victim`` now (a command may fail meanwhile)."""
+    try:
+        return cluster.queue_info(queue)["leader"] not in ("", victim.name)
+    except ClusterUnavailable:
+        return False
+
+
 def whole_again(cluster: Cluster) -> bool:
     """Every node running in the cluster again (a command may fail while the node rejoins)."""
     try:
@@ -119,6 +127,10 @@ def test_a_node_cut_off_mid_stream_then_healed_loses_nothing(
             # pause_minority: once the net tick has passed, the node sees it is alone and stops serving.
             poll_until(lambda: not victim.answering(), 4 * NET_TICKTIME_S, f"{victim.name} paused", interval=0.5)  # noqa: B023
             paused.append(time.monotonic() - cut_at)
+            # Bad input once the two have a leader for each queue: a publish meanwhile may be
+            # nacked, and sent again (as the worker library does) it could be there twice.
+            for queue in (settings.queue, settings.dead_queue):
+                poll_until(lambda: led_by_others(cluster, queue, victim), 60, f"a new leader of {queue}", 0.5)  # noqa: B023
             messages = bad_input(round_)
             publish_through(majority, messages, settings)
             bad.extend(messages)

@@ -44,15 +44,17 @@ def test_the_nodes_pause_a_minority_and_take_the_net_tick_they_are_given(tmp_pat
 
 def test_a_cut_drops_only_the_distribution_traffic_between_the_node_and_the_others(tmp_path):
     cut, *others = nodes(tmp_path)
-    rules = cluster.partition_rules("t", cut, others)
+    rules = cluster.partition_rules("t", cut, others, mark=0x7AC01234)
     theirs = f"{others[0].dist_port}, {others[1].dist_port}"
     assert rules.splitlines()[3:] == [
-        f"    meta skgid {cut.group} tcp dport {{ {theirs} }} drop",  # what it sends them
-        f"    meta skgid {cut.group} tcp sport {cut.dist_port} drop",  # what it answers on its own port
-        f"    meta skgid {{ {others[0].group}, {others[1].group} }} tcp dport {cut.dist_port} drop",  # theirs to it
+        # its connections to them, and theirs to it, whoever sends the packet: marked, then dropped
+        f"    meta skgid {cut.group} tcp dport {{ {theirs} }} ct mark set 0x7ac01234",
+        f"    meta skgid {cut.group} tcp sport {cut.dist_port} ct mark set 0x7ac01234",
+        f"    meta skgid {{ {others[0].group}, {others[1].group} }} tcp dport {cut.dist_port} ct mark set 0x7ac01234",
+        "    ct mark 0x7ac01234 drop",
         "  }",
         "}",
     ]
     cut.dist_port = 25672
     with pytest.raises(ValueError, match="machine's own node"):
-        cluster.partition_rules("t", cut, others)
+        cluster.partition_rules("t", cut, others, mark=1)

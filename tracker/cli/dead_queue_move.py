@@ -17,7 +17,8 @@ exchange of the move's own (``<dead queue>.moving``, bound to the target alone, 
 key is kept), and only once RabbitMQ has taken responsibility for the copies (a transaction's
 commit, which it answers as it answers confirms) are the originals acked (removed), in a second
 commit. Killed between the two, that batch is found in both queues by the next run: kept twice,
-never lost. (A confirm for each message, waited for in turn, moved a fifth as many a second.)
+never lost. (Waiting for a confirm for each message in turn was several times slower:
+docs/reliability.md.)
 
 What the broker holds says which step comes next (``next_step``), so a run stopped anywhere (a
 crash, Ctrl-C, a lost node) is finished by the next, and a run with nothing to move changes
