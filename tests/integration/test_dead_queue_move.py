@@ -97,14 +97,7 @@ def ready(channel: BlockingChannel, queue: str) -> int:
 
 
 def exists(channel: BlockingChannel, queue: str) -> bool:
-    probe = channel.connection.channel()
-    try:
-        probe.queue_declare(queue, passive=True)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        assert exc.reply_code == 404, exc
-        return False
-    probe.close()
-    return True
+    return broker.count_messages(channel.connection.channel(), queue) is not None
 
 
 def peek(channel: BlockingChannel, queue: str) -> list[Message]:
