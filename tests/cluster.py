@@ -10,6 +10,11 @@ not /etc/rabbitmq's (which pin port 5672).
 
 Run as root, the nodes run as the ``rabbitmq`` user with its home, so they share the machine's
 Erlang cookie (/var/lib/rabbitmq/.erlang.cookie); run as anyone else, as that user with theirs.
+
+Their configuration is a production cluster's where it matters: ``cluster_partition_handling =
+pause_minority``. ``running_cluster(net_ticktime=…)`` shortens the time a node takes to see
+another gone, for a test that cuts one off (``Cluster.partitioned``: as root, with nftables,
+each node running under a group of its own so that the rules can tell its packets apart).
 """
 
 from __future__ import annotations
@@ -38,6 +43,13 @@ _SCRIPT_DIRS = (pathlib.Path("/usr/lib/rabbitmq/bin"), pathlib.Path("/usr/lib/ra
 _CTL_TIMEOUT_S = 120.0
 _BOOT_TIMEOUT_S = 180.0
 _MACHINE_NODE_PORTS = frozenset({5672, 25672, 15672, 15692, 4369})
+# As root, node n runs under group _GROUP_BASE + n (the rabbitmq user, so its Erlang cookie, all
+# the same): what nftables' ``meta skgid`` tells the nodes' packets apart by (``partitioned``).
+# No group of that number need exist, and a process of the machine's that has one sends nothing
+# to the nodes' distribution ports, which every rule names too.
+_GROUP_BASE = 64000
+_NFT_TABLE_PREFIX = "tracker_cut_"
+_MARK_BASE = 0x7AC0_0000  # conntrack marks of the cuts' connections: this, and 16 bits of the run's own
 
 
 def _free_port() -> int:
@@ -82,10 +94,11 @@ class _Account:
             self.uid = self.gid = None
             self.home = os.environ.get("HOME", str(pathlib.Path.home()))
 
-    def popen_args(self) -> dict[str, object]:
+    def popen_args(self, group: int | None = None) -> dict[str, object]:
+        """Popen's arguments to run as this account (under ``group`` instead of its own, if given)."""
         if self.uid is None:
             return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+        return {"user": self.uid, "group": self.gid if group is None else group, "extra_groups": []}
 
     def own(self, path: pathlib.Path) -> None:
         if self.uid is not None:
@@ -95,10 +108,22 @@ class _Account:
 class Node:
     """One RabbitMQ node: its process (started again after it is killed or stopped) and its commands."""
 
-    def __init__(self, name: str, home: pathlib.Path, scripts: pathlib.Path, account: _Account) -> None:
+    def __init__(
+        self,
+        name: str,
+        home: pathlib.Path,
+        scripts: pathlib.Path,
+        account: _Account,
+        *,
+        group: int | None = None,
+        net_ticktime: int | None = None,
+    ) -> None:
+        """``group``: the group the node's process runs under (as root only); ``net_ticktime``: the
+        Erlang distribution's (None: Erlang's 60 s), which bounds how long it takes to see a peer gone."""
         self.name = name
         self.amqp_port = _free_port()
         self.dist_port = _free_port()
+        self.group = group if account.uid is not None else None
         self._home = home
         self._scripts = scripts
         self._account = account
@@ -112,6 +137,9 @@ class Node:
             "log.file.level = info\n"
             # a node with little free disk on a test machine still takes messages
             "disk_free_limit.absolute = 10MB\n"
+            # as a production cluster: a node cut off from the majority stops serving until it is back
+            "cluster_partition_handling = pause_minority\n"
+            + (f"net_ticktime = {net_ticktime}\n" if net_ticktime is not None else "")
         )
         (home / "enabled_plugins").write_text("[].\n")  # no management or prometheus ports to clash
         (home / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq/rabbitmq-env.conf (its NODENAME)
@@ -160,7 +188,7 @@ class Node:
                 stdout=console,
                 stderr=console,
                 start_new_session=True,
-                **self._account.popen_args(),  # type: ignore[arg-type]
+                **self._account.popen_args(self.group),  # type: ignore[arg-type]
             )
         self.starts += 1
 
@@ -262,6 +290,7 @@ class Cluster:
     def __init__(self, nodes: Sequence[Node], home: pathlib.Path) -> None:
         self.nodes = list(nodes)
         self._home = home
+        self.cut_off: set[str] = set()  # names of the nodes ``partitioned`` holds apart now
 
     @property
     def url(self) -> str:
@@ -271,7 +300,8 @@ class Cluster:
         return next(node for node in self.nodes if node.name == name)
 
     def any_running(self, but: Node | None = None) -> Node:
-        return next(node for node in self.nodes if node is not but and node.running)
+        """A node whose process runs, for commands: never one cut off (it could not answer)."""
+        return next(node for node in self.nodes if node is not but and node.running and node.name not in self.cut_off)
 
     def queue_info(self, queue: str, asked: Node | None = None) -> dict[str, object]:
         """``name``, ``type``, ``leader`` and ``members`` of ``queue``, asked of a running node."""
@@ -321,6 +351,35 @@ class Cluster:
                     raise AssertionError(f"{node.name} still quorum critical after {timeout} s: {exc}") from None
             time.sleep(1)
 
+    @contextlib.contextmanager
+    def partitioned(self, node: Node) -> Iterator[None]:
+        """Cut ``node`` off from the other nodes while the block runs, itself still running; the
+        rules are removed afterwards, however the block ends.
+
+        Its Erlang distribution traffic is dropped on loopback, both ways, by an nftables table of
+        the run's own (``nft``, as root; ``partition_rules``): every connection between it and the
+        others, whoever opened it, and every one either tries to open. Nothing else is touched:
+        every rule names both a node's group and a distribution port of these nodes (never the
+        machine's own node's ports), and a table left by a test run that was killed is removed by
+        the next.
+        """
+        problem = partition_problem()
+        if problem is not None:
+            raise ClusterUnavailable(problem)
+        others = [other for other in self.nodes if other is not node]
+        if node.group is None or any(other.group is None for other in others):
+            raise ClusterUnavailable("the nodes were not started under groups of their own (as root)")
+        _remove_stale_tables()
+        run = uuid.uuid4().hex[:6]
+        table = f"{_NFT_TABLE_PREFIX}{os.getpid()}_{run}"
+        _nft("-f", "-", stdin=partition_rules(table, node, others, mark=_MARK_BASE | int(run[:4], 16)))
+        self.cut_off.add(node.name)
+        try:
+            yield
+        finally:
+            self.cut_off.discard(node.name)
+            _nft("delete", "table", "inet", table)
+
     def remove(self) -> None:
         """Kill every node and delete their directory."""
         for node in self.nodes:
@@ -328,8 +387,68 @@ class Cluster:
         shutil.rmtree(self._home, ignore_errors=True)
 
 
+def partition_rules(table: str, node: Node, others: Sequence[Node], mark: int) -> str:
+    """The nftables table (``nft -f`` text) that cuts ``node`` off from ``others``; see ``Cluster.partitioned``.
+
+    A connection between them is marked (``ct mark``, conntrack) by the first packet seen that
+    says so: one ``node`` sends to their distribution ports or from its own, or one they send to
+    its port; then every packet of it is dropped, either way, as a cut cable would.
+    """
+    ports = {node.dist_port, *(other.dist_port for other in others)}
+    if ports & _MACHINE_NODE_PORTS:
+        raise ValueError(f"a rule would name a port of the machine's own node: {sorted(ports & _MACHINE_NODE_PORTS)}")
+    theirs_ports = ", ".join(str(other.dist_port) for other in others)
+    theirs_groups = ", ".join(str(other.group) for other in others)
+    return (
+        f"table inet {table} {{\n"
+        "  chain output {\n"
+        "    type filter hook output priority 0; policy accept;\n"
+        f"    meta skgid {node.group} tcp dport {{ {theirs_ports} }} ct mark set {mark:#x}\n"
+        f"    meta skgid {node.group} tcp sport {node.dist_port} ct mark set {mark:#x}\n"
+        f"    meta skgid {{ {theirs_groups} }} tcp dport {node.dist_port} ct mark set {mark:#x}\n"
+        f"    ct mark {mark:#x} drop\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def partition_problem() -> str | None:
+    """Why ``Cluster.partitioned`` cannot cut a node off here, if it cannot."""
+    if os.geteuid() != 0:
+        return "cutting a node off takes nftables rules, which only root may add: run the test as root"
+    if shutil.which("nft") is None:
+        return "nft is not installed (apt-get install nftables): cutting a node off takes nftables rules"
+    try:
+        _nft("list", "tables")
+    except ClusterUnavailable as exc:
+        return f"nftables does not work here: {exc}"
+    return None
+
+
+def _nft(*args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(["nft", *args], input=stdin, capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise ClusterUnavailable(f"nft {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def _remove_stale_tables() -> None:
+    """Delete the tables of test runs that are gone (killed before they could remove theirs)."""
+    for line in _nft("list", "tables").splitlines():
+        family, _, name = line.removeprefix("table ").partition(" ")
+        if not name.startswith(_NFT_TABLE_PREFIX):
+            continue
+        pid = int(name.removeprefix(_NFT_TABLE_PREFIX).partition("_")[0])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            _nft("delete", "table", family, name)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 @contextlib.contextmanager
-def running_cluster(size: int = 3) -> Iterator[Cluster]:
+def running_cluster(size: int = 3, *, net_ticktime: int | None = None) -> Iterator[Cluster]:
     """``size`` nodes started in parallel and joined to the first; all removed on leaving, however."""
     scripts = server_scripts()
     account = _Account()
@@ -337,7 +456,18 @@ def running_cluster(size: int = 3) -> Iterator[Cluster]:
     home = pathlib.Path(tempfile.mkdtemp(prefix=f"tracker-cluster-{run}-"))
     account.own(home)
     cluster = Cluster(
-        [Node(f"tracker-{run}-c{n}@localhost", home / f"c{n}", scripts, account) for n in range(1, size + 1)], home
+        [
+            Node(
+                f"tracker-{run}-c{n}@localhost",
+                home / f"c{n}",
+                scripts,
+                account,
+                group=_GROUP_BASE + n,
+                net_ticktime=net_ticktime,
+            )
+            for n in range(1, size + 1)
+        ],
+        home,
     )
     try:
         for node in cluster.nodes:

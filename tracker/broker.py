@@ -7,7 +7,8 @@
   gone). ``ConfirmingChannel`` keeps a confirming channel on such a connection, and opens it
   again once lost: the publisher, the lost-job check, the gauges, the dead-letter commands and
   the consumer all use one. ``CONNECTION_ERRORS`` are what says it is lost.
-- Topology and counts: ``declare_topology``, and ``count_messages``, the one passive declare.
+- Topology and counts: ``declare_topology`` (an older, classic dead queue kept until ``tracker
+  migrate`` moves it: ``still_classic``), and ``count_messages``, the one passive declare.
 - Messages: ``message_properties`` of everything the tracker publishes (SPEC §3), and the
   headers a dead letter carries (``REASON_HEADER`` …), written and read here.
 """
@@ -52,11 +53,13 @@ REASON_HEADER = "x-tracker-reason"
 ROUTING_KEY_HEADER = "x-tracker-routing-key"
 HEADERS_DROPPED_HEADER = "x-tracker-headers-dropped"
 _OWN_HEADER_PREFIX = "x-tracker-"
-# … and RabbitMQ's, on a message it dead-lettered itself (rejected, expired, over a limit).
+# … and RabbitMQ's: on a message it dead-lettered itself (rejected, expired, over a limit), and
+# on every delivery from a quorum queue (its count of that message's deliveries there).
 FIRST_DEATH_REASON_HEADER = "x-first-death-reason"
+DELIVERY_COUNT_HEADER = "x-delivery-count"
 DEATH_HEADERS = frozenset(
     f"x-{which}-death-{what}" for which in ("first", "last") for what in ("exchange", "queue", "reason")
-) | {"x-death"}
+) | {"x-death", DELIVERY_COUNT_HEADER}
 MAX_REASON_CHARS = 1000
 MAX_KEPT_HEADER_BYTES = 16 * 1024  # far below any broker frame size, whatever we add
 
@@ -233,16 +236,24 @@ def routing_key(event_type: str) -> str:
     return ROUTING_PREFIX + event_type
 
 
+# The dead queue is a quorum queue (SPEC §3, §14): a dead letter survives the loss of a node.
+DEAD_QUEUE_ARGUMENTS: Mapping[str, Any] = {"x-queue-type": "quorum"}
+
+
 def declare_topology(channel: BlockingChannel, settings: Settings) -> None:
-    """Declare exchange, quorum queue, dead-letter exchange and dead queue; idempotent.
+    """Declare exchange, events queue, dead-letter exchange and dead queue; idempotent.
 
-    The dead queue is a classic queue (SPEC §3), which lives on one node of a cluster: while
-    that node is down RabbitMQ refuses to declare it (404), although it exists. That is logged
-    and passed over, so that a consumer can still move to another node and go on; dead letters
-    are refused meanwhile (returned as unroutable), and the consumer does not ack what it could
-    not dead-letter.
+    Both queues are quorum queues (SPEC §3). A dead queue that an older tracker declared as a
+    classic queue cannot be declared again as a quorum one (RabbitMQ refuses: 406, and cannot
+    change a queue's type): it is kept as it is, with a warning that says to run
+    ``tracker migrate``, and dead letters go on to it as before. While such a classic queue's
+    node is down (it lives on one node of a cluster) RabbitMQ refuses to declare it (404); that
+    is passed over with a warning too, so that a consumer can still move to another node and go
+    on; dead letters are refused meanwhile, and the consumer does not ack what it could not
+    dead-letter.
 
-    Raises pika.exceptions.ChannelClosedByBroker (406) when one exists with other arguments.
+    Raises pika.exceptions.ChannelClosedByBroker (406) when any other part exists with other
+    arguments.
     """
     channel.exchange_declare(settings.exchange, exchange_type="topic", durable=True)
     channel.exchange_declare(settings.dead_exchange, exchange_type="fanout", durable=True)
@@ -256,26 +267,51 @@ def declare_topology(channel: BlockingChannel, settings: Settings) -> None:
 
 
 def _declare_dead_queue(connection: pika.BlockingConnection, settings: Settings) -> None:
-    """Declare and bind the dead queue on a channel of its own, which a 404 may close."""
+    """Declare and bind the dead queue on a channel of its own, which a refusal may close.
+
+    A classic dead queue is left unbound as it is: ``tracker migrate`` unbinds it on purpose
+    while it moves its messages (tracker.cli.dead_queue_move), and an older tracker bound it.
+    """
     channel = connection.channel()
     try:
-        channel.queue_declare(settings.dead_queue, durable=True)
-        channel.queue_bind(settings.dead_queue, settings.dead_exchange)
+        channel.queue_declare(settings.dead_queue, durable=True, arguments=DEAD_QUEUE_ARGUMENTS)
     except pika.exceptions.ChannelClosedByBroker as exc:
-        if not home_node_down(exc):
+        if still_classic(exc):
+            log.warning(
+                "the dead-letter queue %s is a classic queue, as an older tracker declared it: dead letters "
+                "go on to it, but they would not survive the loss of its node; run `tracker migrate` to "
+                "move them into a quorum queue",
+                settings.dead_queue,
+            )
+        elif home_node_down(exc):
+            log.warning(
+                "the dead-letter queue %s is unavailable (%s); going on without it until its node is back",
+                settings.dead_queue,
+                exc.reply_text,
+            )
+        else:
             raise
-        log.warning(
-            "the dead-letter queue %s is unavailable (%s); going on without it until its node is back",
-            settings.dead_queue,
-            exc.reply_text,
-        )
         return
+    channel.queue_bind(settings.dead_queue, settings.dead_exchange)
     channel.close()
+
+
+def still_classic(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
+    """Whether the broker refused a quorum queue's declaration because a classic queue of that
+    name exists (406 on ``x-queue-type``: none, or ``classic``, where ``quorum`` was asked)."""
+    text = str(exc.reply_text)
+    current = text.rpartition("but current is ")[2]
+    return bool(
+        exc.reply_code == 406
+        and "'x-queue-type'" in text
+        and (current == "none" or current.startswith("the value 'classic'"))
+    )
 
 
 def home_node_down(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
     """Whether the broker refused a classic queue because the node it lives on is down (a 404,
-    as for a queue never declared, which it is not)."""
+    as for a queue never declared, which it is not). Only an older, classic dead queue has a
+    home node: a quorum queue has members."""
     return bool(exc.reply_code == 404 and "home node" in str(exc.reply_text))
 
 
@@ -372,7 +408,8 @@ def dead_letter_headers(original: Mapping[str, Any] | None, routing_key: str, re
 
 def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any] | None:
     """A dead letter's own headers, less those that say why and how it died (ours and
-    RabbitMQ's): what it is published again with. None when none is left."""
+    RabbitMQ's) and the dead queue's count of its deliveries: what it is published again with.
+    None when none is left."""
     kept = {
         name: value
         for name, value in headers.items()

@@ -10,7 +10,10 @@
 
 ``publish`` returns only once the broker has confirmed the event; it reconnects and resends by
 itself (the same event_id, so a resend is harmless; to another node when TRACKER_AMQP_URL lists a
-cluster's and its node went) until ``timeout_s`` runs out, then raises PublishFailed.
+cluster's and its node went) until ``timeout_s`` runs out, then raises PublishFailed. An event
+that no queue would take (a mistyped exchange, or one with no queue bound), or that the broker
+refuses (a permission, a declaration that differs from what exists), raises PublishFailed at
+once: sending it again cannot help.
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ from tracker.errors import PublishFailed
 log = logging.getLogger(__name__)
 
 # A lost connection, and the broker's refusals of a channel operation: a closed channel, a nack,
-# an event it could not route (the queue not declared yet). Each is tried again.
+# an event returned as unroutable. Each is tried again, unless ``_final`` says it is no passing
+# trouble.
 _RETRYABLE: tuple[type[Exception], ...] = (*broker.CONNECTION_ERRORS, pika.exceptions.AMQPChannelError)
+# The channel closed by the broker for good reasons: ACCESS_REFUSED, NOT_FOUND (no such exchange),
+# PRECONDITION_FAILED (a declaration that differs from what exists).
+_REFUSALS = frozenset({403, 404, 406})
 
 
 class Publisher:
@@ -92,13 +99,16 @@ class Publisher:
     def publish(self, event: events.Event) -> None:
         """Send ``event`` and wait for the broker's confirm; raises PublishFailed."""
         body, properties = broker.event_message(event)
+        routing_key = broker.routing_key(event.type)
         deadline = time.monotonic() + self._timeout_s
         backoff = Backoff(cap=5.0)
         while True:
             try:
-                self._send(broker.routing_key(event.type), body, properties)
+                self._send(routing_key, body, properties)
                 return
             except _RETRYABLE as exc:
+                if (why := _final(exc)) is not None:
+                    raise PublishFailed(self._not_published(f"event {event.event_id}", routing_key, why)) from exc
                 delay = backoff.next()
                 if time.monotonic() + delay > deadline:
                     raise PublishFailed(f"event {event.event_id} not confirmed: {type(exc).__name__}") from exc
@@ -114,13 +124,16 @@ class Publisher:
         """
         event = self._next_event(job_id, "progress", None)
         body, properties = broker.event_message(event)
-        try:
-            self._send(broker.routing_key(event.type), body, properties)
-        except _RETRYABLE:
+        routing_key = broker.routing_key(event.type)
+        for attempt in (1, 2):
             try:
-                self._send(broker.routing_key(event.type), body, properties)
+                self._send(routing_key, body, properties)
+                break
             except _RETRYABLE as exc:
-                raise PublishFailed(f"heartbeat {event.event_id} not confirmed: {type(exc).__name__}") from exc
+                if (why := _final(exc)) is not None:
+                    raise PublishFailed(self._not_published(f"heartbeat {event.event_id}", routing_key, why)) from exc
+                if attempt == 2:
+                    raise PublishFailed(f"heartbeat {event.event_id} not confirmed: {type(exc).__name__}") from exc
         return event
 
     def job(self, job_id: int, *, heartbeat_timeout_s: float | None = None) -> JobReport:
@@ -151,6 +164,9 @@ class Publisher:
             # (occurred_at, seq) orders a job's events as this client made them, whichever of
             # its threads made them.
             return events.new_event(job_id, type, message, seq=seq)
+
+    def _not_published(self, what: str, routing_key: str, why: str) -> str:
+        return f"{what} not published to exchange {self._settings.exchange!r} with routing key {routing_key!r}: {why}"
 
     def _send(self, routing_key: str, body: bytes, properties: pika.BasicProperties) -> None:
         """One publish-and-confirm, the lock held throughout; drops the connection if it fails."""
@@ -195,6 +211,23 @@ class JobReport:
             self._publisher.emit(self.job_id, "succeeded", self.final_message)
         else:
             self._publisher.emit(self.job_id, "failed", _failure_text(exc))
+
+
+def _final(exc: Exception) -> str | None:
+    """Why sending again cannot help, when ``exc`` says so; None for a passing trouble.
+
+    No queue bound to take the event, or the broker's refusal of the exchange (it does not
+    exist), of a permission, or of a declaration, stays so until someone changes the broker's
+    setup or ours. None of them is a passing state of a cluster losing a node: exchanges and
+    bindings live on every node, and a quorum queue is routed to while it elects a leader (the
+    publish waits for its confirm meanwhile). A lost connection, a nack, or any other refusal
+    is tried again.
+    """
+    if isinstance(exc, pika.exceptions.UnroutableError):
+        return "no queue is bound to take it (RabbitMQ returned it as unroutable)"
+    if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code in _REFUSALS:
+        return f"RabbitMQ refused: {exc.reply_text}"
+    return None
 
 
 def heartbeat_interval(heartbeat_timeout_s: float) -> float:

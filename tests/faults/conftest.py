@@ -61,11 +61,11 @@ def fault_settings(postgres_url: str, amqp_names: dict[str, str], tmp_path) -> S
     return settings_for(postgres_url, AMQP_URL, tmp_path, amqp_names)
 
 
-def nodes_of_our_own(size: int) -> Iterator[Cluster]:
+def nodes_of_our_own(size: int, net_ticktime: int | None = None) -> Iterator[Cluster]:
     """For a fixture: ``size`` RabbitMQ nodes of the test's own, joined (tests/cluster.py), removed
     after it however it ends. The test fails, saying why, when they cannot be run here."""
     try:
-        with running_cluster(size) as started:
+        with running_cluster(size, net_ticktime=net_ticktime) as started:
             yield started
     except ClusterUnavailable as exc:
         pytest.fail(f"{size} RabbitMQ node(s) of the test's own could not be run: {exc}")

@@ -3,6 +3,9 @@
 6. The node leading the events queue is killed (SIGKILL) mid-stream, then brought back.
 6b. All three nodes are restarted one after another (``rabbitmqctl stop``, start) under load.
 
+And the dead-letter queue's promise (SPEC §3, §14): a dead letter survives the loss of the node
+that led its quorum queue, and bad input is still dead-lettered while that node is down.
+
 Two consumers (``tracker consume`` processes) and three publishing threads run throughout; every
 confirmed event must end in its row as the merge rule says, nothing may be dead-lettered, and the
 consumers must be back to full speed after the fault: folding a backlog at least half as fast as
@@ -42,8 +45,9 @@ from tests.faults.stream import (
 )
 from tests.metrics_text import scrape, total
 from tests.polling import poll_until
-from tests.processes import ConsumerProcess
+from tests.processes import ConsumerProcess, run_tracker
 from tracker import events
+from tracker.broker import connect, message_properties
 from tracker.config import Settings
 from tracker.store import JobStore
 
@@ -311,3 +315,52 @@ def test_a_rolling_restart_of_every_node_under_load_loses_nothing(
         checked="publishers and consumers move between nodes by themselves; every row = merge rule over "
         "the confirmed events; queue drained; nothing dead-lettered; folding back to full speed",
     )
+
+
+def publish_bad(settings: Settings, bodies: Sequence[tuple[str, bytes]]) -> None:
+    """Publish ``(message_id, body)`` pairs to the events exchange, each confirmed, through a node that answers."""
+    connection = connect(settings.amqp_url, "test-bad-input")
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for message_id, body in bodies:
+            channel.basic_publish(
+                settings.exchange, "job.progress", body, message_properties(message_id), mandatory=True
+            )
+    finally:
+        connection.close()
+
+
+def test_a_dead_letter_survives_the_loss_of_the_node_that_held_it(cluster, cluster_settings, spawn_consumer):
+    settings = cluster_settings
+    consumer = spawn_consumer(settings, "consumer")
+    consumer.wait_ready(timeout=60)
+    everyone = sorted(node.name for node in cluster.nodes)
+    assert cluster.members(settings.dead_queue) == everyone, "the dead queue is not replicated on every node"
+    publish_bad(settings, [("before-1", b"{not json"), ("before-2", b'{"job_id": 1}')])
+    poll_until(lambda: ready_count(settings.amqp_url, settings.dead_queue) == 2, 30, "two dead letters")
+
+    holder = cluster.leader(settings.dead_queue)
+    holder.kill()
+    try:
+        poll_until(
+            lambda: cluster.queue_info(settings.dead_queue)["leader"] not in ("", holder.name),
+            60,
+            "a new leader of the dead queue",
+            interval=0.2,
+        )
+        # Counted, and read by `tracker dead show`, from the nodes left.
+        assert ready_count(settings.amqp_url, settings.dead_queue) == 2
+        shown = run_tracker(settings, "dead", "show")
+        assert "invalid_json: body is not valid JSON" in shown
+        assert "invalid_field: " in shown and "event_id: is required" in shown
+        assert shown.endswith(f"shown 2 (any reason) of 2 in {settings.dead_queue}; they stay there\n")
+        # And dead-lettering goes on without the node.
+        publish_bad(settings, [("while-down", b"[]")])
+        poll_until(lambda: ready_count(settings.amqp_url, settings.dead_queue) == 3, 60, "bad input dead-lettered")
+        assert consumer.alive, consumer.tail()
+    finally:
+        holder.start()
+        holder.wait_answering()
+    assert cluster.members(settings.dead_queue) == everyone
+    assert consumer.terminate(timeout=15)[0] == 0

@@ -313,11 +313,12 @@ def test_consumer_declares_the_topology_of_the_spec(settings, engine):
     assert not broker.accepts(
         lambda ch: ch.queue_declare(queue, durable=True, arguments={**events_queue, "x-dead-letter-exchange": "x"})
     )
-    # the dead-letter exchange and the dead queue: durable
+    # the dead-letter exchange and the dead queue: durable, the queue a quorum queue
     assert broker.accepts(lambda ch: ch.exchange_declare(dead_exchange, exchange_type="fanout", durable=True))
     assert not broker.accepts(lambda ch: ch.exchange_declare(dead_exchange, exchange_type="fanout", durable=False))
-    assert broker.accepts(lambda ch: ch.queue_declare(dead_queue, durable=True))
-    assert not broker.accepts(lambda ch: ch.queue_declare(dead_queue, durable=False))
+    quorum = {"x-queue-type": "quorum"}
+    assert broker.accepts(lambda ch: ch.queue_declare(dead_queue, durable=True, arguments=quorum))
+    assert not broker.accepts(lambda ch: ch.queue_declare(dead_queue, durable=True))
 
     # bound with job.#: job.<anything> reaches the queue, other keys reach no queue at all
     channel = broker.connection.channel()

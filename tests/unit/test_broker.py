@@ -1,5 +1,5 @@
-"""tracker.broker without a broker: the channel it keeps, the queue count, message properties and
-dead-letter headers, the reconnect delay."""
+"""tracker.broker without a broker: the channel it keeps, the queue count, an older classic dead
+queue told apart, message properties and dead-letter headers, the reconnect delay."""
 
 from __future__ import annotations
 
@@ -121,6 +121,32 @@ def test_a_queue_that_is_there_but_unavailable_or_refused_is_an_error_not_a_coun
     assert broker.home_node_down(refusal) == (code == 404)
 
 
+def inequivalent(arg: str, received: str, current: str) -> str:
+    """RabbitMQ's text when a queue is declared with other arguments than it has."""
+    return (
+        f"PRECONDITION_FAILED - inequivalent arg '{arg}' for queue 'd' in vhost '/': "
+        f"received {received} but current is {current}"
+    )
+
+
+QUORUM = "the value 'quorum' of type 'longstr'"
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "classic"),
+    [
+        (406, inequivalent("x-queue-type", QUORUM, "none"), True),  # as older trackers declared it
+        (406, inequivalent("x-queue-type", QUORUM, "the value 'classic' of type 'longstr'"), True),
+        (406, inequivalent("x-queue-type", QUORUM, "the value 'stream' of type 'longstr'"), False),
+        (406, inequivalent("durable", "'true'", "'false'"), False),
+        (406, inequivalent("x-max-length", "none", "the value '10' of type 'signedint'"), False),
+        (404, "NOT_FOUND - home node 'rabbit@n1' of durable queue 'd' in vhost '/' is down or inaccessible", False),
+    ],
+)
+def test_only_a_classic_queue_under_the_name_is_still_classic(code: int, text: str, classic: bool) -> None:
+    assert broker.still_classic(pika.exceptions.ChannelClosedByBroker(code, text)) == classic
+
+
 def test_broker_unreachable_is_a_connection_error_to_retry_and_a_broker_error() -> None:
     assert issubclass(BrokerUnreachable, ConnectionError)
     assert issubclass(BrokerUnreachable, broker.CONNECTION_ERRORS) and issubclass(BrokerUnreachable, broker.ERRORS)
@@ -162,7 +188,8 @@ def test_a_long_reason_is_cut_and_big_or_unencodable_headers_are_left_out() -> N
 @given(st.dictionaries(st.text(min_size=1, max_size=20).filter(lambda k: not k.startswith("x-")), st.text(max_size=50)))
 def test_a_replayed_dead_letter_goes_back_with_exactly_its_own_headers(own: dict[str, str]) -> None:
     died = {**broker.dead_letter_headers(own, "job.progress", "why"), "x-death": [{"count": 1}]}
-    died.update({"x-first-death-reason": "rejected", "x-last-death-queue": "q"})
+    # x-delivery-count: what a quorum dead queue says of each delivery it makes
+    died.update({"x-first-death-reason": "rejected", "x-last-death-queue": "q", "x-delivery-count": 2})
     assert broker.replay_headers(died) == (own or None)
 
 

@@ -1,4 +1,5 @@
-"""The cluster tests' fixture (tests/cluster.py) says plainly when it cannot run."""
+"""The cluster tests' fixture (tests/cluster.py) says plainly when it cannot run, configures its
+nodes as a production cluster, and cuts one off with rules that touch nothing else."""
 
 from __future__ import annotations
 
@@ -18,3 +19,42 @@ def test_the_nodes_never_take_the_ports_of_the_machines_own_node(monkeypatch):
     offered = iter([5672, 25672, 40001])
     monkeypatch.setattr(cluster, "free_port", lambda: next(offered))
     assert cluster._free_port() == 40001  # noqa: SLF001
+
+
+def nodes(tmp_path, **options) -> list[cluster.Node]:
+    """Three nodes' configuration (nothing started), each under a group of its own."""
+    tmp_path.mkdir(exist_ok=True)
+    made = [
+        cluster.Node(f"n{n}@localhost", tmp_path / f"n{n}", tmp_path, cluster._Account(), **options)  # noqa: SLF001
+        for n in (1, 2, 3)
+    ]
+    for n, node in enumerate(made, 1):
+        node.group = 64000 + n  # as when run as root
+    return made
+
+
+def test_the_nodes_pause_a_minority_and_take_the_net_tick_they_are_given(tmp_path):
+    nodes(tmp_path / "short", net_ticktime=8)
+    config = (tmp_path / "short" / "n1" / "rabbitmq.conf").read_text()
+    assert "cluster_partition_handling = pause_minority\n" in config
+    assert "net_ticktime = 8\n" in config
+    nodes(tmp_path / "plain")
+    assert "net_ticktime" not in (tmp_path / "plain" / "n1" / "rabbitmq.conf").read_text()
+
+
+def test_a_cut_drops_only_the_distribution_traffic_between_the_node_and_the_others(tmp_path):
+    cut, *others = nodes(tmp_path)
+    rules = cluster.partition_rules("t", cut, others, mark=0x7AC01234)
+    theirs = f"{others[0].dist_port}, {others[1].dist_port}"
+    assert rules.splitlines()[3:] == [
+        # its connections to them, and theirs to it, whoever sends the packet: marked, then dropped
+        f"    meta skgid {cut.group} tcp dport {{ {theirs} }} ct mark set 0x7ac01234",
+        f"    meta skgid {cut.group} tcp sport {cut.dist_port} ct mark set 0x7ac01234",
+        f"    meta skgid {{ {others[0].group}, {others[1].group} }} tcp dport {cut.dist_port} ct mark set 0x7ac01234",
+        "    ct mark 0x7ac01234 drop",
+        "  }",
+        "}",
+    ]
+    cut.dist_port = 25672
+    with pytest.raises(ValueError, match="machine's own node"):
+        cluster.partition_rules("t", cut, others, mark=1)

@@ -132,12 +132,13 @@ def _database(settings: Settings) -> Iterator[Engine]:
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    from tracker.cli.dead_queue_move import migrate_dead_queue
     from tracker.store import migrate
 
     with _database(settings) as engine:
         migrate(engine)
     log.info("database is at the newest schema")
-    return 0
+    return migrate_dead_queue(settings)
 
 
 def _first_admin(settings: Settings) -> None:

@@ -18,6 +18,10 @@ not hand them to us again; and no command takes more messages than the queue hel
 started, so messages dead-lettered meanwhile (a replayed event for a job that still does not
 exist comes straight back) cannot keep it going for ever.
 
+One command at a time (``exclusive_use``): a command looking at the queue does not see the
+messages another one holds, and ``tracker migrate`` must not delete an older, classic dead queue
+while a command holds some of its messages.
+
 Raises DeadLettersUnavailable when RabbitMQ cannot be reached or refuses.
 """
 
@@ -26,7 +30,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika
@@ -39,7 +45,11 @@ from tracker.errors import DeadLettersUnavailable
 from tracker.logs import printable
 from tracker.reasons import NO_REASON, ReasonFilter, broker_reason, reason_code
 
+log = logging.getLogger(__name__)
+
 PREVIEW_CHARS = 160
+LOCK_SUFFIX = ".lock"
+WAIT_S = 60.0  # for another command to be done with the queue
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +218,7 @@ def _walk(
 
     Stops after ``limit`` handled, or after as many messages as the queue held at the start.
     """
-    with broker.dead_letters_channel(settings, "tracker-dead") as channel:
+    with broker.dead_letters_channel(settings, "tracker-dead") as channel, exclusive_use(channel, settings, WAIT_S):
         if declare:
             broker.declare_topology(channel, settings)
         try:
@@ -242,3 +252,43 @@ def _walk(
                 with contextlib.suppress(pika.exceptions.AMQPError):
                     channel.basic_nack(delivery_tag=held, multiple=True, requeue=True)
         return Handled(settings.dead_queue, total, examined, handled)
+
+
+@contextlib.contextmanager
+def exclusive_use(channel: BlockingChannel, settings: Settings, wait_s: float) -> Iterator[None]:
+    """Hold ``settings.dead_queue`` for ``channel``'s connection alone among the commands that
+    take its messages (``tracker dead …`` and ``tracker migrate``'s move), while the block runs.
+
+    The hold is an exclusive queue, ``<dead queue>.lock``: RabbitMQ gives it to one connection
+    at a time, and deletes it with that connection however it ends (a crash, a lost node), so a
+    hold is never left behind. Waits up to ``wait_s`` for another holder, then raises
+    DeadLettersUnavailable.
+    """
+    lock = settings.dead_queue + LOCK_SUFFIX
+    deadline = time.monotonic() + wait_s
+    waiting = False
+    while True:
+        holder = channel.connection.channel()
+        try:
+            holder.queue_declare(lock, exclusive=True)
+            break
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 405:  # RESOURCE_LOCKED: another connection holds it
+                raise
+        if time.monotonic() >= deadline:
+            raise DeadLettersUnavailable(
+                f"another `tracker dead` or `tracker migrate` is using {settings.dead_queue}; try again once it is done"
+            )
+        if not waiting:
+            log.warning(
+                "waiting for another `tracker dead` or `tracker migrate` to be done with %s", lock[: -len(LOCK_SUFFIX)]
+            )
+            waiting = True
+        channel.connection.sleep(0.5)
+    try:
+        yield
+    finally:
+        if holder.is_open:
+            # If this fails the connection is going, and the broker deletes it with the connection.
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                holder.queue_delete(lock)
