@@ -69,7 +69,7 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
         from api import metrics
 
         layers.insert(0, metrics.RequestMetrics())  # first in, last out: it times the others too
-    app = falcon.App(middleware=layers)
+    app = falcon.App(middleware=layers, response_type=errors.ApiResponse)
     json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     # JSON only: a form or other body is refused (415) rather than read as something else.
     app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json})

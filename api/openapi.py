@@ -139,6 +139,7 @@ def _observability() -> dict[str, Any]:
 
 def _dashboard() -> dict[str, Any]:
     """The dashboard's page and files (SPEC §7): public, since the page itself holds the login form."""
+    revalidated = {"Cache-Control": _header(dashboard.CACHE_CONTROL, "Revalidated at each use")}
     return {
         route: {
             "get": _operation(
@@ -150,8 +151,12 @@ def _dashboard() -> dict[str, Any]:
                         "description": f"`{name}`, with an ETag, `Cache-Control: {dashboard.CACHE_CONTROL}` and "
                         "the page's Content-Security-Policy",
                         "content": {content_type.split(";")[0]: {"schema": {"type": "string"}}},
+                        "headers": revalidated,
                     },
-                    "304": {"description": "Not Modified: the ETag in If-None-Match is the current one"},
+                    "304": {
+                        "description": "Not Modified: the ETag in If-None-Match is the current one",
+                        "headers": revalidated,
+                    },
                 },
             )
         }
@@ -380,8 +385,26 @@ def _operation(
         "operationId": operation_id,
         "summary": summary,
         "security": security,
-        "responses": dict(sorted({**common, **responses}.items())),
+        "responses": {
+            code: response if "$ref" in response else _with_common_headers(response)
+            for code, response in sorted({**common, **responses}.items())
+        },
     }
+
+
+def _header(value: str, description: str) -> dict[str, Any]:
+    return {"description": description, "required": True, "schema": {"type": "string", "const": value}}
+
+
+def _with_common_headers(response: dict[str, Any]) -> dict[str, Any]:
+    """``response`` with the headers every answer carries (api.errors.COMMON_HEADERS) beside its own."""
+    common = {
+        "X-Content-Type-Options": _header(errors.COMMON_HEADERS["X-Content-Type-Options"], "Never sniffed"),
+        "Cache-Control": _header(
+            errors.COMMON_HEADERS["Cache-Control"], "Kept by no cache: a job's status is private and changes"
+        ),
+    }
+    return {**response, "headers": {**common, **response.get("headers", {})}}
 
 
 def _json(description: str, schema: str) -> dict[str, Any]:
@@ -395,7 +418,7 @@ def _ref(name: str, description: str | None = None) -> dict[str, Any]:
 
 def _error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
     response = _json(description, "#/components/schemas/ErrorAlerts")
-    return {**response, "headers": headers} if headers else response
+    return _with_common_headers({**response, "headers": headers} if headers else response)
 
 
 def _job_event(wire: dict[str, Any]) -> dict[str, Any]:
@@ -462,7 +485,8 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
             "BadRequest": _error("Malformed input"),
             "Malformed": _error("A request gunicorn cannot parse as HTTP/1.x"),
             "Unauthorized": _error(
-                f"`{errors.UNAUTHORIZED}`: no, invalid or expired credentials, or of a deleted user"
+                f"`{errors.UNAUTHORIZED}`: no, invalid or expired credentials, or of a deleted user",
+                **{"WWW-Authenticate": _header(errors.BEARER_CHALLENGE, "The scheme to authenticate with")},
             ),
             "Forbidden": _error("`missing required Permissions: <PERMISSION>`"),
             "NotFound": _error("A path nothing serves"),

@@ -11,6 +11,7 @@ import falcon
 import falcon.uri
 import orjson
 
+from api.errors import BEARER_CHALLENGE
 from api.middleware import COOKIES, requires
 from api.reads import JobReads
 from api.waits import preferred_wait
@@ -211,7 +212,7 @@ class Login:
         user = self._users.authenticate(username, password) if storable else None
         if user is None:
             self._throttle.failed(subjects)
-            raise falcon.HTTPUnauthorized(description=INVALID_LOGIN)
+            raise falcon.HTTPUnauthorized(description=INVALID_LOGIN, challenges=[BEARER_CHALLENGE])
         self._throttle.succeeded(f"user:{username}")
         token = self._tokens.issue(user.username)
         for name in COOKIES:

@@ -125,7 +125,9 @@ def test_login_refusals(api: Api) -> None:
         assert_alert(post("/api/5.0/user/login", json=body), 400, "username and password are required")
     assert_alert(post("/api/5.0/user/login"), 400, "username and password are required")
     assert_alert(post("/api/5.0/user/login", json=["ops", PASSWORD]), 400, "the request body must be a JSON object")
-    assert_alert(api.login("ops", "wrong"), 401, "Invalid username or password.")
+    wrong = api.login("ops", "wrong")
+    assert_alert(wrong, 401, "Invalid username or password.")
+    assert wrong.headers["www-authenticate"] == 'Bearer realm="tracker"'  # as every 401
     assert_alert(api.login("nobody"), 401, "Invalid username or password.")
     assert_alert(api.login("x" * 500), 401, "Invalid username or password.")
     assert_alert(api.login("o\x00ps"), 401, "Invalid username or password.")

@@ -210,3 +210,38 @@ def test_refusals_answer_the_spec_texts() -> None:
     viewer = {"Authorization": f"Bearer {auth.Tokens(SECRET, 60).issue('viewer')}"}
     assert_alert(get("/api/5.0/async_status/7", headers=viewer), 403, spec_texts.MISSING_READ)
     assert get("/api/5.0/async_status/7", headers=headers).status_code == 200
+
+
+def test_every_answer_is_private_unsniffed_and_a_401_names_its_scheme(caplog: pytest.LogCaptureFixture) -> None:
+    """issue 24 (8): a job's status is private and changes, so nothing may keep it, and no answer may
+    be sniffed into another type; a 401 says how to authenticate (Bearer, never a browser's dialog)."""
+    job = Job(7, "PENDING", dt.datetime(2024, 1, 1, tzinfo=dt.UTC), None, "Async job has started.")
+    client, headers = client_over(FakeJobs(job))
+    broken, broken_headers = client_over(FakeJobs(error=RuntimeError("boom")))
+    answers = {
+        "200": client.simulate_get("/api/5.0/async_status/7", headers=headers),
+        "400": client.simulate_get("/api/5.0/async_status/x", headers=headers),
+        "401": client.simulate_get("/api/5.0/async_status/7"),
+        "404": client.simulate_get("/api/5.0/nothing"),
+        "405": client.simulate_delete("/api/5.0/async_status/7"),
+        "500": broken.simulate_get("/api/5.0/async_status/7", headers=broken_headers),
+        "501": client.simulate_get("/api/5.1/async_status/7"),
+        "login 400": client.simulate_post("/api/5.0/user/login"),
+        "ping": client.simulate_get("/api/5.0/ping"),
+        "healthz": client.simulate_get("/healthz"),
+        "openapi": client.simulate_get("/api/5.0/openapi.json"),
+    }
+    for name, result in answers.items():
+        assert (name, result.headers.get("x-content-type-options")) == (name, "nosniff")
+        assert (name, result.headers.get("cache-control")) == (name, "no-store")
+    assert answers["401"].headers["www-authenticate"] == 'Bearer realm="tracker"'
+    assert "www-authenticate" not in answers["200"].headers
+    # SPEC §2's bodies are unchanged, byte for byte.
+    assert answers["200"].text == (
+        '{"response":{"id":7,"status":"PENDING","start_time":"2024-01-01T00:00:00.000000Z",'
+        '"end_time":null,"message":"Async job has started."}}'
+    )
+    assert answers["401"].text == '{"alerts":[{"text":"unauthorized, please log in.","level":"error"}]}'
+    # The dashboard's files keep their own caching (revalidated, so a new release shows at once).
+    page = client.simulate_get("/")
+    assert (page.headers["cache-control"], page.headers["x-content-type-options"]) == ("no-cache", "nosniff")
