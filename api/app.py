@@ -62,7 +62,8 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     """The API over ``deps``. Opens no connection; every response body it gives is JSON."""
     users = middleware.UserCache(deps.users.get, deps.settings.user_cache_s, deps.clock)
     tokens = middleware.VerifiedTokens(deps.tokens)
-    layers: list[Any] = [middleware.Authentication(tokens, users)]
+    guard = middleware.SessionGuard(deps.settings.public_origins)
+    layers: list[Any] = [middleware.Authentication(tokens, users, guard)]
     if deps.settings.metrics:
         # Imported here, in the process that serves: tracker api's master must not load
         # prometheus_client before it has set the workers' multiprocess directory (api.server).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api import dashboard, errors, resources, waits
+from api import dashboard, errors, middleware, resources, waits
 from tracker import events, leases, listing, merge, roles
 from tracker.events import MAX_MESSAGE_CHARS
 
@@ -25,6 +25,15 @@ _ANY_PATH = {
     "501": "NotImplemented",
 }
 _BODY = {"411": "LengthRequired", "413": "ContentTooLarge", "415": "UnsupportedMediaType"}
+# SPEC §2: what a state-changing request with a cookie's credentials, or a login, meets from another origin.
+_CROSS_ORIGIN = (
+    f"`{middleware.CROSS_ORIGIN}`: with a cookie's credentials (or to log in), an `Origin` other than the "
+    "tracker's own, or a `Sec-Fetch-Site` other than `same-origin` or `none`"
+)
+_NOT_JSON = (
+    f"`{middleware.NOT_JSON}`, with a cookie's credentials (a Bearer token's body may also come without a "
+    "Content-Type); or a body that is not application/json"
+)
 
 
 def document(versions: tuple[str, ...]) -> dict[str, Any]:
@@ -35,7 +44,10 @@ def document(versions: tuple[str, ...]) -> dict[str, Any]:
             "title": "async_status tracker",
             "version": versions[-1],
             "description": "Traffic Ops compatible job statuses. Every body is JSON; every error is "
-            '`{"alerts":[{"text":"…","level":"error"}]}`.',
+            '`{"alerts":[{"text":"…","level":"error"}]}`. A request that changes state with a cookie\'s '
+            "credentials, or a login, must come from the tracker's own origin (`Origin`, `Sec-Fetch-Site`; "
+            "else 403) and declare its body `Content-Type: application/json` (else 415); a Bearer token "
+            "needs neither.",
         },
         "paths": {
             "/api/{version}/async_status": {
@@ -192,9 +204,10 @@ def _create_job() -> dict[str, Any]:
             },
             "400": _ref("BadRequest"),
             "401": _ref("Unauthorized"),
-            "403": _ref("Forbidden"),
+            "403": _ref("Forbidden", f"`missing required Permissions: {roles.CREATE}`, or {_CROSS_ORIGIN}"),
             "503": _ref("Unavailable"),
             **{code: _ref(name) for code, name in _BODY.items()},
+            "415": _ref("UnsupportedMediaType", _NOT_JSON),
         },
     )
     operation["requestBody"] = {
@@ -352,9 +365,13 @@ def _login() -> dict[str, Any]:
             },
             "400": _ref("BadRequest", f"`{resources.CREDENTIALS_REQUIRED}`, or a body that is not a JSON object"),
             "401": _ref("Unauthorized", f"`{resources.INVALID_LOGIN}`"),
+            "403": _ref("Forbidden", _CROSS_ORIGIN),
             "429": _ref("TooManyRequests"),
             "503": _ref("Unavailable"),
             **{code: _ref(name) for code, name in _BODY.items()},
+            "415": _ref(
+                "UnsupportedMediaType", f"A body that is not declared `application/json` (`{middleware.NOT_JSON}`)"
+            ),
         },
     )
     operation["requestBody"] = {
@@ -372,6 +389,8 @@ def _logout() -> dict[str, Any]:
         {
             "200": _json("`You are logged out.`", "#/components/schemas/SuccessAlerts"),
             "401": _ref("Unauthorized"),
+            "403": _ref("Forbidden", _CROSS_ORIGIN),
+            "415": _ref("UnsupportedMediaType", f"`{middleware.NOT_JSON}`, with a cookie's credentials"),
             "503": _ref("Unavailable"),
         },
     )

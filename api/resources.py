@@ -12,7 +12,7 @@ import falcon.uri
 import orjson
 
 from api.errors import BEARER_CHALLENGE
-from api.middleware import COOKIES, requires
+from api.middleware import COOKIES, is_json, opens_session, requires
 from api.reads import JobReads
 from api.waits import preferred_wait
 from tracker import auth, leases, listing, merge, roles, timefmt
@@ -196,6 +196,7 @@ class Login:
         self._tokens = tokens
         self._secure = secure_cookies
 
+    @opens_session
     def on_post(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:
         body = _json_object(req)
         username, password = body.get("u"), body.get("p")
@@ -257,7 +258,16 @@ def _json_object(req: falcon.Request) -> dict[str, Any]:
         raise falcon.HTTPLengthRequired(description=LENGTH_REQUIRED)
     if (req.content_length or 0) > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description=f"the request body must be at most {MAX_BODY_BYTES} bytes")
-    body = req.get_media(default_when_empty=_NO_BODY)
+    if is_json(req.content_type):
+        # Falcon matches media types case-sensitively; JSON is JSON in any case (RFC 9110).
+        try:
+            body = req.options.media_handlers[falcon.MEDIA_JSON].deserialize(
+                req.bounded_stream, req.content_type, req.content_length
+            )
+        except falcon.MediaNotFoundError:
+            body = _NO_BODY
+    else:
+        body = req.get_media(default_when_empty=_NO_BODY)  # no type, or */*: read as JSON
     if body is _NO_BODY:
         return {}
     if not isinstance(body, dict):

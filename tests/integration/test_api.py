@@ -94,7 +94,9 @@ def test_login_sets_session_cookies_that_authenticate(api: Api) -> None:
         )
     assert api.tokens.verify(cookies["access_token"].value).username == "ops"
 
-    created = api.client.simulate_post("/api/5.0/async_status", cookies={"access_token": cookies["access_token"].value})
+    created = api.client.simulate_post(
+        "/api/5.0/async_status", cookies={"access_token": cookies["access_token"].value}, json={}
+    )
     assert created.status_code == 202
     got = api.client.simulate_get(created.headers["location"], cookies={"mojolicious": cookies["mojolicious"].value})
     assert got.status_code == 200
@@ -151,7 +153,9 @@ def test_login_is_throttled_per_user_and_per_client(settings: Settings, engine: 
 
 def test_logout_clears_the_cookies(api: Api) -> None:
     token = api.login("ops").cookies["access_token"].value
-    result = api.client.simulate_post("/api/5.0/user/logout", cookies={"access_token": token})
+    result = api.client.simulate_post(
+        "/api/5.0/user/logout", cookies={"access_token": token}, headers={"Content-Type": "application/json"}
+    )
     assert result.status_code == 200
     assert result.json == {"alerts": [{"text": "You are logged out.", "level": "success"}]}
     for name in ("access_token", "mojolicious"):

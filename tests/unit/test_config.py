@@ -81,3 +81,12 @@ def test_an_empty_metrics_bind_turns_the_consumers_endpoints_off_and_round_trips
     assert off.metrics_bind == ""
     assert Settings.from_env(off.to_env()) == off
     assert Settings.from_env({"TRACKER_METRICS": "false"}).metrics is False
+
+
+def test_public_origins_are_read_normalized_and_checked():
+    settings = Settings.from_env({"TRACKER_PUBLIC_ORIGIN": " HTTPS://Tracker.Example.com:443/ , http://[::1]:8000"})
+    assert settings.public_origins == ("https://tracker.example.com", "http://[::1]:8000")
+    assert Settings.from_env({}).public_origins == ()  # the request's own origin serves
+    for bad in ("tracker.example.com", "https://tracker.example.com/dashboard", "null", "ftp://x", "https://u@x"):
+        with pytest.raises(ConfigError, match="TRACKER_PUBLIC_ORIGIN must be origins"):
+            Settings.from_env({"TRACKER_PUBLIC_ORIGIN": bad})
