@@ -104,15 +104,25 @@ class UserCache:
     deleted user stays out. Thread-safe; at most ``_MAX_ENTRIES`` (the least recently used leave).
 
     Bounds how long a deleted user's tokens keep working, and how long a role change takes.
+    ``clock`` times the entries (any epoch); ``wall_clock`` (seconds since the epoch, as tokens'
+    ``iat``) says when each lookup began, for ``looked_up_since``.
     """
 
     _MAX_ENTRIES = 10_000
 
-    def __init__(self, lookup: Callable[[str], User | None], ttl_s: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        lookup: Callable[[str], User | None],
+        ttl_s: float,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._lookup = lookup
         self._clock = clock
-        # (looked up at, the user or None): each leaves ttl_s after the lookup began, not after it ended.
-        self._entries: cachetools.TLRUCache[str, tuple[float, User | None], float] = cachetools.TLRUCache(
+        self._wall_clock = wall_clock
+        # (looked up at, on the wall clock, the user or None): each leaves ttl_s after the lookup
+        # began, not after it ended.
+        self._entries: cachetools.TLRUCache[str, tuple[float, float, User | None], float] = cachetools.TLRUCache(
             self._MAX_ENTRIES, ttu=lambda _name, kept, _now: kept[0] + ttl_s, timer=clock
         )
         self._lock = threading.Lock()
@@ -121,13 +131,25 @@ class UserCache:
         """The user, or None when there is none; may raise what ``lookup`` raises (then nothing is kept)."""
         try:
             with self._lock:
-                return self._entries[username][1]
+                return self._entries[username][2]
         except KeyError:
             pass
-        looked_up_at = self._clock()
+        return self._look_up(username)
+
+    def looked_up_since(self, username: str, since: float) -> User | None:
+        """The user as a lookup begun at or after ``since`` (wall clock) found it: the kept one if
+        it was, else looked up again. Raises as ``get``."""
+        with self._lock:
+            kept = self._entries.get(username)
+        if kept is not None and kept[1] >= since:
+            return kept[2]
+        return self._look_up(username)
+
+    def _look_up(self, username: str) -> User | None:
+        looked_up_at, looked_up_wall = self._clock(), self._wall_clock()
         user = self._lookup(username)
         with self._lock:
-            self._entries[username] = (looked_up_at, user)
+            self._entries[username] = (looked_up_at, looked_up_wall, user)
         return user
 
 
@@ -201,8 +223,13 @@ class Authentication:
             self._guard.check(req)
         claims = self._tokens.verify(token)
         user = self._users.get(claims.username)
-        if user is None or claims.predates(user.created_at):
-            raise Unauthenticated()
+        if user is None or user.account_id != claims.account_id:
+            # The account this process remembers may be older than the token (deleted, and made
+            # again since): look again, unless it was looked up after the token was issued (iat
+            # holds whole seconds), so that an old account's token costs no lookup.
+            user = self._users.looked_up_since(claims.username, claims.issued_at + 1)
+            if user is None or user.account_id != claims.account_id:
+                raise Unauthenticated()
         if permission != _LOGGED_IN:
             roles.require(user.role, permission)
         req.context.user = user

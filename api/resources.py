@@ -215,7 +215,7 @@ class Login:
             self._throttle.failed(subjects)
             raise falcon.HTTPUnauthorized(description=INVALID_LOGIN, challenges=[BEARER_CHALLENGE])
         self._throttle.succeeded(f"user:{username}")
-        token = self._tokens.issue(user.username)
+        token = self._tokens.issue(user.username, user.account_id)
         for name in COOKIES:
             resp.set_cookie(
                 name,

@@ -19,6 +19,10 @@ class User:
     username: str
     role: str
     created_at: dt.datetime
+    account_id: str  # random and never changed: what tokens name (tracker.auth.Claims)
+
+
+_COLUMNS = (users.c.username, users.c.role, users.c.created_at, users.c.account_id)
 
 
 class UserStore:
@@ -36,7 +40,7 @@ class UserStore:
             raise InvalidUser(f"role must be one of {', '.join(sorted(roles.ROLES))}")
         if not password:
             raise InvalidUser("the password must not be empty")
-        user = User(username, role, timefmt.now())
+        user = User(username, role, timefmt.now(), auth.new_account_id())
         values = dataclasses.asdict(user) | {"password_hash": self._passwords.hash(password)}
         try:
             with unavailable_as_error(), self._engine.begin() as conn:
@@ -52,28 +56,20 @@ class UserStore:
 
     def list(self) -> list[User]:
         with unavailable_as_error(), self._engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(users.c.username, users.c.role, users.c.created_at).order_by(users.c.username)
-            ).all()
+            rows = conn.execute(sa.select(*_COLUMNS).order_by(users.c.username)).all()
         return [User(*row) for row in rows]
 
     def get(self, username: str) -> User | None:
         with unavailable_as_error(), self._engine.connect() as conn:
-            row = conn.execute(
-                sa.select(users.c.username, users.c.role, users.c.created_at).where(users.c.username == username)
-            ).first()
+            row = conn.execute(sa.select(*_COLUMNS).where(users.c.username == username)).first()
         return User(*row) if row else None
 
     def authenticate(self, username: str, password: str) -> User | None:
         """The user if the password is theirs; the same work is done when the user does not exist."""
         with unavailable_as_error(), self._engine.connect() as conn:
-            row = conn.execute(
-                sa.select(users.c.username, users.c.role, users.c.created_at, users.c.password_hash).where(
-                    users.c.username == username
-                )
-            ).first()
+            row = conn.execute(sa.select(*_COLUMNS, users.c.password_hash).where(users.c.username == username)).first()
         ok = self._passwords.verify(row.password_hash if row else None, password)
-        return User(row.username, row.role, row.created_at) if ok and row else None
+        return User(*row[: len(_COLUMNS)]) if ok and row else None
 
     def ensure_first_admin(self) -> str | None:
         """With no users at all, create ``admin`` with a random password and return that password."""

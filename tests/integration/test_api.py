@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from api.app import Deps, create_app
+from tests.conftest import TEST_SECRET
 from tests.polling import poll_until
 from tests.spec_texts import NOT_IMPLEMENTED
 from tracker import auth, events
@@ -49,7 +50,9 @@ class Api:
     settings: Settings
 
     def bearer(self, username: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens.issue(username)}"}
+        user = self.users.get(username)
+        assert user is not None, username
+        return {"Authorization": f"Bearer {self.tokens.issue(username, user.account_id)}"}
 
     def login(self, username: str, password: str = PASSWORD, remote_addr: str = "10.0.0.1") -> falcon.testing.Result:
         return self.client.simulate_post(
@@ -331,12 +334,19 @@ def test_read_only_users_are_forbidden(api: Api) -> None:
 
 def test_bad_credentials_are_refused(api: Api) -> None:
     now = int(dt.datetime.now(dt.UTC).timestamp())
-    claims = {"sub": "admin", "iat": now, "exp": now + 600}
-    forged = auth.Tokens("another-secret-" + "z" * 40, 600).issue("admin")
+    admin = api.users.get("admin")
+    ops = api.users.get("ops")
+    assert admin is not None and ops is not None
+    claims = {"sub": "admin", "acct": admin.account_id, "iat": now, "exp": now + 600, "jti": "x" * 32}
+    forged = auth.Tokens("another-secret-" + "z" * 40, 600).issue("admin", admin.account_id)
     unsigned = jwt.encode(claims, None, algorithm="none")
-    expired = api.tokens.issue("admin", now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=7))
-    ghost = api.tokens.issue("ghost")  # validly signed, but no such user
-    for token in (forged, unsigned, expired, ghost, "garbage", api.tokens.issue("admin")[:-2]):
+    expired = api.tokens.issue("admin", admin.account_id, now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=7))
+    ghost = api.tokens.issue("ghost", admin.account_id)  # validly signed, but no such user
+    not_its_account = api.tokens.issue("admin", ops.account_id)
+    # As every token issued before accounts had ids: refused, so everyone logs in once after the upgrade.
+    no_account = jwt.encode({key: value for key, value in claims.items() if key != "acct"}, TEST_SECRET, "HS256")
+    cut = api.tokens.issue("admin", admin.account_id)[:-2]
+    for token in (forged, unsigned, expired, ghost, not_its_account, no_account, "garbage", cut):
         for credentials in (
             {"headers": {"Authorization": f"Bearer {token}"}},
             {"cookies": {"access_token": token}},
@@ -394,3 +404,49 @@ def test_a_deleted_users_token_does_not_work_for_a_new_account_of_the_same_name(
         "unauthorized, please log in.",
     )
     assert api.client.simulate_get(f"/api/5.0/async_status/{job_id}", headers=api.bearer("ops")).status_code == 200
+
+
+def _recreate_within_one_second(api: Api, username: str) -> str:
+    """Log ``username`` in, delete the account and create one of the same name, all within one
+    whole second (as ``iat`` counts); the first account's token."""
+    for _ in range(5):
+        poll_until(lambda: time.time() % 1 < 0.5, 2, "the first half of a second")
+        second = int(time.time())
+        token = api.login(username).cookies["access_token"].value
+        assert api.users.remove(username)
+        api.users.add(username, "operations", PASSWORD)
+        if int(time.time()) == second:
+            return token
+    raise AssertionError("could not log in, delete and re-create an account within one second")
+
+
+def test_a_token_does_not_outlive_its_account_even_within_the_same_second(api: Api) -> None:
+    """issue 24 (4): a token names an account, not a name: an account deleted and made again in the
+    same second (all ``iat`` holds) is another account, and the first one's token is not its."""
+    job_id = api.jobs.create_job().id
+    url = f"/api/5.0/async_status/{job_id}"
+    old_token = _recreate_within_one_second(api, "ops")
+    api.clock.now += api.settings.user_cache_s + 0.1  # this process forgets the deleted account
+    for credentials in (
+        {"headers": {"Authorization": f"Bearer {old_token}"}},
+        {"cookies": {"access_token": old_token}},
+        {"cookies": {"mojolicious": old_token}},
+    ):
+        assert_alert(api.client.simulate_get(url, **credentials), 401, "unauthorized, please log in.")
+    new_token = api.login("ops").cookies["access_token"].value
+    assert api.client.simulate_get(url, headers={"Authorization": f"Bearer {new_token}"}).status_code == 200
+
+
+def test_a_new_accounts_token_works_at_once_where_the_old_account_is_remembered(api: Api) -> None:
+    """The process may still remember the deleted account (for TRACKER_USER_CACHE_S): a token
+    issued after it looked makes it look again, rather than refuse the new account's token."""
+    job_id = api.jobs.create_job().id
+    url = f"/api/5.0/async_status/{job_id}"
+    old_token = api.login("ops").cookies["access_token"].value
+    assert api.client.simulate_get(url, headers={"Authorization": f"Bearer {old_token}"}).status_code == 200
+    poll_until(lambda: time.time() % 1 < 0.5, 2, "the first half of a second")  # not the old token's second
+    time.sleep(1)
+    assert api.users.remove("ops")
+    api.users.add("ops", "operations", PASSWORD)
+    new_token = api.login("ops").cookies["access_token"].value
+    assert api.client.simulate_get(url, headers={"Authorization": f"Bearer {new_token}"}).status_code == 200

@@ -125,7 +125,7 @@ def api(pg_url: str, store: CountingStore, cache: RowCache) -> Iterator[Api]:
     everything else (here: users) on one with pre-ping."""
     engine = make_engine(pg_url)
     users = UserStore(engine, FAST_PASSWORDS)
-    users.add("ops", "operations", PASSWORD)
+    ops = users.add("ops", "operations", PASSWORD)
     settings = Settings(database_url=pg_url, secret=TEST_SECRET)
     tokens = auth.Tokens(TEST_SECRET, settings.token_ttl_s)
     deps = Deps(
@@ -137,7 +137,9 @@ def api(pg_url: str, store: CountingStore, cache: RowCache) -> Iterator[Api]:
         reads=JobReads(store, cache),
     )
     start_listening(cache, store)
-    yield Api(falcon.testing.TestClient(create_app(deps)), {"Authorization": f"Bearer {tokens.issue('ops')}"})
+    yield Api(
+        falcon.testing.TestClient(create_app(deps)), {"Authorization": f"Bearer {tokens.issue('ops', ops.account_id)}"}
+    )
     engine.dispose()
 
 

@@ -37,7 +37,7 @@ class FakeJobs:
 class FakeUsers:
     def get(self, username: str) -> User | None:
         role = "read-only" if username == "viewer" else "operations"
-        return User(username, role, dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+        return User(username, role, dt.datetime(2024, 1, 1, tzinfo=dt.UTC), account_id=username)
 
 
 def client_over(jobs: FakeJobs) -> tuple[falcon.testing.TestClient, dict[str, str]]:
@@ -49,7 +49,9 @@ def client_over(jobs: FakeJobs) -> tuple[falcon.testing.TestClient, dict[str, st
         tokens=tokens,  # type: ignore[arg-type]
         settings=Settings(secret=SECRET),
     )
-    return falcon.testing.TestClient(api_app.create_app(deps)), {"Authorization": f"Bearer {tokens.issue('ops')}"}
+    return falcon.testing.TestClient(api_app.create_app(deps)), {
+        "Authorization": f"Bearer {tokens.issue('ops', 'ops')}"
+    }
 
 
 def assert_alert(result: falcon.testing.Result, status: int, text: str) -> None:
@@ -207,7 +209,7 @@ def test_refusals_answer_the_spec_texts() -> None:
     assert_alert(get("/api/5.0/async_status/9223372036854775807", headers=headers), 404, spec_texts.NOT_FOUND)
     assert_alert(get("/api/5.0/async_status/9223372036854775808", headers=headers), 400, spec_texts.ID_NOT_INTEGER)
     assert_alert(get("/api/5.0/async_status/7"), 401, spec_texts.UNAUTHORIZED)
-    viewer = {"Authorization": f"Bearer {auth.Tokens(SECRET, 60).issue('viewer')}"}
+    viewer = {"Authorization": f"Bearer {auth.Tokens(SECRET, 60).issue('viewer', 'viewer')}"}
     assert_alert(get("/api/5.0/async_status/7", headers=viewer), 403, spec_texts.MISSING_READ)
     assert get("/api/5.0/async_status/7", headers=headers).status_code == 200
 

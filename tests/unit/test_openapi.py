@@ -76,7 +76,7 @@ class RolesByName:
     """Every name is a user whose role is the name itself (``operations``, ``read-only``)."""
 
     def get(self, username: str) -> User | None:
-        return User(username, username, dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+        return User(username, username, dt.datetime(2024, 1, 1, tzinfo=dt.UTC), account_id=username)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def client() -> falcon.testing.TestClient:
 
 
 def bearer(role: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {auth.Tokens(SECRET, 60).issue(role)}"}
+    return {"Authorization": f"Bearer {auth.Tokens(SECRET, 60).issue(role, role)}"}
 
 
 def shape(path: str) -> str:

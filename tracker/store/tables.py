@@ -162,6 +162,9 @@ users = sa.Table(
     sa.Column("role", sa.String(32), nullable=False),
     sa.Column("password_hash", sa.Text, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # A random id of the account, never changed (migration 0007): tokens carry it, so that an
+    # account deleted and made again under the same name does not take the first one's tokens.
+    sa.Column("account_id", sa.String(32), nullable=False),
 )
 
 login_failures = sa.Table(
