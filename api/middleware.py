@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import cachetools
 import falcon
 
+from api.revocations import RevokedTokens
 from tracker import auth, roles
 from tracker.config import normalized_origin
 from tracker.errors import Unauthenticated
@@ -192,19 +193,23 @@ class VerifiedTokens:
 
 
 class Authentication:
-    """Falcon middleware: before a marked responder runs, puts the caller on ``req.context.user``;
+    """Falcon middleware: before a marked responder runs, puts the caller on ``req.context.user``
+    (and its token's claims on ``req.context.claims``); refuses a token a logout ended (``revoked``);
     holds every state-changing request that uses the session cookies, and every login, to
     ``guard``'s rule.
 
-    Raises Unauthenticated (no, invalid or expired token, or no such user),
+    Raises Unauthenticated (no, invalid, expired or ended token, or no such user, or not its account),
     auth.PermissionDenied (the caller's role lacks the responder's permission), and
     falcon.HTTPForbidden or falcon.HTTPUnsupportedMediaType (SessionGuard).
     """
 
-    def __init__(self, tokens: auth.Tokens | VerifiedTokens, users: UserCache, guard: SessionGuard) -> None:
+    def __init__(
+        self, tokens: auth.Tokens | VerifiedTokens, users: UserCache, guard: SessionGuard, revoked: RevokedTokens
+    ) -> None:
         self._tokens = tokens
         self._users = users
         self._guard = guard
+        self._revoked = revoked
 
     def process_resource(
         self, req: falcon.Request, _resp: falcon.Response, resource: object, _params: dict[str, Any]
@@ -219,9 +224,9 @@ class Authentication:
         token, from_cookie = credentials_of(req)
         if token is None:
             raise Unauthenticated()
-        if from_cookie and req.method in WRITE_METHODS:
-            self._guard.check(req)
         claims = self._tokens.verify(token)
+        if self._revoked.is_revoked(claims.token_id):
+            raise Unauthenticated()  # ended by a logout
         user = self._users.get(claims.username)
         if user is None or user.account_id != claims.account_id:
             # The account this process remembers may be older than the token (deleted, and made
@@ -230,9 +235,14 @@ class Authentication:
             user = self._users.looked_up_since(claims.username, claims.issued_at + 1)
             if user is None or user.account_id != claims.account_id:
                 raise Unauthenticated()
+        # Who is calling first (bad credentials are a 401 wherever they come from), then whether
+        # the cookies may act from where the request comes from.
+        if from_cookie and req.method in WRITE_METHODS:
+            self._guard.check(req)
         if permission != _LOGGED_IN:
             roles.require(user.role, permission)
         req.context.user = user
+        req.context.claims = claims
 
 
 def credentials_of(req: falcon.Request) -> tuple[str | None, bool]:

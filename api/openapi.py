@@ -384,7 +384,8 @@ def _login() -> dict[str, Any]:
 def _logout() -> dict[str, Any]:
     return _operation(
         "logout",
-        "End the cookie session: both cookies are cleared (Max-Age=0).",
+        "End the session: the token sent (cookie or Bearer) is refused from then on, in every API process, "
+        "and both cookies are cleared (Max-Age=0).",
         _SECURED,
         {
             "200": _json("`You are logged out.`", "#/components/schemas/SuccessAlerts"),

@@ -14,6 +14,7 @@ import orjson
 from api.errors import BEARER_CHALLENGE
 from api.middleware import COOKIES, is_json, opens_session, requires
 from api.reads import JobReads
+from api.revocations import RevokedTokens
 from api.waits import preferred_wait
 from tracker import auth, leases, listing, merge, roles, timefmt
 from tracker.config import Settings
@@ -230,13 +231,16 @@ class Login:
 
 
 class Logout:
-    """POST /api/{version}/user/logout: end the cookie session (tokens themselves expire on their own)."""
+    """POST /api/{version}/user/logout: end the session: its token, in every API process (whether
+    it came as a cookie or as Bearer), and the cookies."""
 
-    def __init__(self, secure_cookies: bool) -> None:
+    def __init__(self, revoked: RevokedTokens, secure_cookies: bool) -> None:
+        self._revoked = revoked
         self._secure = secure_cookies
 
     @requires()
-    def on_post(self, _req: falcon.Request, resp: falcon.Response, version: str) -> None:
+    def on_post(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:
+        self._revoked.revoke(req.context.claims)
         for name in COOKIES:
             # "0" as text: Falcon leaves out a falsy max_age, and Max-Age=0 is what deletes a cookie.
             resp.set_cookie(

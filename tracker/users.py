@@ -1,17 +1,23 @@
-"""API users in the database, and the login throttle that slows password guessing."""
+"""API users in the database, the tokens logouts ended, and the login throttle that slows password guessing."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from tracker import auth, roles, timefmt
 from tracker.errors import InvalidUser, UserExists
 from tracker.store.engine import unavailable_as_error
-from tracker.store.tables import login_failures, users
+from tracker.store.tables import login_failures, revoked_tokens, users
+
+# The PostgreSQL channel a revocation is announced on, in the transaction that records it, as
+# "<token id> <expiry in seconds since the epoch>" (the API processes listen: api/revocations.py).
+REVOCATION_CHANNEL = "tracker_token_revoked"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +88,55 @@ class UserStore:
         except UserExists:
             return None  # another process got there first
         return password
+
+
+class Revocation(NamedTuple):
+    """A token a logout ended: its ``jti``, until when it would have been valid (seconds since the
+    epoch, as its ``exp``), and its place in the order revocations committed in."""
+
+    seq: int
+    token_id: str
+    expires_at: int
+
+
+class TokenRevocations:
+    """The tokens logouts ended, until they expire, in the database that every API process reads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._postgresql = engine.dialect.name == "postgresql"
+        insert = postgresql.insert if self._postgresql else sqlite.insert
+        self._insert = insert(revoked_tokens).on_conflict_do_nothing(index_elements=[revoked_tokens.c.token_id])
+
+    def revoke(self, token_id: str, expires_at: int, now: dt.datetime | None = None) -> None:
+        """Record that the token ``token_id``, valid until ``expires_at``, is ended; on PostgreSQL
+        announce it on REVOCATION_CHANNEL in the same transaction. Revocations that have expired
+        are deleted meanwhile. Revoking twice is harmless. Raises StoreUnavailable."""
+        now = now or timefmt.now()
+        with unavailable_as_error(), self._engine.connect() as conn:
+            conn.execution_options(immediate=True)  # SQLite: the write lock first, so seq follows commits
+            with conn.begin():
+                if self._postgresql:
+                    # Revoking transactions one at a time (readers are not held up), so that seq,
+                    # drawn after the lock, follows the order they commit in.
+                    conn.exec_driver_sql(f"LOCK TABLE {revoked_tokens.name} IN SHARE ROW EXCLUSIVE MODE")
+                conn.execute(sa.delete(revoked_tokens).where(revoked_tokens.c.expires_at <= now))
+                expiry = dt.datetime.fromtimestamp(expires_at, timefmt.UTC)
+                conn.execute(self._insert.values(token_id=token_id, expires_at=expiry))
+                if self._postgresql:
+                    conn.execute(sa.select(sa.func.pg_notify(REVOCATION_CHANNEL, f"{token_id} {expires_at}")))
+
+    def since(self, seq: int, now: dt.datetime | None = None) -> list[Revocation]:
+        """The revocations recorded after the one numbered ``seq`` (0: all), not yet expired, in
+        the order they committed. Raises StoreUnavailable."""
+        now = now or timefmt.now()
+        with unavailable_as_error(), self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(revoked_tokens.c.seq, revoked_tokens.c.token_id, revoked_tokens.c.expires_at)
+                .where(revoked_tokens.c.seq > seq, revoked_tokens.c.expires_at > now)
+                .order_by(revoked_tokens.c.seq)
+            ).all()
+        return [Revocation(row.seq, row.token_id, int(row.expires_at.timestamp())) for row in rows]
 
 
 class LoginThrottle:

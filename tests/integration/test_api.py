@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from api.app import Deps, create_app
+from api.revocations import RevokedTokens
 from tests.conftest import TEST_SECRET
 from tests.polling import poll_until
 from tests.spec_texts import NOT_IMPLEMENTED
@@ -21,7 +22,7 @@ from tracker import auth, events
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store
 from tracker.store.tables import async_status, async_status_lease
-from tracker.users import LoginThrottle, UserStore
+from tracker.users import LoginThrottle, TokenRevocations, UserStore
 
 PASSWORD = "correct horse battery staple"
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -71,6 +72,8 @@ def build(settings: Settings, engine: sa.Engine, users: UserStore, jobs: JobStor
         tokens=tokens,
         settings=settings,
         clock=clock,
+        # As get_app makes it, without the row cache's listener: each request reads what is new.
+        revoked=RevokedTokens(TokenRevocations(engine), open_job_store(engine).change_counter()),
     )
     return Api(falcon.testing.TestClient(create_app(deps)), tokens, users, jobs, clock, settings)
 
@@ -450,3 +453,54 @@ def test_a_new_accounts_token_works_at_once_where_the_old_account_is_remembered(
     api.users.add("ops", "operations", PASSWORD)
     new_token = api.login("ops").cookies["access_token"].value
     assert api.client.simulate_get(url, headers={"Authorization": f"Bearer {new_token}"}).status_code == 200
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def credentials_of_token(token: str) -> list[dict[str, dict[str, str]]]:
+    """The three ways to present a token: as Bearer, and as either cookie."""
+    return [
+        {"headers": {"Authorization": f"Bearer {token}"}},
+        {"cookies": {"access_token": token}},
+        {"cookies": {"mojolicious": token}},
+    ]
+
+
+def test_logout_ends_the_token_in_every_process(settings: Settings, engine: sa.Engine, users: UserStore) -> None:
+    """issue 24 (3): after a logout the same token answered 200 for its full 6 h, as Bearer and as
+    either cookie. Two apps over one database stand for two API processes."""
+    here, there = build(settings, engine, users), build(settings, engine, users)
+    token = here.login("ops").cookies["access_token"].value
+    another = here.login("ops").cookies["access_token"].value  # another session of the same user
+    url = f"/api/5.0/async_status/{here.jobs.create_job().id}"
+    for api in (here, there):
+        for credentials in credentials_of_token(token):
+            assert api.client.simulate_get(url, **credentials).status_code == 200  # known, verified, remembered
+    logged_out = here.client.simulate_post("/api/5.0/user/logout", cookies={"access_token": token}, headers=JSON)
+    assert logged_out.status_code == 200
+    for api in (here, there):
+        for credentials in credentials_of_token(token):
+            assert_alert(api.client.simulate_get(url, **credentials), 401, "unauthorized, please log in.")
+            assert_alert(
+                api.client.simulate_post("/api/5.0/async_status", json={}, **credentials),
+                401,
+                "unauthorized, please log in.",
+            )
+        assert api.client.simulate_get(url, headers={"Authorization": f"Bearer {another}"}).status_code == 200
+    assert_alert(
+        there.client.simulate_post("/api/5.0/user/logout", cookies={"access_token": token}, headers=JSON),
+        401,
+        "unauthorized, please log in.",
+    )
+    # A Bearer client's logout ends its token the same way.
+    assert (
+        there.client.simulate_post("/api/5.0/user/logout", headers={"Authorization": f"Bearer {another}"}).status_code
+        == 200
+    )
+    for api in (here, there):
+        assert_alert(
+            api.client.simulate_get(url, headers={"Authorization": f"Bearer {another}"}),
+            401,
+            "unauthorized, please log in.",
+        )

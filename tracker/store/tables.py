@@ -167,6 +167,19 @@ users = sa.Table(
     sa.Column("account_id", sa.String(32), nullable=False),
 )
 
+# Tokens ended before their expiry by a logout (migration 0007): every API process keeps those not
+# yet expired in memory (api/revocations.py). ``seq`` follows the order revocations commit in (on
+# PostgreSQL each revoking transaction locks the table first), so that a process can read what is
+# new since the last it saw; never reused, since expired rows are deleted.
+revoked_tokens = sa.Table(
+    "tracker_revoked_token",
+    metadata,
+    sa.Column("seq", BigId, sa.Identity(always=False), primary_key=True),
+    sa.Column("token_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+    sqlite_autoincrement=True,
+)
+
 login_failures = sa.Table(
     "tracker_login_failure",
     metadata,
