@@ -22,7 +22,7 @@ from api.waits import WaitRegistry
 from tracker import auth, broker
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store, schema_problem
-from tracker.users import LoginThrottle, TokenRevocations, UserStore
+from tracker.users import LoginLimits, LoginThrottle, TokenRevocations, UserStore
 
 SERVED_VERSIONS = ("4.0", "4.1", "5.0")
 NOT_IMPLEMENTED = (
@@ -123,7 +123,7 @@ def get_app(
         Deps(
             jobs=jobs,
             users=UserStore(engine),
-            throttle=LoginThrottle(engine, settings.login_max_failures, settings.login_lockout_s),
+            throttle=LoginThrottle(engine, LoginLimits.of(settings)),
             tokens=auth.Tokens(secret, settings.token_ttl_s),
             settings=settings,
             reads=job_reads(

@@ -205,17 +205,17 @@ class Login:
             raise falcon.HTTPBadRequest(description=CREDENTIALS_REQUIRED)
         storable = len(username) <= MAX_USERNAME_CHARS and "\x00" not in username
         # A name no user can have is still counted against the client, never looked up.
-        subjects = ([f"user:{username}"] if storable else []) + [f"client:{req.remote_addr}"]
-        wait = math.ceil(self._throttle.locked_for(subjects))
+        counted, address = (username if storable else None), req.remote_addr
+        wait = math.ceil(self._throttle.locked_for(counted, address))
         if wait > 0:
             raise falcon.HTTPTooManyRequests(
                 description=f"too many failed login attempts; try again in {wait} seconds", retry_after=wait
             )
         user = self._users.authenticate(username, password) if storable else None
         if user is None:
-            self._throttle.failed(subjects)
+            self._throttle.failed(counted, address)
             raise falcon.HTTPUnauthorized(description=INVALID_LOGIN, challenges=[BEARER_CHALLENGE])
-        self._throttle.succeeded(f"user:{username}")
+        self._throttle.succeeded(username, address)
         token = self._tokens.issue(user.username, user.account_id)
         for name in COOKIES:
             resp.set_cookie(

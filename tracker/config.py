@@ -43,7 +43,11 @@ class Settings:
     # cookie session may act from; "": the request's own scheme and Host (api.middleware.SessionGuard).
     public_origin: str = ""
     user_cache_s: float = 30.0
+    # failed logins within the lockout before a lockout (tracker.users.LoginLimits): of one user from
+    # one address; of any users from one address; of one user from any addresses (0: no such limit)
     login_max_failures: int = 5
+    login_max_failures_per_address: int = 50
+    login_max_failures_per_user: int = 20
     login_lockout_s: int = 60
     row_cache_rows: int = 100_000  # job rows each API worker keeps (PostgreSQL only; 0: none)
 
@@ -103,7 +107,15 @@ class Settings:
 
     def check(self) -> None:
         """Raise ConfigError if a value is out of range."""
-        positive = ("batch_size", "flush_ms", "prefetch", "workers", "token_ttl_s")
+        positive = (
+            "batch_size",
+            "flush_ms",
+            "prefetch",
+            "workers",
+            "token_ttl_s",
+            "login_max_failures",
+            "login_lockout_s",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"TRACKER_{name.upper()} must be at least 1")
@@ -115,6 +127,9 @@ class Settings:
         self.public_origins  # noqa: B018 - raises ConfigError for an origin it cannot read
         if self.row_cache_rows < 0:
             raise ConfigError("TRACKER_ROW_CACHE_ROWS must be at least 0")
+        for name in ("login_max_failures_per_address", "login_max_failures_per_user"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"TRACKER_{name.upper()} must be at least 0 (0: no such limit)")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"TRACKER_LOG_FORMAT must be text or json, not {self.log_format!r}")
         if not 1 <= self.job_timeout_s <= MAX_TIMEOUT_S:

@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from tracker import auth, roles, timefmt
+from tracker.config import Settings
 from tracker.errors import InvalidUser, UserExists
 from tracker.store.engine import unavailable_as_error
 from tracker.store.tables import login_failures, revoked_tokens, users
@@ -139,20 +140,61 @@ class TokenRevocations:
         return [Revocation(row.seq, row.token_id, int(row.expires_at.timestamp())) for row in rows]
 
 
+@dataclasses.dataclass(frozen=True)
+class LoginLimits:
+    """How many failed logins are allowed, each within ``lockout_s``, before a lock of ``lockout_s``
+    (0: no such limit), counted against what an attack targets:
+
+    - ``per_user_at_address``: one user from one address (guessing one password from one place):
+      the tight limit, which locks that user at that address only;
+    - ``per_address``: any users from one address (credential stuffing): looser, since behind a
+      proxy or a NAT one address is many people;
+    - ``per_user``: one user from any addresses (guessing distributed over many).
+    """
+
+    per_user_at_address: int
+    per_address: int
+    per_user: int
+    lockout_s: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> LoginLimits:
+        """The limits TRACKER_LOGIN_* set."""
+        return cls(
+            settings.login_max_failures,
+            settings.login_max_failures_per_address,
+            settings.login_max_failures_per_user,
+            settings.login_lockout_s,
+        )
+
+    def subjects(self, username: str | None, address: str) -> list[tuple[str, int]]:
+        """What an attempt for ``username`` (None: a name no user can have, counted against the
+        address alone) from ``address`` counts against, each with its limit."""
+        counted = [(f"client:{address}", self.per_address)]
+        if username is not None:
+            counted += [(_user_at(username, address), self.per_user_at_address), (f"user:{username}", self.per_user)]
+        return [(subject, limit) for subject, limit in counted if limit > 0]
+
+
+def _user_at(username: str, address: str) -> str:
+    return f"pair:{address} {username}"  # an address holds no space: the two cannot be confused
+
+
 class LoginThrottle:
-    """Refuses logins for a while after repeated failures for a username or a client address.
+    """Refuses logins for a while after repeated failures (``LoginLimits``).
 
     Kept in the database so every API process sees the same count.
     """
 
-    def __init__(self, engine: Engine, max_failures: int, lockout_s: int) -> None:
+    def __init__(self, engine: Engine, limits: LoginLimits) -> None:
         self._engine = engine
-        self._max = max_failures
-        self._lockout = dt.timedelta(seconds=lockout_s)
+        self._limits = limits
+        self._lockout = dt.timedelta(seconds=limits.lockout_s)
 
-    def locked_for(self, subjects: list[str], now: dt.datetime | None = None) -> float:
-        """Seconds until the longest lock on any of ``subjects`` ends; 0 when none is locked."""
+    def locked_for(self, username: str | None, address: str, now: dt.datetime | None = None) -> float:
+        """Seconds until the longest lock on what an attempt would count against ends; 0 when none is locked."""
         now = now or timefmt.now()
+        subjects = [subject for subject, _ in self._limits.subjects(username, address)]
         with unavailable_as_error(), self._engine.connect() as conn:
             rows = (
                 conn.execute(sa.select(login_failures.c.locked_until).where(login_failures.c.subject.in_(subjects)))
@@ -162,33 +204,37 @@ class LoginThrottle:
         remaining = [(until - now).total_seconds() for until in rows if until is not None and until > now]
         return max(remaining, default=0.0)
 
-    def failed(self, subjects: list[str], now: dt.datetime | None = None) -> None:
-        """Count a failed login against each subject; lock those that reach the limit."""
+    def failed(self, username: str | None, address: str, now: dt.datetime | None = None) -> None:
+        """Count a failed login against what it targets; lock each that reaches its limit."""
         now = now or timefmt.now()
         with unavailable_as_error(), self._engine.connect() as conn:
             conn.execution_options(immediate=True)
             with conn.begin():
-                for subject in subjects:
+                for subject, limit in self._limits.subjects(username, address):
                     row = conn.execute(
                         sa.select(login_failures).where(login_failures.c.subject == subject).with_for_update()
                     ).first()
                     still_locked = row is not None and row.locked_until is not None and row.locked_until > now
                     if row is None or (not still_locked and row.first_at + self._lockout < now):
                         conn.execute(sa.delete(login_failures).where(login_failures.c.subject == subject))
+                        locked_at_once = now + self._lockout if limit <= 1 else None
                         conn.execute(
                             sa.insert(login_failures).values(
-                                subject=subject, failures=1, first_at=now, locked_until=None
+                                subject=subject, failures=1, first_at=now, locked_until=locked_at_once
                             )
                         )
                         continue
                     failures = row.failures + 1
-                    locked = now + self._lockout if failures >= self._max else row.locked_until
+                    locked = now + self._lockout if failures >= limit else row.locked_until
                     conn.execute(
                         sa.update(login_failures)
                         .where(login_failures.c.subject == subject)
                         .values(failures=failures, locked_until=locked)
                     )
 
-    def succeeded(self, subject: str) -> None:
+    def succeeded(self, username: str, address: str) -> None:
+        """A login succeeded: that user's failures at that address are forgotten, not those
+        counted against the user from anywhere or against the address (else the user's own
+        login would give a distributed guesser, or one behind the same proxy, a fresh start)."""
         with unavailable_as_error(), self._engine.begin() as conn:
-            conn.execute(sa.delete(login_failures).where(login_failures.c.subject == subject))
+            conn.execute(sa.delete(login_failures).where(login_failures.c.subject == _user_at(username, address)))

@@ -95,7 +95,8 @@ def test_the_live_api_keeps_its_openapi_contract(database_url: str, tmp_path: pa
     config = tmp_path / "schemathesis.toml"
     config.write_text(f"[checks.negative_data_rejection]\nexpected-statuses = {NEGATIVE_DATA_REFUSED}\n")
     (tmp_path / "tracker_logins.py").write_text(_HOOKS)
-    with running_api(database_url, tmp_path, login_max_failures="20", login_lockout_s="2") as api:
+    limits = {"login_max_failures": "20", "login_max_failures_per_address": "20", "login_lockout_s": "2"}
+    with running_api(database_url, tmp_path, **limits) as api:
         hooks = {
             "SCHEMATHESIS_HOOKS": "tracker_logins",
             "PYTHONPATH": str(tmp_path),

@@ -198,18 +198,6 @@ def test_brute_force_lock_refuses_even_the_right_password_then_expires(
     assert api.login("ops").status_code == 200
 
 
-def test_credential_stuffing_from_one_client_locks_that_client(
-    settings: Settings, engine: sa.Engine, users: UserStore
-) -> None:
-    api = build(settings.with_(login_max_failures=3, login_lockout_s=60), engine, users)
-    for name in ("alice", "bob", "carol"):  # one guess each: no user reaches the limit, the client does
-        assert api.login(name, "Winter2024!", remote_addr="10.9.9.9").status_code == 401
-    locked = api.login("ops", remote_addr="10.9.9.9")
-    assert locked.status_code == 429 and not locked.cookies
-    assert 0 < int(locked.headers["retry-after"]) <= 60
-    assert api.login("ops", remote_addr="10.0.0.2").status_code == 200
-
-
 # What falcon.testing sends as the request's scheme and Host: the tracker's own origin by default.
 OWN_ORIGIN = "http://falconframework.org"
 SAME_SITE = "http://falconframework.org:8080"  # another port of the same host: same site, another origin
@@ -336,3 +324,41 @@ def test_behind_a_proxy_the_public_origins_are_the_trackers_own(
     assert create("https://jobs.example.com").status_code == 202
     assert_alert(create(OWN_ORIGIN), 403, CROSS_ORIGIN)  # the address the proxy used is not the public one
     assert_alert(create("http://tracker.example.com"), 403, CROSS_ORIGIN)
+
+
+def test_one_users_failures_lock_that_user_at_that_address_only(
+    settings: Settings, engine: sa.Engine, users: UserStore
+) -> None:
+    """issue 24 (5): after enough failures for one user from one address, the right password of
+    any user from that address was refused (behind a proxy, everybody's), and the user's from
+    any address. What the attack targets is the user at that address: that is what is locked."""
+    api = build(settings.with_(login_max_failures=3, login_lockout_s=60), engine, users)
+    for attempt in range(3):
+        assert_alert(api.login("ops", f"guess {attempt}", remote_addr="10.9.9.9"), 401, "Invalid username or password.")
+    locked = api.login("ops", remote_addr="10.9.9.9")
+    assert locked.status_code == 429 and not locked.cookies
+    assert 0 < int(locked.headers["retry-after"]) <= 60
+    assert api.login("admin", remote_addr="10.9.9.9").status_code == 200  # the others behind that address
+    assert api.login("ops", remote_addr="10.0.0.2").status_code == 200  # the user from elsewhere
+
+
+def test_many_names_from_one_address_lock_that_address(settings: Settings, engine: sa.Engine, users: UserStore) -> None:
+    """Credential stuffing: one guess for each of many names, from one address; its own, looser limit."""
+    api = build(settings.with_(login_max_failures=3, login_max_failures_per_address=5), engine, users)
+    for name in ("alice", "bob", "carol", "dave", "erin"):
+        assert api.login(name, "Winter2024!", remote_addr="10.9.9.9").status_code == 401
+    locked = api.login("ops", remote_addr="10.9.9.9")
+    assert locked.status_code == 429 and not locked.cookies
+    assert api.login("ops", remote_addr="10.0.0.2").status_code == 200
+
+
+def test_one_name_guessed_from_many_addresses_locks_that_name(
+    settings: Settings, engine: sa.Engine, users: UserStore
+) -> None:
+    """Distributed guessing of one account: a few guesses from each of many addresses."""
+    api = build(settings.with_(login_max_failures=3, login_max_failures_per_user=6), engine, users)
+    for n in range(6):
+        assert api.login("ops", f"guess {n}", remote_addr=f"10.1.0.{n // 2}").status_code == 401
+    locked = api.login("ops", remote_addr="10.2.0.1")  # anywhere, even the right password
+    assert locked.status_code == 429 and not locked.cookies
+    assert api.login("admin", remote_addr="10.1.0.0").status_code == 200

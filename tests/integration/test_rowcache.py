@@ -31,7 +31,7 @@ from tracker.events import new_event
 from tracker.model import Job
 from tracker.store import JobNotFound, JobStore, StoreUnavailable, make_engine, migrate, open_job_store
 from tracker.store.postgresql import PostgresJobStore
-from tracker.users import LoginThrottle, UserStore
+from tracker.users import LoginLimits, LoginThrottle, UserStore
 
 CHECK_S = 0.2  # the listener proves itself five times a second here, so the tests wait less
 
@@ -131,7 +131,7 @@ def api(pg_url: str, store: CountingStore, cache: RowCache) -> Iterator[Api]:
     deps = Deps(
         jobs=open_job_store(engine),
         users=users,
-        throttle=LoginThrottle(engine, 5, 60),
+        throttle=LoginThrottle(engine, LoginLimits.of(settings)),
         tokens=tokens,
         settings=settings,
         reads=JobReads(store, cache),
