@@ -18,7 +18,7 @@ from tracker.events import new_event
 from tracker.model import TimelineEvent
 from tracker.store import make_engine, migrations, open_job_store
 from tracker.store.tables import UTCDateTime, async_status, async_status_event
-from tracker.users import UserStore
+from tracker.users import TokenRevocations, UserStore
 
 
 @pytest.fixture
@@ -299,7 +299,8 @@ def test_after_migration_0005_deleting_a_job_deletes_its_events(any_fresh_databa
 
 def test_migration_0007_gives_existing_users_account_ids_and_goes_back(any_fresh_database: str) -> None:
     """Users made before 0007 get an account id each (distinct, never empty); their old tokens
-    carry none, so the API refuses them (tests/integration/test_api.py); their passwords still work."""
+    carry none, so the API refuses them (tests/integration/test_api.py); their passwords still work.
+    The table of revoked tokens comes and goes with it."""
     engine = make_engine(any_fresh_database)
     before = ScriptDirectory.from_config(_config()).get_revision("0007").down_revision
     assert isinstance(before, str)
@@ -329,7 +330,16 @@ def test_migration_0007_gives_existing_users_account_ids_and_goes_back(any_fresh
                 ),
                 {"at": _AT.replace(tzinfo=None)},
             )
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            assert {"seq", "token_id", "expires_at"} <= {
+                c["name"] for c in inspector.get_columns("tracker_revoked_token")
+            }
+            assert [i["column_names"] for i in inspector.get_indexes("tracker_revoked_token") if not i["unique"]] == [
+                ["expires_at"]
+            ]
         migrations.migrate(engine)
+        TokenRevocations(engine).revoke("t" * 32, int(_AT.timestamp()) + 10**9)
         users = UserStore(engine, passwords)
         alice = users.authenticate("alice", "pw-alice")
         assert alice is not None and alice.account_id == ids["alice"]
@@ -339,8 +349,10 @@ def test_migration_0007_gives_existing_users_account_ids_and_goes_back(any_fresh
         with engine.connect() as conn:
             columns = {column["name"] for column in sa.inspect(conn).get_columns("tracker_user")}
             names = conn.execute(sa.text("SELECT username FROM tracker_user ORDER BY username")).scalars().all()
+            tables = set(sa.inspect(conn).get_table_names())
         assert "account_id" not in columns
         assert names == ["alice", "bob", "carol"]
+        assert "tracker_revoked_token" not in tables
         migrations.migrate(engine)
     finally:
         engine.dispose()
