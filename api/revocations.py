@@ -40,9 +40,10 @@ class RevokedTokens:
     The set is kept whole in one of two ways:
 
     - on PostgreSQL, by the row cache's listener, on a channel of its own (the ChannelHooks of
-      api/rowcache.py): once listening it reads every revocation, then adds each one announced.
-      The set is trusted while the listener has proved itself within ``window_s``, as the row
-      cache trusts it;
+      api/rowcache.py; a request that finds the set untrusted starts the listener if it has not
+      started): once listening it reads every revocation, then adds each one announced. The set
+      is trusted while the listener has proved itself within ``window_s``, as the row cache
+      trusts it;
     - otherwise (SQLite, no listener, or one not proved lately) each request first reads the
       revocations recorded since the last one it saw; with a ``change_counter`` (SQLite's), only
       when it says another connection has committed since.
@@ -72,6 +73,7 @@ class RevokedTokens:
         self._seen_seq = 0  # the newest revocation read from the database
         self._seen_change: int | None = None  # change_counter() when it was read
         self._purge_at = float("-inf")
+        self._listen: Callable[[], None] | None = None
 
     def is_revoked(self, token_id: str) -> bool:
         """Whether a logout ended the token. Raises StoreUnavailable when the database must be
@@ -113,6 +115,9 @@ class RevokedTokens:
         with self._lock:
             self._trust.dark()
 
+    def attached(self, listen: Callable[[], None]) -> None:
+        self._listen = listen
+
     def notified(self, payload: str) -> None:
         token_id, _, expires = payload.rpartition(" ")
         if token_id and expires.isdigit():
@@ -130,6 +135,8 @@ class RevokedTokens:
     def _catch_up(self) -> None:
         """Read the revocations recorded since the newest one seen, unless the change counter
         says nothing was committed since it was last read."""
+        if self._listen is not None:
+            self._listen()  # any request starts it, not only GET's reads of a job
         if self._store is None:
             return
         change = None

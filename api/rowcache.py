@@ -264,6 +264,10 @@ class ChannelHooks(Protocol):
     def notified(self, payload: str) -> None:
         """A notification on ``channel``."""
 
+    def attached(self, listen: Callable[[], None]) -> None:
+        """Told once, by the RowCache it rides on: ``listen()`` starts the listener in this process
+        if it has not started (cheap: call it whenever it is wanted)."""
+
 
 class ChangeListener:
     """A thread, started on first use in each process, with a connection of its own that LISTENs
@@ -444,6 +448,8 @@ class RowCache:
         self._clock = clock
         self._pid: int | None = None
         self._set_up_process()
+        for channel in channels:
+            channel.attached(self.listen)
 
     def _set_up_process(self) -> None:
         """Fresh state for this process: nothing inherited across a fork is trusted."""
@@ -465,14 +471,18 @@ class RowCache:
 
     # --- the read path (request threads) ---
 
+    def listen(self) -> None:
+        """Start the listener in this process unless it has started; cheap to call per request."""
+        if self._pid != os.getpid():
+            self._set_up_process()
+        self._listener.start()
+
     def get(self, job_id: int, load: Callable[[int], Job]) -> Job:
         """The job's row: from the cache when it is there and trusted, else ``load(job_id)``.
 
         Raises what ``load`` raises (JobNotFound, StoreUnavailable); such outcomes are not kept.
         """
-        if self._pid != os.getpid():
-            self._set_up_process()
-        self._listener.start()
+        self.listen()
         now = self._clock()
         with self._lock:
             trusted = now <= self._trust.until
