@@ -67,7 +67,12 @@ class RevokedTokens:
         self._clock = clock
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
-        self._counter_lock = threading.Lock()  # the counter keeps one connection: one thread at a time
+        # One read of the database at a time (the counter keeps one connection, and requests that
+        # find the set untrusted together share a read rather than each make one): reads are
+        # numbered as they begin; the number of the latest one applied.
+        self._read_lock = threading.Lock()
+        self._reads_begun = 0
+        self._read_applied = 0
         self._trust = Trust(window_s)
         self._expiries: dict[str, int] = {}  # token id → its exp
         self._seen_seq = 0  # the newest revocation read from the database
@@ -133,22 +138,26 @@ class RevokedTokens:
     # --- inside ---
 
     def _catch_up(self) -> None:
-        """Read the revocations recorded since the newest one seen, unless the change counter
-        says nothing was committed since it was last read."""
+        """Make sure a read of the database begun after this call has been applied: the
+        revocations recorded since the newest one seen, unless the change counter says nothing
+        was committed since it was last read. Requests that come together share one read."""
         if self._listen is not None:
             self._listen()  # any request starts it, not only GET's reads of a job
         if self._store is None:
             return
-        change = None
-        if self._change_counter is not None:
-            with self._counter_lock:
-                change = self._change_counter()
-            if change == self._seen_change:
-                return
-        revocations = self._store.since(self._seen_seq)  # read after the counter: it sees at least that much
-        with self._lock:
-            self._add_read(revocations)
-            self._seen_change = change
+        arrived = self._reads_begun
+        with self._read_lock:
+            if self._read_applied > arrived:
+                return  # begun after this request arrived: it saw every commit before
+            self._reads_begun += 1
+            number = self._reads_begun
+            change = None if self._change_counter is None else self._change_counter()
+            if change is None or change != self._seen_change:
+                revocations = self._store.since(self._seen_seq)  # after the counter: it sees at least that much
+                with self._lock:
+                    self._add_read(revocations)
+                    self._seen_change = change
+            self._read_applied = number
 
     def _add_read(self, revocations: list[Revocation]) -> None:
         """Add revocations read from the database; the caller holds the lock."""

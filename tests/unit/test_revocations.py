@@ -4,6 +4,8 @@ cache's listener (a fake connection, as tests/unit/test_rowcache.py's)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -163,3 +165,33 @@ def test_revocations_ride_on_the_row_caches_listener() -> None:
     finally:
         cache.close()
     assert not there.trusted
+
+
+def test_requests_that_come_together_share_a_read_begun_after_they_arrived() -> None:
+    """A read begun before a request arrived may have missed a logout that request must see; one
+    begun after cannot. So requests waiting together for the database share the next read."""
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(Store):
+        def since(self, seq: int) -> list[Revocation]:
+            if not self.reads:
+                started.set()
+                release.wait(5)
+            return super().since(seq)
+
+    store = Slow()
+    there, _, _ = revoked(store)
+    first = threading.Thread(target=there.is_revoked, args=("t",))
+    first.start()
+    assert started.wait(5)  # the first read is under way
+    store.revoke("late", NOW + 60)  # committed after it began
+    answers: list[bool] = []
+    waiting = [threading.Thread(target=lambda: answers.append(there.is_revoked("late"))) for _ in range(5)]
+    for thread in waiting:
+        thread.start()
+    time.sleep(0.2)  # all five wait for the read in hand
+    release.set()
+    for thread in (first, *waiting):
+        thread.join(5)
+    assert answers == [True] * 5  # none took the first read's answer for its own
+    assert len(store.reads) == 2  # the five shared one
