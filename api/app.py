@@ -7,7 +7,7 @@ import functools
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import falcon
@@ -17,11 +17,12 @@ from falcon.routing import BaseConverter
 
 from api import dashboard, errors, health, middleware, openapi, resources, rowcache
 from api.reads import JobReads
+from api.revocations import RevokedTokens
 from api.waits import WaitRegistry
 from tracker import auth, broker
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store, schema_problem
-from tracker.users import LoginThrottle, UserStore
+from tracker.users import LoginLimits, LoginThrottle, TokenRevocations, UserStore
 
 SERVED_VERSIONS = ("4.0", "4.1", "5.0")
 NOT_IMPLEMENTED = (
@@ -55,6 +56,7 @@ class Deps:
     settings: Settings
     clock: Callable[[], float] = time.monotonic  # for the user cache; seconds, any epoch
     reads: JobReads | None = None  # what GET of one job and of its timeline read from; None: ``jobs``, uncached
+    revoked: RevokedTokens | None = None  # the tokens logouts ended; None: ended in this process only (tests)
     dead_letter_count: Callable[[], int] | None = None  # None: ask RabbitMQ at settings.amqp_url
 
 
@@ -62,7 +64,9 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     """The API over ``deps``. Opens no connection; every response body it gives is JSON."""
     users = middleware.UserCache(deps.users.get, deps.settings.user_cache_s, deps.clock)
     tokens = middleware.VerifiedTokens(deps.tokens)
-    layers: list[Any] = [middleware.Authentication(tokens, users)]
+    guard = middleware.SessionGuard(deps.settings.public_origins)
+    revoked = deps.revoked if deps.revoked is not None else RevokedTokens(None)
+    layers: list[Any] = [middleware.Authentication(tokens, users, guard, revoked)]
     reads = deps.reads or JobReads(deps.jobs)
     if deps.settings.metrics:
         # Imported here, in the process that serves: tracker api's master must not load
@@ -71,7 +75,7 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
 
         layers.insert(0, metrics.RequestMetrics())  # first in, last out: it times the others too
         reads.waits.count_in(metrics.WaitMetrics())
-    app = falcon.App(middleware=layers)
+    app = falcon.App(middleware=layers, response_type=errors.ApiResponse)
     json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     # JSON only: a form or other body is refused (415) rather than read as something else.
     app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json})
@@ -84,7 +88,7 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     app.add_route("/api/{version:served}/async_status/{job_id}", resources.JobStatus(reads))
     app.add_route("/api/{version:served}/async_status/{job_id}/events", resources.JobTimeline(reads))
     app.add_route("/api/{version:served}/user/login", resources.Login(deps.users, deps.throttle, deps.tokens, secure))
-    app.add_route("/api/{version:served}/user/logout", resources.Logout(secure))
+    app.add_route("/api/{version:served}/user/logout", resources.Logout(revoked, secure))
     app.add_route("/api/{version:served}/ping", resources.Ping())
     app.add_route("/api/{version:served}/openapi.json", resources.OpenApiDocument(openapi.document(SERVED_VERSIONS)))
     dead_letter_count = deps.dead_letter_count or functools.partial(broker.dead_letter_count, deps.settings)
@@ -112,20 +116,26 @@ def get_app(
     # makes sure the connection is alive, so a restarted database costs them nothing.
     engine = make_engine(settings.database_url)
     secret = auth.load_secret(settings.secret, settings.secret_file)
+    jobs = open_job_store(engine)
+    # PostgreSQL announces revocations on the row cache's listener; SQLite's counter of commits
+    # tells when to read them again (api/revocations.py).
+    revoked = RevokedTokens(TokenRevocations(engine), jobs.change_counter())
     return create_app(
         Deps(
-            jobs=open_job_store(engine),
+            jobs=jobs,
             users=UserStore(engine),
-            throttle=LoginThrottle(engine, settings.login_max_failures, settings.login_lockout_s),
+            throttle=LoginThrottle(engine, LoginLimits.of(settings)),
             tokens=auth.Tokens(secret, settings.token_ttl_s),
             settings=settings,
             reads=job_reads(
                 settings.database_url,
                 cached_rows=settings.row_cache_rows,
                 waits=waits,
+                channels=[revoked],
                 max_waits=settings.max_waits,
                 max_waits_per_user=settings.max_waits_per_user,
             ),
+            revoked=revoked,
         )
     )
 
@@ -137,20 +147,26 @@ def job_reads(
     waits: WaitRegistry | None = None,
     max_waits: int | None = None,
     max_waits_per_user: int | None = None,
+    channels: Sequence[rowcache.ChannelHooks] = (),
 ) -> JobReads:
     """GET's reads: an engine of their own without pre-ping (a round trip less per GET; a read
     that meets a dropped connection is retried instead), through the exact row cache of up to
     ``cached_rows`` rows (0: none) on PostgreSQL, which starts with the ``warm_rows`` newest
     (default: as many as it holds). Opens no connection: the cache's listener starts on first
-    use, in the process that serves (after gunicorn's fork). Requests that wait are held in
-    ``waits`` (default: a registry of its own, with these caps)."""
+    use, in the process that serves (after gunicorn's fork); ``channels`` listen on its
+    connection (none without the cache). Requests that wait are held in ``waits`` (default: a
+    registry of its own, with these caps)."""
     engine = make_engine(database_url, pool_pre_ping=False)
     store = open_job_store(engine)
     waits = waits or WaitRegistry(max_waits, max_waits_per_user)
     if engine.dialect.name != "postgresql" or cached_rows <= 0:
         return JobReads(store, waits=waits)
     cache = rowcache.RowCache(
-        rowcache.connector_for(engine), max_entries=cached_rows, warm_rows=warm_rows, on_change=waits.notify
+        rowcache.connector_for(engine),
+        max_entries=cached_rows,
+        warm_rows=warm_rows,
+        on_change=waits.notify,
+        channels=channels,
     )
     return JobReads(store, cache, waits)
 

@@ -15,6 +15,13 @@ from tracker.store import JobNotFound, StoreUnavailable
 log = logging.getLogger(__name__)
 
 UNAUTHORIZED = "unauthorized, please log in."
+# Every 401's WWW-Authenticate (RFC 9110 asks for one): Bearer, which no browser answers with a
+# password dialog of its own, as it would Basic.
+BEARER_CHALLENGE = 'Bearer realm="tracker"'
+# Headers of every answer, the gunicorn refusals below included: a job's status is private and
+# changes (nothing may keep it), and no body may be sniffed into another type. A responder may
+# replace them (the dashboard's files are revalidated instead: api/dashboard.py).
+COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 BROKER_UNAVAILABLE = "RabbitMQ unavailable, try again later"
 RETRY_AFTER_S = 5
 # gunicorn's own defaults, stated so that the OpenAPI document and docs/http-surface.md can name them.
@@ -23,10 +30,26 @@ MAX_HEADER_FIELDS = 100
 MAX_HEADER_FIELD_BYTES = 8190
 
 
+class ApiResponse(falcon.Response):
+    """Falcon's response, starting with COMMON_HEADERS.
+
+    Set here rather than by a middleware, since every GET pays for it: a dict update costs a
+    fraction of two ``set_header`` calls. ``_headers`` (lower-case names) is Falcon's own store;
+    tests/unit/test_api.py holds that every kind of answer carries them.
+    """
+
+    def __init__(self, options: falcon.ResponseOptions | None = None) -> None:
+        super().__init__(options)
+        self._headers.update(_COMMON_LOWER)
+
+
+_COMMON_LOWER = {name.lower(): value for name, value in COMMON_HEADERS.items()}
+
+
 def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:
     """Make ``app`` answer every error, foreign or Falcon's own, with the alert envelope.
 
-    Exceptions this maps: JobNotFound → 404, Unauthenticated → 401, PermissionDenied → 403,
+    Exceptions this maps: JobNotFound → 404, Unauthenticated → 401 (with BEARER_CHALLENGE), PermissionDenied → 403,
     StoreUnavailable and DeadLettersUnavailable → 503, RequestTimedOut (a body not received in
     time) → 408, any other non-HTTP exception → 500 (traceback logged, not sent).
     """
@@ -74,7 +97,7 @@ def _job_not_found(_req: falcon.Request, _resp: falcon.Response, _exc: JobNotFou
 
 
 def _unauthenticated(_req: falcon.Request, _resp: falcon.Response, _exc: Unauthenticated, _params: Any) -> None:
-    raise falcon.HTTPUnauthorized(description=UNAUTHORIZED)
+    raise falcon.HTTPUnauthorized(description=UNAUTHORIZED, challenges=[BEARER_CHALLENGE])
 
 
 def _permission_denied(_req: falcon.Request, _resp: falcon.Response, exc: PermissionDenied, _params: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api import dashboard, errors, resources, waits
+from api import dashboard, errors, middleware, resources, waits
 from tracker import events, labels, leases, listing, merge, roles
 from tracker.events import MAX_MESSAGE_CHARS
 
@@ -25,6 +25,15 @@ _ANY_PATH = {
     "501": "NotImplemented",
 }
 _BODY = {"411": "LengthRequired", "413": "ContentTooLarge", "415": "UnsupportedMediaType"}
+# SPEC §2: what a state-changing request with a cookie's credentials, or a login, meets from another origin.
+_CROSS_ORIGIN = (
+    f"`{middleware.CROSS_ORIGIN}`: with a cookie's credentials (or to log in), an `Origin` other than the "
+    "tracker's own, or a `Sec-Fetch-Site` other than `same-origin` or `none`"
+)
+_NOT_JSON = (
+    f"`{middleware.NOT_JSON}`, with a cookie's credentials (a Bearer token's body may also come without a "
+    "Content-Type); or a body that is not application/json"
+)
 
 
 def document(versions: tuple[str, ...]) -> dict[str, Any]:
@@ -35,7 +44,10 @@ def document(versions: tuple[str, ...]) -> dict[str, Any]:
             "title": "async_status tracker",
             "version": versions[-1],
             "description": "Traffic Ops compatible job statuses. Every body is JSON; every error is "
-            '`{"alerts":[{"text":"…","level":"error"}]}`.',
+            '`{"alerts":[{"text":"…","level":"error"}]}`. A request that changes state with a cookie\'s '
+            "credentials, or a login, must come from the tracker's own origin (`Origin`, `Sec-Fetch-Site`; "
+            "else 403) and declare its body `Content-Type: application/json` (else 415); a Bearer token "
+            "needs neither.",
         },
         "paths": {
             "/api/{version}/async_status": {
@@ -139,6 +151,7 @@ def _observability() -> dict[str, Any]:
 
 def _dashboard() -> dict[str, Any]:
     """The dashboard's page and files (SPEC §7): public, since the page itself holds the login form."""
+    revalidated = {"Cache-Control": _header(dashboard.CACHE_CONTROL, "Revalidated at each use")}
     return {
         route: {
             "get": _operation(
@@ -150,8 +163,12 @@ def _dashboard() -> dict[str, Any]:
                         "description": f"`{name}`, with an ETag, `Cache-Control: {dashboard.CACHE_CONTROL}` and "
                         "the page's Content-Security-Policy",
                         "content": {content_type.split(";")[0]: {"schema": {"type": "string"}}},
+                        "headers": revalidated,
                     },
-                    "304": {"description": "Not Modified: the ETag in If-None-Match is the current one"},
+                    "304": {
+                        "description": "Not Modified: the ETag in If-None-Match is the current one",
+                        "headers": revalidated,
+                    },
                 },
             )
         }
@@ -201,9 +218,10 @@ def _create_job() -> dict[str, Any]:
             },
             "400": _ref("BadRequest"),
             "401": _ref("Unauthorized"),
-            "403": _ref("Forbidden"),
+            "403": _ref("Forbidden", f"`missing required Permissions: {roles.CREATE}`, or {_CROSS_ORIGIN}"),
             "503": _ref("Unavailable"),
             **{code: _ref(name) for code, name in _BODY.items()},
+            "415": _ref("UnsupportedMediaType", _NOT_JSON),
         },
     )
     operation["requestBody"] = {
@@ -362,9 +380,13 @@ def _login() -> dict[str, Any]:
             },
             "400": _ref("BadRequest", f"`{resources.CREDENTIALS_REQUIRED}`, or a body that is not a JSON object"),
             "401": _ref("Unauthorized", f"`{resources.INVALID_LOGIN}`"),
+            "403": _ref("Forbidden", _CROSS_ORIGIN),
             "429": _ref("TooManyRequests"),
             "503": _ref("Unavailable"),
             **{code: _ref(name) for code, name in _BODY.items()},
+            "415": _ref(
+                "UnsupportedMediaType", f"A body that is not declared `application/json` (`{middleware.NOT_JSON}`)"
+            ),
         },
     )
     operation["requestBody"] = {
@@ -377,11 +399,14 @@ def _login() -> dict[str, Any]:
 def _logout() -> dict[str, Any]:
     return _operation(
         "logout",
-        "End the cookie session: both cookies are cleared (Max-Age=0).",
+        "End the session: the token sent (cookie or Bearer) is refused from then on, in every API process, "
+        "and both cookies are cleared (Max-Age=0).",
         _SECURED,
         {
             "200": _json("`You are logged out.`", "#/components/schemas/SuccessAlerts"),
             "401": _ref("Unauthorized"),
+            "403": _ref("Forbidden", _CROSS_ORIGIN),
+            "415": _ref("UnsupportedMediaType", f"`{middleware.NOT_JSON}`, with a cookie's credentials"),
             "503": _ref("Unavailable"),
         },
     )
@@ -395,8 +420,26 @@ def _operation(
         "operationId": operation_id,
         "summary": summary,
         "security": security,
-        "responses": dict(sorted({**common, **responses}.items())),
+        "responses": {
+            code: response if "$ref" in response else _with_common_headers(response)
+            for code, response in sorted({**common, **responses}.items())
+        },
     }
+
+
+def _header(value: str, description: str) -> dict[str, Any]:
+    return {"description": description, "required": True, "schema": {"type": "string", "const": value}}
+
+
+def _with_common_headers(response: dict[str, Any]) -> dict[str, Any]:
+    """``response`` with the headers every answer carries (api.errors.COMMON_HEADERS) beside its own."""
+    common = {
+        "X-Content-Type-Options": _header(errors.COMMON_HEADERS["X-Content-Type-Options"], "Never sniffed"),
+        "Cache-Control": _header(
+            errors.COMMON_HEADERS["Cache-Control"], "Kept by no cache: a job's status is private and changes"
+        ),
+    }
+    return {**response, "headers": {**common, **response.get("headers", {})}}
 
 
 def _json(description: str, schema: str) -> dict[str, Any]:
@@ -410,7 +453,7 @@ def _ref(name: str, description: str | None = None) -> dict[str, Any]:
 
 def _error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
     response = _json(description, "#/components/schemas/ErrorAlerts")
-    return {**response, "headers": headers} if headers else response
+    return _with_common_headers({**response, "headers": headers} if headers else response)
 
 
 def _job_event(wire: dict[str, Any]) -> dict[str, Any]:
@@ -484,7 +527,8 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
             "BadRequest": _error("Malformed input"),
             "Malformed": _error("A request gunicorn cannot parse as HTTP/1.x"),
             "Unauthorized": _error(
-                f"`{errors.UNAUTHORIZED}`: no, invalid or expired credentials, or of a deleted user"
+                f"`{errors.UNAUTHORIZED}`: no, invalid or expired credentials, or of a deleted user",
+                **{"WWW-Authenticate": _header(errors.BEARER_CHALLENGE, "The scheme to authenticate with")},
             ),
             "Forbidden": _error("`missing required Permissions: <PERMISSION>`"),
             "NotFound": _error("A path nothing serves"),

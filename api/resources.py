@@ -12,8 +12,10 @@ import falcon
 import falcon.uri
 import orjson
 
-from api.middleware import COOKIES, requires
+from api.errors import BEARER_CHALLENGE
+from api.middleware import COOKIES, is_json, opens_session, requires
 from api.reads import JobReads
+from api.revocations import RevokedTokens
 from api.waits import client_gone_check, preferred_wait
 from tracker import auth, labels, leases, listing, merge, roles, timefmt
 from tracker.config import Settings
@@ -235,6 +237,7 @@ class Login:
         self._tokens = tokens
         self._secure = secure_cookies
 
+    @opens_session
     def on_post(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:
         body = _json_object(req)
         username, password = body.get("u"), body.get("p")
@@ -242,18 +245,18 @@ class Login:
             raise falcon.HTTPBadRequest(description=CREDENTIALS_REQUIRED)
         storable = len(username) <= MAX_USERNAME_CHARS and "\x00" not in username
         # A name no user can have is still counted against the client, never looked up.
-        subjects = ([f"user:{username}"] if storable else []) + [f"client:{req.remote_addr}"]
-        wait = math.ceil(self._throttle.locked_for(subjects))
+        counted, address = (username if storable else None), req.remote_addr
+        wait = math.ceil(self._throttle.locked_for(counted, address))
         if wait > 0:
             raise falcon.HTTPTooManyRequests(
                 description=f"too many failed login attempts; try again in {wait} seconds", retry_after=wait
             )
         user = self._users.authenticate(username, password) if storable else None
         if user is None:
-            self._throttle.failed(subjects)
-            raise falcon.HTTPUnauthorized(description=INVALID_LOGIN)
-        self._throttle.succeeded(f"user:{username}")
-        token = self._tokens.issue(user.username)
+            self._throttle.failed(counted, address)
+            raise falcon.HTTPUnauthorized(description=INVALID_LOGIN, challenges=[BEARER_CHALLENGE])
+        self._throttle.succeeded(username, address)
+        token = self._tokens.issue(user.username, user.account_id)
         for name in COOKIES:
             resp.set_cookie(
                 name,
@@ -268,13 +271,16 @@ class Login:
 
 
 class Logout:
-    """POST /api/{version}/user/logout: end the cookie session (tokens themselves expire on their own)."""
+    """POST /api/{version}/user/logout: end the session: its token, in every API process (whether
+    it came as a cookie or as Bearer), and the cookies."""
 
-    def __init__(self, secure_cookies: bool) -> None:
+    def __init__(self, revoked: RevokedTokens, secure_cookies: bool) -> None:
+        self._revoked = revoked
         self._secure = secure_cookies
 
     @requires()
-    def on_post(self, _req: falcon.Request, resp: falcon.Response, version: str) -> None:
+    def on_post(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:
+        self._revoked.revoke(req.context.claims)
         for name in COOKIES:
             # "0" as text: Falcon leaves out a falsy max_age, and Max-Age=0 is what deletes a cookie.
             resp.set_cookie(
@@ -296,7 +302,16 @@ def _json_object(req: falcon.Request) -> dict[str, Any]:
         raise falcon.HTTPLengthRequired(description=LENGTH_REQUIRED)
     if (req.content_length or 0) > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description=f"the request body must be at most {MAX_BODY_BYTES} bytes")
-    body = req.get_media(default_when_empty=_NO_BODY)
+    if is_json(req.content_type):
+        # Falcon matches media types case-sensitively; JSON is JSON in any case (RFC 9110).
+        try:
+            body = req.options.media_handlers[falcon.MEDIA_JSON].deserialize(
+                req.bounded_stream, req.content_type, req.content_length
+            )
+        except falcon.MediaNotFoundError:
+            body = _NO_BODY
+    else:
+        body = req.get_media(default_when_empty=_NO_BODY)  # no type, or */*: read as JSON
     if body is _NO_BODY:
         return {}
     if not isinstance(body, dict):

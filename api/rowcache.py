@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import psycopg
@@ -251,9 +251,35 @@ class ListenerHooks(Protocol):
         they were due, else read to fill the cache (the newest rows)."""
 
 
+class ChannelHooks(Protocol):
+    """A listener of a channel of its own (besides CHANNEL) that rides on the row cache's
+    connection (api/revocations.py's), told on the listener's thread as ``ListenerHooks`` are."""
+
+    @property
+    def channel(self) -> str:
+        """The channel to LISTEN on: an identifier PostgreSQL takes unquoted."""
+
+    def went_live(self, proved_at: float) -> None:
+        """LISTEN on ``channel`` has succeeded, proved by a round trip sent at ``proved_at``."""
+
+    def proved(self, at: float) -> None:
+        """The connection was proved again, by a round trip sent at ``at``."""
+
+    def went_dark(self) -> None:
+        """The connection failed or was closed: notifications may be missed from now on."""
+
+    def notified(self, payload: str) -> None:
+        """A notification on ``channel``."""
+
+    def attached(self, listen: Callable[[], None]) -> None:
+        """Told once, by the RowCache it rides on: ``listen()`` starts the listener in this process
+        if it has not started (cheap: call it whenever it is wanted)."""
+
+
 class ChangeListener:
     """A thread, started on first use in each process, with a connection of its own that LISTENs
-    on ``CHANNEL`` until ``close()`` and tells ``hooks`` what it hears.
+    on ``CHANNEL`` (and on the channel of each of ``channels``) until ``close()`` and tells
+    ``hooks`` (and each of ``channels``) what it hears.
 
     Every ``check_s`` it proves itself with one round trip that checks the triggers are there and
     enabled (before whose answer PostgreSQL has sent every notification of what committed before
@@ -270,9 +296,11 @@ class ChangeListener:
         check_s: float,
         warm_rows: int,
         clock: Callable[[], float],
+        channels: Sequence[ChannelHooks] = (),
     ) -> None:
         self._connect = connect
         self._hooks = hooks
+        self._channels = {hooks.channel: hooks for hooks in channels}
         self._check_s = check_s
         self._warm_rows = warm_rows
         self._clock = clock
@@ -319,6 +347,8 @@ class ChangeListener:
             finally:
                 self.backend_pid = None
                 self._hooks.went_dark()
+                for other in self._channels.values():
+                    other.went_dark()
             self._stopping.wait(delay)
 
     def _listen(self, conn: psycopg.Connection[Any], backoff: Backoff) -> None:
@@ -326,7 +356,8 @@ class ChangeListener:
 
         Returns when close() is called; raises whatever the connection raises, and NotNotified.
         """
-        conn.execute(f"LISTEN {CHANNEL}")
+        for channel in (CHANNEL, *self._channels):
+            conn.execute(f"LISTEN {channel}")
         self.backend_pid = conn.info.backend_pid
         live = False
         while not self._stopping.is_set():
@@ -334,18 +365,22 @@ class ChangeListener:
             self._prove(conn)
             if live:
                 self._hooks.proved(sent_at)
+                for other in self._channels.values():
+                    other.proved(sent_at)
                 due = self._hooks.rows_due()
                 for start in range(0, len(due), _IDS_PER_READ):
                     self._read(conn, _ROWS_BY_ID, (due[start : start + _IDS_PER_READ],), refresh=True)
             else:
                 self._hooks.went_live(sent_at)
+                for other in self._channels.values():
+                    other.went_live(sent_at)
                 live = True
                 backoff.reset()
                 log.info("row cache: listening on %s", CHANNEL)
                 if self._warm_rows:
                     self._read(conn, _NEWEST_ROWS, (self._warm_rows,), refresh=False)
             for notify in conn.notifies(timeout=self._check_s):
-                self._hooks.notified(_ids_in(notify.payload))
+                self._tell(notify)
 
     def _prove(self, conn: psycopg.Connection[Any]) -> set[int] | None:
         """Check the triggers, then apply every notification PostgreSQL sent before answering:
@@ -358,10 +393,19 @@ class ChangeListener:
             )
         named: set[int] | None = set()
         for notify in conn.notifies(timeout=0):  # psycopg kept those that came with the answer
-            ids = _ids_in(notify.payload)
-            self._hooks.notified(ids)
-            named = None if ids is None or named is None else named | ids
+            of_rows, ids = self._tell(notify)
+            if of_rows:
+                named = None if ids is None or named is None else named | ids
         return named
+
+    def _tell(self, notify: psycopg.Notify) -> tuple[bool, set[int] | None]:
+        """Hand a notification to whoever listens on its channel: whether it was of rows, and the ids it named."""
+        if notify.channel != CHANNEL:
+            self._channels[notify.channel].notified(notify.payload)
+            return False, None
+        ids = _ids_in(notify.payload)
+        self._hooks.notified(ids)
+        return True, ids
 
     def _read(self, conn: psycopg.Connection[Any], query: str, params: tuple[object, ...], refresh: bool) -> None:
         """Read rows on this connection, prove it (so every change committed since the read has
@@ -382,6 +426,7 @@ class RowCache:
     newest rows are read when it starts listening (0: none). ``on_change`` is called on the
     listener thread with the ids of every notification (None: any row may have changed, as when
     it starts listening), after those rows have left the cache: waits hear of changes this way.
+    ``channels`` listen on the same connection, each on a channel of its own (ChannelHooks).
     """
 
     def __init__(
@@ -395,9 +440,11 @@ class RowCache:
         warm_rows: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[set[int] | None], None] | None = None,
+        channels: Sequence[ChannelHooks] = (),
     ) -> None:
         self._connect = connect
         self._on_change = on_change
+        self._channels = channels
         self._max_entries = max_entries
         self._ttl_s = ttl_s
         self._idle_s = idle_s
@@ -408,6 +455,8 @@ class RowCache:
         self._clock = clock
         self._pid: int | None = None
         self._set_up_process()
+        for channel in channels:
+            channel.attached(self.listen)
 
     def _set_up_process(self) -> None:
         """Fresh state for this process: nothing inherited across a fork is trusted."""
@@ -418,20 +467,29 @@ class RowCache:
         self._invalidations = 0
         self._missed = 0
         self._listener = ChangeListener(
-            self._connect, self, check_s=self._check_s, warm_rows=self._warm_rows, clock=self._clock
+            self._connect,
+            self,
+            check_s=self._check_s,
+            warm_rows=self._warm_rows,
+            clock=self._clock,
+            channels=self._channels,
         )
         self._pid = os.getpid()
 
     # --- the read path (request threads) ---
+
+    def listen(self) -> None:
+        """Start the listener in this process unless it has started; cheap to call per request."""
+        if self._pid != os.getpid():
+            self._set_up_process()
+        self._listener.start()
 
     def get(self, job_id: int, load: Callable[[int], Job]) -> Job:
         """The job's row: from the cache when it is there and trusted, else ``load(job_id)``.
 
         Raises what ``load`` raises (JobNotFound, StoreUnavailable); such outcomes are not kept.
         """
-        if self._pid != os.getpid():
-            self._set_up_process()
-        self._listener.start()
+        self.listen()
         now = self._clock()
         with self._lock:
             trusted = now <= self._trust.until

@@ -30,7 +30,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
 from api.app import get_app
-from api.errors import MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE_BYTES, refusal_for
+from api.errors import COMMON_HEADERS, MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE_BYTES, refusal_for
 from api.waits import WaitRegistry
 from tracker import auth
 from tracker.config import Settings
@@ -192,9 +192,10 @@ class JsonErrorsWorker(ThreadWorker):
             # The exception text may quote what the client sent, so it goes to the log only.
             self.log.warning("refused a request from %s: %s", (addr or ("?",))[0], exc)
         body = orjson.dumps(alerts(text))
+        common = "".join(f"{name}: {value}\r\n" for name, value in COMMON_HEADERS.items())
         head = (
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{common}\r\n"
         )
         try:
             util.write_nonblock(client, head.encode("ascii") + body)

@@ -146,7 +146,8 @@ def _empty_postgres(url: str) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "TRUNCATE async_status, async_status_event, tracker_user, tracker_login_failure RESTART IDENTITY CASCADE"
+            "TRUNCATE async_status, async_status_event, tracker_user, tracker_login_failure, tracker_revoked_token "
+            "RESTART IDENTITY CASCADE"
         )
     engine.dispose()
 

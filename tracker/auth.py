@@ -41,17 +41,16 @@ class Passwords:
 
 
 class Claims(NamedTuple):
-    """What a valid token says: whose it is, when it was issued and when it expires (whole
-    seconds since the epoch; it is valid while the time is before ``expires_at``)."""
+    """What a valid token says: whose it is (the user's name, and the account's id, which a later
+    account of the same name does not share), when it was issued and when it expires (whole
+    seconds since the epoch; it is valid while the time is before ``expires_at``), and its own id
+    (``jti``, by which a logout ends it)."""
 
     username: str
     issued_at: int
     expires_at: int
-
-    def predates(self, created_at: dt.datetime) -> bool:
-        """Whether the token was issued before an account of this name was created (then it was
-        another account's, since deleted). Whole seconds, because that is all ``iat`` holds."""
-        return self.issued_at < int(created_at.timestamp())
+    token_id: str
+    account_id: str
 
 
 class Tokens:
@@ -63,10 +62,12 @@ class Tokens:
         self._secret = secret
         self.ttl_s = ttl_s
 
-    def issue(self, username: str, now: dt.datetime | None = None) -> str:
+    def issue(self, username: str, account_id: str, now: dt.datetime | None = None) -> str:
+        """A token for the account ``account_id``, named ``username``, valid for ``ttl_s`` from ``now``."""
         issued = now or timefmt.now()
         claims = {
             "sub": username,
+            "acct": account_id,
             "iat": int(issued.timestamp()),
             "exp": int(issued.timestamp()) + self.ttl_s,
             "jti": uuid.uuid4().hex,
@@ -74,20 +75,29 @@ class Tokens:
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
 
     def verify(self, token: str) -> Claims:
-        """The claims of a valid token; raises Unauthenticated otherwise."""
+        """The claims of a valid token; raises Unauthenticated otherwise (a token of before the
+        accounts' ids, without ``acct``, included)."""
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 self._secret,
                 algorithms=[_ALGORITHM],
-                options={"require": ["sub", "exp", "iat"]},
+                options={"require": ["sub", "acct", "exp", "iat", "jti"]},
             )
         except jwt.PyJWTError:
             raise Unauthenticated() from None
-        subject, issued, expires = claims.get("sub"), claims.get("iat"), claims.get("exp")
-        if not isinstance(subject, str) or not subject or not isinstance(issued, int) or not isinstance(expires, int):
+        issued, expires = claims.get("iat"), claims.get("exp")
+        if not isinstance(issued, int) or not isinstance(expires, int):
             raise Unauthenticated()
-        return Claims(subject, issued, expires)
+        return Claims(_text(claims, "sub"), issued, expires, _text(claims, "jti"), _text(claims, "acct"))
+
+
+def _text(claims: dict[str, Any], name: str) -> str:
+    """The claim ``name``, a non-empty string; raises Unauthenticated otherwise."""
+    value = claims.get(name)
+    if not isinstance(value, str) or not value:
+        raise Unauthenticated()
+    return value
 
 
 def load_secret(secret: str | None, secret_file: str) -> str:
@@ -114,6 +124,11 @@ def load_secret(secret: str | None, secret_file: str) -> str:
     if len(stored) < MIN_SECRET_BYTES:
         raise ValueError(f"{secret_file} holds no usable secret; delete it or set TRACKER_SECRET")
     return stored
+
+
+def new_account_id() -> str:
+    """A random id for a new account, which no other account, of any name, will have."""
+    return secrets.token_hex(16)
 
 
 def new_password() -> str:

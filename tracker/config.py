@@ -42,8 +42,15 @@ class Settings:
     api_read_timeout_s: float = 10.0  # a request's line, headers and body must arrive within this
     token_ttl_s: int = 6 * 3600
     secure_cookies: bool = False
+    # The origins (scheme://host[:port], comma-separated) the dashboard is served from, where a
+    # cookie session may act from; "": the request's own scheme and Host (api.middleware.SessionGuard).
+    public_origin: str = ""
     user_cache_s: float = 30.0
+    # failed logins within the lockout before a lockout (tracker.users.LoginLimits): of one user from
+    # one address; of any users from one address; of one user from any addresses (0: no such limit)
     login_max_failures: int = 5
+    login_max_failures_per_address: int = 50
+    login_max_failures_per_user: int = 20
     login_lockout_s: int = 60
     row_cache_rows: int = 100_000  # job rows each API worker keeps (PostgreSQL only; 0: none)
 
@@ -79,6 +86,25 @@ class Settings:
         """The broker addresses of ``amqp_url``: one, or the nodes of a cluster (SPEC §10)."""
         return split_amqp_urls(self.amqp_url)
 
+    @property
+    def public_origins(self) -> tuple[str, ...]:
+        """The origins of ``public_origin``, each as ``normalized_origin`` gives it (none when unset).
+
+        Raises ConfigError for a value that is not an http(s) origin.
+        """
+        origins = []
+        for part in self.public_origin.split(","):
+            if not part.strip():
+                continue
+            origin = normalized_origin(part)
+            if origin is None:
+                raise ConfigError(
+                    f"TRACKER_PUBLIC_ORIGIN must be origins such as https://tracker.example.com "
+                    f"(scheme, host and port only), separated by commas, not {part.strip()!r}"
+                )
+            origins.append(origin)
+        return tuple(origins)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from ``env`` (pass ``os.environ``); unset names keep their defaults.
@@ -99,7 +125,15 @@ class Settings:
 
     def check(self) -> None:
         """Raise ConfigError if a value is out of range."""
-        positive = ("batch_size", "flush_ms", "prefetch", "workers", "token_ttl_s")
+        positive = (
+            "batch_size",
+            "flush_ms",
+            "prefetch",
+            "workers",
+            "token_ttl_s",
+            "login_max_failures",
+            "login_lockout_s",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"TRACKER_{name.upper()} must be at least 1")
@@ -112,8 +146,12 @@ class Settings:
         if not 0.1 <= self.api_read_timeout_s <= 3600:
             raise ConfigError("TRACKER_API_READ_TIMEOUT_S must be from 0.1 to 3600 seconds")
         check_amqp_urls(self.amqp_url)
+        self.public_origins  # noqa: B018 - raises ConfigError for an origin it cannot read
         if self.row_cache_rows < 0:
             raise ConfigError("TRACKER_ROW_CACHE_ROWS must be at least 0")
+        for name in ("login_max_failures_per_address", "login_max_failures_per_user"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"TRACKER_{name.upper()} must be at least 0 (0: no such limit)")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"TRACKER_LOG_FORMAT must be text or json, not {self.log_format!r}")
         if not 1 <= self.job_timeout_s <= MAX_TIMEOUT_S:
@@ -179,6 +217,25 @@ def check_amqp_urls(value: str) -> None:
             raise ConfigError(f"{where} must be an amqp:// or amqps:// URL, not {redact_url(url)!r}")
         if not parts.hostname:
             raise ConfigError(f"{where} names no host: {redact_url(url)!r}")
+
+
+def normalized_origin(text: str) -> str | None:
+    """An http(s) origin as browsers send it in ``Origin``: ``scheme://host[:port]`` in lower case,
+    without the scheme's default port. None when ``text`` is no such origin (``null``, a path, …)."""
+    try:
+        parts = urllib.parse.urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host or parts.username is not None or parts.password is not None:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return None
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address, whose brackets urlsplit drops
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + ("" if port in (None, default) else f":{port}")
 
 
 def redact_url(url: str) -> str:

@@ -41,10 +41,10 @@ const state = {
 async function call(path, { method = "GET", body, headers = {} } = {}) {
   // "no-cache": the browser revalidates what it holds, so an unchanged answer can be a 304.
   const options = { method, headers: { Accept: "application/json", ...headers }, cache: "no-cache", credentials: "same-origin" };
-  if (body !== undefined) {
-    options.body = JSON.stringify(body);
-    options.headers["Content-Type"] = "application/json";
-  }
+  // Every request that changes something declares JSON, with a body or without (logout): the
+  // tracker refuses any other from a cookie session (SPEC §2), so that no other page can forge one.
+  if (method !== "GET") options.headers["Content-Type"] = "application/json";
+  if (body !== undefined) options.body = JSON.stringify(body);
   const response = await fetch(API + path, options);
   let parsed = null;
   try {

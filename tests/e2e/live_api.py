@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import http.client
 import json
+import os
 import pathlib
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import argon2
 
@@ -28,6 +30,7 @@ PASSWORD = "correct horse battery staple"
 CHEAP_PASSWORDS = auth.Passwords(argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 15
+_BURST = 8  # connections opened at once while looking for every worker
 
 
 @dataclasses.dataclass
@@ -85,6 +88,71 @@ class LiveApi:
         )
         assert answer.status == 200, answer
         return answer.headers["set-cookie"].split("access_token=", 1)[1].split(";", 1)[0]
+
+    def worker_pids(self) -> set[int]:
+        """The pids of the gunicorn workers (the children of ``tracker api``)."""
+        children = set()
+        for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == self.process.pid:
+                children.add(int(stat.parent.name))
+        return children
+
+    def worker_serving(self, connection: http.client.HTTPConnection) -> int | None:
+        """The pid of the worker holding the server side of ``connection`` (an open, answered one)."""
+        assert connection.sock is not None
+        client_port = connection.sock.getsockname()[1]
+        wanted = f":{self.port:04X} "
+        inodes = set()
+        for line in pathlib.Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(wanted.strip()) and fields[2].endswith(f":{client_port:04X}"):
+                inodes.add(f"socket:[{fields[9]}]")
+        for pid in self.worker_pids():
+            for fd in pathlib.Path(f"/proc/{pid}/fd").glob("*"):
+                try:
+                    if os.readlink(fd) in inodes:
+                        return pid
+                except OSError:
+                    continue
+        return None
+
+    def connection_to_each_worker(
+        self, warm: Callable[[http.client.HTTPConnection], None], within_s: float = START_TIMEOUT_S
+    ) -> dict[int, http.client.HTTPConnection]:
+        """A kept-alive connection to every worker, by pid, each already used by ``warm`` (which
+        must leave it open: a request answered in full). Connections are opened in bursts, since
+        the kernel hands one at a time to whichever worker waited last. Fails if some worker has
+        taken none after ``within_s`` (one still starting takes none)."""
+        workers = self.worker_pids()
+        found: dict[int, http.client.HTTPConnection] = {}
+
+        def opened() -> http.client.HTTPConnection:
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+            warm(connection)
+            return connection
+
+        deadline = time.monotonic() + within_s
+        with concurrent.futures.ThreadPoolExecutor(_BURST) as pool:
+            while set(found) != workers and time.monotonic() < deadline:
+                for connection in list(pool.map(lambda _: opened(), range(_BURST))):
+                    pid = self.worker_serving(connection)
+                    if pid is not None and pid not in found:
+                        found[pid] = connection
+                    else:
+                        connection.close()
+        assert set(found) == workers, f"connections reached workers {sorted(found)} of {sorted(workers)}"
+        return found
+
+
+def exchange(connection: http.client.HTTPConnection, method: str, path: str, headers: dict[str, str]) -> Answer:
+    """One request on a kept-alive connection, its answer read in full."""
+    connection.request(method, path, headers=headers)
+    response = connection.getresponse()
+    return Answer(response.status, _headers(response.getheaders()), response.read())
 
 
 def _headers(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -272,7 +272,11 @@ def test_the_dashboard_in_chromium(browser: Any, live: LiveApi, settings: Settin
     alert.wait_for()
     assert FORBIDDEN_TEXT in alert.inner_text()
     assert page.get_by_role("button", name="Log out").is_visible()
-    page.get_by_role("button", name="Log out").click()
+    # The logout must really end the session: the page declares its body JSON, from its own origin
+    # (SPEC §2), so the answer is 200, not a refusal the page would pass over.
+    with page.expect_response(lambda response: response.url.endswith("/user/logout")) as logout:
+        page.get_by_role("button", name="Log out").click()
+    assert logout.value.status == 200, logout.value.text()
     page.get_by_role("heading", name="Log in").wait_for()
 
     # No error on the console but the answers the page asked for: 401s before a login, the 403.

@@ -39,7 +39,7 @@ class Http:
         data = None if body is None else json.dumps(body).encode()
         # The base is the test's own http://127.0.0.1 server.
         request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})  # noqa: S310
-        if data is not None:
+        if method != "GET":  # as the dashboard does: a cookie session's writes must declare JSON (SPEC §2)
             request.add_header("Content-Type", "application/json")
         opener = self._opener if cookies else urllib.request.build_opener()
         try:
@@ -238,3 +238,24 @@ def test_what_a_job_says_about_itself_goes_from_the_cli_and_the_worker_to_every_
         ("progress", 50, None),
         ("succeeded", 100, {"rows": 1200}),
     ]
+
+
+def test_a_cookie_session_acts_only_from_the_trackers_own_origin(system: Http):
+    """SPEC §2 through gunicorn: the tracker's own origin is the scheme and Host the request came with."""
+    login(system, "ops")
+    own = system.base  # http://127.0.0.1:PORT
+    other_port = re.sub(r":\d+$", ":1", own)
+    status, _, body = system.call("POST", "/api/5.0/async_status", {}, headers={"Origin": other_port})
+    assert (status, alert(body)) == (
+        403,
+        "refused: a cookie session is used and opened only from the tracker's own origin",
+    )
+    status, _, body = system.call("POST", "/api/5.0/async_status", {}, headers={"Origin": own})
+    assert status == 202, body
+    # A body the cookie session does not declare JSON: urllib's default type for one is a form's.
+    request = urllib.request.Request(system.base + "/api/5.0/async_status", data=b"{}", method="POST")  # noqa: S310
+    try:
+        with system._opener.open(request, timeout=10):  # noqa: SLF001 - its cookies
+            raise AssertionError("a form-typed body was accepted from a cookie session")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 415

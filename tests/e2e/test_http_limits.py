@@ -40,6 +40,8 @@ def token(live: LiveApi) -> str:
 def assert_alert(answer: Answer, status: int, text: str) -> None:
     assert answer.status == status, answer
     assert answer.headers["content-type"] == "application/json"
+    # Whether gunicorn refused it or the app did (issue 24, point 8).
+    assert (answer.headers["x-content-type-options"], answer.headers["cache-control"]) == ("nosniff", "no-store")
     assert answer.json == {"alerts": [{"text": text, "level": "error"}]}
 
 

@@ -10,6 +10,7 @@ import base64
 import json
 import time
 
+import falcon.testing
 import jwt
 import pytest
 import sqlalchemy as sa
@@ -85,7 +86,7 @@ def count_jobs(engine: sa.Engine) -> int:
 
 def test_tampered_tokens_and_cookie_values_are_refused(api: Api) -> None:
     token = api.login("ops").cookies["access_token"].value
-    job = api.client.simulate_post("/api/5.0/async_status", cookies={"access_token": token}).json["response"]
+    job = api.client.simulate_post("/api/5.0/async_status", cookies={"access_token": token}, json={}).json["response"]
     url = f"/api/5.0/async_status/{job['id']}"
     for _name, forged in tampered(token).items():
         for credentials in (
@@ -94,7 +95,7 @@ def test_tampered_tokens_and_cookie_values_are_refused(api: Api) -> None:
             {"cookies": {"mojolicious": forged}},
         ):
             assert_alert(api.client.simulate_get(url, **credentials), 401, UNAUTHORIZED)
-            assert_alert(api.client.simulate_post("/api/5.0/async_status", **credentials), 401, UNAUTHORIZED)
+            assert_alert(api.client.simulate_post("/api/5.0/async_status", json={}, **credentials), 401, UNAUTHORIZED)
     # A tampered cookie is not rescued by a good one after it: the first credential found is the one judged.
     forged = tampered(token)["signature char flipped"]
     assert_alert(
@@ -145,7 +146,7 @@ def test_path_traversal_reaches_no_file(api: Api) -> None:
 
 
 def test_oversized_and_hostile_bodies_are_refused_before_use(api: Api, engine: sa.Engine) -> None:
-    headers = api.bearer("ops")
+    headers = {**api.bearer("ops"), "Content-Type": "application/json"}  # a login's body must say it is JSON
     too_large = f"the request body must be at most {MAX_BODY_BYTES} bytes"
     padding = MAX_BODY_BYTES - len('{"message":""}')
     for path in ("/api/5.0/async_status", "/api/5.0/user/login"):
@@ -197,13 +198,167 @@ def test_brute_force_lock_refuses_even_the_right_password_then_expires(
     assert api.login("ops").status_code == 200
 
 
-def test_credential_stuffing_from_one_client_locks_that_client(
+# What falcon.testing sends as the request's scheme and Host: the tracker's own origin by default.
+OWN_ORIGIN = "http://falconframework.org"
+SAME_SITE = "http://falconframework.org:8080"  # another port of the same host: same site, another origin
+NOT_JSON = "a request that uses or opens a cookie session must have Content-Type: application/json"
+CROSS_ORIGIN = "refused: a cookie session is used and opened only from the tracker's own origin"
+
+
+def test_a_cookie_creates_no_job_without_declaring_its_body_json(api: Api, engine: sa.Engine) -> None:
+    """issue 24 (1): ``fetch(url, {method: "POST", mode: "no-cors", credentials: "include", body: new
+    Blob(['{"message":"x"}'])})`` from a page on another port sends no Content-Type (and a form
+    none of JSON's): a cookie alone must not make such a body a job."""
+    cookie = {"access_token": api.login("ops").cookies["access_token"].value}
+    for content_type in (None, "*/*", "application/*", "text/plain", "application/x-www-form-urlencoded"):
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        result = api.client.simulate_post(
+            "/api/5.0/async_status", cookies=cookie, headers=headers, body=b'{"message":"x"}'
+        )
+        assert_alert(result, 415, NOT_JSON)
+    assert_alert(api.client.simulate_post("/api/5.0/async_status", cookies=cookie), 415, NOT_JSON)  # no body
+    assert count_jobs(engine) == 0
+    # JSON, in any case and with parameters, is what the dashboard sends.
+    for content_type in ("application/json", "APPLICATION/JSON; charset=utf-8", "application/json;charset=UTF-8"):
+        result = api.client.simulate_post(
+            "/api/5.0/async_status", cookies=cookie, headers={"Content-Type": content_type}, body=b'{"message":"x"}'
+        )
+        assert result.status_code == 202, (content_type, result.text)
+    assert count_jobs(engine) == 3
+
+
+def test_a_cookie_acts_only_from_the_trackers_own_origin(api: Api, engine: sa.Engine) -> None:
+    """SameSite=Strict lets a page of the same site (another port, a sibling subdomain) send the
+    cookies: the request's Origin and Sec-Fetch-Site tell such a page from the tracker's own."""
+    cookie = {"mojolicious": api.login("ops").cookies["mojolicious"].value}
+
+    def create(**headers: str) -> falcon.testing.Result:
+        return api.client.simulate_post("/api/5.0/async_status", cookies=cookie, json={"message": "x"}, headers=headers)
+
+    for refused in (
+        {"Origin": SAME_SITE},
+        {"Origin": "https://falconframework.org"},  # the same host over another scheme
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},  # a sandboxed frame, a file, some redirects
+        {"Sec-Fetch-Site": "same-site"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": OWN_ORIGIN, "Sec-Fetch-Site": "same-site"},
+    ):
+        assert_alert(create(**refused), 403, CROSS_ORIGIN)
+    assert count_jobs(engine) == 0
+    for accepted in (
+        {},  # no Origin at all: not a browser, or one that asks the preflight JSON needs across origins
+        {"Origin": OWN_ORIGIN},
+        {"Origin": "HTTP://FalconFramework.org:80"},  # the same origin, written otherwise
+        {"Origin": OWN_ORIGIN, "Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "none"},  # the user's own doing (typed, bookmarked)
+    ):
+        assert create(**accepted).status_code == 202, accepted
+    # Reading is not acting: a GET is answered whatever its origin (CORS keeps the answer from the page).
+    job_id = count_jobs(engine)
+    got = api.client.simulate_get(f"/api/5.0/async_status/{job_id}", cookies=cookie, headers={"Origin": SAME_SITE})
+    assert got.status_code == 200
+
+
+def test_a_same_site_form_does_not_log_the_user_out(api: Api) -> None:
+    cookie = {"access_token": api.login("ops").cookies["access_token"].value}
+    form = {"Content-Type": "application/x-www-form-urlencoded", "Origin": SAME_SITE, "Sec-Fetch-Site": "same-site"}
+    refused = api.client.simulate_post("/api/5.0/user/logout", cookies=cookie, headers=form, body=b"")
+    assert_alert(refused, 403, CROSS_ORIGIN)
+    assert not refused.cookies  # nothing cleared
+    assert_alert(api.client.simulate_post("/api/5.0/user/logout", cookies=cookie), 415, NOT_JSON)
+    logged_out = api.client.simulate_post(
+        "/api/5.0/user/logout", cookies=cookie, headers={"Content-Type": "application/json", "Origin": OWN_ORIGIN}
+    )
+    assert logged_out.status_code == 200 and logged_out.cookies["access_token"].value == ""
+
+
+def test_bearer_clients_are_unaffected(api: Api, engine: sa.Engine) -> None:
+    """A page cannot set Authorization on another origin's request without a preflight, which
+    the tracker does not grant: a Bearer token needs none of the cookie's checks, and keeps
+    today's behaviour exactly (a body without Content-Type is read as JSON)."""
+    bearer = api.bearer("ops")
+    cookie = {"access_token": api.login("ops").cookies["access_token"].value}
+    for headers in ({}, {"Content-Type": "*/*"}, {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}):
+        for cookies in ({}, cookie):  # the Bearer header is the credential judged, cookies or not
+            result = api.client.simulate_post(
+                "/api/5.0/async_status", headers={**bearer, **headers}, cookies=cookies, body=b'{"message":"x"}'
+            )
+            assert result.status_code == 202, (headers, cookies, result.text)
+    assert count_jobs(engine) == 6
+    assert api.client.simulate_post("/api/5.0/user/logout", headers=api.bearer("ops")).status_code == 200
+
+
+def test_a_login_is_opened_only_from_the_trackers_own_origin(api: Api) -> None:
+    """Login CSRF: a page elsewhere logging the victim in as the attacker, whose jobs the victim's
+    dashboard would then show and create. No cookie is set for such a login."""
+    credentials = json.dumps({"u": "ops", "p": PASSWORD}).encode()
+
+    def login(**headers: str) -> falcon.testing.Result:
+        return api.client.simulate_post("/api/5.0/user/login", body=credentials, headers=headers)
+
+    for refused in ({"Origin": SAME_SITE}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
+        result = login(**{"Content-Type": "application/json", **refused})
+        assert_alert(result, 403, CROSS_ORIGIN)
+        assert not result.cookies
+    for content_type in ({}, {"Content-Type": "text/plain"}, {"Content-Type": "*/*"}):
+        result = login(**content_type)
+        assert result.status_code == 415 and not result.cookies, content_type
+    # A login without a body still answers SPEC §2's 400, and a JSON one from the tracker's page logs in.
+    assert_alert(api.client.simulate_post("/api/5.0/user/login"), 400, "username and password are required")
+    assert login(**{"Content-Type": "application/json", "Origin": OWN_ORIGIN}).status_code == 200
+
+
+def test_behind_a_proxy_the_public_origins_are_the_trackers_own(
     settings: Settings, engine: sa.Engine, users: UserStore
 ) -> None:
+    """Behind a TLS-terminating proxy the request reaches the tracker as http://internal-name:
+    TRACKER_PUBLIC_ORIGIN names the origins the dashboard is served from, and only those."""
+    api = build(settings.with_(public_origin="https://tracker.example.com, https://jobs.example.com"), engine, users)
+    cookie = {"access_token": api.login("ops").cookies["access_token"].value}
+
+    def create(origin: str) -> falcon.testing.Result:
+        return api.client.simulate_post("/api/5.0/async_status", cookies=cookie, json={}, headers={"Origin": origin})
+
+    assert create("https://tracker.example.com").status_code == 202
+    assert create("https://jobs.example.com").status_code == 202
+    assert_alert(create(OWN_ORIGIN), 403, CROSS_ORIGIN)  # the address the proxy used is not the public one
+    assert_alert(create("http://tracker.example.com"), 403, CROSS_ORIGIN)
+
+
+def test_one_users_failures_lock_that_user_at_that_address_only(
+    settings: Settings, engine: sa.Engine, users: UserStore
+) -> None:
+    """issue 24 (5): after enough failures for one user from one address, the right password of
+    any user from that address was refused (behind a proxy, everybody's), and the user's from
+    any address. What the attack targets is the user at that address: that is what is locked."""
     api = build(settings.with_(login_max_failures=3, login_lockout_s=60), engine, users)
-    for name in ("alice", "bob", "carol"):  # one guess each: no user reaches the limit, the client does
-        assert api.login(name, "Winter2024!", remote_addr="10.9.9.9").status_code == 401
+    for attempt in range(3):
+        assert_alert(api.login("ops", f"guess {attempt}", remote_addr="10.9.9.9"), 401, "Invalid username or password.")
     locked = api.login("ops", remote_addr="10.9.9.9")
     assert locked.status_code == 429 and not locked.cookies
     assert 0 < int(locked.headers["retry-after"]) <= 60
+    assert api.login("admin", remote_addr="10.9.9.9").status_code == 200  # the others behind that address
+    assert api.login("ops", remote_addr="10.0.0.2").status_code == 200  # the user from elsewhere
+
+
+def test_many_names_from_one_address_lock_that_address(settings: Settings, engine: sa.Engine, users: UserStore) -> None:
+    """Credential stuffing: one guess for each of many names, from one address; its own, looser limit."""
+    api = build(settings.with_(login_max_failures=3, login_max_failures_per_address=5), engine, users)
+    for name in ("alice", "bob", "carol", "dave", "erin"):
+        assert api.login(name, "Winter2024!", remote_addr="10.9.9.9").status_code == 401
+    locked = api.login("ops", remote_addr="10.9.9.9")
+    assert locked.status_code == 429 and not locked.cookies
     assert api.login("ops", remote_addr="10.0.0.2").status_code == 200
+
+
+def test_one_name_guessed_from_many_addresses_locks_that_name(
+    settings: Settings, engine: sa.Engine, users: UserStore
+) -> None:
+    """Distributed guessing of one account: a few guesses from each of many addresses."""
+    api = build(settings.with_(login_max_failures=3, login_max_failures_per_user=6), engine, users)
+    for n in range(6):
+        assert api.login("ops", f"guess {n}", remote_addr=f"10.1.0.{n // 2}").status_code == 401
+    locked = api.login("ops", remote_addr="10.2.0.1")  # anywhere, even the right password
+    assert locked.status_code == 429 and not locked.cookies
+    assert api.login("admin", remote_addr="10.1.0.0").status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -12,10 +13,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from tests.integration.test_api import FAST_PASSWORDS
 from tracker.events import new_event
 from tracker.model import TimelineEvent
 from tracker.store import make_engine, migrations, open_job_store
 from tracker.store.tables import UTCDateTime, async_status, async_status_event
+from tracker.users import TokenRevocations, UserStore
 
 
 @pytest.fixture
@@ -351,5 +354,66 @@ def test_migration_0008_adds_what_a_job_says_about_itself_to_rows_from_before_an
         assert not _columns(engine, "async_status_event") & _SECTION_11_EVENT_COLUMNS
         migrations.migrate(engine)
         assert open_job_store(engine).get_job(2).status == "FAILED"  # what 0006 knew of it is kept
+    finally:
+        engine.dispose()
+
+
+def test_migration_0007_gives_existing_users_account_ids_and_goes_back(any_fresh_database: str) -> None:
+    """Users made before 0007 get an account id each (distinct, never empty); their old tokens
+    carry none, so the API refuses them (tests/integration/test_api.py); their passwords still work.
+    The table of revoked tokens comes and goes with it."""
+    engine = make_engine(any_fresh_database)
+    before = ScriptDirectory.from_config(_config()).get_revision("0007").down_revision
+    assert isinstance(before, str)
+    try:
+        _alembic(engine, lambda config: command.upgrade(config, before))
+        passwords = FAST_PASSWORDS
+        with engine.begin() as conn:
+            for name in ("alice", "bob"):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO tracker_user (username, role, password_hash, created_at) "
+                        "VALUES (:name, 'operations', :hash, :at)"
+                    ),
+                    {"name": name, "hash": passwords.hash("pw-" + name), "at": _AT.replace(tzinfo=None)},
+                )
+        _alembic(engine, lambda config: command.upgrade(config, "0007"))
+        with engine.connect() as conn:
+            ids = {row[0]: row[1] for row in conn.execute(sa.text("SELECT username, account_id FROM tracker_user"))}
+        assert set(ids) == {"alice", "bob"}
+        assert all(re.fullmatch("[0-9a-f]{32}", account) for account in ids.values())
+        assert ids["alice"] != ids["bob"]
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:  # never without one
+            conn.execute(
+                sa.text(
+                    "INSERT INTO tracker_user (username, role, password_hash, created_at) "
+                    "VALUES ('carol', 'operations', 'x', :at)"
+                ),
+                {"at": _AT.replace(tzinfo=None)},
+            )
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            assert {"seq", "token_id", "expires_at"} <= {
+                c["name"] for c in inspector.get_columns("tracker_revoked_token")
+            }
+            assert [i["column_names"] for i in inspector.get_indexes("tracker_revoked_token") if not i["unique"]] == [
+                ["expires_at"]
+            ]
+        migrations.migrate(engine)
+        TokenRevocations(engine).revoke("t" * 32, int(_AT.timestamp()) + 10**9)
+        users = UserStore(engine, passwords)
+        alice = users.authenticate("alice", "pw-alice")
+        assert alice is not None and alice.account_id == ids["alice"]
+        assert users.add("carol", "read-only", "pw").account_id not in ids.values()
+
+        _alembic(engine, lambda config: command.downgrade(config, before))
+        with engine.connect() as conn:
+            columns = {column["name"] for column in sa.inspect(conn).get_columns("tracker_user")}
+            names = conn.execute(sa.text("SELECT username FROM tracker_user ORDER BY username")).scalars().all()
+            tables = set(sa.inspect(conn).get_table_names())
+        assert "account_id" not in columns
+        assert names == ["alice", "bob", "carol"]
+        assert "tracker_revoked_token" not in tables
+        migrations.migrate(engine)
     finally:
         engine.dispose()

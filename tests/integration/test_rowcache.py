@@ -31,7 +31,7 @@ from tracker.events import new_event
 from tracker.model import Job
 from tracker.store import JobNotFound, JobStore, StoreUnavailable, make_engine, migrate, open_job_store
 from tracker.store.postgresql import PostgresJobStore
-from tracker.users import LoginThrottle, UserStore
+from tracker.users import LoginLimits, LoginThrottle, UserStore
 
 CHECK_S = 0.2  # the listener proves itself five times a second here, so the tests wait less
 
@@ -125,19 +125,21 @@ def api(pg_url: str, store: CountingStore, cache: RowCache) -> Iterator[Api]:
     everything else (here: users) on one with pre-ping."""
     engine = make_engine(pg_url)
     users = UserStore(engine, FAST_PASSWORDS)
-    users.add("ops", "operations", PASSWORD)
+    ops = users.add("ops", "operations", PASSWORD)
     settings = Settings(database_url=pg_url, secret=TEST_SECRET)
     tokens = auth.Tokens(TEST_SECRET, settings.token_ttl_s)
     deps = Deps(
         jobs=open_job_store(engine),
         users=users,
-        throttle=LoginThrottle(engine, 5, 60),
+        throttle=LoginThrottle(engine, LoginLimits.of(settings)),
         tokens=tokens,
         settings=settings,
         reads=JobReads(store, cache),
     )
     start_listening(cache, store)
-    yield Api(falcon.testing.TestClient(create_app(deps)), {"Authorization": f"Bearer {tokens.issue('ops')}"})
+    yield Api(
+        falcon.testing.TestClient(create_app(deps)), {"Authorization": f"Bearer {tokens.issue('ops', ops.account_id)}"}
+    )
     engine.dispose()
 
 

@@ -47,7 +47,7 @@ class FakeJobs:
 class FakeUsers:
     def get(self, username: str) -> User | None:
         role = "read-only" if username == "viewer" else "operations"
-        return User(username, role, dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+        return User(username, role, dt.datetime(2024, 1, 1, tzinfo=dt.UTC), account_id=username)
 
 
 def client_over(jobs: FakeJobs, waits: WaitRegistry | None = None) -> tuple[falcon.testing.TestClient, dict[str, str]]:
@@ -60,7 +60,9 @@ def client_over(jobs: FakeJobs, waits: WaitRegistry | None = None) -> tuple[falc
         settings=Settings(secret=SECRET),
         reads=None if waits is None else JobReads(jobs, waits=waits),  # type: ignore[arg-type]
     )
-    return falcon.testing.TestClient(api_app.create_app(deps)), {"Authorization": f"Bearer {tokens.issue('ops')}"}
+    return falcon.testing.TestClient(api_app.create_app(deps)), {
+        "Authorization": f"Bearer {tokens.issue('ops', 'ops')}"
+    }
 
 
 def assert_alert(result: falcon.testing.Result, status: int, text: str) -> None:
@@ -271,7 +273,7 @@ def test_refusals_answer_the_spec_texts() -> None:
     assert_alert(get("/api/5.0/async_status/9223372036854775807", headers=headers), 404, spec_texts.NOT_FOUND)
     assert_alert(get("/api/5.0/async_status/9223372036854775808", headers=headers), 400, spec_texts.ID_NOT_INTEGER)
     assert_alert(get("/api/5.0/async_status/7"), 401, spec_texts.UNAUTHORIZED)
-    viewer = {"Authorization": f"Bearer {auth.Tokens(SECRET, 60).issue('viewer')}"}
+    viewer = {"Authorization": f"Bearer {auth.Tokens(SECRET, 60).issue('viewer', 'viewer')}"}
     assert_alert(get("/api/5.0/async_status/7", headers=viewer), 403, spec_texts.MISSING_READ)
     assert get("/api/5.0/async_status/7", headers=headers).status_code == 200
 
@@ -289,3 +291,38 @@ def test_a_wait_beyond_the_cap_is_answered_at_once_without_preference_applied() 
     client, headers = client_over(FakeJobs(job), WaitRegistry(most=5, most_per_user=0))
     mine = client.simulate_get("/api/5.0/async_status/3", headers={**headers, **waits})
     assert "preference-applied" not in mine.headers
+
+
+def test_every_answer_is_private_unsniffed_and_a_401_names_its_scheme(caplog: pytest.LogCaptureFixture) -> None:
+    """issue 24 (8): a job's status is private and changes, so nothing may keep it, and no answer may
+    be sniffed into another type; a 401 says how to authenticate (Bearer, never a browser's dialog)."""
+    job = Job(7, "PENDING", dt.datetime(2024, 1, 1, tzinfo=dt.UTC), None, "Async job has started.")
+    client, headers = client_over(FakeJobs(job))
+    broken, broken_headers = client_over(FakeJobs(error=RuntimeError("boom")))
+    answers = {
+        "200": client.simulate_get("/api/5.0/async_status/7", headers=headers),
+        "400": client.simulate_get("/api/5.0/async_status/x", headers=headers),
+        "401": client.simulate_get("/api/5.0/async_status/7"),
+        "404": client.simulate_get("/api/5.0/nothing"),
+        "405": client.simulate_delete("/api/5.0/async_status/7"),
+        "500": broken.simulate_get("/api/5.0/async_status/7", headers=broken_headers),
+        "501": client.simulate_get("/api/5.1/async_status/7"),
+        "login 400": client.simulate_post("/api/5.0/user/login"),
+        "ping": client.simulate_get("/api/5.0/ping"),
+        "healthz": client.simulate_get("/healthz"),
+        "openapi": client.simulate_get("/api/5.0/openapi.json"),
+    }
+    for name, result in answers.items():
+        assert (name, result.headers.get("x-content-type-options")) == (name, "nosniff")
+        assert (name, result.headers.get("cache-control")) == (name, "no-store")
+    assert answers["401"].headers["www-authenticate"] == 'Bearer realm="tracker"'
+    assert "www-authenticate" not in answers["200"].headers
+    # SPEC §2's bodies are unchanged, byte for byte.
+    assert answers["200"].text == (
+        '{"response":{"id":7,"status":"PENDING","start_time":"2024-01-01T00:00:00.000000Z",'
+        '"end_time":null,"message":"Async job has started."}}'
+    )
+    assert answers["401"].text == '{"alerts":[{"text":"unauthorized, please log in.","level":"error"}]}'
+    # The dashboard's files keep their own caching (revalidated, so a new release shows at once).
+    page = client.simulate_get("/")
+    assert (page.headers["cache-control"], page.headers["x-content-type-options"]) == ("no-cache", "nosniff")

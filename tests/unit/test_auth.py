@@ -18,9 +18,11 @@ FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 def test_a_token_names_its_user_until_it_expires():
     tokens = auth.Tokens(SECRET, ttl_s=60)
-    claims = tokens.verify(tokens.issue("ops"))
-    assert claims.username == "ops" and abs(claims.issued_at - dt.datetime.now().timestamp()) < 5
-    old = tokens.issue("ops", now=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=61))
+    claims = tokens.verify(tokens.issue("ops", "account-1"))
+    assert (claims.username, claims.account_id) == ("ops", "account-1")
+    assert abs(claims.issued_at - dt.datetime.now().timestamp()) < 5 and claims.expires_at == claims.issued_at + 60
+    assert len(claims.token_id) == 32 and claims.token_id != tokens.verify(tokens.issue("ops", "account-1")).token_id
+    old = tokens.issue("ops", "account-1", now=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=61))
     with pytest.raises(auth.Unauthenticated):
         tokens.verify(old)
 
@@ -30,8 +32,13 @@ def test_a_token_names_its_user_until_it_expires():
     [
         lambda: jwt.encode({"sub": "admin", "iat": 0, "exp": 2**40}, "another key of enough length!!!!!", "HS256"),
         lambda: jwt.encode({"sub": "admin", "iat": 0, "exp": 2**40}, None, "none"),
-        lambda: jwt.encode({"sub": "admin", "iat": 0}, SECRET, "HS256"),  # no expiry
-        lambda: jwt.encode({"sub": "", "iat": 0, "exp": 2**40}, SECRET, "HS256"),
+        lambda: jwt.encode({"sub": "admin", "acct": "a", "jti": "j", "iat": 0}, SECRET, "HS256"),  # no expiry
+        lambda: jwt.encode({"sub": "", "acct": "a", "jti": "j", "iat": 0, "exp": 2**40}, SECRET, "HS256"),
+        # Tokens of before the accounts' ids (issue 24, point 4): no account, so refused.
+        lambda: jwt.encode({"sub": "admin", "jti": "j", "iat": 0, "exp": 2**40}, SECRET, "HS256"),
+        lambda: jwt.encode({"sub": "admin", "acct": "", "jti": "j", "iat": 0, "exp": 2**40}, SECRET, "HS256"),
+        lambda: jwt.encode({"sub": "admin", "acct": 7, "jti": "j", "iat": 0, "exp": 2**40}, SECRET, "HS256"),
+        lambda: jwt.encode({"sub": "admin", "acct": "a", "iat": 0, "exp": 2**40}, SECRET, "HS256"),  # no jti
         lambda: "not.a.token",
         lambda: "",
     ],
@@ -42,7 +49,7 @@ def test_forged_or_malformed_tokens_are_refused(forge):
 
 
 def test_a_tampered_token_is_refused():
-    token = auth.Tokens(SECRET, 60).issue("ops")
+    token = auth.Tokens(SECRET, 60).issue("ops", "account-1")
     head, payload, signature = token.split(".")
     tampered = ".".join([head, payload, ("A" if signature[0] != "A" else "B") + signature[1:]])
     with pytest.raises(auth.Unauthenticated):
@@ -99,10 +106,6 @@ def test_the_configured_secret_wins_and_the_generated_one_is_private_and_stable(
     assert [name for name in os.listdir(tmp_path)] == ["secret"]
 
 
-def test_a_token_issued_before_the_account_existed_predates_it():
-    created = dt.datetime(2026, 1, 1, 12, 0, 0, 500000, tzinfo=dt.UTC)
-    tokens = auth.Tokens(SECRET, ttl_s=10**9)
-    before = tokens.verify(tokens.issue("alice", now=created - dt.timedelta(seconds=1)))
-    same_second = tokens.verify(tokens.issue("alice", now=created.replace(microsecond=900000)))
-    assert before.predates(created)
-    assert not same_second.predates(created)
+def test_new_accounts_get_ids_of_their_own():
+    ids = {auth.new_account_id() for _ in range(100)}
+    assert len(ids) == 100 and all(len(account) == 32 and int(account, 16) >= 0 for account in ids)

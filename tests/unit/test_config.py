@@ -96,3 +96,12 @@ def test_held_waits_are_capped_by_default_at_three_quarters_of_the_threads_and_o
     assert (both.max_waits, both.max_waits_per_user) == (100, 100)
     assert Settings.from_env(both.to_env()) == both
     assert "TRACKER_API_MAX_WAITS" not in Settings().to_env()  # derived, so it follows TRACKER_API_THREADS
+
+
+def test_public_origins_are_read_normalized_and_checked():
+    settings = Settings.from_env({"TRACKER_PUBLIC_ORIGIN": " HTTPS://Tracker.Example.com:443/ , http://[::1]:8000"})
+    assert settings.public_origins == ("https://tracker.example.com", "http://[::1]:8000")
+    assert Settings.from_env({}).public_origins == ()  # the request's own origin serves
+    for bad in ("tracker.example.com", "https://tracker.example.com/dashboard", "null", "ftp://x", "https://u@x"):
+        with pytest.raises(ConfigError, match="TRACKER_PUBLIC_ORIGIN must be origins"):
+            Settings.from_env({"TRACKER_PUBLIC_ORIGIN": bad})

@@ -31,7 +31,7 @@ class RolesByName:
     """Every name is a user whose role is the name itself (``operations``, ``read-only``)."""
 
     def get(self, username: str) -> User | None:
-        return User(username, username, dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+        return User(username, username, dt.datetime(2024, 1, 1, tzinfo=dt.UTC), account_id=username)
 
 
 class Counter:
@@ -70,7 +70,7 @@ def client_with(count: Counter) -> falcon.testing.TestClient:
 
 
 def bearer(role: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {auth.Tokens(SECRET, 60).issue(role)}"}
+    return {"Authorization": f"Bearer {auth.Tokens(SECRET, 60).issue(role, role)}"}
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from api.rowcache import ChangeListener, RowCache, RowMap, Trust
+from api.rowcache import CHANNEL, ChangeListener, RowCache, RowMap, Trust
 from tracker.errors import JobNotFound
 from tracker.model import Job
 
@@ -25,7 +25,9 @@ class FakeConnection:
     and the bulk reads of ``rows`` (none unless a test puts some), calling ``during_read`` after each."""
 
     def __init__(self, triggers: int = 3) -> None:
-        self.notifications: queue.Queue[str] = queue.Queue()
+        self.notifications: queue.Queue[str | tuple[str, str]] = (
+            queue.Queue()
+        )  # a payload on CHANNEL, or (channel, payload)
         self.triggers = triggers
         self.info = SimpleNamespace(backend_pid=4242)
         self.rows: dict[int, Job] = {}
@@ -56,10 +58,11 @@ class FakeConnection:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                payload = self.notifications.get(timeout=max(0.0, deadline - time.monotonic()))
+                item = self.notifications.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 return
-            yield SimpleNamespace(payload=payload)
+            channel, payload = item if isinstance(item, tuple) else (CHANNEL, item)
+            yield SimpleNamespace(channel=channel, payload=payload)
 
 
 def _as_read(job: Job) -> tuple[object, ...]:

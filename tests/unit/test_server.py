@@ -149,6 +149,8 @@ def test_what_gunicorn_refuses_is_answered_through_handle_error_as_json(running:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 "), f"{GUNICORN}: {head!r}; handle_error: {SEAM}"
     assert json.loads(body) == {"alerts": [{"text": "malformed HTTP request", "level": "error"}]}
+    # As every answer of the app's own (issue 24, point 8).
+    assert {b"X-Content-Type-Options: nosniff", b"Cache-Control: no-store"} <= set(head.split(b"\r\n"))
 
 
 def test_told_to_stop_the_worker_answers_held_waits_at_once(running: Running) -> None:

@@ -36,7 +36,7 @@ def test_a_valid_token_is_verified_once_and_refused_from_its_expiry_on() -> None
     tokens, clock = CountingTokens(), WallClock()
     base = int(clock.now)
     issued = dt.datetime.fromtimestamp(base, dt.UTC)
-    token = tokens.issue("ops", now=issued)
+    token = tokens.issue("ops", "account-1", now=issued)
     cache = VerifiedTokens(tokens, clock)
     for _ in range(5):
         assert cache.verify(token).username == "ops"
@@ -50,7 +50,7 @@ def test_a_valid_token_is_verified_once_and_refused_from_its_expiry_on() -> None
 
 def test_an_expired_token_is_refused_even_if_it_was_remembered() -> None:
     tokens = CountingTokens()
-    token = tokens.issue("ops", now=timefmt.now() - dt.timedelta(seconds=59))
+    token = tokens.issue("ops", "account-1", now=timefmt.now() - dt.timedelta(seconds=59))
     clock = WallClock()
     cache = VerifiedTokens(tokens, clock)
     cache.verify(token)
@@ -62,7 +62,7 @@ def test_an_expired_token_is_refused_even_if_it_was_remembered() -> None:
 def test_invalid_tokens_are_never_remembered() -> None:
     tokens = CountingTokens()
     cache = VerifiedTokens(tokens)
-    forged = auth.Tokens("another secret of enough length, really", 60).issue("admin")
+    forged = auth.Tokens("another secret of enough length, really", 60).issue("admin", "account-1")
     for _ in range(3):
         with pytest.raises(auth.Unauthenticated):
             cache.verify(forged)
@@ -73,7 +73,7 @@ def test_tokens_are_kept_only_as_digests_and_the_cache_is_bounded(monkeypatch: p
     monkeypatch.setattr(VerifiedTokens, "_MAX_ENTRIES", 3)
     tokens = CountingTokens()
     cache = VerifiedTokens(tokens)
-    issued = [tokens.issue(f"user{n}") for n in range(5)]
+    issued = [tokens.issue(f"user{n}", f"account-{n}") for n in range(5)]
     for token in issued:
         cache.verify(token)
     kept = cache._entries  # noqa: SLF001
@@ -85,7 +85,7 @@ def test_tokens_are_kept_only_as_digests_and_the_cache_is_bounded(monkeypatch: p
 def test_a_remembered_token_costs_no_signature_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the cache saves: the HMAC check of every request after the first (counted, not timed)."""
     tokens = auth.Tokens(SECRET, 60)
-    token = tokens.issue("ops")
+    token = tokens.issue("ops", "account-1")
     decoded = []
     decode = jwt.decode
 

@@ -10,7 +10,7 @@ from api.middleware import UserCache
 from tracker.errors import StoreUnavailable
 from tracker.users import User
 
-OPS = User("ops", "operations", dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+OPS = User("ops", "operations", dt.datetime(2024, 1, 1, tzinfo=dt.UTC), "a" * 32)
 
 
 class Clock:
@@ -91,3 +91,21 @@ def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(cache._entries) == 3  # noqa: SLF001
     cache.get("user4")  # the latest are kept
     assert len(users.lookups) == 5
+
+
+def test_a_user_is_looked_up_again_only_if_the_kept_lookup_began_too_early() -> None:
+    """A token newer than what the cache knows of its user may be a new account's (issue 24, point 4)."""
+    clock, wall = Clock(), Clock()
+    wall.now = 2_000_000_000.0
+    users = Users(clock)
+    cache = UserCache(users, ttl_s=30, clock=clock, wall_clock=wall)
+    assert cache.get("ops") == OPS  # looked up at wall time 2_000_000_000
+    assert cache.looked_up_since("ops", 2_000_000_000.0) == OPS
+    assert users.lookups == ["ops"]
+    renewed = User("ops", "operations", dt.datetime(2024, 1, 2, tzinfo=dt.UTC), "b" * 32)
+    users.rows["ops"] = renewed
+    wall.now += 0.5
+    assert cache.looked_up_since("ops", 2_000_000_000.1) == renewed  # kept from before then: asked again
+    assert cache.get("ops") == renewed  # and kept
+    assert cache.looked_up_since("ops", 2_000_000_000.5) == renewed
+    assert users.lookups == ["ops", "ops"]

@@ -215,6 +215,22 @@ users = sa.Table(
     sa.Column("role", sa.String(32), nullable=False),
     sa.Column("password_hash", sa.Text, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # A random id of the account, never changed (migration 0007): tokens carry it, so that an
+    # account deleted and made again under the same name does not take the first one's tokens.
+    sa.Column("account_id", sa.String(32), nullable=False),
+)
+
+# Tokens ended before their expiry by a logout (migration 0007): every API process keeps those not
+# yet expired in memory (api/revocations.py). ``seq`` follows the order revocations commit in (on
+# PostgreSQL each revoking transaction locks the table first), so that a process can read what is
+# new since the last it saw; never reused, since expired rows are deleted.
+revoked_tokens = sa.Table(
+    "tracker_revoked_token",
+    metadata,
+    sa.Column("seq", BigId, sa.Identity(always=False), primary_key=True),
+    sa.Column("token_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+    sqlite_autoincrement=True,
 )
 
 login_failures = sa.Table(

@@ -32,7 +32,7 @@ from sqlalchemy.dialects import postgresql
 from tracker.store.tables import UTCDateTime
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
