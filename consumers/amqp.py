@@ -55,6 +55,7 @@ from consumers.telemetry import BatchTelemetry
 from consumers.writers import Batch, Projector, Writers
 from tracker import broker
 from tracker.config import Settings
+from tracker.outages import OutageLog
 from tracker.reasons import reason_code
 from tracker.store import make_engine, open_job_store
 
@@ -112,6 +113,7 @@ class Consumer:
         self._link = broker.ConfirmingChannel(settings, "tracker-consumer", declare=True)
         self._reconnect = broker.ReconnectDelay()
         self._health = HealthFile(settings.health_file)
+        self._broker = OutageLog(log, "broker connection back")
         self._channel: BlockingChannel | None = None  # while subscribed
         self._pending: list[Delivery] = []  # received, not yet handed to a writer
         self._pending_since = 0.0  # when the oldest of them arrived (monotonic)
@@ -127,6 +129,12 @@ class Consumer:
     def subscribed(self) -> bool:
         """Whether the consumer holds a subscription on the broker now (readiness); from any thread."""
         return self._channel is not None
+
+    @property
+    def database_problem(self) -> str | None:
+        """Why the batches in hand cannot be committed (the database unavailable, or broken), or
+        None (readiness); from any thread."""
+        return self._writers.problem
 
     def stop(self) -> None:
         """Ask the loop to finish its batch and return; safe from signal handlers and threads."""
@@ -159,6 +167,7 @@ class Consumer:
         channel.add_on_cancel_callback(self.on_cancelled)
         channel.basic_consume(self._settings.queue, self.on_message)
         self._channel = channel
+        self._broker.recovered()
         log.info(
             "consuming %s at %s (batch %d, flush %d ms, prefetch %d)",
             self._settings.queue,
@@ -232,13 +241,14 @@ class Consumer:
         if isinstance(exc, (pika.exceptions.UnroutableError, pika.exceptions.NackError)):
             log.warning("could not dead-letter: %s is not taking messages (%s)", self._settings.dead_queue, exc)
         delay = self._reconnect.after(held_s)
-        log.warning(
-            "broker connection lost (%s: %s); %d unacked deliveries will be redelivered; reconnecting in %.1f s",
-            type(exc).__name__,
-            exc,
-            len(self._pending) + self._writers.deliveries,
-            delay,
+        # Once when the connection goes, then every minute while no node takes one; each attempt at debug.
+        unacked = len(self._pending) + self._writers.deliveries
+        self._broker.failed(
+            "broker connection lost",
+            f"{type(exc).__name__}: {exc}; {unacked} unacked deliveries will be redelivered; "
+            "reconnecting with back-off",
         )
+        log.debug("broker connection lost (%s: %s); reconnecting in %.1f s", type(exc).__name__, exc, delay)
         self._pending.clear()
         self._stop.wait(delay)
 

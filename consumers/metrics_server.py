@@ -1,8 +1,9 @@
 """A consumer's ``/metrics``, ``/healthz`` and ``/readyz`` at ``TRACKER_METRICS_BIND``, from a thread of their own.
 
 ``/healthz`` answers 200 while the process serves; ``/readyz`` 200 when the database answers with
-the newest schema and the consumer holds a subscription on the broker, else 503 with an alert
-saying which is not so. No authentication, as for the API's own: nothing here names a job.
+the newest schema and takes the consumer's batches, and the consumer holds a subscription on the
+broker, else 503 with an alert saying which is not so. No authentication, as for the API's own:
+nothing here names a job.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ _JSON = [("Content-Type", "application/json")]
 
 
 class Subscription(Protocol):
-    """Whether the consumer holds its subscription on the broker now (``consumers.amqp.Consumer``)."""
+    """Whether the consumer holds its subscription on the broker now, and why its batches cannot be
+    committed, if they cannot (``consumers.amqp.Consumer``)."""
 
     @property
     def subscribed(self) -> bool: ...
+
+    @property
+    def database_problem(self) -> str | None: ...
 
 
 class Endpoints:
@@ -105,7 +110,10 @@ def start(settings: Settings, consumer: Subscription) -> Endpoints | None:
     engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
 
     def ready() -> str | None:
-        problems = [schema_problem(engine), None if consumer.subscribed else "not connected to RabbitMQ"]
+        # The writers' problem too: a database that answers a probe may still refuse the folds (a
+        # column or a grant missing), or the writers' connections may not have moved yet.
+        database = schema_problem(engine) or consumer.database_problem
+        problems = [database, None if consumer.subscribed else "not connected to RabbitMQ"]
         return "; ".join(p for p in problems if p) or None
 
     endpoints = Endpoints(ready, metrics=settings.metrics)
