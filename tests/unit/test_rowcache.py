@@ -27,6 +27,7 @@ class FakeConnection:
     def __init__(self, triggers: int = 3) -> None:
         self.notifications: queue.Queue[str] = queue.Queue()
         self.triggers = triggers
+        self.read_only = False  # a standby, or a primary fenced read-only
         self.info = SimpleNamespace(backend_pid=4242)
         self.rows: dict[int, Job] = {}
         self.during_read: Callable[[], None] = lambda: None
@@ -41,7 +42,7 @@ class FakeConnection:
     def execute(self, query: str, params: Any = None) -> Any:
         self.queries.append(query)
         if "pg_trigger" in query:
-            return SimpleNamespace(fetchone=lambda: (self.triggers,))
+            return SimpleNamespace(fetchone=lambda: (self.triggers, self.read_only))
         if "ORDER BY id DESC" in query:
             found = sorted(self.rows.values(), key=lambda job: -job.id)[: params[0]]
         elif "id = ANY" in query:
@@ -387,6 +388,46 @@ def test_the_listener_reads_the_newest_rows_once_live_and_the_rows_due_at_each_t
         assert heard.count("read") == 2  # any row may have changed: the read is not handed over
     finally:
         listener.close(5)
+
+
+def test_a_listener_on_a_server_that_takes_no_writes_goes_dark_and_trusts_nothing_once_live_elsewhere() -> None:
+    # A failover: the server the listener was on is fenced read-only (or its connection now lands
+    # on a standby); changes are made on another server, of which this one will never notify.
+    connection = FakeConnection()
+    heard = Heard()
+    listener = started_listener(lambda: connection, heard)
+    try:
+        wait_until(lambda: heard.count("live") == 1, "live")
+        connection.read_only = True
+        wait_until(lambda: heard.count("dark") >= 1, "dark once its server takes no writes")
+        time.sleep(0.3)
+        assert heard.count("live") == 1  # never live again while it takes none
+        connection.read_only = False  # the primary, found again
+        wait_until(lambda: heard.count("live") == 2, "live again")
+    finally:
+        listener.close(5)
+
+
+def test_the_cache_empties_and_wakes_every_wait_when_its_listener_is_live_again_after_a_failover(
+    connection: FakeConnection,
+) -> None:
+    woken: list[set[int] | None] = []
+    cache, loads = listening_cache(connection, warm_rows=0, on_change=woken.append), Loads()
+    try:
+        loads.put(1, "running")
+        cache.get(1, loads)
+        assert 1 in cache
+        connection.read_only = True  # the old primary, fenced: what it says no longer counts
+        wait_until(lambda: not cache.listening, "not listening")
+        assert len(cache) == 0
+        loads.put(1, "changed on the new primary, unheard")
+        assert cache.get(1, loads).message == "changed on the new primary, unheard"  # read, not served from memory
+        woken.clear()
+        connection.read_only = False
+        wait_until(lambda: cache.listening, "listening again")
+        assert None in woken  # every held wait reads again: it may have missed a change
+    finally:
+        cache.close(5)
 
 
 def test_without_the_triggers_the_listener_backs_off_and_starts_afresh_once_live() -> None:
