@@ -257,6 +257,46 @@ class Pair:
         self.primary.execute(f'CREATE DATABASE "{name}"')
         self.wait_replayed()
 
+    def wait_streaming(self, timeout: float = _START_TIMEOUT_S) -> None:
+        """Block until the standby streams from the primary, and, when synchronous, is its
+        synchronous standby (the setting is the primary's own, made now: ALTER SYSTEM)."""
+        deadline = time.monotonic() + timeout
+        while (state := self.replication()) is None or state[0] != "streaming":
+            if time.monotonic() > deadline:
+                raise ServersUnavailable(f"the standby is not streaming: {state}\n{self.standby.tail()}")
+            time.sleep(0.1)
+        if self.synchronous:
+            self.primary.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            self.primary.execute("SELECT pg_reload_conf()")
+            while (state := self.replication()) != ("streaming", "sync"):
+                if time.monotonic() > deadline:
+                    raise ServersUnavailable(f"the standby is not synchronous: {state}")
+                time.sleep(0.1)
+
+    def fail_over(self, detection_s: float) -> float:
+        """Kill the primary (SIGKILL, every process of it), wait ``detection_s`` (a failover
+        manager's time to decide), promote the standby; the seconds from the kill to the end of the
+        promotion. The promoted server is the primary from then on; the lost one is the standby
+        (not running) until ``rebuild_standby``."""
+        lost, promoted = self.primary, self.standby
+        lost.kill()
+        killed_at = time.monotonic()
+        time.sleep(detection_s)
+        promoted.promote()
+        self.primary, self.standby = promoted, lost
+        return time.monotonic() - killed_at
+
+    def rebuild_standby(self) -> None:
+        """After a failover: the lost server's data wiped, and made a standby of the new primary
+        again, on its own port (so the same URL names both), synchronous as the pair was."""
+        lost = self.standby
+        if lost.running:
+            raise RuntimeError("the standby to rebuild is running")
+        shutil.rmtree(lost.data)
+        lost.copy_of(self.primary)
+        lost.start(hot_standby="on")
+        self.wait_streaming()
+
     def replication(self) -> tuple[str, str] | None:
         """The standby's (state, sync_state) as the primary sees it, or None while it is not connected."""
         rows = self.primary.execute("SELECT state, sync_state FROM pg_stat_replication")
@@ -309,23 +349,10 @@ def running_pair(*, synchronous: bool) -> Iterator[Pair]:
             pair.primary.start()
             pair.standby.copy_of(pair.primary)
             pair.standby.start(hot_standby="on")
-            deadline = time.monotonic() + _START_TIMEOUT_S
-            while pair.replication() is None or pair.replication()[0] != "streaming":  # type: ignore[index]
-                if time.monotonic() > deadline:
-                    raise ServersUnavailable(
-                        f"the standby is not streaming: {pair.replication()}\n{pair.standby.tail()}"
-                    )
-                time.sleep(0.1)
-            if synchronous:
-                pair.primary.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
-                pair.primary.execute("SELECT pg_reload_conf()")
-                while pair.replication() != ("streaming", "sync"):
-                    if time.monotonic() > deadline:
-                        raise ServersUnavailable(f"the standby is not synchronous: {pair.replication()}")
-                    time.sleep(0.1)
+            pair.wait_streaming()
             yield pair
         except ServersUnavailable as exc:
-            raise ServersUnavailable(f"{exc}\n{pair.primary.tail()}\n{pair.standby.tail()}") from None
+            raise ServersUnavailable(f"{exc}\n{pair.tail()}") from None
         finally:
             pair.remove()
 
