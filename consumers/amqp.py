@@ -57,7 +57,7 @@ from tracker import broker
 from tracker.config import Settings
 from tracker.outages import OutageLog
 from tracker.reasons import reason_code
-from tracker.store import make_engine, open_job_store
+from tracker.store import make_engine, open_job_store, schema_problem
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ class Consumer:
         self._reconnect = broker.ReconnectDelay()
         self._health = HealthFile(settings.health_file)
         self._broker = OutageLog(log, "broker connection back")
+        self._ever_subscribed = False
         self._channel: BlockingChannel | None = None  # while subscribed
         self._pending: list[Delivery] = []  # received, not yet handed to a writer
         self._pending_since = 0.0  # when the oldest of them arrived (monotonic)
@@ -167,6 +168,7 @@ class Consumer:
         channel.add_on_cancel_callback(self.on_cancelled)
         channel.basic_consume(self._settings.queue, self.on_message)
         self._channel = channel
+        self._ever_subscribed = True
         self._broker.recovered()
         log.info(
             "consuming %s at %s (batch %d, flush %d ms, prefetch %d)",
@@ -243,10 +245,10 @@ class Consumer:
         delay = self._reconnect.after(held_s)
         # Once when the connection goes, then every minute while no node takes one; each attempt at debug.
         unacked = len(self._pending) + self._writers.deliveries
+        redelivered = f"; {unacked} unacked deliveries will be redelivered" if unacked else ""
         self._broker.failed(
-            "broker connection lost",
-            f"{type(exc).__name__}: {exc}; {unacked} unacked deliveries will be redelivered; "
-            "reconnecting with back-off",
+            "broker connection lost" if self._ever_subscribed else "broker unavailable",
+            f"{type(exc).__name__}: {exc}{redelivered}; reconnecting with back-off",
         )
         log.debug("broker connection lost (%s: %s); reconnecting in %.1f s", type(exc).__name__, exc, delay)
         self._pending.clear()
@@ -371,6 +373,13 @@ def consume(settings: Settings) -> int:
     # the pool drops every connection of that age, and the retry connects afresh. A ping would be
     # one more round trip in every event's latency.
     engine = make_engine(settings.database_url, pool_pre_ping=False)
+    if (problem := schema_problem(engine)) is not None:
+        # Started before its database (compose, Kubernetes): say so once, and consume anyway.
+        log.warning(
+            "%s: consuming anyway; batches wait for it (nothing is acked or dead-lettered meanwhile), "
+            "and /readyz answers 503 until then",
+            problem,
+        )
     telemetry = BatchTelemetry() if settings.metrics and settings.metrics_bind else None
     consumer = Consumer(settings, StatusProjector(open_job_store(engine)), telemetry=telemetry)
     consumer.install_signal_handlers()
