@@ -367,3 +367,26 @@ def lone_server() -> Iterator[Server]:
             yield server
         finally:
             server.kill()
+
+
+def main() -> None:
+    """``python -m tests.replication [--asynchronous]``: a pair of this module's own in the
+    foreground (for a benchmark or a trial by hand), its URLs printed, removed on Ctrl-C or SIGTERM."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m tests.replication", description=main.__doc__)
+    parser.add_argument("--asynchronous", action="store_true", help="no synchronous standby")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with running_pair(synchronous=not args.asynchronous) as pair:
+        print(f"primary  {pair.primary.url()}  (data {pair.primary.data})", flush=True)
+        print(f"standby  {pair.standby.url()}  (data {pair.standby.data})", flush=True)
+        print(f"both     {pair.url('DATABASE')}", flush=True)
+        print(f"replication (state, sync_state): {pair.replication()}; Ctrl-C removes both", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+
+
+if __name__ == "__main__":
+    main()
