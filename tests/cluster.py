@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import pathlib
-import pwd
 import shutil
 import signal
 import subprocess
@@ -30,6 +29,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 
 from bench.processes import free_port
+from tests.accounts import ServiceAccount
 from tests.faults import rabbitmq
 
 # Debian's /usr/sbin/rabbitmq-server is a wrapper that redirects the output and switches user
@@ -66,30 +66,14 @@ def server_scripts() -> pathlib.Path:
     )
 
 
-class _Account:
+class _Account(ServiceAccount):
     """Whom the nodes and their commands run as, and the home whose Erlang cookie they share."""
 
     def __init__(self) -> None:
-        if os.geteuid() == 0:
-            try:
-                entry = pwd.getpwnam("rabbitmq")
-            except KeyError:
-                raise ClusterUnavailable("running as root, but there is no rabbitmq user to run the nodes as") from None
-            self.uid: int | None = entry.pw_uid
-            self.gid: int | None = entry.pw_gid
-            self.home = entry.pw_dir
-        else:
-            self.uid = self.gid = None
-            self.home = os.environ.get("HOME", str(pathlib.Path.home()))
-
-    def popen_args(self) -> dict[str, object]:
-        if self.uid is None:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-    def own(self, path: pathlib.Path) -> None:
-        if self.uid is not None:
-            os.chown(path, self.uid, self.gid or -1)
+        try:
+            super().__init__("rabbitmq")
+        except LookupError as exc:
+            raise ClusterUnavailable(str(exc)) from None
 
 
 class Node:

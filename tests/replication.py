@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import pwd
 import re
 import shutil
 import signal
@@ -31,6 +30,7 @@ from typing import Any
 import psycopg
 
 from bench.processes import free_port
+from tests.accounts import ServiceAccount
 
 _VERSIONS = pathlib.Path("/usr/lib/postgresql")
 _MACHINE_PORT = 5432
@@ -59,30 +59,11 @@ def server_binaries() -> pathlib.Path:
     )
 
 
-class _Account:
-    """Whom the servers and their tools run as."""
-
-    def __init__(self) -> None:
-        if os.geteuid() == 0:
-            try:
-                entry = pwd.getpwnam("postgres")
-            except KeyError:
-                raise ServersUnavailable(
-                    "running as root, but there is no postgres user to run the servers as"
-                ) from None
-            self.uid: int | None = entry.pw_uid
-            self.gid: int | None = entry.pw_gid
-        else:
-            self.uid = self.gid = None
-
-    def popen_args(self) -> dict[str, Any]:
-        if self.uid is None:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-    def own(self, path: pathlib.Path) -> None:
-        if self.uid is not None:
-            os.chown(path, self.uid, self.gid or -1)
+def _account() -> ServiceAccount:
+    try:
+        return ServiceAccount("postgres")
+    except LookupError as exc:
+        raise ServersUnavailable(str(exc)) from None
 
 
 def _free_port() -> int:
@@ -99,7 +80,7 @@ def _environment() -> dict[str, str]:
 class Server:
     """One PostgreSQL server of the tests' own: its data directory, port and process."""
 
-    def __init__(self, name: str, home: pathlib.Path, binaries: pathlib.Path, account: _Account) -> None:
+    def __init__(self, name: str, home: pathlib.Path, binaries: pathlib.Path, account: ServiceAccount) -> None:
         self.name = name
         self.port = _free_port()
         self.data = home / name
@@ -321,10 +302,10 @@ class Pair:
 
 
 @contextlib.contextmanager
-def scratch_home() -> Iterator[tuple[pathlib.Path, pathlib.Path, _Account]]:
+def scratch_home() -> Iterator[tuple[pathlib.Path, pathlib.Path, ServiceAccount]]:
     """A temporary directory the servers' user owns, the binaries and that user; deleted on leaving."""
     binaries = server_binaries()
-    account = _Account()
+    account = _account()
     home = pathlib.Path(tempfile.mkdtemp(prefix=f"tracker-pg-{uuid.uuid4().hex[:6]}-"))
     account.own(home)
     try:
