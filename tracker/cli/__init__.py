@@ -141,10 +141,11 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.store import migrate
     from tracker.store.migrations import wait_until_answering
 
-    if args.wait < 0:
+    wait_s: float = getattr(args, "wait", 0.0)  # tracker run migrates too, without the option
+    if wait_s < 0:
         raise UsageError("--wait must be at least 0")
     with _database(settings) as engine:
-        wait_until_answering(engine, args.wait)
+        wait_until_answering(engine, wait_s)
         migrate(engine)
     log.info("database is at the newest schema")
     return 0
