@@ -374,9 +374,10 @@ def consume(settings: Settings) -> int:
     # one more round trip in every event's latency.
     engine = make_engine(settings.database_url, pool_pre_ping=False)
     if (problem := schema_problem(engine)) is not None:
-        # Started before its database (compose, Kubernetes): say so once, and consume anyway.
+        # Started before its database (compose, Kubernetes): say so once, and consume anyway. (Not
+        # the words "consuming ", which tests and the benchmark wait for: bench.processes.READY_LINE.)
         log.warning(
-            "%s: consuming anyway; batches wait for it (nothing is acked or dead-lettered meanwhile), "
+            "%s: starting anyway; batches wait for it (nothing is acked or dead-lettered meanwhile), "
             "and /readyz answers 503 until then",
             problem,
         )

@@ -135,7 +135,7 @@ def test_a_consumer_started_before_its_database_acks_nothing_until_it_comes(tmp_
         assert rabbitmq.unacked_count(settings.queue) == 1  # held, not acked
         log = consumer.output()
         assert "Traceback" not in log
-        [started] = lines_of(log, "consumers.amqp", "consuming anyway")
+        [started] = lines_of(log, "consumers.amqp", "starting anyway")
         assert "the database does not answer" in started
         assert len(lines_of(log, "consumers.writers", "database unavailable")) == 1  # not once per retry
 

@@ -93,7 +93,7 @@ def test_a_consumer_with_no_node_answering_retries_and_never_logs_a_password(set
         assert consumer.alive
         # Said once at warning level, not once per retry.
         warned = [line for line in consumer.output().splitlines() if " WARNING consumers.amqp" in line]
-        assert len(warned) == 1 and "broker connection lost: BrokerUnreachable" in warned[0], consumer.output()
+        assert len(warned) == 1 and "broker unavailable: BrokerUnreachable" in warned[0], consumer.output()
     finally:
         consumer.stop()
     assert "s3cret" not in consumer.output()
