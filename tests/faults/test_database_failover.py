@@ -49,6 +49,7 @@ from tests.polling import poll_until
 from tests.processes import ConsumerProcess
 from tests.replication import Pair
 from tracker import merge, timefmt
+from tracker.leases import JobLimits
 from tracker.publisher import Publisher
 from tracker.store import make_engine, migrate, open_job_store
 
@@ -57,6 +58,7 @@ pytestmark = [pytest.mark.rabbitmq]
 DETECTION_S = 1.0  # from the kill to `pg_ctl promote`: a failover manager's time to decide
 SAMPLE = 40  # jobs of the stream polled through the API throughout, as clients would
 WAIT_ANSWERED_WITHIN_S = 5.0  # a held wait, after the commit of the event that ends its job
+LEASE_S = 8  # a job's heartbeat lease, from just before the kill: it runs out after the switch
 
 
 @pytest.fixture
@@ -187,13 +189,17 @@ def _scenario(
         record = Record()
         started = time.monotonic()
         publishing = PacedPublishing(settings, stream, record, duration_s=duration_s, threads=3).start()
-        held_across = None
+        held_across, leased = None, 0
         for n in range(failovers):
             time.sleep(duration_s / (failovers + 2) * rng.uniform(0.8, 1.2))
             if n == failovers - 1:  # held from before the last switch until after it
                 held_across = waiting.submit(
                     api.request, "GET", _path(across), None, {**headers, "Prefer": "wait=60"}, 90
                 )
+                # A job no worker will ever beat for: its lease runs out after the switch, and
+                # the lost-job check must fail it from the new primary.
+                leased = store.create_job("no worker", JobLimits(timeout_s=3600, heartbeat_timeout_s=LEASE_S)).id
+                pair.wait_replayed()
             if pair.synchronous:
                 assert pair.replication() == ("streaming", "sync"), "the standby is not synchronous"
             held_back = _hold_back(pair, hold_back_s, record) if hold_back_s else 0
@@ -224,6 +230,13 @@ def _scenario(
         )
         publishing.join(timeout=duration_s + 300)
         polling.stop()
+        lost = poll_until(
+            lambda: (job := store.get_job(leased)).status == merge.FAILED and job,
+            60,
+            "the job whose lease ran out after the switch failed by the lost-job check",
+            interval=0.5,
+        )
+        assert lost.message == f"no event for {LEASE_S} s: the worker is presumed lost"
 
         resumed = ", ".join(
             f"promoted {s.promoted:.1f} s, writes resumed {s.writes_resumed:.1f} s, GETs {s.gets_answered:.1f} s"
@@ -234,7 +247,8 @@ def _scenario(
             scenario=scenario,
             done=f"primary SIGKILLed mid-stream {failovers} time(s), standby promoted {DETECTION_S:.0f} s later "
             f"(after each kill: {resumed}); 2 consumers, 3 publishing threads, a tracker api with "
-            f"{SAMPLE} jobs polled throughout; held waits answered {waits_answered:.2f} s after the publish",
+            f"{SAMPLE} jobs polled throughout; held waits answered {waits_answered:.2f} s after the publish; "
+            "a job whose lease ran out after the switch failed by the lost-job check",
             checked=checked,
             settings=settings,
             engine=engine,
@@ -272,7 +286,7 @@ def test_losing_the_primary_of_a_synchronous_standby_mid_stream_loses_nothing(
         scenario="7. database failover (synchronous standby)",
         checked="every process moves to the new primary by itself; every row = merge rule over the confirmed "
         "events; queue drained; nothing dead-lettered; GETs, a wait held across the switch and one after it "
-        "answer with the new primary's rows",
+        "answer with the new primary's rows; the lost-job check carries on there",
     )
 
 

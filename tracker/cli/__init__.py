@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING
 
 from tracker import logs, roles
 from tracker.config import Settings
-from tracker.errors import ConfigError, InvalidEvent, InvalidUser, StoreUnavailable, UsageError, UserExists
+from tracker.errors import (
+    ConfigError,
+    InvalidEvent,
+    InvalidUser,
+    StoreBroken,
+    StoreUnavailable,
+    UsageError,
+    UserExists,
+)
 from tracker.events import TERMINAL_TYPES
 from tracker.leases import MAX_TIMEOUT_S
 from tracker.outages import OutageLog
@@ -61,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except StoreUnavailable as exc:
         # One line, not a traceback: the database is away (or broken), which the user can act on.
-        print(f"tracker: database unavailable: {exc}", file=sys.stderr)
+        print(f"tracker: {_problem_of(exc)}: {exc}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as exc:
         if exc.name not in _SERVER_LIBRARIES:
@@ -192,8 +200,6 @@ def _first_admin_later(settings: Settings, outage: OutageLog) -> None:
 
 
 def _problem_of(exc: StoreUnavailable) -> str:
-    from tracker.store import StoreBroken
-
     if isinstance(exc, StoreBroken):
         return "database not usable yet (its schema or grants: tracker migrate?)"
     return "database unavailable"
