@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from tracker.errors import StoreBroken, StoreRefused, StoreUnavailable
-from tracker.store import refused_as_error, unavailable_as_error
+from tracker.store import make_engine, refused_as_error, unavailable_as_error
 from tracker.store.engine import classify
 
 
@@ -169,3 +169,20 @@ def test_a_locked_sqlite_database_is_an_outage() -> None:
 def test_what_is_not_a_database_error_passes_through() -> None:
     with pytest.raises(KeyError):
         both(KeyError("a bug"))
+
+
+@pytest.mark.parametrize(
+    ("query", "attrs"),
+    [
+        ("host=h1:5432&host=h2:5432", "read-write"),  # several hosts: only the primary will do
+        ("host=h1,h2&port=5432,5432", "read-write"),
+        ("host=h1:5432&host=h2:5432&target_session_attrs=primary", "primary"),  # as asked
+        ("host=h1:5432", None),  # one host: as libpq would
+    ],
+)
+def test_several_hosts_mean_the_one_that_takes_writes_unless_the_url_says(query: str, attrs: str | None) -> None:
+    engine = make_engine(f"postgresql+psycopg://tracker@/tracker?{query}")  # opens no connection
+    _args, params = engine.dialect.create_connect_args(engine.url)
+    assert params.get("target_session_attrs") == attrs
+    assert params["host"] == ("h1" if query == "host=h1:5432" else "h1,h2")
+    engine.dispose()

@@ -22,7 +22,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     timeouts and pre-ping, so an outage is noticed instead of waited out. The URL may name several
     hosts (``?host=h1:5432&host=h2:5432&target_session_attrs=read-write``): psycopg tries them in
     turn, and a connection to a server that refuses a write is dropped (``_on_error``), so the
-    next one looks for the primary again.
+    next one looks for the primary again. Several hosts and no ``target_session_attrs`` get
+    ``read-write``: libpq's default (``any``) would take a standby for the primary.
     """
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -35,6 +36,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
+        if len(_hosts_of(parsed)) > 1 and "target_session_attrs" not in parsed.query:
+            parsed = parsed.update_query_dict({"target_session_attrs": "read-write"})
         connect_args = {
             "connect_timeout": 5,
             "keepalives": 1,
@@ -47,6 +50,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         sa.event.listen(engine, "handle_error", _on_error)
         return engine
     return sa.create_engine(parsed, **kwargs)
+
+
+def _hosts_of(url: sa.URL) -> list[str]:
+    """The hosts a PostgreSQL URL names in its query (``host=h1&host=h2``, or ``host=h1,h2``)."""
+    given = url.query.get("host", ())
+    listed = [given] if isinstance(given, str) else list(given)
+    return [host for value in listed for host in value.split(",") if host]
 
 
 def _on_error(context: sa.engine.ExceptionContext) -> None:
