@@ -29,11 +29,12 @@ class ServiceAccount:
             self.uid = self.gid = None
             self.home = os.environ.get("HOME", str(pathlib.Path.home()))
 
-    def popen_args(self) -> dict[str, Any]:
-        """subprocess.Popen's arguments that run a child as this user (none when it is us)."""
+    def popen_args(self, group: int | None = None) -> dict[str, Any]:
+        """subprocess.Popen's arguments that run a child as this user, under ``group`` instead of its
+        own if given (none when it is us)."""
         if self.uid is None:
             return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+        return {"user": self.uid, "group": self.gid if group is None else group, "extra_groups": []}
 
     def own(self, path: pathlib.Path) -> None:
         """Make ``path`` this user's."""
