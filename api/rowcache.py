@@ -26,6 +26,7 @@ from tracker import timefmt
 from tracker.backoff import Backoff
 from tracker.labels import as_labels
 from tracker.model import Job
+from tracker.outages import OutageLog
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,14 @@ _CONNECT_OPTIONS = {
 Connect = Callable[[], psycopg.Connection[Any]]
 
 # The triggers of migration 0002, and the check (one round trip every CHECK_S) that they are all
-# there and fire: without them the cache would never hear of a change.
+# there and fire, and that the server takes writes: without the triggers the cache would never hear
+# of a change; on a server that takes none (a standby, or a primary its failover manager fenced
+# read-only), the changes are made elsewhere and it would never hear of them either.
 _TRIGGERS = ["tracker_async_status_updated", "tracker_async_status_deleted", "tracker_async_status_truncated"]
 _CHECK_TRIGGERS = (
-    "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('async_status') "
-    "AND tgname = ANY(%s) AND tgenabled IN ('O', 'A')"
+    "SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('async_status') "
+    "AND tgname = ANY(%s) AND tgenabled IN ('O', 'A')), "
+    "pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
 )
 # The public columns, as tracker.store reads them for GET (tracker.store.tables.PUBLIC_COLUMNS), in
 # the order of tracker.model.Job: the JSON texts as text, read by no one.
@@ -73,11 +77,13 @@ _NEWEST_ROWS = f"SELECT {_PUBLIC} FROM async_status ORDER BY id DESC LIMIT %s"
 
 
 class NotNotified(RuntimeError):
-    """The database would not tell the listener about changes (no triggers): the cache stays off."""
+    """The database would not tell the listener about changes (no triggers, or it takes no writes):
+    the cache stays off until a connection proves otherwise."""
 
 
 def connector_for(engine: sa.Engine) -> Connect:
-    """A function opening a new autocommit psycopg connection to the database behind ``engine``.
+    """A function opening a new autocommit psycopg connection to the database behind ``engine``:
+    the same hosts (all of a multi-host URL, tried in turn) and ``target_session_attrs``.
 
     Raises ValueError when ``engine`` is not PostgreSQL through psycopg 3.
     """
@@ -308,6 +314,8 @@ class ChangeListener:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.backend_pid: int | None = None  # the listening connection's PostgreSQL backend, while it has one
+        # Said once when it stops listening, then every minute: not at every attempt to connect.
+        self._outage = OutageLog(log, "row cache: listening again")
 
     def start(self) -> None:
         """Start the thread unless it has started or the listener is closed; cheap to call per request."""
@@ -338,12 +346,11 @@ class ChangeListener:
                 if not self._stopping.is_set():
                     # The type and first line only: never the connection string, which may hold a password.
                     first_line = (str(exc).strip().splitlines() or [""])[0]
-                    log.warning(
-                        "row cache: not listening (%s: %s); reading from the database, trying again in %.1f s",
-                        type(exc).__name__,
-                        first_line,
-                        delay,
+                    self._outage.failed(
+                        "row cache: not listening",
+                        f"{type(exc).__name__}: {first_line}; reading from the database, trying again with back-off",
                     )
+                    log.debug("row cache: trying to listen again in %.1f s", delay)
             finally:
                 self.backend_pid = None
                 self._hooks.went_dark()
@@ -376,21 +383,26 @@ class ChangeListener:
                     other.went_live(sent_at)
                 live = True
                 backoff.reset()
-                log.info("row cache: listening on %s", CHANNEL)
+                if self._outage.problem is None:
+                    log.info("row cache: listening on %s", CHANNEL)
+                self._outage.recovered()
                 if self._warm_rows:
                     self._read(conn, _NEWEST_ROWS, (self._warm_rows,), refresh=False)
             for notify in conn.notifies(timeout=self._check_s):
                 self._tell(notify)
 
     def _prove(self, conn: psycopg.Connection[Any]) -> set[int] | None:
-        """Check the triggers, then apply every notification PostgreSQL sent before answering:
-        all of those of changes committed before the check was sent. The ids they named; None
-        for every row. Raises NotNotified without the triggers."""
-        enabled = conn.execute(_CHECK_TRIGGERS, (_TRIGGERS,)).fetchone()
-        if enabled is None or enabled[0] != len(_TRIGGERS):
+        """Check the triggers and that the server takes writes, then apply every notification
+        PostgreSQL sent before answering: all of those of changes committed before the check was
+        sent. The ids they named; None for every row. Raises NotNotified without the triggers, or
+        on a server that takes no writes."""
+        checked = conn.execute(_CHECK_TRIGGERS, (_TRIGGERS,)).fetchone()
+        if checked is None or checked[0] != len(_TRIGGERS):
             raise NotNotified(
                 "the async_status triggers of migration 0002 are missing or disabled (run `tracker migrate`)"
             )
+        if checked[1]:
+            raise NotNotified("the server takes no writes (a standby, or fenced read-only): changes happen elsewhere")
         named: set[int] | None = set()
         for notify in conn.notifies(timeout=0):  # psycopg kept those that came with the answer
             of_rows, ids = self._tell(notify)

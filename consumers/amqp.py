@@ -52,11 +52,13 @@ from consumers.batching import Flush, FlushPolicy
 from consumers.reaper import Reaper
 from consumers.status import DeadLetter, Delivery, StatusProjector
 from consumers.telemetry import BatchTelemetry
-from consumers.writers import Batch, Projector, Writers
+from consumers.writers import DATABASE_BROKEN, Batch, Projector, Writers
 from tracker import broker
 from tracker.config import Settings
+from tracker.outages import OutageLog
+from tracker.readiness import NotReady
 from tracker.reasons import reason_code
-from tracker.store import make_engine, open_job_store
+from tracker.store import make_engine, open_job_store, schema_problem
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,8 @@ class Consumer:
         self._link = broker.ConfirmingChannel(settings, "tracker-consumer", declare=True)
         self._reconnect = broker.ReconnectDelay()
         self._health = HealthFile(settings.health_file)
+        self._broker = OutageLog(log, "broker connection back")
+        self._ever_subscribed = False
         self._channel: BlockingChannel | None = None  # while subscribed
         self._pending: list[Delivery] = []  # received, not yet handed to a writer
         self._pending_since = 0.0  # when the oldest of them arrived (monotonic)
@@ -127,6 +131,15 @@ class Consumer:
     def subscribed(self) -> bool:
         """Whether the consumer holds a subscription on the broker now (readiness); from any thread."""
         return self._channel is not None
+
+    @property
+    def database_problem(self) -> NotReady | None:
+        """Why the batches in hand cannot be committed (the database unavailable, or broken), or
+        None (readiness); from any thread."""
+        problem = self._writers.problem
+        if problem is None:
+            return None
+        return NotReady("writes" if problem == DATABASE_BROKEN else "database", problem)
 
     def stop(self) -> None:
         """Ask the loop to finish its batch and return; safe from signal handlers and threads."""
@@ -159,6 +172,8 @@ class Consumer:
         channel.add_on_cancel_callback(self.on_cancelled)
         channel.basic_consume(self._settings.queue, self.on_message)
         self._channel = channel
+        self._ever_subscribed = True
+        self._broker.recovered()
         log.info(
             "consuming %s at %s (batch %d, flush %d ms, prefetch %d)",
             self._settings.queue,
@@ -232,13 +247,14 @@ class Consumer:
         if isinstance(exc, (pika.exceptions.UnroutableError, pika.exceptions.NackError)):
             log.warning("could not dead-letter: %s is not taking messages (%s)", self._settings.dead_queue, exc)
         delay = self._reconnect.after(held_s)
-        log.warning(
-            "broker connection lost (%s: %s); %d unacked deliveries will be redelivered; reconnecting in %.1f s",
-            type(exc).__name__,
-            exc,
-            len(self._pending) + self._writers.deliveries,
-            delay,
+        # Once when the connection goes, then every minute while no node takes one; each attempt at debug.
+        unacked = len(self._pending) + self._writers.deliveries
+        redelivered = f"; {unacked} unacked deliveries will be redelivered" if unacked else ""
+        self._broker.failed(
+            "broker connection lost" if self._ever_subscribed else "broker unavailable",
+            f"{type(exc).__name__}: {exc}{redelivered}; reconnecting with back-off",
         )
+        log.debug("broker connection lost (%s: %s); reconnecting in %.1f s", type(exc).__name__, exc, delay)
         self._pending.clear()
         self._stop.wait(delay)
 
@@ -361,6 +377,15 @@ def consume(settings: Settings) -> int:
     # the pool drops every connection of that age, and the retry connects afresh. A ping would be
     # one more round trip in every event's latency.
     engine = make_engine(settings.database_url, pool_pre_ping=False)
+    if (problem := schema_problem(engine)) is not None:
+        # Started before its database (compose, Kubernetes): say so once, and consume anyway. (Not
+        # the words "consuming ", which tests and the benchmark wait for: bench.processes.READY_LINE.)
+        log.warning(
+            "%s (%s): starting anyway; batches wait for it (nothing is acked or dead-lettered meanwhile), "
+            "and /readyz answers 503 until then",
+            problem.alert,
+            problem.detail,
+        )
     telemetry = BatchTelemetry() if settings.metrics and settings.metrics_bind else None
     consumer = Consumer(settings, StatusProjector(open_job_store(engine)), telemetry=telemetry)
     consumer.install_signal_handlers()

@@ -1,9 +1,10 @@
 """A consumer's ``/metrics``, ``/healthz`` and ``/readyz`` at ``TRACKER_METRICS_BIND``, from a thread of their own.
 
 ``/healthz`` answers 200 while the process serves; ``/readyz`` 200 when the database answers with
-the newest schema and the consumer holds a subscription on the broker, else 503 with an alert
-saying which is not so (the detail goes to the log: ``tracker.readiness``). No authentication, as
-for the API's own: nothing here names a job, a host or a version.
+the newest schema and takes the consumer's batches, and the consumer holds a subscription on the
+broker, else 503 with an alert saying which is not so (the detail goes to the log:
+``tracker.readiness``). No authentication, as for the API's own: nothing here names a job, a
+host or a version.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ _JSON = [("Content-Type", "application/json")]
 
 
 class Subscription(Protocol):
-    """Whether the consumer holds its subscription on the broker now (``consumers.amqp.Consumer``)."""
+    """Whether the consumer holds its subscription on the broker now, and why its batches cannot be
+    committed, if they cannot (``consumers.amqp.Consumer``)."""
 
     @property
     def subscribed(self) -> bool: ...
+
+    @property
+    def database_problem(self) -> NotReady | None: ...
 
 
 class Endpoints:
@@ -109,8 +114,11 @@ def start(settings: Settings, consumer: Subscription) -> Endpoints | None:
     readiness = ReadinessLog(log)
 
     def ready() -> str | None:
+        # The writers' problem too: a database that answers a probe may still refuse the folds (a
+        # column or a grant missing), or the writers' connections may not have moved yet.
+        database = schema_problem(engine) or consumer.database_problem
         subscribed = None if consumer.subscribed else NotReady("broker", "the consumer holds no subscription")
-        return readiness.alert([schema_problem(engine), subscribed])
+        return readiness.alert([database, subscribed])
 
     endpoints = Endpoints(ready, metrics=settings.metrics)
     endpoints.on_stop(engine.dispose)

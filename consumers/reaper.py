@@ -26,7 +26,8 @@ from typing import Protocol
 
 from tracker import broker, leases, metrics, timefmt
 from tracker.config import Settings
-from tracker.errors import PublishFailed, StoreUnavailable
+from tracker.errors import PublishFailed, StoreBroken, StoreUnavailable
+from tracker.outages import OutageLog
 from tracker.publisher import Publisher
 from tracker.store import make_engine
 from tracker.store.leases import LostJobs, purge
@@ -66,6 +67,9 @@ class Reaper:
         self._channel = broker.ConfirmingChannel(settings, "tracker-reaper")
         self._publisher = Publisher(settings, timeout_s=0.0, channel=self._channel)
         self.published = 0
+        # Said once when a service goes, then every minute while it stays away: not every interval.
+        self._database = OutageLog(log, "lost-job check: the database answers again")
+        self._broker = OutageLog(log, "lost-job check: RabbitMQ answers again")
 
     def start(self) -> Reaper:
         self._thread.start()
@@ -85,9 +89,18 @@ class Reaper:
             try:
                 self.check()
             except StoreUnavailable as exc:
-                log.warning("lost-job check skipped: database unavailable (%s)", exc)
+                broken = isinstance(exc, StoreBroken)
+                problem = "database cannot run it (its schema or grants)" if broken else "database unavailable"
+                self._database.failed(
+                    f"lost-job check skipped: {problem}",
+                    f"{exc}; tried again every {interval:g} s",
+                    level=logging.ERROR if broken else logging.WARNING,
+                )
             except _BROKER_ERRORS as exc:
-                log.warning("lost-job check skipped: broker unavailable (%s: %s)", type(exc).__name__, exc)
+                self._broker.failed(
+                    "lost-job check skipped: broker unavailable",
+                    f"{type(exc).__name__}: {exc}; tried again every {interval:g} s",
+                )
                 self._close()
             except Exception:
                 # A bug here must not take the consumer down with it: say so, and try again later.
@@ -96,9 +109,12 @@ class Reaper:
 
     def check(self) -> int:
         """One check (the steps of the module's docstring); how many failed events it published."""
-        if not self._caught_up() or not self._settled():
+        caught_up = self._caught_up()
+        self._broker.recovered()
+        if not caught_up or not self._settled():
             return 0
         checked = self._lost.check(self._caught_up)
+        self._database.recovered()
         published = 0
         if checked is not None:
             for lost in checked.new:

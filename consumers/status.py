@@ -64,8 +64,9 @@ class StatusProjector:
     def handle(self, deliveries: Sequence[Delivery]) -> Outcome:
         """Runs on a writer thread for each batch: parse, apply, and say what to dead-letter.
 
-        Bad input and events the database refuses are dead letters, never an exception. Raises
-        StoreUnavailable when the database is away (retry the same batch).
+        Bad input and events whose own data the database refuses are dead letters, never an
+        exception. Raises StoreUnavailable when the database is away, and StoreBroken when it
+        cannot fold anything (its schema or grants): retry the same batch, dead-letter nothing.
         """
         dead: list[DeadLetter] = []
         parsed: list[tuple[Delivery, events.Event]] = []
@@ -84,8 +85,9 @@ class StatusProjector:
         try:
             result = self._store.apply([event for _, event in parsed])
         except StoreRefused as exc:
-            # The database refused data that passed validation. Halve the batch until the event
-            # it refuses stands alone, so one poison message cannot stall the queue.
+            # The database refused data that passed validation (StoreRefused is only for errors
+            # about the data: tracker.store.engine.classify). Halve the batch until the event it
+            # refuses stands alone, so one poison message cannot stall the queue.
             if len(parsed) == 1:
                 # Logged once, with every other dead letter, when it has been dead-lettered.
                 return [], [DeadLetter(parsed[0][0], f"database refused the event: {exc.error}", parsed[0][1].type)]

@@ -23,6 +23,7 @@ from consumers.status import Outcome
 from tracker import broker, merge, metrics, reasons
 from tracker.config import Settings
 from tracker.events import EventType
+from tracker.store.engine import BROKEN, UNAVAILABLE, ErrorKind
 from tracker.store.tables import async_status
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ class BatchTelemetry:
             for outcome in ("applied", "dead_lettered")
         }
         self._dead = {code: metrics.DEAD_LETTERS.labels(reason=code) for code in reasons.CODES}
+        self._store_errors = {kind: metrics.STORE_ERRORS.labels(kind=kind) for kind in (UNAVAILABLE, BROKEN)}
+
+    def store_error(self, kind: ErrorKind) -> None:
+        """Runs on a writer thread when an attempt to commit a batch failed: ``unavailable`` or ``broken``."""
+        self._store_errors[kind].inc()
 
     def written(self, outcome: Outcome, deliveries: int, seconds: float) -> None:
         """Runs on the writer thread once a batch of ``deliveries`` has committed, ``seconds`` after its first try."""

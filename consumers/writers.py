@@ -1,4 +1,4 @@
-"""The consumer's writer threads: each commits one batch, retrying while the database is away.
+"""The consumer's writer threads: each commits one batch, retrying while the database is away or broken.
 
 No pika here: the connection's thread hands batches over (``write``) and takes them back written,
 oldest first (``next_written``), to dead-letter and ack them itself.
@@ -19,18 +19,23 @@ from typing import Protocol
 from consumers.status import Delivery, Outcome
 from consumers.telemetry import BatchTelemetry
 from tracker.backoff import Backoff
-from tracker.errors import StoreUnavailable
+from tracker.errors import StoreBroken, StoreUnavailable
+from tracker.outages import OutageLog
+from tracker.store.engine import BROKEN, UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
 _STOP_CHECK_S = 0.5  # how often a writer waiting to retry looks at the stop and abandon flags
+# What readiness says while batches cannot be committed (no host, no error text: the log has those).
+DATABASE_UNAVAILABLE = "database unavailable"
+DATABASE_BROKEN = "database cannot apply events (its schema or grants)"
 
 
 class Projector(Protocol):
     """What folds a batch into the store (``consumers.status.StatusProjector``, or a fake)."""
 
     def handle(self, deliveries: Sequence[Delivery]) -> Outcome:
-        """Commit the batch's effect and say what to dead-letter; raises StoreUnavailable."""
+        """Commit the batch's effect and say what to dead-letter; raises StoreUnavailable (StoreBroken included)."""
         ...
 
 
@@ -48,8 +53,11 @@ class Writers:
     """Up to ``count`` batches committed at once, each on a thread of its own, given back in the
     order they were handed over.
 
-    A batch is retried with capped back-off while the database is unavailable, until it commits,
-    or until it is abandoned (``abandon``) or ``stop`` is set: it then resolves to None.
+    A batch is retried with capped back-off while the database is unavailable or broken (its schema
+    or grants not what the code needs: no event is dead-lettered for that), until it commits, or
+    until it is abandoned (``abandon``) or ``stop`` is set: it then resolves to None. Either is
+    logged once when it starts, again every minute while it lasts, and once when a batch commits
+    again; ``problem`` says which, for readiness.
 
     A context manager: the threads (named ``tracker-writer-…``) exist inside the ``with``, and its
     end waits for them.
@@ -68,6 +76,13 @@ class Writers:
         self._telemetry = telemetry
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._batches: collections.deque[Batch] = collections.deque()
+        self._database = OutageLog(log, "database takes batches again")
+
+    @property
+    def problem(self) -> str | None:
+        """Why the batches in hand cannot be committed (DATABASE_UNAVAILABLE or DATABASE_BROKEN); None
+        when they can, or when none is in hand (whatever the last one met may be over). Any thread."""
+        return self._database.problem if self._batches else None
 
     def __enter__(self) -> Writers:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self._count, thread_name_prefix="tracker-writer")
@@ -127,10 +142,14 @@ class Writers:
         while True:
             try:
                 outcome = self._projector.handle(deliveries)
+                self._database.recovered()
                 if self._telemetry is not None:
                     self._telemetry.written(outcome, len(deliveries), time.monotonic() - started)
                 return outcome
             except StoreUnavailable as exc:
+                broken = isinstance(exc, StoreBroken)
+                if self._telemetry is not None:
+                    self._telemetry.store_error(BROKEN if broken else UNAVAILABLE)
                 if self._stop.is_set() or abandon.is_set():
                     why = "while stopping" if self._stop.is_set() else "and the broker connection is gone"
                     log.warning(
@@ -140,7 +159,18 @@ class Writers:
                     )
                     return None
                 delay = backoff.next()
-                log.warning("database unavailable (%s); retrying %d deliveries in %.1f s", exc, len(deliveries), delay)
+                if broken:
+                    self._database.failed(
+                        DATABASE_BROKEN,
+                        f"{exc}; nothing is acked or dead-lettered: batches are retried with back-off "
+                        "until it is repaired",
+                        level=logging.ERROR,
+                    )
+                else:
+                    self._database.failed(
+                        DATABASE_UNAVAILABLE, f"{exc}; nothing is acked: batches are retried with back-off"
+                    )
+                log.debug("retrying %d deliveries in %.1f s (%s)", len(deliveries), delay, exc)
                 deadline = time.monotonic() + delay
                 while not (self._stop.is_set() or abandon.is_set()) and (left := deadline - time.monotonic()) > 0:
                     abandon.wait(min(left, _STOP_CHECK_S))

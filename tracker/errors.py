@@ -10,6 +10,7 @@ The tree (each class also derives from the builtin its callers already catch)::
     ├── UserExists(ValueError)             adding a user whose name is taken
     ├── JobNotFound(LookupError)           no row for the job id; .job_id
     ├── StoreUnavailable(RuntimeError)     the database is away; nothing was committed: retry
+    │   └── StoreBroken                    it answers, but its schema or grants are not the code's: retry once repaired
     ├── StoreRefused                       the database refused the data; nothing committed; .error
     ├── Unauthenticated                    no, forged, expired or revoked credentials
     ├── PermissionDenied                   authenticated without the permission; .permission
@@ -21,9 +22,10 @@ The tree (each class also derives from the builtin its callers already catch)::
 
 Where they become answers: ``api/errors.py`` maps JobNotFound, StoreUnavailable, Unauthenticated,
 PermissionDenied and RequestTimedOut to HTTP once; the consumer dead-letters InvalidEvent, retries
-StoreUnavailable, and halves a batch on StoreRefused until it can dead-letter the one event the
-database refuses; the ``tracker`` command prints the ValueErrors and exits 2. RequestTimedOut is
-no OSError, so that gunicorn, which passes over socket errors quietly, lets it be answered (408).
+StoreUnavailable (StoreBroken too: no event can cure it, so it dead-letters none), and halves a
+batch on StoreRefused until it can dead-letter the one event the database refuses; the
+``tracker`` command prints the ValueErrors and exits 2. RequestTimedOut is no OSError, so that
+gunicorn, which passes over socket errors quietly, lets it be answered (408).
 
 Private to one module, never crossing a boundary: ``api.rowcache.NotNotified`` (the listener's
 proof of the triggers failed), ``consumers.amqp.FatalBrokerError`` and ``ConsumerCancelled``
@@ -78,10 +80,20 @@ class StoreUnavailable(TrackerError, RuntimeError):
     """The database could not be reached or dropped the transaction; nothing was committed."""
 
 
+class StoreBroken(StoreUnavailable):
+    """The database answers, but cannot do the work as this code needs: a table, column or function
+    missing, a privilege refused, a statement it cannot run. Nothing was committed.
+
+    Not bad input (no event can cure it) and not an outage that passes by itself: it lasts until
+    someone repairs the schema or the grants. Whoever retries StoreUnavailable retries this too.
+    """
+
+
 class StoreRefused(TrackerError):
     """The database refused data it was given (a constraint, a value it cannot store); nothing was committed.
 
-    Not an outage: the same data would be refused again. ``error`` names the database's error
+    Only for errors about the data itself (``tracker.store.engine.classify``). Not an outage: the
+    same data would be refused again. ``error`` names the database's error
     (``CheckViolation``, ``UntranslatableCharacter``); the driver's exception is the ``__cause__``.
     """
 

@@ -6,8 +6,8 @@ multiprocess mode, which ``api.server`` turns on before anything imports this mo
 are always from a small fixed set: event types, outcomes, reason codes (``tracker.reasons``),
 statuses, queue names, HTTP methods, route templates and status codes; never a job id or a path.
 
-Which process moves which: a consumer the events, dead letters, batches, lag, lost jobs and the
-two gauges (refreshed on a timer); the API the HTTP pair and the held waits.
+Which process moves which: a consumer the events, dead letters, batches, store errors, lag, lost
+jobs and the two gauges (refreshed on a timer); the API the HTTP pair and the held waits.
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ EVENT_LAG = Histogram(
     "tracker_event_lag_seconds",
     "From an event's occurred_at (the worker's clock) to the commit of its batch, per applied event.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+STORE_ERRORS = Counter(
+    "tracker_store_errors",
+    "Failed attempts to commit a batch, by kind: unavailable (an outage) or broken (the schema or grants "
+    "not the code's); both are retried, nothing acked or dead-lettered. Data the database refuses is "
+    "counted as dead letters (reason database_refused).",
+    ["kind"],
 )
 JOBS_LOST = Counter(
     "tracker_jobs_lost",

@@ -1,6 +1,6 @@
 """Readiness (SPEC §8): ``/readyz`` says which check failed to anyone who asks; why, only to the log.
 
-``/readyz`` needs no credentials, so its answer names a check (database, schema, broker) and no
+``/readyz`` needs no credentials, so its answer names a check (database, schema, writes, broker) and no
 more: a driver's error names the database's host, port and driver, and a revision number the
 version deployed. Those details go to the process's log, once each time they change rather than
 at every probe.
@@ -14,12 +14,14 @@ import threading
 from collections.abc import Iterable
 from typing import Final, Literal
 
-Check = Literal["database", "schema", "broker"]
+Check = Literal["database", "schema", "writes", "broker"]
 
 # What /readyz answers for each failed check (several: joined with "; ", in this order).
 ALERTS: Final[dict[Check, str]] = {
     "database": "the database does not answer",
     "schema": "the database schema is not the newest: run tracker migrate",
+    # a consumer's: the database answers, and refuses its folds for a reason no event can cure
+    "writes": "database cannot apply events (its schema or grants)",
     "broker": "not connected to RabbitMQ",
 }
 

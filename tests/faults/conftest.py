@@ -1,4 +1,5 @@
-"""Fault-scenario fixtures: settings, RabbitMQ nodes of a test's own, consumer processes, the scale and the seed.
+"""Fault-scenario fixtures: settings, RabbitMQ nodes and PostgreSQL servers of a test's own, consumer
+processes, the scale and the seed.
 
 TRACKER_FAULTS_SCALE=long (``make faults-long``) runs every scenario much longer and harder;
 the default is a bounded run for ``make test``. TRACKER_FAULTS_SEED replays a stream.
@@ -19,6 +20,7 @@ from bench.processes import environment
 from tests.cluster import Cluster, ClusterUnavailable, running_cluster
 from tests.conftest import AMQP_URL, settings_for
 from tests.processes import ConsumerProcess
+from tests.replication import Pair, ServersUnavailable, running_pair
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store
 
@@ -69,6 +71,17 @@ def nodes_of_our_own(size: int, net_ticktime: int | None = None) -> Iterator[Clu
             yield started
     except ClusterUnavailable as exc:
         pytest.fail(f"{size} RabbitMQ node(s) of the test's own could not be run: {exc}")
+
+
+def servers_of_our_own(*, synchronous: bool) -> Iterator[Pair]:
+    """For a fixture: a PostgreSQL primary and a standby of the test's own (tests/replication.py),
+    synchronous or not, removed after it however it ends. The test fails, saying why, when they
+    cannot be run here."""
+    try:
+        with running_pair(synchronous=synchronous) as started:
+            yield started
+    except ServersUnavailable as exc:
+        pytest.fail(f"a PostgreSQL primary and standby of the test's own could not be run: {exc}")
 
 
 @pytest.fixture

@@ -11,15 +11,15 @@ _CHUNK = 64 * 1024
 
 
 class TcpProxy:
-    """Listens on a free local port and forwards each connection to ``upstream``.
+    """Listens on a local port (``port``; 0: a free one) and forwards each connection to ``upstream``.
 
     ``cut()`` drops every open connection and makes new ones fail at once, the way a server that
     went away looks to its clients; ``restore()`` forwards again. Use as a context manager.
     """
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], port: int = 0) -> None:
         self._upstream = upstream
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", port))
         self._listener.settimeout(0.2)
         self._lock = threading.Lock()
         self._pairs: set[_Pair] = set()

@@ -86,10 +86,14 @@ def test_only_dead_addresses_give_the_clear_error_one_dead_address_gives(setting
 
 def test_a_consumer_with_no_node_answering_retries_and_never_logs_a_password(settings: Settings, tmp_path) -> None:
     urls = f"{dead_address('tracker:s3cret-pw')},{dead_address('tracker:s3cret-pw')}"
-    consumer = ConsumerProcess(environment(settings.with_(amqp_url=urls)), tmp_path / "consumer.log").start()
+    env = environment(settings.with_(amqp_url=urls), TRACKER_LOG_LEVEL="DEBUG")  # each retry's line too
+    consumer = ConsumerProcess(env, tmp_path / "consumer.log").start()
     try:
         poll_until(lambda: consumer.output().count("broker connection lost (BrokerUnreachable") >= 2, 30, "two retries")
         assert consumer.alive
+        # Said once at warning level, not once per retry.
+        warned = [line for line in consumer.output().splitlines() if " WARNING consumers.amqp" in line]
+        assert len(warned) == 1 and "broker unavailable: BrokerUnreachable" in warned[0], consumer.output()
     finally:
         consumer.stop()
     assert "s3cret" not in consumer.output()

@@ -11,8 +11,6 @@ import json
 import pathlib
 import re
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -26,6 +24,7 @@ from alembic.config import Config
 from api.app import get_app
 from bench.processes import environment
 from tests.conftest import AMQP_URL, TEST_SECRET
+from tests.endpoints import get
 from tests.faults.proxy import TcpProxy
 from tests.metrics_text import scrape, total, value
 from tests.processes import ConsumerProcess
@@ -52,14 +51,6 @@ def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "co
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def get(url: str) -> tuple[int, object]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - a local test server
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 class RunningConsumer:

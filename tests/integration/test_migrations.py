@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,11 +15,14 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from tests.integration.test_api import FAST_PASSWORDS
+from tracker.errors import StoreUnavailable
 from tracker.events import new_event
 from tracker.model import TimelineEvent
 from tracker.store import make_engine, migrations, open_job_store
 from tracker.store.tables import UTCDateTime, async_status, async_status_event
 from tracker.users import TokenRevocations, UserStore
+
+"""The shipped migrations, up and down, on a PostgreSQL database of each test's own and on SQLite."""
 
 
 @pytest.fixture
@@ -181,6 +185,8 @@ _OLD_HISTORY = sa.Table(
     sa.Column("seq", sa.BigInteger),
     sa.Column("message", sa.Text),
 )
+
+
 _AT = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 
 
@@ -311,6 +317,8 @@ _SECTION_11_JOB_COLUMNS = {
     "cancel_seq",
     "cancel_event_id",
 }
+
+
 _SECTION_11_EVENT_COLUMNS = {"progress", "result", "error_code", "error_details"}
 
 
@@ -417,3 +425,48 @@ def test_migration_0007_gives_existing_users_account_ids_and_goes_back(any_fresh
         migrations.migrate(engine)
     finally:
         engine.dispose()
+
+
+class FakeTime:
+    """A clock and a sleep that only move when slept; ``on_sleep`` runs after each sleep."""
+
+    def __init__(self, on_sleep: Callable[[int], None] = lambda _n: None) -> None:
+        self.now = 0.0
+        self.sleeps = 0
+        self._on_sleep = on_sleep
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.sleeps += 1
+        self._on_sleep(self.sleeps)
+
+
+def test_the_wait_for_the_database_returns_once_it_answers_and_says_so_once(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="tracker.store.migrations")
+    folder = tmp_path / "not-mounted-yet"  # SQLite cannot open a file there: as a server not up yet
+    engine = make_engine(f"sqlite:///{folder / 'tracker.db'}")
+    time = FakeTime(on_sleep=lambda n: folder.mkdir() if n == 9 else None)
+    migrations.wait_until_answering(engine, 60, clock=time.clock, sleep=time.sleep)
+    engine.dispose()
+    assert time.sleeps == 9 and 20 < time.now < 60  # 0.25 s doubling to 5 s between tries
+    said = [record.getMessage() for record in caplog.records]
+    assert said[0] == "database unavailable: OperationalError: unable to open database file; waiting up to 60 s for it"
+    assert said[-1].startswith("database answers after ")
+    again = said[1:-1]  # every ten seconds while it lasts, not at every try
+    assert 1 <= len(again) <= time.now // 10
+    assert all(line.startswith("database unavailable (for ") for line in again)
+
+
+@pytest.mark.parametrize("within_s", [0, 2.5])
+def test_the_wait_for_the_database_gives_up_after_its_time(tmp_path, within_s: float) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'missing' / 'tracker.db'}")
+    time = FakeTime()
+    with pytest.raises(StoreUnavailable) as raised:
+        migrations.wait_until_answering(engine, within_s, clock=time.clock, sleep=time.sleep)
+    engine.dispose()
+    waited = f" within {within_s:g} s" if within_s else ""
+    assert str(raised.value) == f"no answer{waited} (OperationalError: unable to open database file)"
+    assert time.now <= within_s

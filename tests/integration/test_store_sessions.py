@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from tracker import merge
-from tracker.errors import StoreUnavailable
+from tracker.errors import StoreBroken, StoreUnavailable
 from tracker.events import new_event
 from tracker.store import make_engine
 from tracker.store.postgresql import PostgresJobStore
@@ -95,5 +95,48 @@ def test_a_new_session_after_the_old_one_was_dropped_makes_the_merge_again(
 
     assert [s for s in sent.take() if s.startswith(MAKES_THE_MERGE)], "the new session made the merge function"
     assert _backend_of(one_connection) != dropped
+    row = store.get_job(job.id)
+    assert (row.status, row.message) == (merge.SUCCEEDED, "after")
+
+
+def test_a_session_that_lost_its_merge_function_is_broken_once_then_makes_it_again(one_connection: sa.Engine) -> None:
+    # As behind a pooler in transaction mode, or after DISCARD: the session is the same, its
+    # temporary function gone. That is no event's fault: broken (retried, nothing dead-lettered),
+    # and the next fold on the connection makes the function again.
+    store = PostgresJobStore(one_connection)
+    job = store.create_job()
+    store.apply([new_event(job.id, "progress", "before")])
+    backend = _backend_of(one_connection)
+    with one_connection.connect() as conn:
+        conn.exec_driver_sql("DISCARD TEMP")
+        conn.commit()
+
+    with pytest.raises(StoreBroken, match="UndefinedFunction"):
+        store.apply([new_event(job.id, "succeeded", "after")])
+    store.apply([new_event(job.id, "succeeded", "after")])
+
+    assert _backend_of(one_connection) == backend  # the same session, its function made again
+    row = store.get_job(job.id)
+    assert (row.status, row.message) == (merge.SUCCEEDED, "after")
+
+
+def test_a_session_on_a_server_that_takes_no_writes_is_an_outage_and_is_dropped(one_connection: sa.Engine) -> None:
+    # A primary fenced read-only by a failover manager (or a connection that landed on a standby)
+    # answers pings and reads but refuses writes: an outage, not bad data, and the connection is
+    # dropped so that the next one looks for the primary (target_session_attrs=read-write).
+    store = PostgresJobStore(one_connection)
+    job = store.create_job()
+    store.apply([new_event(job.id, "progress", "before")])
+    fenced = _backend_of(one_connection)
+    with one_connection.connect() as conn:
+        conn.exec_driver_sql("SET SESSION default_transaction_read_only = on")
+        conn.commit()
+
+    with pytest.raises(StoreUnavailable, match="ReadOnlySqlTransaction") as raised:
+        store.apply([new_event(job.id, "succeeded", "after")])
+    assert not isinstance(raised.value, StoreBroken)
+    store.apply([new_event(job.id, "succeeded", "after")])
+
+    assert _backend_of(one_connection) != fenced
     row = store.get_job(job.id)
     assert (row.status, row.message) == (merge.SUCCEEDED, "after")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import re
 import shlex
@@ -27,6 +28,8 @@ TRACKER_SERVICES = [name for name, spec in SERVICES.items() if spec.get("command
 SETTINGS_ENV = {"TRACKER_" + field.name.upper() for field in dataclasses.fields(Settings)}
 CLUSTER_NODES = ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
 CLUSTER_SERVICES = [*CLUSTER_NODES, "consumer-cluster"]
+HA_DATABASES = ["postgres-primary", "postgres-standby"]
+HA_TRACKERS = ["migrate-ha", "api-ha", "consumer-ha"]
 
 
 def interpolated(value: str, **variables: str) -> str:
@@ -48,10 +51,11 @@ def test_long_running_services_have_health_checks(name):
 
 def test_tracker_services_run_commands_the_cli_has():
     subcommands = cli._parser()._subparsers._group_actions[0].choices  # noqa: SLF001
-    assert sorted(TRACKER_SERVICES) == ["api", "consumer", "consumer-cluster", "migrate"]
+    assert sorted(TRACKER_SERVICES) == sorted(["api", "consumer", "consumer-cluster", "migrate", *HA_TRACKERS])
     for name in TRACKER_SERVICES:
         command = SERVICES[name]["command"]
         assert command[1] in subcommands, command
+        cli._parser().parse_args(command[1:])  # noqa: SLF001 - its options too: argparse exits on one it does not know
 
 
 def test_api_and_consumers_wait_for_the_migration():
@@ -112,7 +116,11 @@ def test_prometheus_runs_only_in_the_monitoring_profile_with_files_that_exist():
     prometheus = SERVICES["prometheus"]
     assert prometheus["profiles"] == ["monitoring"]
     profiled = {name: spec["profiles"] for name, spec in SERVICES.items() if "profiles" in spec}
-    assert profiled == {"prometheus": ["monitoring"], **{name: ["cluster"] for name in CLUSTER_SERVICES}}
+    assert profiled == {
+        "prometheus": ["monitoring"],
+        **{name: ["cluster"] for name in CLUSTER_SERVICES},
+        **{name: ["ha"] for name in [*HA_DATABASES, *HA_TRACKERS]},
+    }
     mounted = {}
     for volume in prometheus["volumes"]:
         source, target, *_ = volume.split(":")
@@ -166,3 +174,74 @@ def test_the_cluster_consumers_are_given_all_three_nodes_and_wait_for_them():
     assert {k: v for k, v in consumer["environment"].items() if k != "TRACKER_AMQP_URL"} == {
         k: v for k, v in single.items() if k != "TRACKER_AMQP_URL"
     }
+
+
+def mounted_files(service: dict[str, object]) -> dict[str, pathlib.Path]:
+    """A service's bind mounts of this repository's files: target → the file, which must exist."""
+    found = {}
+    for volume in service["volumes"]:  # type: ignore[attr-defined]
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            assert (ROOT / source).is_file(), source
+            found[target] = ROOT / source
+    return found
+
+
+def test_the_ha_profile_runs_a_primary_and_a_synchronous_standby_made_from_it():
+    primary, standby = (SERVICES[name] for name in HA_DATABASES)
+    assert primary["image"] == standby["image"] == SERVICES["postgres"]["image"]
+    for service, volume in ((primary, "postgres-primary-data"), (standby, "postgres-standby-data")):
+        assert f"{volume}:/var/lib/postgresql/data" in service["volumes"]  # a data volume of its own
+        assert volume in COMPOSE["volumes"]
+        assert service["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    # The primary: the image runs /docker-entrypoint-initdb.d/*.sh once, after initdb.
+    [(target, init)] = mounted_files(primary).items()
+    assert target.startswith("/docker-entrypoint-initdb.d/") and target.endswith(".sh")
+    script = init.read_text()
+    assert "host replication ${POSTGRES_USER} all scram-sha-256" in script  # the standby may connect
+    assert "ALTER SYSTEM SET synchronous_standby_names = '*'" in script  # commits wait for the standby
+    assert os.access(init, os.X_OK)  # executed, not sourced into the image's entrypoint
+    # The standby: its command is the script, run by the image's entrypoint, which copies the
+    # primary it names with pg_basebackup -R, then hands over to the entrypoint.
+    [(target, copy)] = mounted_files(standby).items()
+    assert standby["command"] == ["bash", target]
+    script = copy.read_text()
+    assert standby["environment"]["PRIMARY_HOST"] == "postgres-primary"
+    assert standby["environment"]["POSTGRES_USER"] == primary["environment"]["POSTGRES_USER"]
+    assert standby["environment"]["PGPASSWORD"] == primary["environment"]["POSTGRES_PASSWORD"]
+    assert "pg_basebackup" in script and "--write-recovery-conf" in script and '--host "${PRIMARY_HOST}"' in script
+    # Promoted, it must not wait for a standby of its own: the command line empties the setting
+    # it copied from the primary.
+    assert script.rstrip().endswith(
+        "exec docker-entrypoint.sh postgres -c hot_standby=on -c synchronous_standby_names="
+    )
+    assert standby["depends_on"]["postgres-primary"]["condition"] == "service_healthy"
+
+
+def test_the_ha_trackers_are_given_both_hosts_and_find_the_primary_by_themselves():
+    from sqlalchemy.engine import make_url
+
+    from tracker.store import make_engine
+
+    for name in HA_TRACKERS:
+        url = interpolated(SERVICES[name]["environment"]["TRACKER_DATABASE_URL"], POSTGRES_PASSWORD="pw")
+        engine = make_engine(Settings.from_env({"TRACKER_DATABASE_URL": url}).database_url)
+        _args, params = engine.dialect.create_connect_args(make_url(url))
+        assert (params["host"], params["port"]) == ("postgres-primary,postgres-standby", "5432,5432")
+        assert (params["user"], params["password"], params["dbname"]) == ("tracker", "pw", "tracker")
+        assert params["target_session_attrs"] == "read-write"
+        engine.dispose()
+    migrate = SERVICES["migrate-ha"]
+    assert migrate["command"] == ["tracker", "migrate", "--wait", "60"]
+    assert {name: spec["condition"] for name, spec in migrate["depends_on"].items()} == {
+        name: "service_healthy" for name in HA_DATABASES
+    }
+    for name, single in (("api-ha", "api"), ("consumer-ha", "consumer")):
+        service = SERVICES[name]
+        assert service["command"] == SERVICES[single]["command"]
+        assert service["healthcheck"] == SERVICES[single]["healthcheck"]
+        assert service["depends_on"]["migrate-ha"]["condition"] == "service_completed_successfully"
+        others = {k: v for k, v in service["environment"].items() if k != "TRACKER_DATABASE_URL"}
+        assert others == {k: v for k, v in SERVICES[single]["environment"].items() if k != "TRACKER_DATABASE_URL"}
+    assert SERVICES["consumer-ha"]["deploy"]["replicas"] == 2
+    assert SERVICES["consumer-ha"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"

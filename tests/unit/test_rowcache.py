@@ -17,6 +17,10 @@ from api.rowcache import CHANNEL, ChangeListener, RowCache, RowMap, Trust
 from tracker.errors import JobNotFound
 from tracker.model import Job
 
+"""The row cache and its parts without a database: the map of rows (bounds, expiry, what is due), the
+listener's trust, the listener against a fake connection, and the cache that composes them."""
+
+
 START = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 
 
@@ -25,10 +29,10 @@ class FakeConnection:
     and the bulk reads of ``rows`` (none unless a test puts some), calling ``during_read`` after each."""
 
     def __init__(self, triggers: int = 3) -> None:
-        self.notifications: queue.Queue[str | tuple[str, str]] = (
-            queue.Queue()
-        )  # a payload on CHANNEL, or (channel, payload)
+        # a payload on CHANNEL, or (channel, payload)
+        self.notifications: queue.Queue[str | tuple[str, str]] = queue.Queue()
         self.triggers = triggers
+        self.read_only = False  # a standby, or a primary fenced read-only
         self.info = SimpleNamespace(backend_pid=4242)
         self.rows: dict[int, Job] = {}
         self.during_read: Callable[[], None] = lambda: None
@@ -43,7 +47,7 @@ class FakeConnection:
     def execute(self, query: str, params: Any = None) -> Any:
         self.queries.append(query)
         if "pg_trigger" in query:
-            return SimpleNamespace(fetchone=lambda: (self.triggers,))
+            return SimpleNamespace(fetchone=lambda: (self.triggers, self.read_only))
         if "ORDER BY id DESC" in query:
             found = sorted(self.rows.values(), key=lambda job: -job.id)[: params[0]]
         elif "id = ANY" in query:
@@ -246,9 +250,6 @@ def test_waits_hear_of_each_notification_after_its_rows_have_left(connection: Fa
         cache.close()
 
 
-# --- RowMap: the rows, without threads or a clock of its own ---
-
-
 def row(job_id: int, message: str = "x") -> Job:
     return Job(job_id, "PENDING", START, None, message)
 
@@ -313,9 +314,6 @@ def test_rows_due_skip_expiries_of_rows_read_again_and_stop_after_count() -> Non
     assert rows.take_due(now=9, horizon=11, idle_s=0, count=5) == ([], True)  # nothing queued any more
 
 
-# --- Trust: the listener's proof, in time ---
-
-
 def test_trust_holds_for_a_window_after_each_proof_and_never_while_dark() -> None:
     trust = Trust(window_s=2)
     assert not trust.listening and trust.until == float("-inf")
@@ -326,9 +324,6 @@ def test_trust_holds_for_a_window_after_each_proof_and_never_while_dark() -> Non
     trust.dark()
     trust.proved(14)  # a late proof of a connection already given up
     assert not trust.listening and trust.until == float("-inf")
-
-
-# --- ChangeListener: the thread and its connection, against the fake ---
 
 
 class Heard:
@@ -463,3 +458,43 @@ def test_without_the_triggers_the_listener_backs_off_and_starts_afresh_once_live
         assert connected[-1] - lost_at < 0.3
     finally:
         listener.close(5)
+
+
+def test_a_listener_on_a_server_that_takes_no_writes_goes_dark_and_trusts_nothing_once_live_elsewhere() -> None:
+    # A failover: the server the listener was on is fenced read-only (or its connection now lands
+    # on a standby); changes are made on another server, of which this one will never notify.
+    connection = FakeConnection()
+    heard = Heard()
+    listener = started_listener(lambda: connection, heard)
+    try:
+        wait_until(lambda: heard.count("live") == 1, "live")
+        connection.read_only = True
+        wait_until(lambda: heard.count("dark") >= 1, "dark once its server takes no writes")
+        time.sleep(0.3)
+        assert heard.count("live") == 1  # never live again while it takes none
+        connection.read_only = False  # the primary, found again
+        wait_until(lambda: heard.count("live") == 2, "live again")
+    finally:
+        listener.close(5)
+
+
+def test_the_cache_empties_and_wakes_every_wait_when_its_listener_is_live_again_after_a_failover(
+    connection: FakeConnection,
+) -> None:
+    woken: list[set[int] | None] = []
+    cache, loads = listening_cache(connection, warm_rows=0, on_change=woken.append), Loads()
+    try:
+        loads.put(1, "running")
+        cache.get(1, loads)
+        assert 1 in cache
+        connection.read_only = True  # the old primary, fenced: what it says no longer counts
+        wait_until(lambda: not cache.listening, "not listening")
+        assert len(cache) == 0
+        loads.put(1, "changed on the new primary, unheard")
+        assert cache.get(1, loads).message == "changed on the new primary, unheard"  # read, not served from memory
+        woken.clear()
+        connection.read_only = False
+        wait_until(lambda: cache.listening, "listening again")
+        assert None in woken  # every held wait reads again: it may have missed a change
+    finally:
+        cache.close(5)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import pytest
 
 from consumers.status import Delivery, Outcome
-from consumers.writers import Writers
-from tracker.errors import StoreUnavailable
+from consumers.writers import DATABASE_BROKEN, DATABASE_UNAVAILABLE, Writers
+from tracker.errors import StoreBroken, StoreUnavailable
 
 
 class FakeProjector:
@@ -43,6 +43,19 @@ class Bug(Exception):
 class BuggyProjector:
     def handle(self, deliveries: Sequence[Delivery]) -> Outcome:
         raise Bug("a bug in the fold")
+
+
+class Telemetry:
+    """Records the kinds of the store errors it is told of."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+
+    def written(self, outcome: Outcome, deliveries: int, seconds: float) -> None:
+        pass
+
+    def store_error(self, kind: str) -> None:
+        self.errors.append(kind)
 
 
 def batch(first: int, count: int) -> list[Delivery]:
@@ -81,13 +94,67 @@ def test_batches_come_back_in_the_order_they_were_handed_over() -> None:
 
 
 def test_a_batch_is_retried_while_the_database_is_away(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="consumers.writers")
     projector = FakeProjector(unavailable=1)
     with Writers(projector, 1, threading.Event()) as writers:
         writers.write(batch(1, 2), through=2, on_done=lambda: None)
         written = writers.next_written(wait=True)
     assert written is not None and written.outcome.result() == Outcome(applied=2, dead=())
     assert projector.attempts == 2
-    assert "database unavailable (OperationalError: connection refused); retrying 2 deliveries in" in caplog.text
+    assert "database unavailable: OperationalError: connection refused; nothing is acked" in caplog.text
+    assert "database takes batches again after" in caplog.text
+
+
+def test_an_outage_is_said_once_not_at_every_retry_and_readiness_hears_of_it(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="consumers.writers")
+    projector = FakeProjector(unavailable=4)
+    errors: list[str] = []
+    with Writers(projector, 1, threading.Event(), telemetry=Telemetry(errors)) as writers:
+        assert writers.problem is None
+        writers.write(batch(1, 2), through=2, on_done=lambda: None)
+        deadline = time.monotonic() + 5
+        while projector.attempts < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writers.problem == DATABASE_UNAVAILABLE  # while the batch in hand waits for it
+        written = writers.next_written(wait=True)
+        assert writers.problem is None  # nothing in hand
+    assert written is not None and written.outcome.result() == Outcome(applied=2, dead=())
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]  # 4 failed attempts, 1 line
+    assert errors == ["unavailable"] * 4
+
+
+class BrokenProjector:
+    """Broken (say, a column dropped) for its first ``broken`` attempts, then applies every delivery."""
+
+    def __init__(self, broken: int) -> None:
+        self.broken = broken
+
+    def handle(self, deliveries: Sequence[Delivery]) -> Outcome:
+        if self.broken:
+            self.broken -= 1
+            raise StoreBroken('UndefinedColumn: column "message" does not exist')
+        return Outcome(applied=len(deliveries), dead=())
+
+
+def test_a_broken_database_is_retried_logged_as_an_error_and_counted_apart(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="consumers.writers")
+    errors: list[str] = []
+    projector = BrokenProjector(broken=3)
+    with Writers(projector, 1, threading.Event(), telemetry=Telemetry(errors)) as writers:
+        writers.write(batch(1, 3), through=3, on_done=lambda: None)
+        deadline = time.monotonic() + 5
+        while projector.broken > 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writers.problem == DATABASE_BROKEN
+        written = writers.next_written(wait=True)
+    assert written is not None and written.outcome.result() == Outcome(applied=3, dead=())  # nothing dead-lettered
+    assert errors == ["broken"] * 3
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert error.getMessage().startswith(
+        'database cannot apply events (its schema or grants): UndefinedColumn: column "message" does not exist; '
+        "nothing is acked or dead-lettered"
+    )
 
 
 @pytest.mark.parametrize(("stopping", "why"), [(False, "and the broker connection is gone"), (True, "while stopping")])
@@ -123,12 +190,10 @@ def test_a_bug_in_the_projector_comes_back_with_its_batch() -> None:
 
 def test_telemetry_hears_of_each_written_batch() -> None:
     heard: list[tuple[Outcome, int, float]] = []
+    telemetry = Telemetry([])
+    telemetry.written = lambda outcome, deliveries, seconds: heard.append((outcome, deliveries, seconds))  # type: ignore[method-assign]
 
-    class Telemetry:
-        def written(self, outcome: Outcome, deliveries: int, seconds: float) -> None:
-            heard.append((outcome, deliveries, seconds))
-
-    with Writers(FakeProjector(), 1, threading.Event(), telemetry=Telemetry()) as writers:
+    with Writers(FakeProjector(), 1, threading.Event(), telemetry=telemetry) as writers:  # type: ignore[arg-type]
         writers.write(batch(1, 5), through=5, on_done=lambda: None)
         writers.next_written(wait=True)
     assert [(outcome.applied, deliveries) for outcome, deliveries, _ in heard] == [(5, 5)]

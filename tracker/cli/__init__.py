@@ -17,15 +17,25 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from tracker import logs, roles
 from tracker.config import Settings
-from tracker.errors import ConfigError, InvalidEvent, InvalidUser, UsageError, UserExists
+from tracker.errors import (
+    ConfigError,
+    InvalidEvent,
+    InvalidUser,
+    StoreBroken,
+    StoreUnavailable,
+    UsageError,
+    UserExists,
+)
 from tracker.events import TERMINAL_TYPES
 from tracker.leases import MAX_TIMEOUT_S
+from tracker.outages import OutageLog
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -57,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _USER_ERRORS as exc:
         print(f"tracker: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        # One line, not a traceback: the database is away (or broken), which the user can act on.
+        print(f"tracker: {_problem_of(exc)}: {exc}", file=sys.stderr)
+        return 1
     except ModuleNotFoundError as exc:
         if exc.name not in _SERVER_LIBRARIES:
             raise
@@ -68,7 +82,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("migrate", help="create or upgrade the database schema").set_defaults(handler=_migrate)
+    migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for the database to answer (say, while it starts beside us); default: try once",
+    )
+    migrate.set_defaults(handler=_migrate)
     commands.add_parser("api", help="serve the HTTP API under gunicorn").set_defaults(handler=_api)
     commands.add_parser("consume", help="fold events from RabbitMQ into rows").set_defaults(handler=_consume)
     commands.add_parser("run", help="migrate, then run the API and a consumer").set_defaults(handler=_run)
@@ -131,17 +153,68 @@ def _database(settings: Settings) -> Iterator[Engine]:
         engine.dispose()
 
 
-def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.cli.dead_queue_move import migrate_dead_queue
     from tracker.store import migrate
+    from tracker.store.migrations import wait_until_answering
 
+    wait_s: float = getattr(args, "wait", 0.0)  # tracker run migrates too, without the option
+    if wait_s < 0:
+        raise UsageError("--wait must be at least 0")
     with _database(settings) as engine:
+        wait_until_answering(engine, wait_s)
         migrate(engine)
     log.info("database is at the newest schema")
     return migrate_dead_queue(settings)
 
 
-def _first_admin(settings: Settings) -> None:
+def _first_admin(settings: Settings, *, later: bool = False) -> None:
+    """With no users at all, create ``admin`` and print its password once (never logged).
+
+    ``later``: a database that does not answer yet (or has no schema yet) is no error; it is said
+    once, and the admin is made from a thread as soon as it answers, while the caller goes on
+    (``tracker api`` serves meanwhile, its /readyz 503). Without, raises StoreUnavailable.
+    """
+    try:
+        _ensure_first_admin(settings)
+    except StoreUnavailable as exc:
+        if not later:
+            raise
+        outage = OutageLog(log, "database answers")
+        outage.failed(
+            _problem_of(exc),
+            f"{exc}; serving anyway: /readyz answers 503 and requests that need it 503 until it answers "
+            "(the first admin, if there are no users, is made then)",
+        )
+        waiting = threading.Thread(
+            target=_first_admin_later, args=(settings, outage), name="tracker-first-admin", daemon=True
+        )
+        waiting.start()
+
+
+def _first_admin_later(settings: Settings, outage: OutageLog) -> None:
+    """Runs on a thread of ``tracker api``'s master until the first admin is settled: retry, with back-off."""
+    from tracker.backoff import Backoff
+
+    backoff = Backoff(first=1.0, cap=15.0)
+    while True:
+        time.sleep(backoff.next())
+        try:
+            _ensure_first_admin(settings)
+        except StoreUnavailable as exc:
+            outage.failed(_problem_of(exc), f"{exc}; serving anyway, /readyz 503 until it answers")
+            continue
+        outage.recovered()
+        return
+
+
+def _problem_of(exc: StoreUnavailable) -> str:
+    if isinstance(exc, StoreBroken):
+        return "database not usable yet (its schema or grants: tracker migrate?)"
+    return "database unavailable"
+
+
+def _ensure_first_admin(settings: Settings) -> None:
     from tracker.users import UserStore
 
     with _database(settings) as engine:
@@ -159,7 +232,9 @@ def _first_admin(settings: Settings) -> None:
 def _api(settings: Settings, _args: argparse.Namespace) -> int:
     from api.server import serve  # the API's dependencies load only for this command
 
-    _first_admin(settings)
+    # Started before its database (compose, Kubernetes): it serves at once, /healthz 200 and
+    # /readyz 503, and starts answering from the database when it comes.
+    _first_admin(settings, later=True)
     serve(settings)
     return 0
 

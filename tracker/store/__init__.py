@@ -6,7 +6,7 @@ the newest schema. Nothing here opens a connection at import time.
 
 from sqlalchemy.engine import Engine
 
-from tracker.errors import JobNotFound, StoreRefused, StoreUnavailable
+from tracker.errors import JobNotFound, StoreBroken, StoreRefused, StoreUnavailable
 from tracker.store.engine import make_engine, refused_as_error, unavailable_as_error
 from tracker.store.jobs import JobStore
 from tracker.store.migrations import migrate, schema_problem
@@ -16,6 +16,7 @@ from tracker.store.sqlite import SQLiteJobStore
 __all__ = [
     "JobNotFound",
     "JobStore",
+    "StoreBroken",
     "StoreRefused",
     "StoreUnavailable",
     "make_engine",

@@ -53,6 +53,7 @@ _FUNCTION_QUOTE = "$merge$"
 # What merge.sql answers (its header says which rows). The names are the function's output
 # parameters, which PL/pgSQL would take a column of the same name for: its body prefers the column.
 _ANSWER = "changed bigint, job_id bigint, kind text, status text, start_time timestamptz, end_time timestamptz"
+_UNDEFINED_FUNCTION = "42883"  # SQLSTATE undefined_function
 
 # Locking in id order is what makes concurrent batches over the same jobs wait for each other
 # instead of deadlocking. It answers with the ids that have no row (usually none), not with the
@@ -114,7 +115,14 @@ class PostgresJobStore(JobStore):
                 if self.merge_name not in made:
                     # Sent as it is: with no parameters, psycopg neither converts nor caches it.
                     conn.exec_driver_sql(self._make_merge, execution_options={"no_parameters": True})
-                applied = self._fold(conn, events)
+                try:
+                    applied = self._fold(conn, events)
+                except sa.exc.ProgrammingError as exc:
+                    if getattr(exc.orig, "sqlstate", None) == _UNDEFINED_FUNCTION:
+                        # The session lost its function (DISCARD, a pooler in transaction mode):
+                        # the next fold on this connection makes it again.
+                        conn.connection.info.pop(_MADE_FOR_BATCHES, None)
+                    raise
             # Only now: had the transaction failed, the settings and the function would have been
             # undone with it.
             conn.connection.info[_MADE_FOR_BATCHES] = made | {self.merge_name}

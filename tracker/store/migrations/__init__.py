@@ -1,16 +1,26 @@
-"""The schema's Alembic migrations (``versions/``), ``migrate``, which applies them, and the check
-that a database holds the newest (``schema_problem``, for readiness)."""
+"""The schema's Alembic migrations (``versions/``), ``migrate``, which applies them, the wait for a
+database that is starting (``wait_until_answering``), and the check that a database holds the newest
+(``schema_problem``, for readiness)."""
 
 from __future__ import annotations
 
 import functools
+import logging
 import pathlib
+import time
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tracker.backoff import Backoff
+from tracker.errors import StoreUnavailable
+from tracker.outages import OutageLog
 from tracker.readiness import NotReady
-from tracker.store.engine import describe
+from tracker.store.engine import describe, unavailable_as_error
+
+log = logging.getLogger(__name__)
+_WAIT_SAID_EVERY_S = 10.0  # while waiting for the database: a line this often, not one per try
 
 # alembic is imported where it is used: the commands and processes that only read and write jobs
 # and users (nearly all) neither load it nor hear it announce its plugins.
@@ -28,6 +38,36 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def wait_until_answering(
+    engine: Engine,
+    within_s: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Return once the database behind ``engine`` takes a connection and answers a query, trying
+    for ``within_s`` seconds (0: once), with capped back-off; the wait is logged when it starts,
+    every ten seconds, and when it ends. Raises StoreUnavailable, saying so, when it did not answer.
+    """
+    deadline = clock() + within_s
+    backoff = Backoff(first=0.25, cap=5.0)
+    said = OutageLog(log, "database answers", every_s=_WAIT_SAID_EVERY_S, clock=clock)
+    while True:
+        try:
+            with unavailable_as_error(), engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except StoreUnavailable as exc:
+            left = deadline - clock()
+            if left <= 0:
+                waited = f" within {within_s:g} s" if within_s > 0 else ""
+                raise StoreUnavailable(f"no answer{waited} ({exc})") from exc
+            said.failed("database unavailable", f"{exc}; waiting up to {within_s:g} s for it")
+            sleep(min(backoff.next(), left))
+        else:
+            said.recovered()
+            return
 
 
 @functools.cache
