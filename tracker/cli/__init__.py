@@ -110,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a label to find the job by, e.g. env=prod (repeatable, up to 16)",
     )
+    create.add_argument(
+        "--notify-url",
+        metavar="URL",
+        help="POST the job's row to URL, signed, once it has ended (the server must allow its origin)",
+    )
     create.set_defaults(handler=_jobs_create)
     emit = jobs.add_parser("emit", help="publish an event for a job")
     emit.add_argument("id", type=int)
@@ -360,8 +365,9 @@ def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
                 flag = "--" + option.replace("_", "-")
                 raise UsageError(f"{flag} must be an integer from 1 to {MAX_TIMEOUT_S}") from None
     kind, labels = _kind_and_labels(args.kind, args.label)
+    notify = {} if args.notify_url is None else {"notify_url": _notify_url(args.notify_url)}
     try:
-        print(client.create_job(args.message, kind=kind, labels=labels, **limits))
+        print(client.create_job(args.message, kind=kind, labels=labels, **limits, **notify))
     except (ApiError, OSError) as exc:
         print(f"tracker: could not create the job: {exc}", file=sys.stderr)
         return 1
@@ -393,6 +399,18 @@ def _kind_and_labels(kind: str | None, assignments: list[str]) -> tuple[str | No
     except ValueError as exc:  # "labels key 'Env' must be …"
         raise UsageError("--label" + str(exc).removeprefix("labels")) from None
     return kind, labels
+
+
+def _notify_url(url: str) -> str:
+    """``--notify-url`` as the API takes it (SPEC §13), but for the server's allow-list, which only
+    the server knows; raises UsageError naming the option."""
+    from tracker.webhooks import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError as exc:  # "notify_url must be …"
+        raise UsageError("--notify-url" + str(exc).removeprefix("notify_url")) from None
+    return url
 
 
 def _jobs_emit(settings: Settings, args: argparse.Namespace) -> int:
