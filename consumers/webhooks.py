@@ -136,10 +136,10 @@ class QueuedListener:
 
     def _listen(self, backoff: Backoff) -> None:
         raw = self._engine.raw_connection()
+        conn = raw.driver_connection
         raw.detach()  # it will be listening for good: never back into the pool
         try:
-            conn = raw.driver_connection
-            assert conn is not None
+            assert conn is not None, "a psycopg connection"
             conn.rollback()
             conn.autocommit = True
             conn.execute(f"LISTEN {CHANNEL}")

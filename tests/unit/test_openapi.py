@@ -372,7 +372,12 @@ def test_the_document_says_which_notify_urls_this_server_takes() -> None:
     for url in ("https://hooks.example.com/jobs?team=ops", "HTTPS://Hooks.Example.com:443", "http://127.0.0.1:8080"):
         assert on.is_valid({"notify_url": url}), url
         webhooks.check_notify_url(url, allowed)
-    for url in ("https://example.com/x", "http://127.0.0.1:8081/", "https://u@a.example.com", "https://a.example.com#x"):
+    for url in (
+        "https://example.com/x",
+        "http://127.0.0.1:8081/",
+        "https://u@a.example.com",
+        "https://a.example.com#x",
+    ):
         assert not on.is_valid({"notify_url": url}), url
         with pytest.raises(ValueError, match="notify_url"):
             webhooks.check_notify_url(url, allowed)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tracker import logs, roles
 from tracker.config import Settings
@@ -365,9 +365,11 @@ def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
                 flag = "--" + option.replace("_", "-")
                 raise UsageError(f"{flag} must be an integer from 1 to {MAX_TIMEOUT_S}") from None
     kind, labels = _kind_and_labels(args.kind, args.label)
-    notify = {} if args.notify_url is None else {"notify_url": _notify_url(args.notify_url)}
+    options: dict[str, Any] = dict(limits)
+    if args.notify_url is not None:
+        options["notify_url"] = _notify_url(args.notify_url)
     try:
-        print(client.create_job(args.message, kind=kind, labels=labels, **limits, **notify))
+        print(client.create_job(args.message, kind=kind, labels=labels, **options))
     except (ApiError, OSError) as exc:
         print(f"tracker: could not create the job: {exc}", file=sys.stderr)
         return 1

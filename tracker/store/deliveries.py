@@ -83,18 +83,18 @@ class Deliveries:
                     queued = {row.job_id: (row.queued_at, row.now) for row in taken}
                     # Locked in id order, as the fold locks them: the two wait for each other, never deadlock.
                     ordered = sa.select(_job.id).where(_job.id.in_(list(queued))).order_by(_job.id).with_for_update()
-                    counted = conn.execute(
+                    conn.execute(
                         sa.update(async_status)
                         .where(_job.id.in_(ordered.scalar_subquery()))
                         .values(notify_attempts=sa.func.coalesce(_job.notify_attempts, 0) + 1)
-                        .returning(*PUBLIC_COLUMNS)
-                    ).all()
-                    for row in counted:
+                    )
+                    # Read as GET reads it (SQLite's RETURNING gives a REAL column's whole numbers as integers).
+                    rows = conn.execute(sa.select(*PUBLIC_COLUMNS).where(_job.id.in_(list(queued))).order_by(_job.id))
+                    for row in rows:
                         job = Job(*row)
                         queued_at, claimed_at = queued[job.id]
                         claimed.append(Claimed(job, token, queued_at, claimed_at))
                 next_due, now_again = conn.execute(sa.select(sa.func.min(_delivery.due_at), self._now())).one()
-        claimed.sort(key=lambda each: each.job.id)
         return claimed, None if next_due is None else (next_due - now_again).total_seconds()
 
     def delivered(self, claimed: Claimed) -> bool:
