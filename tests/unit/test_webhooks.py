@@ -15,6 +15,7 @@ import standardwebhooks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_labels import _cli_creates
 from tracker import metrics, webhooks
 from tracker.config import ConfigError, Settings
 from tracker.webhooks import NOT_ALLOWED, URL_RULE, AllowList, RetryPolicy, check_notify_url
@@ -322,29 +323,12 @@ def test_an_outcome_of_no_known_kind_is_not_counted() -> None:
         metrics.count_webhook_attempt("sent")
 
 
-def _created_by_cli(monkeypatch: pytest.MonkeyPatch, *argv: str) -> tuple[int, list[dict[str, object]]]:
-    from tracker import cli
-    from tracker.client import ApiClient
-
-    asked: list[dict[str, object]] = []
-
-    def create_job(self: ApiClient, message: str | None = None, **given: object) -> int:
-        asked.append({"message": message, **given})
-        return 7
-
-    monkeypatch.setenv("TRACKER_API_TOKEN", "t")
-    monkeypatch.setenv("TRACKER_API_URL", "http://127.0.0.1:1")
-    monkeypatch.setattr(ApiClient, "create_job", create_job)
-    return cli.main(["jobs", "create", *argv]), asked
-
-
 def test_jobs_create_takes_a_notify_url_and_refuses_what_is_no_url_to_send_to(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, asked = _created_by_cli(monkeypatch, "x", "--notify-url", "https://hooks.test/jobs")
-    assert (code, asked) == (0, [{"message": "x", "kind": None, "labels": {}, "notify_url": "https://hooks.test/jobs"}])
-    code, asked = _created_by_cli(monkeypatch, "x", "--notify-url", "https://user@hooks.test/")
-    assert (code, asked) == (2, [])
+    asked = _cli_creates(monkeypatch, "x", "--notify-url", "https://hooks.test/jobs")
+    assert asked == [{"message": "x", "kind": None, "labels": {}, "notify_url": "https://hooks.test/jobs"}]
+    assert _cli_creates(monkeypatch, "x", "--notify-url", "https://user@hooks.test/") == []
     assert capsys.readouterr().err.startswith("tracker: --notify-url must be an http:// or https:// URL")
 
 
@@ -359,3 +343,17 @@ def test_the_client_sends_a_notify_url_only_when_given(monkeypatch: pytest.Monke
     assert client.create_job("x", notify_url="https://hooks.test/") == 3
     assert client.create_job("x") == 3
     assert sent == [{"message": "x", "notify_url": "https://hooks.test/"}, {"message": "x"}]
+
+
+def test_compose_gives_the_api_and_every_consumer_the_webhook_settings_off_unless_set() -> None:
+    import pathlib
+
+    import yaml
+
+    compose = yaml.safe_load((pathlib.Path(__file__).resolve().parents[2] / "compose.yaml").read_text())
+    for name in ("api", "consumer", "consumer-cluster"):
+        env = compose["services"][name]["environment"]
+        assert env["TRACKER_WEBHOOK_ALLOW"] == "${TRACKER_WEBHOOK_ALLOW:-}", name
+        assert env["TRACKER_WEBHOOK_SECRET"] == "${TRACKER_WEBHOOK_SECRET:-}", name
+    # Unset, compose passes both empty: webhooks are off, and the settings hold.
+    assert not Settings.from_env({"TRACKER_WEBHOOK_ALLOW": "", "TRACKER_WEBHOOK_SECRET": ""}).webhook_origins
