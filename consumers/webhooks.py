@@ -270,11 +270,9 @@ class Deliverer:
             target = None
         if target is None or not self._allowed.admits(target):
             self._deliveries.given_up(claimed)
+            where = "its notify_url" if target is None else target.origin
             log.warning(
-                "webhooks: job %d: %s is not allowed here (TRACKER_WEBHOOK_ALLOW); given up",
-                job.id,
-                job.notify_url,
-                extra=extra,
+                "webhooks: job %d: %s is not allowed here (TRACKER_WEBHOOK_ALLOW); given up", job.id, where, extra=extra
             )
             return self._counted(webhooks.FAILED)
         body = webhooks.message(job_view(job))
@@ -287,7 +285,7 @@ class Deliverer:
             log.debug(
                 "webhooks: job %d: delivered to %s (attempt %d)",
                 job.id,
-                job.notify_url,
+                target.origin,
                 job.notify_attempts,
                 extra=extra,
             )
@@ -300,7 +298,7 @@ class Deliverer:
                 "webhooks: job %d: attempt %d to %s failed (%s); given up after %d attempts",
                 job.id,
                 attempts,
-                job.notify_url,
+                target.origin,
                 answer.problem,
                 attempts,
                 extra=extra,
@@ -311,7 +309,7 @@ class Deliverer:
             "webhooks: job %d: attempt %d to %s failed (%s); trying again in %g s",
             job.id,
             attempts,
-            job.notify_url,
+            target.origin,
             answer.problem,
             wait_s,
             extra=extra,

@@ -67,6 +67,12 @@ class Target:
         """Whether the host is an IP address rather than a name."""
         return _address(self.host) is not None
 
+    @property
+    def origin(self) -> str:
+        """``scheme://host:port``: what logs name (a path or query may hold a receiver's token)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
 
 def parse_url(value: Any) -> Target:
     """``value`` as a notify_url; raises ValueError(URL_RULE) for anything else.

@@ -140,7 +140,7 @@ def test_a_receiver_that_hangs_is_timed_out_at_ten_seconds_and_tried_again(
 
 
 def test_a_redirect_is_not_followed_but_failed_and_retried_until_given_up(
-    database_url: str, store: JobStore, deliverers: Running
+    database_url: str, store: JobStore, deliverers: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = counted()
     with Receiver(ACCEPT) as elsewhere, Receiver(REDIRECT, redirect_to=elsewhere.url()) as receiver:
@@ -155,6 +155,9 @@ def test_a_redirect_is_not_followed_but_failed_and_retried_until_given_up(
     after = counted()
     assert (after["retried"] - before["retried"], after["failed"] - before["failed"]) == (2, 1)
     assert job_view(row)["notify"] == {"url": receiver.url(), "state": "failed", "attempts": 3}
+    said = [record.getMessage() for record in caplog.records if record.name == "consumers.webhooks"]
+    assert len(said) == 3 and all(receiver.origin in line and "(a redirect: not followed)" in line for line in said)
+    assert not [line for line in said if "team=ops" in line]  # a query may hold a token: logs name the origin
 
 
 def test_a_url_this_deliverer_does_not_allow_is_given_up_unsent(

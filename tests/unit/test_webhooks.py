@@ -41,6 +41,11 @@ def test_a_url_at_an_allowed_origin_is_taken_as_given(url: str) -> None:
     assert check_notify_url(url, ALLOWED) == url
 
 
+def test_a_target_names_its_origin_for_the_logs() -> None:
+    assert webhooks.parse_url("HTTPS://A.Example.com/x?token=secret").origin == "https://a.example.com:443"
+    assert webhooks.parse_url("http://[::1]:9000/x").origin == "http://[::1]:9000"
+
+
 @pytest.mark.parametrize(
     "url",
     [
