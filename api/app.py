@@ -90,7 +90,10 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     app.add_route("/api/{version:served}/user/login", resources.Login(deps.users, deps.throttle, deps.tokens, secure))
     app.add_route("/api/{version:served}/user/logout", resources.Logout(revoked, secure))
     app.add_route("/api/{version:served}/ping", resources.Ping())
-    app.add_route("/api/{version:served}/openapi.json", resources.OpenApiDocument(openapi.document(SERVED_VERSIONS)))
+    app.add_route(
+        "/api/{version:served}/openapi.json",
+        resources.OpenApiDocument(openapi.document(SERVED_VERSIONS, deps.settings.webhook_origins)),
+    )
     dead_letter_count = deps.dead_letter_count or functools.partial(broker.dead_letter_count, deps.settings)
     app.add_route("/api/{version:served}/dead_letters", dashboard.DeadLetterCount(dead_letter_count))
     for route, (name, content_type) in dashboard.ASSETS.items():

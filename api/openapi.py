@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from api import dashboard, errors, middleware, resources, waits
-from tracker import events, labels, leases, listing, merge, roles
+from tracker import events, labels, leases, listing, merge, roles, webhooks
 from tracker.events import MAX_MESSAGE_CHARS
 
 TIME_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
@@ -36,8 +36,9 @@ _NOT_JSON = (
 )
 
 
-def document(versions: tuple[str, ...]) -> dict[str, Any]:
-    """The OpenAPI 3.1 description of every route the app serves, under each of ``versions``."""
+def document(versions: tuple[str, ...], notify_allowed: webhooks.AllowList | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of every route the app serves, under each of ``versions``, as
+    this server takes them: a job's ``notify_url`` only within ``notify_allowed`` (None: webhooks off)."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -107,7 +108,7 @@ def document(versions: tuple[str, ...]) -> dict[str, Any]:
             **_observability(),
             **_dashboard(),
         },
-        "components": _components(versions),
+        "components": _components(versions, notify_allowed or webhooks.AllowList()),
     }
 
 
@@ -496,7 +497,25 @@ def _bare(schema: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in schema.items() if key not in ("title", "default")}
 
 
-def _components(versions: tuple[str, ...]) -> dict[str, Any]:
+def _notify_url(allowed: webhooks.AllowList) -> dict[str, Any]:
+    """A new job's notify_url (SPEC §13) as this server takes it: within its allow-list, or not at all."""
+    pattern = allowed.pattern()
+    if pattern is None:
+        return {
+            "not": {},
+            "description": f"Webhooks are off here (TRACKER_WEBHOOK_ALLOW is empty): `{webhooks.NOT_ALLOWED}`",
+        }
+    return {
+        "type": "string",
+        "maxLength": webhooks.MAX_URL_CHARS,
+        "pattern": pattern,
+        "description": f'Where to POST `{{"type":"{webhooks.EVENT_TYPE}","job":<the row>}}`, signed as Standard '
+        f"Webhooks says, once the job has ended. Allowed origins: {', '.join(map(str, allowed.origins))}; "
+        f"anything else is 400 `{webhooks.NOT_ALLOWED}`.",
+    }
+
+
+def _components(versions: tuple[str, ...], notify_allowed: webhooks.AllowList) -> dict[str, Any]:
     wire = events.wire_schema(ref_template="#/components/schemas/{model}")
     retry_after = {
         "description": "Seconds to wait",
@@ -584,6 +603,18 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                         "$ref": "#/components/schemas/Time",
                         "description": "When its cancellation was first asked for",
                     },
+                    # SPEC §13: only for a job created with a notify_url
+                    "notify": {
+                        "type": "object",
+                        "required": ["url", "state", "attempts"],
+                        "additionalProperties": False,
+                        "description": "Its webhook: where, how its delivery goes, and the attempts started so far",
+                        "properties": {
+                            "url": {"type": "string", "maxLength": webhooks.MAX_URL_CHARS},
+                            "state": {"enum": [webhooks.PENDING, webhooks.DELIVERED, webhooks.FAILED]},
+                            "attempts": {"type": "integer", "minimum": 0},
+                        },
+                    },
                 },
             },
             "JobStatus": {
@@ -669,6 +700,7 @@ def _components(versions: tuple[str, ...]) -> dict[str, Any]:
                     },
                     "kind": {**_KIND, "description": "What kind of job it is, fixed for its life"},
                     "labels": {**_LABELS, "description": "Pairs to find it by, fixed for its life"},
+                    "notify_url": _notify_url(notify_allowed),
                 },
             },
             "Credentials": {

@@ -17,11 +17,12 @@ from api.middleware import COOKIES, is_json, opens_session, requires
 from api.reads import JobReads
 from api.revocations import RevokedTokens
 from api.waits import client_gone_check, preferred_wait
-from tracker import auth, labels, leases, listing, merge, roles, timefmt
+from tracker import auth, labels, leases, listing, merge, roles, webhooks
 from tracker.config import Settings
 from tracker.envelope import alerts
 from tracker.events import check_message
-from tracker.model import Job, TimelineEvent
+from tracker.model import Job
+from tracker.rendering import event_view, job_view
 from tracker.store import JobNotFound, JobStore
 from tracker.users import LoginThrottle, UserStore
 
@@ -50,45 +51,6 @@ def parse_job_id(text: str) -> int:
         if len(digits) <= 19 and (value := int(match["sign"] + digits)) in _INT64:
             return value
     raise falcon.HTTPBadRequest(description=ID_NOT_INTEGER)
-
-
-def job_view(job: Job) -> dict[str, Any]:
-    """A job as the API shows it: Traffic Ops' five fields in its order, then SPEC §11's, each only
-    when set, so that a job using none of them is answered as Traffic Ops answers (SPEC §2)."""
-    view: dict[str, Any] = {
-        "id": job.id,
-        "status": job.status,
-        "start_time": timefmt.format_time(job.start_time),
-        "end_time": timefmt.format_time(job.end_time),
-        "message": job.message,
-    }
-    if job.kind is not None:
-        view["kind"] = job.kind
-    if job.labels:
-        view["labels"] = dict(job.labels)
-    if job.progress is not None:
-        view["progress"] = _number(job.progress)
-    _outcome(view, job.result_json, job.error_code, job.error_details_json)
-    if job.cancel_requested_at is not None:
-        view["cancel_requested_at"] = timefmt.format_time(job.cancel_requested_at)
-    return view
-
-
-def _number(value: float) -> float | int:
-    """A progress as JSON shows it: a whole number without a fraction (50, not 50.0)."""
-    return int(value) if value.is_integer() else value
-
-
-def _outcome(view: dict[str, Any], result_json: str | None, code: str | None, details_json: str | None) -> None:
-    """Add ``result`` and ``error`` to ``view`` when there are any; their JSON texts are written into
-    the answer as they are kept, not read and written again."""
-    if result_json is not None:
-        view["result"] = orjson.Fragment(result_json)
-    if code is not None:
-        error: dict[str, Any] = {"code": code}
-        if details_json is not None:
-            error["details"] = orjson.Fragment(details_json)
-        view["error"] = error
 
 
 @functools.lru_cache(maxsize=4096)
@@ -131,23 +93,6 @@ class JobStatus:
         resp.data = _job_body(job)
 
 
-def event_view(event: TimelineEvent) -> dict[str, Any]:
-    """One event of a job's timeline as the API shows it (SPEC §7), times as in ``job_view``, and
-    its ``progress``, ``result`` and ``error`` when it has them (SPEC §11)."""
-    view: dict[str, Any] = {
-        "event_id": event.event_id,
-        "type": event.type,
-        "occurred_at": timefmt.format_time(event.occurred_at),
-        "received_at": timefmt.format_time(event.received_at),
-        "seq": event.seq,
-        "message": event.message,
-    }
-    if event.progress is not None:
-        view["progress"] = _number(event.progress)
-    _outcome(view, event.result_json, event.error_code, event.error_details_json)
-    return view
-
-
 class JobTimeline:
     """GET /api/{version}/async_status/{id}/events: every accepted event of one job, in merge-key order."""
 
@@ -165,12 +110,13 @@ class JobTimeline:
 
 class JobStatuses:
     """/api/{version}/async_status: GET lists jobs (SPEC §7); POST starts tracking a new job, with its
-    deadline and lease (SPEC §6), its kind and labels (SPEC §11)."""
+    deadline and lease (SPEC §6), its kind and labels (SPEC §11), and its webhook (SPEC §13)."""
 
     def __init__(self, jobs: JobStore, settings: Settings) -> None:
         self._jobs = jobs
         self._default_timeout_s = settings.job_timeout_s
         self._default_heartbeat_timeout_s = settings.heartbeat_timeout_s
+        self._notify_allowed = settings.webhook_origins
 
     @requires(roles.READ)
     def on_get(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:
@@ -200,7 +146,10 @@ class JobStatuses:
         )
         kind = _checked(body, "kind", labels.check_kind)
         given = _checked(body, "labels", labels.check_labels)
-        job = self._jobs.create_job(message, limits, kind=kind, labels=given or ())
+        notify_url = _checked(
+            body, "notify_url", functools.partial(webhooks.check_notify_url, allowed=self._notify_allowed)
+        )
+        job = self._jobs.create_job(message, limits, kind=kind, labels=given or (), notify_url=notify_url)
         location = f"/api/{version}/async_status/{job.id}"
         resp.status = falcon.HTTP_202
         resp.location = location

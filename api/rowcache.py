@@ -70,7 +70,7 @@ _CHECK_TRIGGERS = (
 # the order of tracker.model.Job: the JSON texts as text, read by no one.
 _PUBLIC = (
     "id, status, start_time, end_time, message, kind, labels, progress, result::text, error_code, "
-    "error_details::text, cancel_requested_at"
+    "error_details::text, cancel_requested_at, notify_url, notify_state, notify_attempts"
 )
 _ROWS_BY_ID = f"SELECT {_PUBLIC} FROM async_status WHERE id = ANY(%s::bigint[])"
 _NEWEST_ROWS = f"SELECT {_PUBLIC} FROM async_status ORDER BY id DESC LIMIT %s"
@@ -643,6 +643,9 @@ def _jobs_of(rows: Iterable[tuple[Any, ...]]) -> Iterable[Job]:
         error_code,
         error_details_json,
         cancel_requested_at,
+        notify_url,
+        notify_state,
+        notify_attempts,
     ) in rows:
         yield Job(
             job_id,
@@ -657,6 +660,9 @@ def _jobs_of(rows: Iterable[tuple[Any, ...]]) -> Iterable[Job]:
             error_code,
             error_details_json,
             _utc(cancel_requested_at),
+            notify_url,
+            notify_state,
+            notify_attempts,
         )
 
 

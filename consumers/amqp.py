@@ -52,6 +52,7 @@ from consumers.batching import Flush, FlushPolicy
 from consumers.reaper import Reaper
 from consumers.status import DeadLetter, Delivery, StatusProjector
 from consumers.telemetry import BatchTelemetry
+from consumers.webhooks import Deliverer
 from consumers.writers import DATABASE_BROKEN, Batch, Projector, Writers
 from tracker import broker
 from tracker.config import Settings
@@ -387,7 +388,10 @@ def consume(settings: Settings) -> int:
             problem.detail,
         )
     telemetry = BatchTelemetry() if settings.metrics and settings.metrics_bind else None
-    consumer = Consumer(settings, StatusProjector(open_job_store(engine)), telemetry=telemetry)
+    # With webhooks on, every consumer delivers them (one at a time for each), woken by its own folds too.
+    deliverer = Deliverer(settings) if settings.webhook_origins else None
+    projector = StatusProjector(open_job_store(engine), on_applied=None if deliverer is None else deliverer.applied)
+    consumer = Consumer(settings, projector, telemetry=telemetry)
     consumer.install_signal_handlers()
     # Every consumer checks for lost jobs (one at a time across them all): nothing else to run.
     reaper = Reaper(settings, backlog=consumer)
@@ -395,6 +399,8 @@ def consume(settings: Settings) -> int:
     # Start-up's objects live as long as the process: out of every later collection's sight (docs/performance.md).
     gc.freeze()
     reaper.start()
+    if deliverer is not None:
+        deliverer.start()
     try:
         consumer.run()
     except FatalBrokerError as exc:
@@ -402,6 +408,8 @@ def consume(settings: Settings) -> int:
         return 2
     finally:
         reaper.stop()
+        if deliverer is not None:
+            deliverer.stop()
         engine.dispose()
         if endpoints is not None:
             endpoints.stop()

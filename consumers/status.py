@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tracker import events
 from tracker.errors import InvalidEvent, StoreRefused
+from tracker.model import Applied
 from tracker.store import JobStore
 
 
@@ -56,10 +57,14 @@ class StatusProjector:
     ``handle`` either commits the batch's effect and returns the outcome, or raises
     StoreUnavailable, in which case the caller retries the same batch. That has committed nothing,
     or, while a refused batch was being halved, some halves: applying them again changes nothing.
+
+    ``on_applied``, if given, is told what each committed fold did, on the writer's thread (the
+    webhooks' deliverer is woken so).
     """
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, on_applied: Callable[[Applied], None] | None = None) -> None:
         self._store = store
+        self._on_applied = on_applied
 
     def handle(self, deliveries: Sequence[Delivery]) -> Outcome:
         """Runs on a writer thread for each batch: parse, apply, and say what to dead-letter.
@@ -95,6 +100,8 @@ class StatusProjector:
             first_applied, first_dead = self._apply(parsed[:middle])
             second_applied, second_dead = self._apply(parsed[middle:])
             return first_applied + second_applied, first_dead + second_dead
+        if self._on_applied is not None:
+            self._on_applied(result)
         if not result.missing_jobs:
             return [event for _, event in parsed], []
         missing = result.missing_jobs

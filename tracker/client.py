@@ -45,6 +45,7 @@ class ApiClient:
         heartbeat_timeout_s: int | None = None,
         kind: str | None = None,
         labels: Mapping[str, str] | None = None,
+        notify_url: str | None = None,
     ) -> int:
         """Start a job (POST async_status) and return its id; raises ApiError.
 
@@ -52,6 +53,8 @@ class ApiClient:
         fail it if none of its events is received for this long (SPEC §6). None: the server's defaults.
         ``kind`` (e.g. ``deliveryservice.regenerate``) and ``labels`` (e.g. ``{"env": "prod"}``) say
         what the job is, for good (SPEC §11); the API refuses (400, ApiError) what it cannot take.
+        ``notify_url``: where the tracker POSTs the job's row, signed, once it has ended (SPEC §13);
+        the server must allow its origin (``TRACKER_WEBHOOK_ALLOW``), else 400.
         """
         body: dict[str, Any] = {}
         for name, value in (
@@ -60,6 +63,7 @@ class ApiClient:
             ("heartbeat_timeout_s", heartbeat_timeout_s),
             ("kind", kind),
             ("labels", dict(labels) if labels else None),
+            ("notify_url", notify_url),
         ):
             if value is not None:
                 body[name] = value

@@ -7,6 +7,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from tracker import webhooks
 from tracker.errors import ConfigError
 from tracker.leases import DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_JOB_TIMEOUT_S, MAX_TIMEOUT_S
 
@@ -65,6 +66,15 @@ class Settings:
     # (nothing counted, /metrics not served) only to measure what they cost
     metrics_bind: str = "127.0.0.1:9464"
     metrics: bool = True
+    # webhooks (SPEC §13): the origins a job's notify_url may name ("": webhooks off), the signing
+    # secret (whsec_ and base64; needed when any origin is allowed), how many a consumer sends at
+    # once, and the retry pace: SPEC §13's, changed only by tests
+    webhook_allow: str = ""
+    webhook_secret: str | None = dataclasses.field(default=None, repr=False)
+    webhook_concurrency: int = 16
+    webhook_retry_first_s: float = webhooks.RetryPolicy.first_s
+    webhook_retry_max_s: float = webhooks.RetryPolicy.cap_s
+    webhook_give_up_s: float = webhooks.RetryPolicy.give_up_after_s
 
     @property
     def max_waits(self) -> int:
@@ -104,6 +114,28 @@ class Settings:
                 )
             origins.append(origin)
         return tuple(origins)
+
+    @property
+    def webhook_origins(self) -> webhooks.AllowList:
+        """The origins of ``webhook_allow``; empty while webhooks are off. Raises ConfigError."""
+        try:
+            return webhooks.AllowList.parse(self.webhook_allow)
+        except ValueError as exc:
+            raise ConfigError(f"TRACKER_WEBHOOK_ALLOW: {exc}") from None
+
+    @property
+    def webhook_key(self) -> bytes | None:
+        """The key of ``webhook_secret``; None when it is not set. Raises ConfigError."""
+        if self.webhook_secret is None:
+            return None
+        try:
+            return webhooks.parse_secret(self.webhook_secret)
+        except ValueError as exc:
+            raise ConfigError(f"TRACKER_WEBHOOK_SECRET {exc}") from None
+
+    @property
+    def webhook_retries(self) -> webhooks.RetryPolicy:
+        return webhooks.RetryPolicy(self.webhook_retry_first_s, self.webhook_retry_max_s, self.webhook_give_up_s)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -164,11 +196,24 @@ class Settings:
             raise ConfigError("TRACKER_RETENTION_DAYS must be from 0 (keep for ever) to 36500")
         if self.prefetch < self.batch_size:
             raise ConfigError("TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE")
+        self._check_webhooks()
         for name in ("bind", "metrics_bind"):
             address = getattr(self, name)
             host, sep, port = address.rpartition(":")
             if (address or name == "bind") and (not sep or not host or not port.isdigit()):
                 raise ConfigError(f"TRACKER_{name.upper()} must be HOST:PORT, not {address!r}")
+
+    def _check_webhooks(self) -> None:
+        if self.webhook_origins and self.webhook_secret is None:
+            raise ConfigError("TRACKER_WEBHOOK_SECRET must be set when TRACKER_WEBHOOK_ALLOW is")
+        self.webhook_key  # noqa: B018 - parsed to be checked
+        if not 1 <= self.webhook_concurrency <= 1000:
+            raise ConfigError("TRACKER_WEBHOOK_CONCURRENCY must be an integer from 1 to 1000")
+        retries = self.webhook_retries
+        if not 0 < retries.first_s <= retries.cap_s:
+            raise ConfigError("TRACKER_WEBHOOK_RETRY_FIRST_S must be above 0 and at most TRACKER_WEBHOOK_RETRY_MAX_S")
+        if not 0 < retries.give_up_after_s <= 30 * 86400:
+            raise ConfigError("TRACKER_WEBHOOK_GIVE_UP_S must be above 0 and at most 2592000 (30 days)")
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that ``from_env`` reads back into these settings.

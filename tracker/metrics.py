@@ -7,13 +7,16 @@ are always from a small fixed set: event types, outcomes, reason codes (``tracke
 statuses, queue names, HTTP methods, route templates and status codes; never a job id or a path.
 
 Which process moves which: a consumer the events, dead letters, batches, store errors, lag, lost
-jobs and the two gauges (refreshed on a timer); the API the HTTP pair and the held waits.
+jobs, webhook deliveries and the two gauges (refreshed on a timer); the API the HTTP pair and the
+held waits.
 """
 
 from __future__ import annotations
 
 import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
+
+from tracker import webhooks
 
 # ``*_created`` series double what is exposed and say nothing a counter's reset does not.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -84,6 +87,13 @@ WAITS_REFUSED = Counter(
     ["cap"],
 )
 
+WEBHOOK_DELIVERIES = Counter(
+    "tracker_webhook_deliveries",
+    "Webhook delivery attempts (SPEC §13), by outcome: delivered, retried (failed, to be tried again), "
+    "failed (failed, and given up).",
+    ["outcome"],
+)
+
 LOST_REASONS = ("heartbeat", "timeout")
 WAIT_CAPS = ("process", "user")
 
@@ -96,3 +106,11 @@ def count_lost_jobs(reason: str, count: int = 1) -> None:
     if reason not in LOST_REASONS:
         raise ValueError(f"reason must be one of {', '.join(LOST_REASONS)}, not {reason!r}")
     JOBS_LOST.labels(reason=reason).inc(count)
+
+
+def count_webhook_attempt(outcome: str) -> None:
+    """Count one webhook delivery attempt by its outcome (``tracker.webhooks.OUTCOMES``); raises
+    ValueError for any other."""
+    if outcome not in webhooks.OUTCOMES:
+        raise ValueError(f"outcome must be one of {', '.join(webhooks.OUTCOMES)}, not {outcome!r}")
+    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()

@@ -14,8 +14,8 @@ from tracker.labels import Labels
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """The public row, as GET returns it: Traffic Ops' five fields, then SPEC §11's, which a job
-    that uses none of them leaves at their defaults (and the API then leaves out).
+    """The public row, as GET returns it: Traffic Ops' five fields, then SPEC §11's and §13's, which
+    a job that uses none of them leaves at their defaults (and the API then leaves out).
 
     Hashable (the API keys caches of rendered rows by it): labels are sorted pairs, and the result
     and the error's details their compact JSON text (``tracker.events.json_text``).
@@ -33,6 +33,11 @@ class Job:
     error_code: str | None = None
     error_details_json: str | None = None
     cancel_requested_at: dt.datetime | None = None
+    # SPEC §13: the webhook given at creation, and how its delivery goes (tracker.webhooks' states;
+    # attempts started so far)
+    notify_url: str | None = None
+    notify_state: str | None = None
+    notify_attempts: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +90,8 @@ class Ended:
 @dataclasses.dataclass(frozen=True)
 class Applied:
     """What a batch did: rows changed, the job ids that have no row (their events not applied),
-    and the jobs it ended, in job id order.
+    the jobs it ended, in job id order, and those of them with a webhook, whose delivery it queued
+    (SPEC §13), in job id order too.
 
     A job ends once: a batch that moves an ended job's end earlier (a late earlier terminal event)
     changes its row but does not end it again.
@@ -94,3 +100,4 @@ class Applied:
     changed_jobs: int
     missing_jobs: frozenset[int]
     ended: tuple[Ended, ...] = ()
+    queued_deliveries: tuple[int, ...] = ()

@@ -24,6 +24,8 @@ from tracker.users import TokenRevocations, UserStore
 
 """The shipped migrations, up and down, on a PostgreSQL database of each test's own and on SQLite."""
 
+"""The shipped migrations, up and down, on a PostgreSQL database of each test's own and on SQLite."""
+
 
 @pytest.fixture
 def fresh_database(postgres_server: str) -> Iterator[str]:
@@ -470,3 +472,54 @@ def test_the_wait_for_the_database_gives_up_after_its_time(tmp_path, within_s: f
     waited = f" within {within_s:g} s" if within_s else ""
     assert str(raised.value) == f"no answer{waited} (OperationalError: unable to open database file)"
     assert time.now <= within_s
+
+
+_SECTION_13_JOB_COLUMNS = {"notify_url", "notify_state", "notify_attempts"}
+
+
+def _deliveries(engine: sa.Engine) -> list[int]:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT job_id FROM async_status_delivery ORDER BY job_id").scalars().all()
+
+
+def test_migration_0012_adds_webhooks_to_rows_from_before_and_goes_back(any_fresh_database: str) -> None:
+    engine = make_engine(any_fresh_database)
+    try:
+        _alembic(engine, lambda config: command.upgrade(config, "0004"))
+        _history_at_0004(engine)  # job 1 SUCCEEDED, job 2 PENDING
+        if engine.dialect.name == "postgresql":  # those two took their ids without the sequence
+            with engine.begin() as conn:
+                conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('async_status', 'id'), 2)")
+        _alembic(engine, lambda config: command.upgrade(config, "0008"))
+        assert not _columns(engine, "async_status") & _SECTION_13_JOB_COLUMNS
+        migrations.migrate(engine)
+        assert _columns(engine, "async_status") >= _SECTION_13_JOB_COLUMNS
+        store = open_job_store(engine)
+        old = store.get_job(2)
+        assert (old.notify_url, old.notify_state, old.notify_attempts) == (None, None, None)
+        # An old job ends without a webhook; a new one with a notify_url has its delivery queued.
+        new = store.create_job("x", notify_url="https://hooks.test/x")
+        applied = store.apply([new_event(2, "succeeded", None), new_event(new.id, "failed", None)])
+        assert applied.queued_deliveries == (new.id,)
+        assert _deliveries(engine) == [new.id]
+        with engine.begin() as conn:  # deleting the job takes its delivery (PostgreSQL: the trigger of 0003)
+            conn.execute(sa.delete(async_status).where(async_status.c.id == new.id))
+        assert _deliveries(engine) == []
+        again = store.create_job("y", notify_url="https://hooks.test/y")
+        store.apply([new_event(again.id, "succeeded", None)])
+        assert _deliveries(engine) == [again.id]
+        if engine.dialect.name == "postgresql":
+            with engine.begin() as conn:
+                conn.exec_driver_sql("TRUNCATE async_status")  # as before: no foreign key refuses it
+            assert _deliveries(engine) == []
+
+        _alembic(engine, lambda config: command.downgrade(config, "0008"))
+        assert not _columns(engine, "async_status") & _SECTION_13_JOB_COLUMNS
+        with engine.connect() as conn:
+            assert "async_status_delivery" not in set(sa.inspect(conn).get_table_names())
+        with engine.begin() as conn:  # 0005's trigger function again: deleting a job still works
+            conn.execute(sa.delete(async_status))
+        migrations.migrate(engine)
+        assert _deliveries(engine) == []
+    finally:
+        engine.dispose()

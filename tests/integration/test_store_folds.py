@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from tests import oracle
 from tracker.events import Event, new_event
 from tracker.model import Applied, Job
 from tracker.store import JobStore, make_engine, migrate, open_job_store
+from tracker.store.tables import async_status_delivery
 
 pytestmark = [pytest.mark.postgres]
 
@@ -87,11 +89,15 @@ def row_of(job: Job) -> tuple[object, ...]:
     )
 
 
-def ended_of(applied: Applied, jobs: list[Job]) -> list[tuple[int, str | None, str, dt.timedelta]]:
-    """The jobs a batch ended, as (which of ``jobs``, kind, status, duration)."""
+def ended_of(applied: Applied, jobs: list[Job]) -> list[tuple[int, str | None, str, dt.timedelta, bool]]:
+    """The jobs a batch ended, as (which of ``jobs``, kind, status, duration, whether it queued its webhook)."""
     which = {job.id: n for n, job in enumerate(jobs)}
     assert [e.job_id for e in applied.ended] == sorted(e.job_id for e in applied.ended)
-    return [(which[e.job_id], e.kind, e.status, e.end_time - e.start_time) for e in applied.ended]
+    assert set(applied.queued_deliveries) <= {e.job_id for e in applied.ended}
+    return [
+        (which[e.job_id], e.kind, e.status, e.end_time - e.start_time, e.job_id in applied.queued_deliveries)
+        for e in applied.ended
+    ]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -99,7 +105,11 @@ def ended_of(applied: Applied, jobs: list[Job]) -> list[tuple[int, str | None, s
 def test_postgresql_folds_batches_as_tracker_merge_does(stores: tuple[JobStore, JobStore], batches) -> None:
     postgres, sqlite = stores
     kinds = ["export", None, "deliveryservice.regenerate"]
-    jobs = [(postgres.create_job("created", kind=k), sqlite.create_job("created", kind=k)) for k in kinds]
+    urls = ["https://hooks.test/a", None, None]  # SPEC §13: the first has a webhook
+    jobs = [
+        (postgres.create_job("created", kind=k, notify_url=u), sqlite.create_job("created", kind=k, notify_url=u))
+        for k, u in zip(kinds, urls, strict=True)
+    ]
     for batch in batches:
         ended = []
         for side, store in enumerate((postgres, sqlite)):
@@ -122,14 +132,22 @@ def test_both_stores_fold_batches_as_the_spec_says(stores: tuple[JobStore, JobSt
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=4)))
     batches = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     for store in stores:
-        jobs = [store.create_job("created") for _ in range(3)]
+        jobs = [store.create_job("created", notify_url=url) for url in ("https://hooks.test/0", None, None)]
         ended: list[int] = []
+        queued: list[int] = []
         for batch in batches:
             applied = store.apply([make_event(jobs[job], *fields) for job, *fields in batch])
             ended += [e.job_id for e in applied.ended]
+            queued += applied.queued_deliveries
         for n, job in enumerate(jobs):
             wire = [make_event(job, *fields).to_wire() for j, *fields in distinct if j == n]
             expected = oracle.expected_row(job.start_time, "created", wire)
             assert oracle.as_row(store.get_job(job.id)) == expected
-            # each job that ended is said to have ended once, by the batch that ended it
+            # each job that ended is said to have ended once, by the batch that ended it, which queued
+            # its webhook if it has one (SPEC §13), once
             assert ended.count(job.id) == (expected.status != "PENDING")
+            assert queued.count(job.id) == (expected.status != "PENDING" and job.notify_url is not None)
+        ours = async_status_delivery.c.job_id.in_([job.id for job in jobs])
+        with store.engine.connect() as conn:
+            kept = conn.execute(sa.select(async_status_delivery.c.job_id).where(ours)).scalars().all()
+        assert sorted(kept) == sorted(queued)

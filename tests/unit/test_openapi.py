@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import typing
@@ -17,7 +18,7 @@ import pytest
 from api import app as api_app
 from api import openapi
 from api.middleware import WRITE_METHODS
-from tracker import auth, events
+from tracker import auth, events, webhooks
 from tracker.config import Settings
 from tracker.errors import JobNotFound
 from tracker.labels import Labels
@@ -43,7 +44,7 @@ _AT = dt.datetime(2021, 2, 18, 17, 14, tzinfo=dt.UTC)
 
 
 class OneJob:
-    """Job 1 exists, and job 3, which says everything SPEC §11 lets a job say; creating one gives job 2."""
+    """Job 1 exists, and job 3, which says everything SPEC §11 and §13 let a job say; creating one gives job 2."""
 
     def get_job(self, job_id: int) -> Job:
         start = dt.datetime(2021, 2, 18, 17, 13, 56, 352261, tzinfo=dt.UTC)
@@ -63,6 +64,9 @@ class OneJob:
                 "disk_full",
                 '{"free_bytes":0,"paths":["/var"]}',
                 start,
+                "https://hooks.example.com/jobs?team=ops",
+                "delivered",
+                2,
             )
         raise JobNotFound(job_id)
 
@@ -85,10 +89,17 @@ class OneJob:
         return JobPage(jobs, Count(2_500_000, estimated=True) if query.statuses else Count(len(jobs)))
 
     def create_job(
-        self, message: str | None = None, limits: object = None, *, kind: str | None = None, labels: Labels = ()
+        self,
+        message: str | None = None,
+        limits: object = None,
+        *,
+        kind: str | None = None,
+        labels: Labels = (),
+        notify_url: str | None = None,
     ) -> Job:
         start = dt.datetime(2021, 2, 18, 17, 15, tzinfo=dt.UTC)
-        return Job(2, "PENDING", start, None, message or "Async job has started.", kind, labels)
+        job = Job(2, "PENDING", start, None, message or "Async job has started.", kind, labels)
+        return job if notify_url is None else dataclasses.replace(job, notify_url=notify_url, notify_state="pending")
 
 
 class RolesByName:
@@ -263,6 +274,8 @@ def test_the_job_schema_is_the_contract() -> None:
         {"progress": None},
         {"error": {"details": 1}},
         {"cancel_requested_at": "yesterday"},
+        {"notify": {"url": "https://h.example/x", "state": "sent", "attempts": 1}},
+        {"notify": {"url": "https://h.example/x", "state": "pending"}},
     ):
         assert not job_status.is_valid({"response": {**SEED_EXAMPLE["response"], **breach}}), breach
     said = {
@@ -272,6 +285,7 @@ def test_the_job_schema_is_the_contract() -> None:
         "result": {"any": ["JSON", None]},
         "error": {"code": "lost", "details": None},
         "cancel_requested_at": "2021-02-18T17:14:00.000000Z",
+        "notify": {"url": "https://hooks.example.com/jobs", "state": "failed", "attempts": 24},
     }
     job_status.validate({"response": {**SEED_EXAMPLE["response"], **said}})
     created = validator("JobCreated")
@@ -339,3 +353,31 @@ def test_the_timeline_entry_states_section_11s_fields() -> None:
     validate.validate({**plain, "type": "succeeded", "result": None})
     for breach in ({"progress": 100.5}, {"error": {"code": "LOST"}}, {"error": {"details": 1}}, {"type": "paused"}):
         assert not validate.is_valid({**plain, **breach}), breach
+
+
+def _new_job(document: dict[str, Any]) -> Any:
+    return jsonschema_rs.Draft202012Validator(
+        {"$ref": "#/components/schemas/NewJob", "components": document["components"]}
+    )
+
+
+def test_the_document_says_which_notify_urls_this_server_takes() -> None:
+    # Off (the default): no notify_url at all is valid, so that no generated request expects a 202.
+    off = _new_job(DOCUMENT)
+    assert off.is_valid({"message": "x"})
+    for url in ("https://hooks.example.com/jobs", "", None):
+        assert not off.is_valid({"notify_url": url}), url
+    allowed = webhooks.AllowList.parse("https://*.example.com,http://127.0.0.1:8080")
+    on = _new_job(openapi.document(api_app.SERVED_VERSIONS, allowed))
+    for url in ("https://hooks.example.com/jobs?team=ops", "HTTPS://Hooks.Example.com:443", "http://127.0.0.1:8080"):
+        assert on.is_valid({"notify_url": url}), url
+        webhooks.check_notify_url(url, allowed)
+    for url in (
+        "https://example.com/x",
+        "http://127.0.0.1:8081/",
+        "https://u@a.example.com",
+        "https://a.example.com#x",
+    ):
+        assert not on.is_valid({"notify_url": url}), url
+        with pytest.raises(ValueError, match="notify_url"):
+            webhooks.check_notify_url(url, allowed)

@@ -86,6 +86,9 @@ def _as_read(job: Job) -> tuple[object, ...]:
         job.error_code,
         job.error_details_json,
         job.cancel_requested_at,
+        job.notify_url,
+        job.notify_state,
+        job.notify_attempts,
     )
 
 
@@ -423,6 +426,9 @@ def test_the_listener_makes_the_rows_the_store_makes_every_field_of_them(connect
         "lost",
         '{"a":[1]}',
         START,
+        "https://hooks.example.com/jobs",
+        "failed",
+        3,
     )
     connection.rows = {1: said, 2: row(2)}
     heard = Heard()

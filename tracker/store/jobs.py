@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tracker import listing, merge, timefmt
+from tracker import listing, merge, timefmt, webhooks
 from tracker.errors import JobNotFound
 from tracker.events import Event
 from tracker.labels import Labels
@@ -69,12 +69,15 @@ class JobStore(abc.ABC):
         *,
         kind: str | None = None,
         labels: Labels = (),
+        notify_url: str | None = None,
     ) -> Job:
         """Insert a PENDING job and return it; its id is new and never reused.
 
         With ``limits``, the job gets their deadline and, if they have one, its heartbeat lease
         (from now); without, it has no lease and the server's default deadline (SPEC §6).
-        ``kind`` and ``labels`` (SPEC §11), checked by ``tracker.labels``, are kept for its life.
+        ``kind`` and ``labels`` (SPEC §11), checked by ``tracker.labels``, are kept for its life;
+        so is ``notify_url`` (SPEC §13, checked by ``tracker.webhooks``), whose delivery is then
+        pending until the job ends and it is made.
         """
         text = merge.DEFAULT_MESSAGE if message is None else message
         started = timefmt.now()
@@ -88,6 +91,9 @@ class JobStore(abc.ABC):
                 deadline_at=None if limits is None else limits.deadline(started),
                 kind=kind,
                 labels=labels,
+                notify_url=notify_url,
+                notify_state=None if notify_url is None else webhooks.PENDING,
+                notify_attempts=None if notify_url is None else 0,
             )
             .returning(*PUBLIC_COLUMNS)
         )

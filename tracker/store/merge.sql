@@ -3,8 +3,9 @@
 --
 -- Parameters: $1, the batch as one JSON array of events; $2, the batch's job ids, already locked
 -- in id order by the statement before. Answers one row (changed, NULL, …) holding the number of
--- rows it changed, then a row (NULL, job_id, kind, status, start_time, end_time) for each job it
--- ended (PENDING before it, SUCCEEDED or FAILED after). It keeps every event of the batch whose
+-- rows it changed, then a row (NULL, job_id, kind, status, start_time, end_time, notifies) for each
+-- job it ended (PENDING before it, SUCCEEDED or FAILED after), notifies saying whether it queued
+-- the job's webhook delivery (SPEC §13: a job with a notify_url). It keeps every event of the batch whose
 -- job has a row in the timeline (async_status_event, once per event_id), which is also the
 -- history it reads. It also renews the heartbeat lease (SPEC §6) of each job of the batch that
 -- has one, from now (this receipt), and deletes the lease of a job that is no longer PENDING: a
@@ -30,7 +31,7 @@ job AS (
            result::text AS result, error_code, error_details::text AS error_details,
            message_at, message_seq, message_event_id COLLATE "C" AS message_event_id, message,
            progress_at, progress_seq, progress_event_id COLLATE "C" AS progress_event_id, progress,
-           cancel_requested_at, cancel_seq, cancel_event_id COLLATE "C" AS cancel_event_id
+           cancel_requested_at, cancel_seq, cancel_event_id COLLATE "C" AS cancel_event_id, notify_url
     FROM async_status WHERE id = ANY($2)
 ),
 -- t: the earliest terminal event by key, the stored one or one of the batch, with its result or error
@@ -137,7 +138,7 @@ kept AS (
     ON CONFLICT DO NOTHING
 ),
 next AS (
-    SELECT f.id, f.kind, f.status AS status_before,
+    SELECT f.id, f.kind, f.notify_url, f.status AS status_before,
            CASE f.t_type WHEN 'succeeded' THEN 'SUCCEEDED' WHEN 'failed' THEN 'FAILED' ELSE 'PENDING' END
                AS status,
            CASE WHEN l.job_id IS NULL THEN f.initial_message ELSE l.message END AS message,
@@ -179,9 +180,18 @@ changed AS (
                             n.l_at, n.l_seq, n.l_event_id,
                             n.p_progress, n.p_at, n.p_seq, n.p_event_id,
                             n.c_at, n.c_seq, n.c_event_id)
-    RETURNING a.id, n.kind, a.status, a.start_time, a.end_time, n.status_before
+    RETURNING a.id, n.kind, a.status, a.start_time, a.end_time, n.status_before, n.notify_url
+),
+-- SPEC §13: the webhook of each job this batch ends, queued in the transaction that ends it (a job
+-- ends once: its status never goes back to PENDING)
+queued AS (
+    INSERT INTO async_status_delivery (job_id, queued_at, due_at)
+    SELECT id, now(), now() FROM changed
+    WHERE status_before = 'PENDING' AND status <> 'PENDING' AND notify_url IS NOT NULL
+    ON CONFLICT DO NOTHING
 )
-SELECT count(*), NULL::bigint, NULL::text, NULL::text, NULL::timestamptz, NULL::timestamptz FROM changed
+SELECT count(*), NULL::bigint, NULL::text, NULL::text, NULL::timestamptz, NULL::timestamptz, NULL::boolean
+FROM changed
 UNION ALL
-SELECT NULL, id, kind, status, start_time, end_time FROM changed
+SELECT NULL, id, kind, status, start_time, end_time, notify_url IS NOT NULL FROM changed
 WHERE status_before = 'PENDING' AND status <> 'PENDING'

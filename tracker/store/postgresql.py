@@ -52,7 +52,10 @@ _MADE_FOR_BATCHES = "tracker.store: merge functions of this session"
 _FUNCTION_QUOTE = "$merge$"
 # What merge.sql answers (its header says which rows). The names are the function's output
 # parameters, which PL/pgSQL would take a column of the same name for: its body prefers the column.
-_ANSWER = "changed bigint, job_id bigint, kind text, status text, start_time timestamptz, end_time timestamptz"
+_ANSWER = (
+    "changed bigint, job_id bigint, kind text, status text, start_time timestamptz, end_time timestamptz, "
+    "notifies boolean"
+)
 _UNDEFINED_FUNCTION = "42883"  # SQLSTATE undefined_function
 
 # Locking in id order is what makes concurrent batches over the same jobs wait for each other
@@ -138,12 +141,19 @@ class PostgresJobStore(JobStore):
         batch = orjson.dumps(list(events)).decode()
         # A new statement, so a new snapshot: it sees everything committed by whoever held these
         # locks before us, message history included.
-        changed, ended = 0, []
+        changed, ended, queued = 0, [], []
         for row in conn.execute(self._merge, {"events": batch, "ids": ids}):
             if row.job_id is None:
                 changed = row.changed
             else:
                 start, end = row.start_time.astimezone(timefmt.UTC), row.end_time.astimezone(timefmt.UTC)
                 ended.append(Ended(row.job_id, row.kind, row.status, start, end))
+                if row.notifies:
+                    queued.append(row.job_id)
         ended.sort(key=lambda job: job.job_id)
-        return Applied(changed_jobs=changed, missing_jobs=frozenset(missing), ended=tuple(ended))
+        return Applied(
+            changed_jobs=changed,
+            missing_jobs=frozenset(missing),
+            ended=tuple(ended),
+            queued_deliveries=tuple(sorted(queued)),
+        )

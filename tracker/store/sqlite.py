@@ -19,7 +19,7 @@ from tracker.leases import RENEW_SLACK_S
 from tracker.model import Applied, Ended
 from tracker.store.engine import refused_as_error, unavailable_as_error
 from tracker.store.jobs import JobStore, chunks
-from tracker.store.tables import async_status, async_status_event, async_status_lease
+from tracker.store.tables import async_status, async_status_delivery, async_status_event, async_status_lease
 
 _ID_CHUNK = 1000  # ids per IN (...) list: far below SQLite's parameter limit
 
@@ -46,6 +46,7 @@ _STATE = (
     async_status.c.cancel_requested_at,
     async_status.c.cancel_seq,
     async_status.c.cancel_event_id,
+    async_status.c.notify_url,
 )
 _WRITTEN = (
     "status",
@@ -104,6 +105,7 @@ class SQLiteJobStore(JobStore):
             .values({name: sa.bindparam(name) for name in _WRITTEN})
         )
         self._keep = sqlite.insert(async_status_event).on_conflict_do_nothing()
+        self._queue = sqlite.insert(async_status_delivery).on_conflict_do_nothing()
         self._renew = (
             sa.update(async_status_lease)
             .where(async_status_lease.c.job_id == sa.bindparam("lease_job_id"))
@@ -127,6 +129,7 @@ class SQLiteJobStore(JobStore):
         found: set[int] = set()
         pending: set[int] = set()
         ended: list[Ended] = []
+        queued: list[int] = []
         for chunk in chunks(ids, _ID_CHUNK):
             rows = conn.execute(
                 sa.select(*_STATE).where(async_status.c.id.in_(chunk)).order_by(async_status.c.id).with_for_update()
@@ -141,15 +144,27 @@ class SQLiteJobStore(JobStore):
                     pending.add(row.id)
                 elif before.terminal is None:
                     ended.append(_ended(row, after))
+                    if row.notify_url is not None:
+                        queued.append(row.id)
                 # The timeline keeps every event: a superset of merge.to_remember, the history's need.
                 kept.extend(_kept_row(e, received) for e in by_job[row.id])
         if updates:
             conn.execute(self._update, updates)
         if kept:
             conn.execute(self._keep, kept)
+        if queued:
+            # SPEC §13: the webhooks of the jobs this batch ends, queued in the transaction that ends them
+            conn.execute(
+                self._queue, [{"job_id": job_id, "queued_at": received, "due_at": received} for job_id in queued]
+            )
         if found:
             self._record_receipt(conn, sorted(found), pending)
-        return Applied(changed_jobs=len(updates), missing_jobs=frozenset(ids) - found, ended=tuple(ended))
+        return Applied(
+            changed_jobs=len(updates),
+            missing_jobs=frozenset(ids) - found,
+            ended=tuple(ended),
+            queued_deliveries=tuple(queued),
+        )
 
     def _record_receipt(self, conn: sa.Connection, job_ids: list[int], pending: set[int]) -> None:
         """Renew the leases of the PENDING jobs among ``job_ids`` from now; delete the others'."""

@@ -100,9 +100,14 @@ async_status = sa.Table(
     sa.Column("cancel_requested_at", UTCDateTime),
     sa.Column("cancel_seq", sa.BigInteger),
     sa.Column("cancel_event_id", sa.String(36)),
+    # SPEC §13 (migration 0012), NULL for a job without a webhook: its notify_url, given at creation;
+    # its delivery's state (tracker.webhooks: pending, delivered, failed) and attempts started
+    sa.Column("notify_url", sa.Text),
+    sa.Column("notify_state", sa.Text),
+    sa.Column("notify_attempts", sa.Integer),
     sqlite_autoincrement=True,
 )
-# The columns a client sees (Traffic Ops' own, then SPEC §11's), in the order of ``tracker.model.Job``.
+# The columns a client sees (Traffic Ops' own, then SPEC §11's and §13's), in the order of ``tracker.model.Job``.
 PUBLIC_COLUMNS = (
     async_status.c.id,
     async_status.c.status,
@@ -116,6 +121,9 @@ PUBLIC_COLUMNS = (
     async_status.c.error_code,
     sa.cast(async_status.c.error_details, sa.Text).label("error_details"),
     async_status.c.cancel_requested_at,
+    async_status.c.notify_url,
+    async_status.c.notify_state,
+    async_status.c.notify_attempts,
 )
 # The lost-job check reads PENDING rows only, by these (partial, so small: finished rows leave them).
 sa.Index(
@@ -207,6 +215,23 @@ async_status_event = sa.Table(
     sa.Column("error_code", sa.Text),
     sa.Column("error_details", JsonText),
 )
+
+# Webhook deliveries to be made (SPEC §13; migration 0012): a row for each ended job with a notify_url
+# whose delivery has not succeeded nor been given up, inserted by the fold in the transaction that
+# ends the job (``queued_at``, from which the retries' 24 h count), deleted by the attempt that
+# settles it. ``due_at``: when a deliverer may take it next, the first time at once; while an attempt
+# is in flight, when that attempt's ``claim`` lapses (a deliverer killed mid-attempt: the next one
+# takes it over then). The foreign key is SQLite's; on PostgreSQL the trigger function of 0003
+# deletes a job's delivery with it, as it deletes its events.
+async_status_delivery = sa.Table(
+    "async_status_delivery",
+    metadata,
+    sa.Column("job_id", BigId, sa.ForeignKey("async_status.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("queued_at", UTCDateTime, nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("claim", sa.String(36)),
+)
+sa.Index("ix_async_status_delivery_due", async_status_delivery.c.due_at)
 
 users = sa.Table(
     "tracker_user",
