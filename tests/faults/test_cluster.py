@@ -12,8 +12,9 @@ consumers must be back to full speed after the fault: folding a backlog at least
 before it (the margin is the machine's noise), each speed measured by pausing both consumers,
 publishing a burst, and timing its folding from their own ``tracker_events_total``.
 
-The cluster is this module's own (tests/cluster.py): three nodes started in parallel once for
-both scenarios, and removed after them.
+Each test has a cluster of its own (tests/cluster.py): three nodes started in parallel (about
+25 s) and removed after it, so that a test that leaves a node unwell (a fault that went wrong) fails
+alone, never the tests after it (one shared cluster cost them their quorum checks).
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ _SERVING = re.compile(r"serving /metrics, /healthz and /readyz on (http://\S+)")
 FULL_SPEED_RATIO = 0.5
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    """Three RabbitMQ nodes of this module's own, joined; removed after its tests, however they end."""
+    """Three RabbitMQ nodes of the test's own, joined; removed after it, however it ends."""
     yield from nodes_of_our_own(3)
 
 

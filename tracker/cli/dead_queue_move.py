@@ -242,6 +242,11 @@ def _move_all(connection: pika.BlockingConnection, source: str, target: str, *, 
     responsibility for every one of them (as a confirm says), then the acks of the originals.
     A copy returned as unroutable (``target`` deleted meanwhile) stops it before any ack.
 
+    It ends on a ``basic.get`` that finds ``source`` empty after the last acks, never on the acks:
+    a quorum queue settles acks after their commit is answered, and a channel closed before its
+    settles are applied has its messages returned to the queue, to be moved a second time. The
+    queue handles one channel's commands in order, so the get is answered after the settles.
+
     On a channel of its own, closed after: RabbitMQ (3.10) fails a channel that publishes to a
     quorum queue after it has used a classic queue of the same name (INTERNAL_ERROR).
     """
@@ -268,7 +273,7 @@ def _move_all(connection: pika.BlockingConnection, source: str, target: str, *, 
             channel.basic_ack(last, multiple=True)
             channel.tx_commit()
             moved += taken
-        if taken < BATCH:
+        if taken == 0:
             channel.close()
             log.info("moved %d messages from %s to %s", moved, source, target)
             return moved
