@@ -387,7 +387,7 @@ def consume(settings: Settings) -> int:
             problem.alert,
             problem.detail,
         )
-    telemetry = BatchTelemetry() if settings.metrics and settings.metrics_bind else None
+    telemetry = BatchTelemetry(settings.metrics_max_kinds) if settings.metrics and settings.metrics_bind else None
     # With webhooks on, every consumer delivers them (one at a time for each), woken by its own folds too.
     deliverer = Deliverer(settings) if settings.webhook_origins else None
     projector = StatusProjector(open_job_store(engine), on_applied=None if deliverer is None else deliverer.applied)

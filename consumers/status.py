@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from tracker import events
 from tracker.errors import InvalidEvent, StoreRefused
-from tracker.model import Applied
+from tracker.model import Applied, Ended
 from tracker.store import JobStore
 
 
@@ -43,12 +43,14 @@ class Outcome:
     """The result of one committed batch: what was applied and what must be dead-lettered.
 
     ``applied_events`` are the applied events themselves, for the metrics (types, lag), when the
-    maker has them; ``applied`` is always their number.
+    maker has them; ``applied`` is always their number. ``ended``: the jobs the batch ended
+    (``Applied.ended``), for the duration metric.
     """
 
     applied: int
     dead: tuple[DeadLetter, ...]
     applied_events: tuple[events.Event, ...] = ()
+    ended: tuple[Ended, ...] = ()
 
 
 class StatusProjector:
@@ -80,11 +82,15 @@ class StatusProjector:
                 parsed.append((delivery, events.parse(delivery.body, delivery.content_type)))
             except InvalidEvent as exc:
                 dead.append(DeadLetter(delivery, exc.reason))
-        applied, refused = self._apply(parsed)
+        ended: list[Ended] = []
+        applied, refused = self._apply(parsed, ended)
         dead.extend(refused)
-        return Outcome(applied=len(applied), dead=tuple(dead), applied_events=tuple(applied))
+        return Outcome(applied=len(applied), dead=tuple(dead), applied_events=tuple(applied), ended=tuple(ended))
 
-    def _apply(self, parsed: list[tuple[Delivery, events.Event]]) -> tuple[list[events.Event], list[DeadLetter]]:
+    def _apply(
+        self, parsed: list[tuple[Delivery, events.Event]], ended: list[Ended]
+    ) -> tuple[list[events.Event], list[DeadLetter]]:
+        """Fold ``parsed``, halving it on a refusal; adds the jobs each committed fold ended to ``ended``."""
         if not parsed:
             return [], []
         try:
@@ -97,9 +103,10 @@ class StatusProjector:
                 # Logged once, with every other dead letter, when it has been dead-lettered.
                 return [], [DeadLetter(parsed[0][0], f"database refused the event: {exc.error}", parsed[0][1].type)]
             middle = len(parsed) // 2
-            first_applied, first_dead = self._apply(parsed[:middle])
-            second_applied, second_dead = self._apply(parsed[middle:])
+            first_applied, first_dead = self._apply(parsed[:middle], ended)
+            second_applied, second_dead = self._apply(parsed[middle:], ended)
             return first_applied + second_applied, first_dead + second_dead
+        ended.extend(result.ended)
         if self._on_applied is not None:
             self._on_applied(result)
         if not result.missing_jobs:

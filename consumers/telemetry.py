@@ -17,6 +17,7 @@ import time
 import typing
 
 import sqlalchemy as sa
+from prometheus_client import Histogram
 from sqlalchemy.engine import Engine
 
 from consumers.status import Outcome
@@ -40,7 +41,9 @@ _TYPE = operator.attrgetter("type")
 class BatchTelemetry:
     """Moves the event, dead-letter and batch metrics for each batch; safe from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_kinds: int = 50) -> None:
+        """``max_kinds``: the kinds with a label value of their own in the job duration histogram
+        (TRACKER_METRICS_MAX_KINDS; the rest are ``other``)."""
         types = (*typing.get_args(EventType), UNKNOWN_TYPE)
         # Every series exists from the start (at 0), so a rate over it has a beginning.
         self._events = {
@@ -50,6 +53,8 @@ class BatchTelemetry:
         }
         self._dead = {code: metrics.DEAD_LETTERS.labels(reason=code) for code in reasons.CODES}
         self._store_errors = {kind: metrics.STORE_ERRORS.labels(kind=kind) for kind in (UNAVAILABLE, BROKEN)}
+        self._kinds = metrics.KindLabels(max_kinds)
+        self._durations: dict[tuple[str, str], Histogram] = {}
 
     def store_error(self, kind: ErrorKind) -> None:
         """Runs on a writer thread when an attempt to commit a batch failed: ``unavailable`` or ``broken``."""
@@ -63,6 +68,18 @@ class BatchTelemetry:
         if outcome.applied_events:
             oldest = min(map(_OCCURRED_AT, outcome.applied_events))
             metrics.EVENT_LAG.observe(max(0.0, committed - oldest.timestamp()))
+        for job in outcome.ended:
+            # One observation per job ended (a job ends once: tracker.model.Applied), not per event.
+            self._duration(job.kind, job.status).observe(job.duration_s)
+
+    def _duration(self, kind: str | None, status: str) -> Histogram:
+        """The duration histogram's child for a job of ``kind`` that ended ``status``, resolved
+        once per label value (a map no larger than the series: the cap's kinds, other, none)."""
+        key = (self._kinds.label(kind), status)
+        child = self._durations.get(key)
+        if child is None:
+            child = self._durations[key] = metrics.JOB_DURATION.labels(kind=key[0], status=status)
+        return child
 
     def acked(self, outcome: Outcome) -> None:
         """Runs on the connection's thread once a batch is dead-lettered and acked."""

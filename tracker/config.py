@@ -66,6 +66,8 @@ class Settings:
     # (nothing counted, /metrics not served) only to measure what they cost
     metrics_bind: str = "127.0.0.1:9464"
     metrics: bool = True
+    # kinds with a label value of their own in tracker_job_duration_seconds (SPEC §11); the rest: other
+    metrics_max_kinds: int = 50
     # webhooks (SPEC §13): the origins a job's notify_url may name ("": webhooks off), the signing
     # secret (whsec_ and base64; needed when any origin is allowed), how many a consumer sends at
     # once, and the retry pace: SPEC §13's, changed only by tests
@@ -196,6 +198,8 @@ class Settings:
             raise ConfigError("TRACKER_RETENTION_DAYS must be from 0 (keep for ever) to 36500")
         if self.prefetch < self.batch_size:
             raise ConfigError("TRACKER_PREFETCH must be at least TRACKER_BATCH_SIZE")
+        if not 0 <= self.metrics_max_kinds <= 1000:
+            raise ConfigError("TRACKER_METRICS_MAX_KINDS must be an integer from 0 to 1000")
         self._check_webhooks()
         for name in ("bind", "metrics_bind"):
             address = getattr(self, name)

@@ -4,14 +4,17 @@ A consumer serves them at ``TRACKER_METRICS_BIND`` (``consumers.metrics_server``
 serves its workers' figures together at ``/metrics`` (``api.metrics``), in prometheus_client's
 multiprocess mode, which ``api.server`` turns on before anything imports this module. Label values
 are always from a small fixed set: event types, outcomes, reason codes (``tracker.reasons``),
-statuses, queue names, HTTP methods, route templates and status codes; never a job id or a path.
+statuses, queue names, HTTP methods, route templates and status codes, and at most
+``TRACKER_METRICS_MAX_KINDS`` job kinds (``KindLabels``); never a job id or a path.
 
 Which process moves which: a consumer the events, dead letters, batches, store errors, lag, lost
-jobs, webhook deliveries and the two gauges (refreshed on a timer); the API the HTTP pair and the
+jobs, job durations, webhook deliveries and the two gauges (refreshed on a timer); the API the HTTP pair and the
 held waits.
 """
 
 from __future__ import annotations
+
+import threading
 
 import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
@@ -94,7 +97,46 @@ WEBHOOK_DELIVERIES = Counter(
     ["outcome"],
 )
 
+JOB_DURATION = Histogram(
+    "tracker_job_duration_seconds",
+    "From a job's start_time to its end_time, observed as the job ends, by kind (the first "
+    "TRACKER_METRICS_MAX_KINDS kinds a consumer sees; later ones as other; none: empty) and status.",
+    ["kind", "status"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
+)
+
 LOST_REASONS = ("heartbeat", "timeout")
+OTHER_KIND = "other"  # the kind label of kinds beyond the cap
+NO_KIND = ""  # the kind label of jobs created without one: Prometheus shows no kind label at all
+
+
+class KindLabels:
+    """Which label value a job kind gets: its own for the first ``max_kinds`` kinds asked about,
+    ``other`` for the rest (so that a tracker running thousands of kinds, or a bug minting one per
+    job, cannot grow the series without bound); jobs without a kind, none. Safe from any thread.
+
+    First come, first kept, for the life of the process: a kind's series never changes meaning
+    while it runs. Each consumer chooses for itself, so with more kinds than the cap, one
+    consumer's ``other`` may hold a kind another one names.
+    """
+
+    def __init__(self, max_kinds: int) -> None:
+        self._max_kinds = max_kinds
+        self._named: set[str] = set()
+        self._lock = threading.Lock()
+
+    def label(self, kind: str | None) -> str:
+        if kind is None:
+            return NO_KIND
+        if kind in self._named:
+            return kind
+        with self._lock:
+            if len(self._named) < self._max_kinds:
+                self._named.add(kind)
+                return kind
+            return kind if kind in self._named else OTHER_KIND
+
+
 WAIT_CAPS = ("process", "user")
 
 

@@ -3,10 +3,11 @@
     from tracker.publisher import Publisher
 
     with Publisher.from_env() as publisher, publisher.job(job_id, heartbeat_timeout_s=60) as job:
-        job.progress("copying files")
-        do_the_work()
-    # -> "succeeded" on normal exit; "failed" with the exception's text if it raised; meanwhile
-    #    a heartbeat every 20 s keeps the job's lease alive
+        job.progress("copying files", percent=40)
+        job.result = do_the_work()
+    # -> "succeeded" (with job.result) on normal exit; "failed" with the exception's text if it
+    #    raised (and with its error if it was a JobFailed); meanwhile a heartbeat every 20 s keeps
+    #    the job's lease alive
 
 ``publish`` returns only once the broker has confirmed the event; it reconnects and resends by
 itself (the same event_id, so a resend is harmless; to another node when TRACKER_AMQP_URL lists a
@@ -24,6 +25,7 @@ import os
 import threading
 import time
 import types
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -31,7 +33,7 @@ import pika.exceptions
 from tracker import broker, events
 from tracker.backoff import Backoff
 from tracker.config import Settings
-from tracker.errors import PublishFailed
+from tracker.errors import InvalidEvent, PublishFailed
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,30 @@ _RETRYABLE: tuple[type[Exception], ...] = (*broker.CONNECTION_ERRORS, pika.excep
 # The channel closed by the broker for good reasons: ACCESS_REFUSED, NOT_FOUND (no such exchange),
 # PRECONDITION_FAILED (a declaration that differs from what exists).
 _REFUSALS = frozenset({403, 404, 406})
+
+
+class JobFailed(Exception):
+    """Raised in a ``Publisher.job`` block: the job failed, with ``message`` for people and
+    ``code`` (and ``details``, any JSON value) for machines, as SPEC §11's ``error``.
+
+    Checked when made: a ``code`` that is not 1 to 64 characters of ``a-z 0-9 _ . -``,
+    ``details`` JSON cannot carry or over 16 KiB as compact JSON, or ``details`` without a
+    ``code``, raise InvalidEvent (a ValueError) instead, which fails the job with that reason.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
+        try:
+            if code is not None:
+                events.check_error_code(code)
+            elif details is not None:
+                raise ValueError("details go only with a code")
+            events.json_text(details)
+        except ValueError as exc:
+            raise InvalidEvent(f"error: {exc}") from None
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details = details
 
 
 class Publisher:
@@ -90,9 +116,33 @@ class Publisher:
         with self._connection_lock:
             self._channel.close()
 
-    def emit(self, job_id: int, type: str, message: str | None = None) -> events.Event:
-        """Publish a new event for ``job_id`` now, with this client's next seq for the job."""
-        event = self._next_event(job_id, type, message)
+    def emit(
+        self,
+        job_id: int,
+        type: str,
+        message: str | None = None,
+        *,
+        progress: float | None = None,
+        result: Any = None,
+        error_code: str | None = None,
+        error_details: Any = None,
+    ) -> events.Event:
+        """Publish a new event for ``job_id`` now, with this client's next seq for the job.
+
+        ``progress``, ``result`` (a JSON value, on ``succeeded`` only) and ``error_code`` with
+        ``error_details`` (on ``failed`` only) as SPEC §11 bounds them; None: none. Raises
+        InvalidEvent, before anything is sent, for a value outside those bounds, and
+        PublishFailed as ``publish`` does.
+        """
+        event = self._next_event(
+            job_id,
+            type,
+            message,
+            progress=progress,
+            result=result,
+            error_code=error_code,
+            error_details=error_details,
+        )
         self.publish(event)
         return event
 
@@ -151,19 +201,21 @@ class Publisher:
             raise ValueError(f"heartbeat_timeout_s must be 0 or more, not {heartbeat_timeout_s}")
         return JobReport(self, job_id, heartbeat_timeout_s=heartbeat_timeout_s or None)
 
-    def _next_event(self, job_id: int, type: str, message: str | None) -> events.Event:
+    def _next_event(self, job_id: int, type: str, message: str | None, **fields: Any) -> events.Event:
         with self._numbering_lock:
             seq = self._seq[job_id]
+            # The time is taken under the same lock as the number, so that the merge key
+            # (occurred_at, seq) orders a job's events as this client made them, whichever of
+            # its threads made them. Made before the number is used up: an event that cannot be
+            # made (InvalidEvent) changes nothing.
+            event = events.new_event(job_id, type, message, seq=seq, **fields)
             if type in events.TERMINAL_TYPES:
                 # A finished job needs no more numbers: forget it, so that a long-lived worker's
                 # memory does not grow with every job it ever reported on.
                 del self._seq[job_id]
             else:
                 self._seq[job_id] += 1
-            # The time is taken under the same lock as the number, so that the merge key
-            # (occurred_at, seq) orders a job's events as this client made them, whichever of
-            # its threads made them.
-            return events.new_event(job_id, type, message, seq=seq)
+            return event
 
     def _not_published(self, what: str, routing_key: str, why: str) -> str:
         return f"{what} not published to exchange {self._settings.exchange!r} with routing key {routing_key!r}: {why}"
@@ -181,17 +233,43 @@ class Publisher:
 
 
 class JobReport:
-    """Reports on one job; see ``Publisher.job``."""
+    """Reports on one job; see ``Publisher.job``.
+
+    ``final_message`` and ``result``, set before the block ends, go with its ``succeeded``
+    event. A ``JobFailed`` raised in the block goes as a ``failed`` event with its message and
+    its error; any other exception with its text and no error. Either is raised on.
+    """
 
     def __init__(self, publisher: Publisher, job_id: int, *, heartbeat_timeout_s: float | None = None) -> None:
         self._publisher = publisher
         self.job_id = job_id
         self.final_message: str | None = None
+        self._result: Any = None
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._heartbeat: _Heartbeat | None = None
 
-    def progress(self, message: str | None = None) -> events.Event:
-        return self._publisher.emit(self.job_id, "progress", message)
+    def progress(self, message: str | None = None, percent: float | None = None) -> events.Event:
+        """Publish a ``progress`` event: ``message`` (None: the row keeps the one it has) and
+        ``percent``, 0 to 100 (None: the row keeps the one it has). Raises InvalidEvent for a
+        percent or message out of bounds, PublishFailed as ``Publisher.emit`` does."""
+        return self._publisher.emit(self.job_id, "progress", message, progress=percent)
+
+    @property
+    def result(self) -> Any:
+        """What the job produced, any JSON value: sent with the ``succeeded`` event (None: none).
+
+        Checked when set: a value JSON cannot carry, or over 16 KiB as compact JSON, raises
+        InvalidEvent there, in the block, which then fails with that reason.
+        """
+        return self._result
+
+    @result.setter
+    def result(self, value: Any) -> None:
+        try:
+            events.json_text(value)
+        except ValueError as exc:
+            raise InvalidEvent(f"result: {exc}") from None
+        self._result = value
 
     def __enter__(self) -> JobReport:
         if self._heartbeat_timeout_s:
@@ -208,7 +286,15 @@ class JobReport:
             self._heartbeat.stop()
             self._heartbeat = None
         if exc is None:
-            self._publisher.emit(self.job_id, "succeeded", self.final_message)
+            self._publisher.emit(self.job_id, "succeeded", self.final_message, result=self._result)
+        elif isinstance(exc, JobFailed):
+            self._publisher.emit(
+                self.job_id,
+                "failed",
+                _failure_text(exc),
+                error_code=exc.code,
+                error_details=exc.details,
+            )
         else:
             self._publisher.emit(self.job_id, "failed", _failure_text(exc))
 

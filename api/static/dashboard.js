@@ -1,17 +1,17 @@
 // The dashboard's behaviour: log in, read the API (SPEC §7), draw, and refresh while the page is open.
 // Every value that comes from the API is put on the page as text (textContent), never as HTML.
 // The password is only ever in the form field and the one login request: it is cleared after it.
+// What a job says about itself (SPEC §11: progress, kind, labels, duration, error) and the list's
+// filters by them are drawn by details.js.
+
+import * as details from "./details.js";
 
 const API = "/api/5.0";
 const REFRESH_MS = 5000;
 const WAIT_S = 5; // a job page holds `Prefer: wait` this long instead of sleeping: a change shows at once
-const LOST_WINDOW = 100; // the lost jobs are looked for among this many latest failed jobs
 const STATUSES = ["PENDING", "SUCCEEDED", "FAILED"];
-// The messages of the tracker's own failed events (SPEC §6): a job with one of them was lost.
-// To change with SPEC §11 (issue 20): those events carry error.code `lost` or `timeout`, and the lost
-// count becomes the exact count of `errorCode=lost&errorCode=timeout` (readGlance), not a match of texts.
-const LOST_MESSAGES = [/^no event for \d+ s: the worker is presumed lost$/, /^not finished within \d+ s$/];
-const DEFAULT_QUERY = { statuses: [], orderby: "id", sortOrder: "desc", limit: 25, page: 1 };
+const NO_FILTERS = { kinds: [], labels: [], errorCodes: [], startedAfter: "" };
+const DEFAULT_QUERY = { statuses: [], orderby: "id", sortOrder: "desc", limit: 25, page: 1, ...NO_FILTERS };
 const ORDER_WORDS = { id: "id", start_time: "start time", end_time: "end time", status: "status" };
 
 class Unauthenticated extends Error {}
@@ -61,6 +61,7 @@ async function call(path, { method = "GET", body, headers = {} } = {}) {
 function listPath(query, extra = {}) {
   const params = new URLSearchParams();
   for (const status of query.statuses) params.append("status", status);
+  details.writeFilters(params, query);
   params.set("orderby", query.orderby);
   params.set("sortOrder", query.sortOrder);
   params.set("limit", String(query.limit));
@@ -81,7 +82,7 @@ function parseRoute() {
   const job = hash.match(/^\/jobs\/([0-9]+)$/);
   if (job) return { view: "job", id: job[1] };
   const params = new URLSearchParams(hash.split("?")[1] || "");
-  const query = { ...DEFAULT_QUERY, statuses: params.getAll("status").filter((s) => STATUSES.includes(s)) };
+  const query = { ...DEFAULT_QUERY, statuses: params.getAll("status").filter((s) => STATUSES.includes(s)), ...details.readFilters(params) };
   if (ORDER_WORDS[params.get("orderby")]) query.orderby = params.get("orderby");
   if (["asc", "desc"].includes(params.get("sortOrder"))) query.sortOrder = params.get("sortOrder");
   const limit = Number(params.get("limit"));
@@ -94,6 +95,7 @@ function parseRoute() {
 function listHash(query) {
   const params = new URLSearchParams();
   for (const status of query.statuses) params.append("status", status);
+  details.writeFilters(params, query);
   params.set("orderby", query.orderby);
   params.set("sortOrder", query.sortOrder);
   params.set("limit", String(query.limit));
@@ -103,6 +105,12 @@ function listHash(query) {
 
 function go(query) {
   location.hash = listHash(query);
+}
+
+// The address of the list as it is now (the list's defaults from a job's page), filtered by ``label`` too.
+function labelHref(label) {
+  const query = state.route && state.route.view === "list" ? state.route.query : DEFAULT_QUERY;
+  return listHash(details.withLabel(query, label));
 }
 
 // ---- drawing ----------------------------------------------------------------------------
@@ -156,19 +164,20 @@ function clearProblem() {
 }
 
 function drawGlance(counts, lost, dead) {
+  const lostCount = lost.summary;
   for (const status of STATUSES) {
     $(`count-${status}`).textContent = counted(counts[status]);
     $(`count-${status}`).title = counts[status].estimated ? "an estimate: the table is large" : "";
   }
-  $("count-lost").textContent = number(lost.length);
-  $("count-lost").closest(".card").classList.toggle("some", lost.length > 0);
+  $("count-lost").textContent = counted(lostCount);
+  $("count-lost").closest(".card").classList.toggle("some", lostCount.count > 0);
   const deadFigure = $("count-dead");
   deadFigure.textContent = dead === null ? "?" : number(dead);
   deadFigure.title = dead === null ? "RabbitMQ did not answer" : "";
   deadFigure.closest(".card").classList.toggle("some", dead !== null && dead > 0);
   const list = $("lost-jobs");
   list.replaceChildren(
-    ...lost.map((job) => {
+    ...lost.response.map((job) => {
       const item = element("li");
       const link = element("a", `Job ${job.id}`);
       link.href = `#/jobs/${job.id}`;
@@ -176,7 +185,7 @@ function drawGlance(counts, lost, dead) {
       return item;
     }),
   );
-  $("lost-none").hidden = lost.length > 0;
+  $("lost-none").hidden = lost.response.length > 0;
   const now = new Date();
   $("updated-at").textContent = now.toLocaleTimeString("en-GB");
   $("updated-at").dateTime = now.toISOString();
@@ -202,16 +211,27 @@ function drawList(query, rows, summary) {
       link.href = `#/jobs/${job.id}`;
       link.setAttribute("aria-label", `Job ${job.id}`);
       idCell.append(link);
-      const statusCell = element("td");
+      const statusCell = element("td", null, "state");
       statusCell.append(statusBadge(job.status));
-      row.append(idCell, statusCell, timeCell(job.start_time), timeCell(job.end_time), element("td", job.message ?? "—", "message"));
+      for (const extra of [details.progressBar(job), details.errorCode(job)]) if (extra) statusCell.append(" ", extra);
+      const kindCell = element("td", null, "about");
+      kindCell.append(...details.kindAndLabels(job, labelHref));
+      row.append(
+        idCell,
+        statusCell,
+        kindCell,
+        timeCell(job.start_time),
+        timeCell(job.end_time),
+        element("td", details.durationText(job), "duration"),
+        element("td", job.message ?? "—", "message"),
+      );
       return row;
     }),
   );
   state.rows = seen;
   const first = total === 0 ? 0 : (query.page - 1) * query.limit + 1;
   const last = (query.page - 1) * query.limit + rows.length;
-  const filter = query.statuses.length ? ` with status ${query.statuses.join(" or ")}` : "";
+  const filter = (query.statuses.length ? ` with status ${query.statuses.join(" or ")}` : "") + details.describeFilters(query);
   const order = `${ORDER_WORDS[query.orderby]}, ${query.sortOrder === "desc" ? "descending" : "ascending"}`;
   $("jobs-caption").textContent =
     rows.length === 0 ? `No jobs${filter} on this page (${counted(summary)} in all).` : `Jobs ${number(first)}–${number(last)} of ${counted(summary)}${filter}, by ${order}.`;
@@ -220,6 +240,7 @@ function drawList(query, rows, summary) {
   $("previous").disabled = query.page <= 1;
   // With an estimated count a short page is the last one; a full page may have more after it.
   $("next").disabled = summary.estimated ? rows.length < query.limit : query.page >= pages;
+  details.offerKinds(rows);
   for (const header of document.querySelectorAll("th[data-sort]")) {
     const sorted = header.dataset.sort === query.orderby;
     if (sorted) header.setAttribute("aria-sort", query.sortOrder === "desc" ? "descending" : "ascending");
@@ -234,6 +255,7 @@ function drawFilters(query) {
   const limit = $("limit");
   if (![...limit.options].some((option) => option.value === String(query.limit))) limit.append(element("option", String(query.limit)));
   limit.value = String(query.limit);
+  details.drawFilterControls(query, (label) => listHash({ ...query, page: 1, labels: query.labels.filter((l) => l !== label) }));
 }
 
 function drawJob(job, events) {
@@ -242,6 +264,7 @@ function drawJob(job, events) {
   $("job-start").replaceChildren(...timeCell(job.start_time).childNodes);
   $("job-end").replaceChildren(...timeCell(job.end_time).childNodes);
   $("job-message").textContent = job.message ?? "—";
+  details.drawJobDetails($("job-about"), job, labelHref);
   $("timeline").replaceChildren(
     ...events.map((event) => {
       const row = element("tr");
@@ -250,6 +273,7 @@ function drawJob(job, events) {
         element("td", event.type),
         element("td", String(event.seq ?? 0)),
         element("td", event.message ?? "—", "message"),
+        element("td", details.eventDetails(event), "details"),
         timeCell(event.received_at),
         element("td", event.event_id, "event-id"),
       );
@@ -259,7 +283,7 @@ function drawJob(job, events) {
   if (events.length === 0) {
     const row = element("tr");
     const cell = element("td", "No events received yet.");
-    cell.colSpan = 6;
+    cell.colSpan = 7;
     row.append(cell);
     $("timeline").append(row);
   }
@@ -307,10 +331,11 @@ function showRoute(route, moveFocus) {
 // ---- refreshing -------------------------------------------------------------------------
 
 async function readGlance() {
-  const [pending, succeeded, failed, dead] = await Promise.all([
+  const [pending, succeeded, failed, lost, dead] = await Promise.all([
     countOf("PENDING"),
     countOf("SUCCEEDED"),
-    call(`/async_status?status=FAILED&orderby=id&sortOrder=desc&limit=${LOST_WINDOW}`),
+    countOf("FAILED"),
+    call(details.lostPath()).then(({ body }) => body),
     call("/dead_letters").then(
       ({ body }) => body.response.count,
       (error) => {
@@ -319,8 +344,7 @@ async function readGlance() {
       },
     ),
   ]);
-  const lost = failed.body.response.filter((job) => LOST_MESSAGES.some((pattern) => pattern.test(job.message ?? "")));
-  return { counts: { PENDING: pending, SUCCEEDED: succeeded, FAILED: failed.body.summary }, lost, dead };
+  return { counts: { PENDING: pending, SUCCEEDED: succeeded, FAILED: failed }, lost, dead };
 }
 
 async function readJob(id) {
@@ -373,6 +397,8 @@ async function refresh() {
       showProblem(`You are logged in, but your role may not read job statuses (${error.message}). Ask an administrator for the operations role.`);
     } else if (error instanceof ApiError && error.status === 404 && route.view === "job") {
       showProblem(`Job ${route.id}: ${error.message} (it may never have existed, or it was purged).`);
+    } else if (error instanceof ApiError && error.status === 400 && route.view === "list") {
+      showProblem(`The list refused a filter: ${error.message}`);
     } else if (error instanceof ApiError) {
       showProblem(`The tracker answered ${error.status}: ${error.message} Retrying.`);
     } else {
@@ -430,11 +456,16 @@ async function logOut() {
 }
 
 function changeFilters() {
-  const query = { ...state.route.query, page: 1 };
+  // From the address, not state.route (set at the next hashchange): a change and a submit in a
+  // row (Enter in a text box) then make the same address, not the second undoing the first.
+  const current = parseRoute();
+  if (current.view !== "list") return;
+  const query = { ...current.query, page: 1 };
   query.statuses = [...document.querySelectorAll("#filters input[name=status]:checked")].map((box) => box.value);
   query.orderby = $("orderby").value;
   query.sortOrder = $("sortOrder").value;
   query.limit = Number($("limit").value);
+  Object.assign(query, details.readFilterControls(current.query));
   go(query);
 }
 
@@ -447,11 +478,13 @@ function sortBy(column) {
 
 function start() {
   $("refresh-every").textContent = String(REFRESH_MS / 1000);
-  $("lost-window").textContent = String(LOST_WINDOW);
   $("login-form").addEventListener("submit", logIn);
   $("logout").addEventListener("click", logOut);
   $("filters").addEventListener("change", changeFilters);
-  $("filters").addEventListener("submit", (event) => event.preventDefault());
+  $("filters").addEventListener("submit", (event) => {
+    event.preventDefault(); // Enter in the kind or label box: the filter as typed
+    changeFilters();
+  });
   for (const header of document.querySelectorAll("th[data-sort]")) {
     header.querySelector("button").addEventListener("click", () => sortBy(header.dataset.sort));
   }

@@ -129,16 +129,37 @@ def wait_for_row(page: Any, job_id: int, status: str) -> None:
     )
 
 
+def wait_for_rows(page: Any, job_ids: list[int]) -> None:
+    """Wait until the list shows exactly these jobs, in this order."""
+    page.wait_for_function(
+        "([ids]) => [...document.querySelectorAll('#jobs tr')].map((row) => row.dataset.id).join() === ids",
+        arg=[",".join(map(str, job_ids))],
+        timeout=SEEN_WITHIN_S * 1000,
+    )
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_the_dashboard_in_chromium(browser: Any, live: LiveApi, settings: Settings, tmp_path: pathlib.Path) -> None:
     token = live.login("ops")
-    lost = create_job(live, token, message="Rebuilding the index.", timeout_s=1)  # lost one second from now
-    finished = [create_job(live, token, message=f"Deploying release {n}.") for n in range(1, 4)]
+    # lost one second from now (error code timeout)
+    lost = create_job(live, token, message="Rebuilding the index.", kind="index.rebuild", timeout_s=1)
+    finished = [
+        create_job(
+            live,
+            token,
+            message=f"Deploying release {n}.",
+            kind="deploy",
+            labels={"env": "prod" if n < 3 else "staging", "release": str(n)},
+        )
+        for n in range(1, 4)
+    ]
+    running = create_job(live, token, message="Exporting.", kind="export.csv", labels={"env": "prod", "team": "cdn"})
     with Publisher(settings) as publisher:
         for job_id in finished[:2]:
-            publisher.emit(job_id, "progress", "Half way.")
-            publisher.emit(job_id, "succeeded", "Deployed.")
-        publisher.emit(finished[2], "failed", "Disk full.")
+            publisher.emit(job_id, "progress", "Half way.", progress=50)
+            publisher.emit(job_id, "succeeded", "Deployed.", progress=100, result={"servers": 12})
+        publisher.emit(finished[2], "failed", "Disk full.", error_code="disk_full")
+        publisher.emit(running, "progress", "Exported 4 of 10 parts.", progress=40)
         publisher.emit(10**12, "progress", "For a job that does not exist.")  # dead-lettered: unknown_job
 
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -173,10 +194,26 @@ def test_the_dashboard_in_chromium(browser: Any, live: LiveApi, settings: Settin
     page.locator("#lost-details summary").click()
     assert LOST_TEXT in page.locator("#lost-jobs").inner_text()
 
+    # What a job says about itself (SPEC §11): a running job's progress bar, kind, labels and how
+    # long it has been running; an ended one's duration and error code, and no bar.
+    wait_for_row(page, running, "PENDING")
+    row = page.locator(f'#jobs tr[data-id="{running}"]')
+    assert row.locator("progress").evaluate("bar => [bar.value, bar.max]") == [40, 100]
+    assert row.locator("progress").get_attribute("aria-label") == f"Job {running}: 40% done"
+    assert row.locator(".percent").inner_text() == "40%"
+    assert row.locator(".kind").inner_text() == "export.csv"
+    assert row.locator(".labels a").all_inner_texts() == ["env=prod", "team=cdn"]
+    assert row.locator(".duration").inner_text().startswith("running for ")
+    broken = page.locator(f'#jobs tr[data-id="{finished[2]}"]')
+    assert broken.locator(".error-code").inner_text() == "disk_full"
+    assert broken.locator(".duration").inner_text().startswith("ran for ")
+    assert page.locator(f'#jobs tr[data-id="{lost}"] .error-code').inner_text() == "timeout"
+    assert page.locator(f'#jobs tr[data-id="{finished[0]}"] progress').count() == 0
+
     # A new job appears, PENDING, and becomes SUCCEEDED, without a reload.
     job_id = create_job(live, token, message="Purging the cache.")
     wait_for_row(page, job_id, "PENDING")
-    assert page.locator("#count-PENDING").inner_text() == "1"
+    assert page.locator("#count-PENDING").inner_text() == "2"
     with Publisher(settings) as publisher:
         publisher.emit(job_id, "progress", "Purged 10 of 20 servers.")
         publisher.emit(job_id, "succeeded", "Purged.")
@@ -220,9 +257,55 @@ def test_the_dashboard_in_chromium(browser: Any, live: LiveApi, settings: Settin
     page.keyboard.press("Enter")
     assert page.evaluate("[document.activeElement.id, location.hash]") == ["main", view]
 
-    # A job's page with its timeline, opened from the list by the keyboard.
     page.get_by_label("Failed", exact=True).uncheck()
     wait_for_row(page, job_id, "SUCCEEDED")
+
+    # A click on a label filters the list by it (the address keeps it, as a chip that removes it);
+    # a kind typed in its box, and a time span, narrow it further (SPEC §11). (Ids ascending, as sorted above.)
+    page.locator(f'#jobs tr[data-id="{running}"] .labels a', has_text="env=prod").click()
+    page.wait_for_function("() => location.hash.includes('label=env%3Dprod')")
+    wait_for_rows(page, [finished[0], finished[1], running])
+    assert "labelled env=prod" in page.locator("#jobs-caption").inner_text()
+    page.get_by_label("Kind", exact=True).fill("deploy")
+    page.keyboard.press("Enter")
+    wait_for_rows(page, finished[:2])
+    assert "of kind deploy, labelled env=prod" in page.locator("#jobs-caption").inner_text()
+    page.get_by_role("link", name="Remove the label filter env=prod").click()
+    wait_for_rows(page, finished)
+    page.get_by_label("Started in").select_option("1h")
+    page.wait_for_function("() => location.hash.includes('startedAfter=1h')")
+    page.wait_for_function(
+        "() => document.getElementById('jobs-caption').textContent"
+        " .includes('of kind deploy, started in the last hour')",
+        timeout=SEEN_WITHIN_S * 1000,
+    )
+    wait_for_rows(page, finished)
+    # The lost card: the exact count of error codes lost and timeout, and a link to those jobs.
+    page.locator("#count-lost").click()
+    page.wait_for_function("() => location.hash.includes('errorCode=lost&errorCode=timeout')")
+    wait_for_rows(page, [lost])
+    assert page.get_by_label("Kind", exact=True).input_value() == ""
+    page.evaluate("location.hash = '#/'")
+    wait_for_row(page, job_id, "SUCCEEDED")
+
+    # A job's page: what it says about itself, and its events' progress and result.
+    page.evaluate(f"location.hash = '#/jobs/{finished[0]}'")
+    page.get_by_role("heading", name=f"Job {finished[0]}").wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#timeline tr').length === 2", timeout=SEEN_WITHIN_S * 1000)
+    about = page.locator("#job-about").inner_text()
+    for shown in ("Kind", "deploy", "env=prod", "release=1", "Progress", "100%", "ran for ", '"servers": 12'):
+        assert shown in about, (shown, about)
+    assert page.locator("#timeline .details").all_inner_texts() == ["50%", '100%; result {"servers":12}']
+    page.evaluate(f"location.hash = '#/jobs/{running}'")
+    page.get_by_role("heading", name=f"Job {running}").wait_for()
+    page.wait_for_function(
+        "() => document.getElementById('job-about').textContent.includes('running for')", timeout=SEEN_WITHIN_S * 1000
+    )
+    assert page.locator("#job-about progress").get_attribute("aria-label") == f"Job {running}: 40% done"
+    page.evaluate("location.hash = '#/'")
+    wait_for_row(page, job_id, "SUCCEEDED")
+
+    # A job's page with its timeline, opened from the list by the keyboard.
     page.get_by_role("link", name=f"Job {job_id}", exact=True).first.focus()
     page.keyboard.press("Enter")
     page.get_by_role("heading", name=f"Job {job_id}").wait_for()

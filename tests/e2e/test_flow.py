@@ -240,6 +240,44 @@ def test_what_a_job_says_about_itself_goes_from_the_cli_and_the_worker_to_every_
     ]
 
 
+def test_tracker_jobs_emit_sends_progress_a_result_and_an_error_code(system: Http, settings):
+    """`tracker jobs emit … --progress/--result/--error-code` (SPEC §11) through RabbitMQ to the row."""
+    done = int(_tracker(system, settings, "jobs", "create", "Exporting.", "--kind", "export.csv").strip())
+    broken = int(_tracker(system, settings, "jobs", "create", "Copying.").strip())
+    _tracker(system, settings, "jobs", "emit", str(done), "progress", "Half way.", "--progress", "50")
+    _tracker(system, settings, "jobs", "emit", str(done), "succeeded", "--progress", "100", "--result", '{"rows":3}')
+    _tracker(system, settings, "jobs", "emit", str(broken), "failed", "Disk full.", "--error-code", "disk_full")
+    login(system, "ops")
+    rows = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(rows) < 2:
+        for job_id in (done, broken):
+            _, _, body = system.call("GET", f"/api/5.0/async_status/{job_id}")
+            if body["response"]["status"] != "PENDING":
+                rows[job_id] = body["response"]
+        time.sleep(0.02)
+    assert {key: rows[done][key] for key in ("status", "message", "progress", "result")} == {
+        "status": "SUCCEEDED",
+        "message": "Half way.",
+        "progress": 100,
+        "result": {"rows": 3},
+    }
+    assert {key: rows[broken][key] for key in ("status", "message", "error")} == {
+        "status": "FAILED",
+        "message": "Disk full.",
+        "error": {"code": "disk_full"},
+    }
+    env = environment(settings, TRACKER_API_URL=system.base)
+    refused = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", "jobs", "emit", str(done), "progress", "--result", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (refused.returncode, refused.stderr) == (2, "tracker: --result goes only with succeeded\n")
+
+
 def test_a_cookie_session_acts_only_from_the_trackers_own_origin(system: Http):
     """SPEC §2 through gunicorn: the tracker's own origin is the scheme and Host the request came with."""
     login(system, "ops")

@@ -7,6 +7,7 @@ reason code.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import pathlib
 import re
@@ -256,3 +257,62 @@ def test_the_apis_readiness_wants_the_newest_schema(tmp_path: pathlib.Path, capl
     migrate(engine)
     engine.dispose()
     assert (api_readyz(url).status_code, api_readyz(url).json) == (200, {"status": "ok"})
+
+
+def test_job_durations_are_observed_once_as_each_job_ends_by_kind_up_to_the_cap(
+    settings: Settings, start_consumer
+) -> None:
+    """SPEC §11: tracker_job_duration_seconds{kind,status}, start_time → end_time, once a job; kinds
+    beyond TRACKER_METRICS_MAX_KINDS as other; a job without a kind with none."""
+    engine = make_engine(settings.database_url)
+    store = open_job_store(engine)
+    kinds = ["export.csv", "deploy", "purge", "export.csv", None]
+    jobs = [store.create_job(kind=kind) for kind in kinds]
+    consumer = start_consumer(settings.with_(metrics_max_kinds=2))
+    metrics_url = consumer.base + "/metrics"
+    took = [3.0, 5.0, 7.0, 11.0, 13.0]
+    ends = ["succeeded", "failed", "succeeded", "failed", "succeeded"]
+
+    def ended(job, end: str, after_s: float) -> tuple[str, bytes]:
+        at = job.start_time + dt.timedelta(seconds=after_s)
+        return f"job.{end}", json.dumps(events.new_event(job.id, end, None, occurred_at=at).to_wire()).encode()
+
+    finals = [ended(job, end, s) for job, end, s in zip(jobs, ends, took, strict=True)]
+    # the same final event again, and a later and an earlier one: none ends a job again
+    again = [finals[0], ended(jobs[0], "failed", 100.0), ended(jobs[1], "failed", 1.0)]
+    publish(settings, finals)
+    wait_until(lambda: total(scrape(metrics_url), "tracker_events_total") == len(finals), what="the final events")
+    publish(settings, again)
+    sent = len(finals) + len(again)
+    wait_until(lambda: total(scrape(metrics_url), "tracker_events_total") == sent, what="every event counted")
+    after = scrape(metrics_url)
+    counts = {
+        (dict(labels)["kind"], dict(labels)["status"]): v
+        for (name, labels), v in after.items()
+        if name == "tracker_job_duration_seconds_count"
+    }
+    assert counts == {
+        ("export.csv", "SUCCEEDED"): 1,
+        ("deploy", "FAILED"): 1,
+        ("other", "SUCCEEDED"): 1,  # purge: the third kind, beyond the cap of 2
+        ("export.csv", "FAILED"): 1,
+        ("", "SUCCEEDED"): 1,  # no kind
+    }
+    sums = {
+        (dict(labels)["kind"], dict(labels)["status"]): v
+        for (name, labels), v in after.items()
+        if name == "tracker_job_duration_seconds_sum"
+    }
+    assert sums == pytest.approx(
+        {
+            ("export.csv", "SUCCEEDED"): 3.0,
+            ("deploy", "FAILED"): 5.0,
+            ("other", "SUCCEEDED"): 7.0,
+            ("export.csv", "FAILED"): 11.0,
+            ("", "SUCCEEDED"): 13.0,
+        },
+        abs=1e-6,
+    )
+    assert value(after, "tracker_job_duration_seconds_bucket", kind="deploy", status="FAILED", le="5.0") == 1
+    assert value(after, "tracker_job_duration_seconds_bucket", kind="deploy", status="FAILED", le="2.5") == 0
+    engine.dispose()

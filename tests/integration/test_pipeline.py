@@ -18,7 +18,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from consumers.amqp import Consumer
 from consumers.status import StatusProjector
 from tracker import events, merge, timefmt
-from tracker.publisher import Publisher
+from tracker.publisher import JobFailed, Publisher
 from tracker.store import JobStore, open_job_store
 
 pytestmark = [pytest.mark.rabbitmq]
@@ -146,6 +146,33 @@ def test_failure_in_the_context_manager_reports_failed(store, start_consumer, pu
         raise RuntimeError("disk full")
     wait_until(lambda: store.get_job(job.id).status == merge.FAILED, what="FAILED")
     assert store.get_job(job.id).message == "disk full"
+
+
+def test_a_block_reports_progress_percent_and_its_result(store, start_consumer, publisher):
+    """SPEC §11's worker library through RabbitMQ and the consumer: the percent, then the result."""
+    job = store.create_job("exporting", kind="export.csv")
+    start_consumer()
+    with publisher.job(job.id) as report:
+        report.progress("half way", percent=50)
+        wait_until(lambda: store.get_job(job.id).progress == 50, what="progress 50")
+        assert store.get_job(job.id).message == "half way"
+        report.result = {"rows": 1200}
+        report.final_message = "exported"
+    wait_until(lambda: store.get_job(job.id).status == merge.SUCCEEDED, what="SUCCEEDED")
+    row = store.get_job(job.id)
+    assert (row.message, row.progress, row.result_json, row.error_code) == ("exported", 50, '{"rows":1200}', None)
+
+
+def test_job_failed_reports_failed_with_its_error(store, start_consumer, publisher):
+    job = store.create_job("copying")
+    start_consumer()
+    with pytest.raises(JobFailed), publisher.job(job.id) as report:
+        report.progress(percent=10)
+        raise JobFailed("Disk full.", code="disk_full", details={"free_bytes": 0})
+    wait_until(lambda: store.get_job(job.id).status == merge.FAILED, what="FAILED")
+    row = store.get_job(job.id)
+    assert (row.message, row.progress, row.result_json) == ("Disk full.", 10, None)
+    assert (row.error_code, row.error_details_json) == ("disk_full", '{"free_bytes":0}')
 
 
 def test_duplicates_and_reordering_converge_to_the_merge_rule(store, start_consumer, publisher):

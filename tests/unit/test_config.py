@@ -86,6 +86,15 @@ def test_an_empty_metrics_bind_turns_the_consumers_endpoints_off_and_round_trips
     assert Settings.from_env({"TRACKER_METRICS": "false"}).metrics is False
 
 
+def test_the_kinds_of_the_duration_metric_are_capped_at_50_by_default_from_0_to_1000():
+    assert Settings.from_env({}).metrics_max_kinds == 50
+    assert Settings.from_env({"TRACKER_METRICS_MAX_KINDS": "0"}).metrics_max_kinds == 0
+    assert Settings.from_env({"TRACKER_METRICS_MAX_KINDS": "1000"}).metrics_max_kinds == 1000
+    for wrong in ("-1", "1001"):
+        with pytest.raises(ConfigError, match=r"^TRACKER_METRICS_MAX_KINDS must be an integer from 0 to 1000$"):
+            Settings.from_env({"TRACKER_METRICS_MAX_KINDS": wrong})
+
+
 def test_held_waits_are_capped_by_default_at_three_quarters_of_the_threads_and_one_user_at_three_quarters_of_that():
     assert (Settings().max_waits, Settings().max_waits_per_user) == (192, 144)  # 256 threads
     assert (Settings(api_threads=64).max_waits, Settings(api_threads=64).max_waits_per_user) == (48, 36)

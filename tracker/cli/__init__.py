@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tracker import logs, roles
+from tracker.cli.emitting import add_detail_options, detail_fields
 from tracker.config import Settings
 from tracker.errors import (
     ConfigError,
@@ -142,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     emit.add_argument("id", type=int)
     emit.add_argument("type", choices=["progress", *sorted(TERMINAL_TYPES)])
     emit.add_argument("message", nargs="?")
+    add_detail_options(emit)
     emit.set_defaults(handler=_jobs_emit)
     return parser
 
@@ -494,9 +496,10 @@ def _jobs_emit(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.errors import PublishFailed
     from tracker.publisher import Publisher
 
+    details = detail_fields(args)
     with Publisher(settings, timeout_s=15) as publisher:
         try:
-            event = publisher.emit(args.id, args.type, args.message)
+            event = publisher.emit(args.id, args.type, args.message, **details)
         except PublishFailed as exc:
             print(f"tracker: {exc}", file=sys.stderr)
             return 1
