@@ -390,14 +390,16 @@ def test_a_deleted_queue_is_declared_again_and_consumed(settings, store, start_c
     wait_until(lambda: store.get_job(job.id).message == "before", what="the first event applied")
     raw_channel.queue_delete(settings.queue)
 
-    def declared_again() -> bool:
+    def consumed_again() -> bool:
+        # A consumer on it, not merely the queue: it is declared before it is bound, and a publish
+        # in between is unroutable (refused at once, SPEC §3).
         try:
-            raw_channel.connection.channel().queue_declare(settings.queue, passive=True)
+            declared = raw_channel.connection.channel().queue_declare(settings.queue, passive=True)
         except pika.exceptions.ChannelClosedByBroker:
             return False
-        return True
+        return declared.method.consumer_count >= 1
 
-    wait_until(declared_again, timeout=30, what="the consumer to declare its queue again")
+    wait_until(consumed_again, timeout=30, what="the consumer to declare, bind and consume its queue again")
     publisher.emit(job.id, "succeeded", "after")
     wait_until(lambda: store.get_job(job.id).status == merge.SUCCEEDED, timeout=30, what="the event after the deletion")
     assert store.get_job(job.id).message == "after"
