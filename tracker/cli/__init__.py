@@ -33,7 +33,7 @@ from tracker.errors import (
     UsageError,
     UserExists,
 )
-from tracker.events import TERMINAL_TYPES
+from tracker.events import CANCEL_REQUESTED, TERMINAL_TYPES
 from tracker.leases import MAX_TIMEOUT_S
 from tracker.outages import OutageLog
 
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=_jobs_create)
     emit = jobs.add_parser("emit", help="publish an event for a job")
     emit.add_argument("id", type=int)
-    emit.add_argument("type", choices=["progress", *sorted(TERMINAL_TYPES)])
+    emit.add_argument("type", choices=["progress", *sorted(TERMINAL_TYPES), CANCEL_REQUESTED])
     emit.add_argument("message", nargs="?")
     emit.set_defaults(handler=_jobs_emit)
     return parser
