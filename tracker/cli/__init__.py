@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tracker import logs, roles
+from tracker.cli import cancel_command
 from tracker.config import Settings
 from tracker.errors import (
     ConfigError,
@@ -39,6 +40,8 @@ from tracker.outages import OutageLog
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+
+    from tracker.client import ApiClient
 
 log = logging.getLogger("tracker")
 
@@ -143,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     emit.add_argument("type", choices=["progress", *sorted(TERMINAL_TYPES), CANCEL_REQUESTED])
     emit.add_argument("message", nargs="?")
     emit.set_defaults(handler=_jobs_emit)
+    cancel_command.add_parser(jobs)
     return parser
 
 
@@ -415,9 +419,10 @@ def _users_remove(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
+def api_client(settings: Settings) -> ApiClient:
+    """A client of the API at TRACKER_API_URL (else TRACKER_BIND) with TRACKER_API_TOKEN, or
+    TRACKER_API_USER and TRACKER_PASSWORD (asked for on a terminal); raises UsageError."""
     from tracker.client import ApiClient
-    from tracker.errors import ApiError
 
     token = os.environ.get("TRACKER_API_TOKEN")
     username = os.environ.get("TRACKER_API_USER")
@@ -427,7 +432,13 @@ def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
     if token is None and not (username and password):
         raise UsageError("set TRACKER_API_TOKEN, or TRACKER_API_USER and TRACKER_PASSWORD")
     url = os.environ.get("TRACKER_API_URL") or f"http://{settings.bind}"
-    client = ApiClient(url, token=token, username=username, password=password)
+    return ApiClient(url, token=token, username=username, password=password)
+
+
+def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.errors import ApiError
+
+    client = api_client(settings)
     from tracker.leases import check_timeout
 
     limits = {}
