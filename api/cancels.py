@@ -61,13 +61,13 @@ class JobsCancel:
     def on_post(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:
         params = falcon.uri.parse_query_string(req.query_string, keep_blank=True, csv=False)
         try:
-            query = listing.parse_query(params)
+            where = listing.parse_filter(params)
         except ValueError as exc:
             raise falcon.HTTPBadRequest(description=str(exc)) from None
-        if not cancels.filters_besides_status(query):
+        if not where.beyond_status:
             raise falcon.HTTPBadRequest(description=NEEDS_FILTER)
         message = initial_message(json_object(req)) or cancels.default_message(req.context.user.username)
-        notices = self._requests.request_many(query, message, timefmt.now())
+        notices = self._requests.request_many(where, message, timefmt.now())
         self._tell(notices)
         resp.status = falcon.HTTP_202
         resp.media = {"response": {"requested": len(notices)}}

@@ -853,7 +853,7 @@ def _cancels() -> dict[str, Any]:
     )
     one["parameters"] = [_JOB_ID]
     one["requestBody"] = body
-    paging = {"orderby", "sortOrder", "limit", "offset", "page"}
+    not_filters = {"orderby", "sortOrder", "limit", "offset", "page", "idBelow", "idAbove"}
     many = _operation(
         "cancelJobs",
         f"Ask for the cancellation of every PENDING job the list's filters match (at least one filter "
@@ -866,7 +866,7 @@ def _cancels() -> dict[str, Any]:
             **refused,
         },
     )
-    many["parameters"] = [p for p in _list_jobs()["parameters"] if p["name"] not in paging]
+    many["parameters"] = [p for p in _list_jobs()["parameters"] if p["name"] not in not_filters]
     many["requestBody"] = body
     taken = _operation(
         "getJobNamedCancel",

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import orjson
 
-from tracker import events, leases, listing, merge, timefmt
+from tracker import events, leases, merge, timefmt
 
 ERROR_CODE = "cancelled"  # the error.code of a job ended by its cancellation, by its worker or the tracker
 CONTROL_TYPE = "cancel"
@@ -78,15 +78,6 @@ def parse_control(body: bytes) -> CancelNotice | None:
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
-
-
-def filters_besides_status(query: listing.JobQuery) -> bool:
-    """Whether ``query`` filters by anything but ``status`` (its order and paging are no filters):
-    what cancelling many jobs at once asks for, so that no request cancels every PENDING job."""
-    bare = dataclasses.replace(
-        query, statuses=(), order_by="id", descending=False, limit=listing.DEFAULT_LIMIT, offset=0
-    )
-    return bare != listing.JobQuery()
 
 
 def grace_event_id(job_id: int) -> str:

@@ -284,3 +284,10 @@ def test_the_cli_cancels_jobs_by_id(system: Http, settings):
         [sys.executable, "-m", "tracker.cli", "jobs", "cancel"], env=env, capture_output=True, text=True
     )
     assert neither.returncode == 2
+    # by the list's filters: every PENDING job of the kind with the label, started before now
+    for label in ("env=prod", "env=prod", "env=test"):
+        _tracker(system, settings, "jobs", "create", "--kind", "cdn.purge", "--label", label)
+    many = _tracker(
+        system, settings, "jobs", "cancel", "--kind", "cdn.purge", "--label", "env=prod", "--started-before", "0s"
+    )
+    assert many == "requested: 2\n"

@@ -118,25 +118,25 @@ def test_cancel_answers_as_the_spec_says(api: Api) -> None:
 
 def test_cancel_many_by_the_lists_filters(api: Api, control: tuple[BlockingChannel, str]) -> None:
     ops = api.bearer("ops")
-    jobs = [api.jobs.create_job() for _ in range(6)]
+    jobs = [api.jobs.create_job(kind="export" if n >= 2 else "import") for n in range(6)]
     api.jobs.apply([events.new_event(jobs[4].id, "succeeded", None)])
     url = "/api/5.0/async_status/cancel"
-    for query in ("", "status=PENDING", "status=PENDING&limit=5&orderby=id"):
+    for query in ("", "status=PENDING", "status=PENDING&limit=5&orderby=id", f"idAbove={jobs[1].id}"):
         assert_alert(
             api.client.simulate_post(url, headers=ops, query_string=query),
             400,
             "cancelling jobs needs at least one of the list's filters besides status",
         )
     assert_alert(
-        api.client.simulate_post(url, headers=ops, query_string="idAbove=x"),
+        api.client.simulate_post(url, headers=ops, query_string="kind=a%20b"),
         400,
-        "idAbove parameter must be an integer from 0 to 9223372036854775807",
+        "kind parameter must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
     )
     assert_alert(api.client.simulate_get(url, headers=ops), 400, ID_NOT_INTEGER)
     assert_alert(
-        api.client.simulate_post(url, headers=api.bearer("viewer"), query_string="idAbove=0"), 403, MISSING_CANCEL
+        api.client.simulate_post(url, headers=api.bearer("viewer"), query_string="kind=export"), 403, MISSING_CANCEL
     )
-    answer = api.client.simulate_post(url, headers=ops, query_string=f"idAbove={jobs[1].id}")
+    answer = api.client.simulate_post(url, headers=ops, query_string="kind=export")
     assert (answer.status_code, answer.json) == (202, {"response": {"requested": 3}})
     assert [api.jobs.get_job(j.id).cancel_requested_at is not None for j in jobs] == [
         False,
@@ -148,17 +148,17 @@ def test_cancel_many_by_the_lists_filters(api: Api, control: tuple[BlockingChann
     ]
     assert {body["job_id"] for body in heard(control, 3)} == {jobs[2].id, jobs[3].id, jobs[5].id}
     # Again: the same jobs, their first request kept, no new event; FAILED only: none.
-    again = api.client.simulate_post(url, headers=ops, query_string=f"idAbove={jobs[1].id}&status=PENDING")
+    again = api.client.simulate_post(url, headers=ops, query_string="kind=export&status=PENDING")
     assert again.json == {"response": {"requested": 3}}
     assert [e.type for e in api.jobs.timeline(jobs[2].id)] == ["cancel_requested"]
-    none = api.client.simulate_post(url, headers=ops, query_string="idAbove=0&status=FAILED")
+    none = api.client.simulate_post(url, headers=ops, query_string="kind=export&status=FAILED")
     assert none.json == {"response": {"requested": 0}}
 
 
 def test_cancel_many_stops_at_its_most(api: Api) -> None:
     jobs = [api.jobs.create_job() for _ in range(5)]
     requests = CancelRequests(api.jobs)
-    told = requests.request_many(listing.JobQuery(id_above=0), "stop", timefmt.now(), most=3)
+    told = requests.request_many(listing.parse_filter({"startedBefore": "0s"}), "stop", timefmt.now(), most=3)
     assert [notice.job_id for notice in told] == [job.id for job in jobs[:3]]
 
 

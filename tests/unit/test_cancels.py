@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.spec_texts import CANCEL_GRACE_MESSAGE, CANCELLED_BY
-from tracker import cancels, events, leases, listing
+from tracker import cancels, events, leases
 
 AT = dt.datetime(2021, 2, 18, 17, 13, 56, 352261, tzinfo=dt.UTC)
 
@@ -48,17 +48,6 @@ def test_malformed_control_messages_are_ignored() -> None:
         b'{"type":"cancel","job_id":1,"requested_at":"yesterday"}',
     ):
         assert cancels.parse_control(body) is None, body
-
-
-def test_cancelling_many_needs_a_filter_besides_status() -> None:
-    def parsed(**params: str | list[str]) -> listing.JobQuery:
-        return listing.parse_query(params)
-
-    assert not cancels.filters_besides_status(parsed())
-    assert not cancels.filters_besides_status(parsed(status=["PENDING", "FAILED"], limit="5", orderby="end_time"))
-    assert not cancels.filters_besides_status(parsed(page="3", sortOrder="desc"))
-    assert cancels.filters_besides_status(parsed(idAbove="0"))
-    assert cancels.filters_besides_status(parsed(idBelow="10", status="PENDING"))
 
 
 def test_the_grace_failure_is_a_lost_jobs() -> None:

@@ -9,7 +9,6 @@ held while the caller publishes), so the repeat is not multiplied by the number 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
 
@@ -20,7 +19,7 @@ from tracker.errors import JobFinished
 from tracker.model import Job
 from tracker.store.engine import unavailable_as_error
 from tracker.store.jobs import JobStore, chunks
-from tracker.store.list_statement import matching_rows
+from tracker.store.list_statement import filter_conditions
 from tracker.store.tables import async_status, async_status_event
 
 # pg_try_advisory_xact_lock's key for the repeat of cancel messages ("tracker12"), not the lost-job check's.
@@ -67,16 +66,18 @@ class CancelRequests:
         return job, notice
 
     def request_many(
-        self, query: listing.JobQuery, message: str, at: dt.datetime, most: int = cancels.MAX_BULK
+        self, where: listing.JobFilter, message: str, at: dt.datetime, most: int = cancels.MAX_BULK
     ) -> list[cancels.CancelNotice]:
-        """Ask for the cancellation of every PENDING job matching ``query``'s filters, ``most`` of
-        them at most (lowest ids first): what to tell their workers. Jobs already asked keep their
-        first request. Raises StoreUnavailable."""
-        if query.statuses and merge.PENDING not in query.statuses:
+        """Ask for the cancellation of every PENDING job ``where`` chooses (the list's filters),
+        ``most`` of them at most (lowest ids first): what to tell their workers. Jobs already asked
+        keep their first request. Raises StoreUnavailable."""
+        if merge.PENDING not in where.kept_statuses:
             return []
-        pending = dataclasses.replace(query, statuses=(merge.PENDING,))
         statement = (
-            matching_rows(pending).with_only_columns(_job.id, _job.cancel_requested_at).order_by(_job.id).limit(most)
+            sa.select(_job.id, _job.cancel_requested_at)
+            .where(_PENDING, *filter_conditions(where))
+            .order_by(_job.id)
+            .limit(most)
         )
         with unavailable_as_error(), self._store.engine.connect() as conn:
             rows = conn.execute(statement).all()  # its parameters carry their values
