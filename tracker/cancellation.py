@@ -44,6 +44,7 @@ class CancelListener:
         self._bound: frozenset[int] = frozenset()  # the jobs bound on the current queue
         self._thread: threading.Thread | None = None
         self.sessions = 0  # connections made so far (tests watch reconnects)
+        self.heard = 0  # cancel messages received on its queue, of any job bound to it
 
     def watch(self, job_id: int, on_cancel: OnCancel) -> bool:
         """Call ``on_cancel`` (on the listener's thread) with each cancel message of ``job_id``
@@ -131,6 +132,7 @@ class CancelListener:
 
     def _heard(self, _channel: BlockingChannel, _method: object, _properties: object, body: bytes) -> None:
         """Runs inside process_data_events for each message: tell the job's blocks."""
+        self.heard += 1
         notice = cancels.parse_control(body)
         if notice is None:
             return
