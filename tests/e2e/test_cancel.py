@@ -3,6 +3,8 @@ repeating cancel messages and failing after the grace, on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -197,3 +199,47 @@ def test_a_cancel_racing_the_workers_success_is_decided_by_the_merge_rule(cluste
     late = events.new_event(job_id, "failed", "late", error_code="cancelled")
     cluster.store.apply([late])
     assert cluster.store.get_job(job_id).status == merge.SUCCEEDED
+
+
+def readme_shell_worker() -> str:
+    """The shell worker of README's "Cancelling a job", as it is written there."""
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("\n## Cancelling a job\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("cancelled", [True, False])
+def test_the_readmes_shell_worker_hears_a_cancel(cluster: Cluster, settings, tmp_path, cancelled: bool) -> None:
+    assert shutil.which("amqp-consume") and shutil.which("amqp-publish"), (
+        "the README's shell worker needs Debian's amqp-tools: apt-get install amqp-tools"
+    )
+    script = tmp_path / "worker.sh"
+    script.write_text(readme_shell_worker())
+    script.chmod(0o755)
+    job_id = cluster.store.create_job().id
+    seconds = 60 if cancelled else 1
+    worker = subprocess.Popen(
+        [str(script), str(job_id), str(seconds)],
+        env=environment(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        if cancelled:
+            time.sleep(0.5)  # not needed (the consumer repeats the message), but makes the first one count
+            cluster.cancel(job_id, "shell, stop")
+        out, _ = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    row = cluster.wait_ended(job_id, 10)
+    if cancelled:
+        assert (out, row.status, row.message, row.error_code) == (
+            "failed\n",
+            merge.FAILED,
+            "Stopped on request.",
+            "cancelled",
+        )
+    else:
+        assert (out, row.status, row.message) == ("succeeded\n", merge.SUCCEEDED, "Done.")
