@@ -2,6 +2,8 @@
 // Every value that comes from the API is put on the page as text (textContent), never as HTML.
 // The password is only ever in the form field and the one login request: it is cleared after it.
 
+import { jobCancel } from "./cancel.js";
+
 const API = "/api/5.0";
 const REFRESH_MS = 5000;
 const WAIT_S = 5; // a job page holds `Prefer: wait` this long instead of sleeping: a change shows at once
@@ -267,6 +269,7 @@ function drawJob(job, events) {
     announce(`Job ${job.id} is now ${job.status}.`);
   }
   state.jobStatus = { id: job.id, status: job.status };
+  state.cancel.draw(job);
 }
 
 // ---- screens ----------------------------------------------------------------------------
@@ -275,6 +278,7 @@ function showLogin(note) {
   state.session = "out";
   state.generation++; // a refresh still under way draws nothing now
   stopRefreshing();
+  state.cancel.forget(); // the next user may hold other permissions
   $("dashboard").hidden = true;
   $("session").hidden = true;
   $("login").hidden = false;
@@ -446,6 +450,7 @@ function sortBy(column) {
 }
 
 function start() {
+  state.cancel = jobCancel({ call, refresh, announce, showProblem });
   $("refresh-every").textContent = String(REFRESH_MS / 1000);
   $("lost-window").textContent = String(LOST_WINDOW);
   $("login-form").addEventListener("submit", logIn);

@@ -23,6 +23,7 @@ FILES = {
     "/": "text/html; charset=utf-8",
     "/dashboard.css": "text/css; charset=utf-8",
     "/dashboard.js": "text/javascript; charset=utf-8",
+    "/cancel.js": "text/javascript; charset=utf-8",
     "/dashboard.svg": "image/svg+xml",
 }
 
