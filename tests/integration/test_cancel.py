@@ -7,10 +7,13 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 
+import orjson
 import pika
+import prometheus_client
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
+from consumers.status import Delivery, StatusProjector
 from tests.integration.test_api import Api, assert_alert
 from tests.spec_texts import (
     ALREADY_FINISHED,
@@ -21,7 +24,8 @@ from tests.spec_texts import (
     MISSING_CANCEL,
     NOT_FOUND,
 )
-from tracker import broker, events, listing, timefmt
+from tests.unit.test_openapi import validator
+from tracker import broker, events, leases, listing, metrics, timefmt
 from tracker.config import Settings
 from tracker.store.cancels import CancelRequests
 from tracker.store.leases import LostJobs
@@ -62,6 +66,7 @@ def test_cancel_records_the_request_and_tells_the_worker(api: Api, control: tupl
     row = first.json["response"]
     assert (row["id"], row["status"], row["end_time"]) == (job.id, "PENDING", None)
     requested_at = row["cancel_requested_at"]
+    assert validator("CancelRequested").is_valid(first.json)
     assert api.client.simulate_get(f"/api/5.0/async_status/{job.id}", headers=api.bearer("ops")).json == {
         "response": row
     }
@@ -138,6 +143,7 @@ def test_cancel_many_by_the_lists_filters(api: Api, control: tuple[BlockingChann
     )
     answer = api.client.simulate_post(url, headers=ops, query_string="kind=export")
     assert (answer.status_code, answer.json) == (202, {"response": {"requested": 3}})
+    assert validator("CancelsRequested").is_valid(answer.json)
     assert [api.jobs.get_job(j.id).cancel_requested_at is not None for j in jobs] == [
         False,
         False,
@@ -199,3 +205,30 @@ def test_one_consumer_at_a_time_repeats_the_cancel_messages(api: Api) -> None:
         assert inner == [None]  # the other was told to leave it
     api.jobs.apply([events.new_event(job.id, "succeeded", None)])
     assert requests.pending_notices(tell, most=10) == 0
+
+
+def test_the_consumer_counts_who_ended_each_cancelled_job(api: Api) -> None:
+    """tracker_jobs_cancelled_total{by}: once per job ended by a cancellation, however often its event comes."""
+    by_worker, by_tracker, other = (api.jobs.create_job() for _ in range(3))
+    counted: list[str] = []
+    projector = StatusProjector(api.jobs, on_cancelled=counted.append)
+    batch = [
+        events.new_event(by_worker.id, "failed", "stopped", error_code="cancelled"),
+        leases.Lost(by_tracker.id, "cancelled", 60, timefmt.now()).failed_event(),
+        events.new_event(other.id, "failed", "disk full", error_code="disk_full"),
+    ]
+    deliveries = [Delivery(n, orjson.dumps(event.to_wire())) for n, event in enumerate(batch)]
+    assert projector.handle(deliveries).applied == 3
+    assert sorted(counted) == ["tracker", "worker"]
+    projector.handle(deliveries)  # delivered again: the jobs ended already
+    assert sorted(counted) == ["tracker", "worker"]
+    before = metric_value("tracker_jobs_cancelled_total", by="worker")
+    metrics.count_cancelled_job("worker")
+    assert metric_value("tracker_jobs_cancelled_total", by="worker") == before + 1
+    with pytest.raises(ValueError, match="by must be one of worker, tracker"):
+        metrics.count_cancelled_job("someone")
+
+
+def metric_value(name: str, **labels: str) -> float:
+    value = prometheus_client.REGISTRY.get_sample_value(name, labels)
+    return value or 0.0
