@@ -9,9 +9,9 @@ import falcon
 import falcon.uri
 
 from api.middleware import requires
-from api.resources import ID_NOT_INTEGER, parse_job_id
 from api.resources import _initial_message as initial_message  # one reading of a body for every POST
 from api.resources import _json_object as json_object
+from api.resources import parse_job_id
 from tracker import cancels, listing, roles, timefmt
 from tracker.envelope import alerts
 from tracker.rendering import job_view
@@ -44,18 +44,13 @@ class JobCancel:
 
 class JobsCancel:
     """POST /api/{version}/async_status/cancel?<the list's filters>: ask for the cancellation of
-    every PENDING job they match (at most ``cancels.MAX_BULK``); 202 with how many.
-
-    GET answers as GET of a job whose id is ``cancel`` does (400): this path took it from there.
+    every PENDING job they match (at most ``cancels.MAX_BULK``); 202 with how many. (GET of this
+    path, once a job's whose id is no integer, is now 405 as any method a path does not serve.)
     """
 
     def __init__(self, requests: CancelRequests, tell: Tell) -> None:
         self._requests = requests
         self._tell = tell
-
-    @requires(roles.READ)
-    def on_get(self, _req: falcon.Request, _resp: falcon.Response, version: str) -> None:
-        raise falcon.HTTPBadRequest(description=ID_NOT_INTEGER)
 
     @requires(roles.CANCEL)
     def on_post(self, req: falcon.Request, resp: falcon.Response, version: str) -> None:

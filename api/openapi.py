@@ -868,19 +868,9 @@ def _cancels() -> dict[str, Any]:
     )
     many["parameters"] = [p for p in _list_jobs()["parameters"] if p["name"] not in not_filters]
     many["requestBody"] = body
-    taken = _operation(
-        "getJobNamedCancel",
-        f"GET of a job whose id is `cancel`: `{resources.ID_NOT_INTEGER}`, as any id that is no integer.",
-        _SECURED,
-        {
-            "400": _ref("BadRequest", f"`{resources.ID_NOT_INTEGER}`"),
-            "401": _ref("Unauthorized"),
-            "403": _ref("Forbidden"),
-        },
-    )
     return {
         "/api/{version}/async_status/{id}/cancel": {"parameters": version, "post": one},
-        "/api/{version}/async_status/cancel": {"parameters": version, "post": many, "get": taken},
+        "/api/{version}/async_status/cancel": {"parameters": version, "post": many},
     }
 
 

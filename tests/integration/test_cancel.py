@@ -137,7 +137,7 @@ def test_cancel_many_by_the_lists_filters(api: Api, control: tuple[BlockingChann
         400,
         "kind parameter must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
     )
-    assert_alert(api.client.simulate_get(url, headers=ops), 400, ID_NOT_INTEGER)
+    assert api.client.simulate_get(url, headers=ops).status_code == 405
     assert_alert(
         api.client.simulate_post(url, headers=api.bearer("viewer"), query_string="kind=export"), 403, MISSING_CANCEL
     )
