@@ -22,7 +22,8 @@ from tracker.store.jobs import JobStore, chunks
 from tracker.store.list_statement import filter_conditions
 from tracker.store.tables import async_status, async_status_event
 
-# pg_try_advisory_xact_lock's key for the repeat of cancel messages ("tracker12"), not the lost-job check's.
+# pg_try_advisory_xact_lock's key for the repeat of cancel messages ("trak12" and two zero bytes), not the
+# lost-job check's.
 _REPEAT_LOCK_KEY = 0x7472616B31320000
 _APPLY_CHUNK = 1000
 
