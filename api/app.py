@@ -15,13 +15,14 @@ import falcon.media
 import orjson
 from falcon.routing import BaseConverter
 
-from api import dashboard, errors, health, middleware, openapi, resources, rowcache
+from api import cancels, dashboard, errors, health, middleware, openapi, resources, rowcache
 from api.reads import JobReads
 from api.revocations import RevokedTokens
 from api.waits import WaitRegistry
 from tracker import auth, broker
 from tracker.config import Settings
 from tracker.store import JobStore, make_engine, open_job_store, schema_problem
+from tracker.store.cancels import CancelRequests
 from tracker.users import LoginLimits, LoginThrottle, TokenRevocations, UserStore
 
 SERVED_VERSIONS = ("4.0", "4.1", "5.0")
@@ -58,6 +59,7 @@ class Deps:
     reads: JobReads | None = None  # what GET of one job and of its timeline read from; None: ``jobs``, uncached
     revoked: RevokedTokens | None = None  # the tokens logouts ended; None: ended in this process only (tests)
     dead_letter_count: Callable[[], int] | None = None  # None: ask RabbitMQ at settings.amqp_url
+    tell: cancels.Tell | None = None  # tells workers of cancellations; None: RabbitMQ at settings.amqp_url
 
 
 def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
@@ -87,6 +89,10 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     app.add_route("/api/{version:served}/async_status", resources.JobStatuses(deps.jobs, deps.settings))
     app.add_route("/api/{version:served}/async_status/{job_id}", resources.JobStatus(reads))
     app.add_route("/api/{version:served}/async_status/{job_id}/events", resources.JobTimeline(reads))
+    cancel_requests = CancelRequests(deps.jobs)
+    tell = deps.tell or broker.ControlPublisher(deps.settings).tell
+    app.add_route("/api/{version:served}/async_status/{job_id}/cancel", cancels.JobCancel(cancel_requests, tell))
+    app.add_route("/api/{version:served}/async_status/cancel", cancels.JobsCancel(cancel_requests, tell))
     app.add_route("/api/{version:served}/user/login", resources.Login(deps.users, deps.throttle, deps.tokens, secure))
     app.add_route("/api/{version:served}/user/logout", resources.Logout(revoked, secure))
     app.add_route("/api/{version:served}/ping", resources.Ping())

@@ -28,6 +28,7 @@ ASSETS: dict[str, tuple[str, str]] = {
     "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
     "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
     "/details.js": ("details.js", "text/javascript; charset=utf-8"),
+    "/cancel.js": ("cancel.js", "text/javascript; charset=utf-8"),
     "/dashboard.svg": ("dashboard.svg", "image/svg+xml"),
 }
 

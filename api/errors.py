@@ -9,7 +9,7 @@ import falcon
 from gunicorn.http import errors as http_errors
 
 from tracker.envelope import alerts, route_not_found
-from tracker.errors import DeadLettersUnavailable, PermissionDenied, RequestTimedOut, Unauthenticated
+from tracker.errors import DeadLettersUnavailable, JobFinished, PermissionDenied, RequestTimedOut, Unauthenticated
 from tracker.store import JobNotFound, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,17 @@ _COMMON_LOWER = {name.lower(): value for name, value in COMMON_HEADERS.items()}
 def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:
     """Make ``app`` answer every error, foreign or Falcon's own, with the alert envelope.
 
-    Exceptions this maps: JobNotFound → 404, Unauthenticated → 401 (with BEARER_CHALLENGE), PermissionDenied → 403,
-    StoreUnavailable and DeadLettersUnavailable → 503, RequestTimedOut (a body not received in
-    time) → 408, any other non-HTTP exception → 500 (traceback logged, not sent).
+    Exceptions this maps: JobNotFound → 404, JobFinished → 409, Unauthenticated → 401 (with
+    BEARER_CHALLENGE), PermissionDenied → 403, StoreUnavailable and DeadLettersUnavailable → 503,
+    RequestTimedOut (a body not received in time) → 408, any other non-HTTP exception → 500
+    (traceback logged, not sent).
     """
     app.set_error_serializer(_serialize)
     app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(StoreUnavailable, _store_unavailable)
     app.add_error_handler(DeadLettersUnavailable, _broker_unavailable)
     app.add_error_handler(JobNotFound, _job_not_found)
+    app.add_error_handler(JobFinished, _job_finished)
     app.add_error_handler(Unauthenticated, _unauthenticated)
     app.add_error_handler(PermissionDenied, _permission_denied)
     app.add_error_handler(RequestTimedOut, _request_timed_out)
@@ -94,6 +96,10 @@ def _broker_unavailable(req: falcon.Request, _resp: falcon.Response, exc: DeadLe
 
 def _job_not_found(_req: falcon.Request, _resp: falcon.Response, _exc: JobNotFound, _params: Any) -> None:
     raise falcon.HTTPNotFound(description="Not Found")
+
+
+def _job_finished(_req: falcon.Request, _resp: falcon.Response, exc: JobFinished, _params: Any) -> None:
+    raise falcon.HTTPConflict(description=str(exc))
 
 
 def _unauthenticated(_req: falcon.Request, _resp: falcon.Response, _exc: Unauthenticated, _params: Any) -> None:

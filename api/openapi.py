@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from api import dashboard, errors, middleware, resources, waits
-from tracker import events, labels, leases, listing, merge, roles, webhooks
+from tracker import cancels, events, labels, leases, listing, merge, roles, webhooks
 from tracker.events import MAX_MESSAGE_CHARS
 
 TIME_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
@@ -107,6 +107,7 @@ def document(versions: tuple[str, ...], notify_allowed: webhooks.AllowList | Non
             },
             **_observability(),
             **_dashboard(),
+            **_cancels(),
         },
         "components": _components(versions, notify_allowed or webhooks.AllowList()),
     }
@@ -603,6 +604,7 @@ def _components(versions: tuple[str, ...], notify_allowed: webhooks.AllowList) -
                 **{"WWW-Authenticate": _header(errors.BEARER_CHALLENGE, "The scheme to authenticate with")},
             ),
             "Forbidden": _error("`missing required Permissions: <PERMISSION>`"),
+            "Conflict": _error("`job <id> has already finished: <STATUS>`"),
             "NotFound": _error("A path nothing serves"),
             "LengthRequired": _error(f"`{resources.LENGTH_REQUIRED}`: a chunked body"),
             "ContentTooLarge": _error(f"A body over {resources.MAX_BODY_BYTES} bytes"),
@@ -625,6 +627,7 @@ def _components(versions: tuple[str, ...], notify_allowed: webhooks.AllowList) -
             ),
         },
         "schemas": {
+            **_cancel_schemas(),
             "Time": {
                 "type": "string",
                 "pattern": TIME_PATTERN,
@@ -817,4 +820,99 @@ def _alert_list(level: str) -> dict[str, Any]:
         "type": "array",
         "minItems": 1,
         "items": {"allOf": [{"$ref": "#/components/schemas/Alert"}, {"properties": {"level": {"const": level}}}]},
+    }
+
+
+def _cancels() -> dict[str, Any]:
+    """SPEC §12: POST .../async_status/{id}/cancel, and .../async_status/cancel with the list's filters."""
+    version = [{"$ref": "#/components/parameters/Version"}]
+    body = {
+        "required": False,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CancelRequest"}}},
+    }
+    refused = {
+        "401": _ref("Unauthorized"),
+        "403": _ref("Forbidden", f"`missing required Permissions: {roles.CANCEL}`, or {_CROSS_ORIGIN}"),
+        "503": _ref("Unavailable"),
+        **{code: _ref(name) for code, name in _BODY.items()},
+        "415": _ref("UnsupportedMediaType", _NOT_JSON),
+    }
+    one = _operation(
+        "cancelJob",
+        f"Ask for a PENDING job's cancellation: recorded as a `cancel_requested` event, and told to its "
+        f"worker on the control exchange until it ends; failed by the tracker if still PENDING after the "
+        f"grace. Asking again is harmless. Permission {roles.CANCEL}.",
+        _SECURED,
+        {
+            "202": _json("The job, with cancel_requested_at", "#/components/schemas/CancelRequested"),
+            "400": _ref("BadRequest", f"`{resources.ID_NOT_INTEGER}`, or a message the job cannot take"),
+            "404": _ref("NotFound", "`Not Found`, or a path nothing serves"),
+            "409": _ref("Conflict"),
+            **refused,
+        },
+    )
+    one["parameters"] = [_JOB_ID]
+    one["requestBody"] = body
+    not_filters = {"orderby", "sortOrder", "limit", "offset", "page", "idBelow", "idAbove"}
+    many = _operation(
+        "cancelJobs",
+        f"Ask for the cancellation of every PENDING job the list's filters match (at least one filter "
+        f"besides status; order and paging are ignored), at most {cancels.MAX_BULK} per call, lowest ids "
+        f"first. Permission {roles.CANCEL}.",
+        _SECURED,
+        {
+            "202": _json("How many jobs now have their cancellation asked", "#/components/schemas/CancelsRequested"),
+            "400": _ref("BadRequest", "A parameter's value, named in the alert, or no filter besides status"),
+            **refused,
+        },
+    )
+    many["parameters"] = [p for p in _list_jobs()["parameters"] if p["name"] not in not_filters]
+    many["requestBody"] = body
+    return {
+        "/api/{version}/async_status/{id}/cancel": {"parameters": version, "post": one},
+        "/api/{version}/async_status/cancel": {"parameters": version, "post": many},
+    }
+
+
+def _cancel_schemas() -> dict[str, Any]:
+    return {
+        "CancelRequest": {
+            "type": "object",
+            "properties": {
+                "message": {
+                    "type": ["string", "null"],
+                    "maxLength": MAX_MESSAGE_CHARS,
+                    "pattern": "^[^\\u0000]*$",
+                    "description": "The request's message, in the timeline and told to the worker. Absent or "
+                    "null: `Cancellation requested by <user>.`",
+                },
+            },
+        },
+        "CancelRequested": {
+            "type": "object",
+            "required": ["alerts", "response"],
+            "additionalProperties": False,
+            "properties": {
+                "alerts": _alert_list("success"),
+                "response": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/Job"},
+                        {"required": ["cancel_requested_at"]},
+                    ]
+                },
+            },
+        },
+        "CancelsRequested": {
+            "type": "object",
+            "required": ["response"],
+            "additionalProperties": False,
+            "properties": {
+                "response": {
+                    "type": "object",
+                    "required": ["requested"],
+                    "additionalProperties": False,
+                    "properties": {"requested": {"type": "integer", "minimum": 0, "maximum": cancels.MAX_BULK}},
+                }
+            },
+        },
     }

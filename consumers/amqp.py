@@ -54,7 +54,7 @@ from consumers.status import DeadLetter, Delivery, StatusProjector
 from consumers.telemetry import BatchTelemetry
 from consumers.webhooks import Deliverer
 from consumers.writers import DATABASE_BROKEN, Batch, Projector, Writers
-from tracker import broker
+from tracker import broker, metrics
 from tracker.config import Settings
 from tracker.outages import OutageLog
 from tracker.readiness import NotReady
@@ -390,7 +390,11 @@ def consume(settings: Settings) -> int:
     telemetry = BatchTelemetry(settings.metrics_max_kinds) if settings.metrics and settings.metrics_bind else None
     # With webhooks on, every consumer delivers them (one at a time for each), woken by its own folds too.
     deliverer = Deliverer(settings) if settings.webhook_origins else None
-    projector = StatusProjector(open_job_store(engine), on_applied=None if deliverer is None else deliverer.applied)
+    projector = StatusProjector(
+        open_job_store(engine),
+        on_applied=None if deliverer is None else deliverer.applied,
+        on_cancelled=metrics.count_cancelled_job if telemetry is not None else None,
+    )
     consumer = Consumer(settings, projector, telemetry=telemetry)
     consumer.install_signal_handlers()
     # Every consumer checks for lost jobs (one at a time across them all): nothing else to run.

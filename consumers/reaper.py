@@ -1,6 +1,8 @@
 """The lost-job check (SPEC §6) as a thread of ``tracker consume``: decide, record, publish, purge.
 
 Every ``reap_interval_s`` the thread:
+0. publishes the cancel message of every PENDING job whose cancellation was asked (SPEC §12), one
+   consumer at a time (``CancelRequests.pending_notices``), whatever the backlog;
 1. asks the broker how many messages the events queue holds ready (a passive declare), and goes
    no further unless none (nor if the queue is not there): a consumer outage or a backlog must
    never fail a live job;
@@ -24,12 +26,13 @@ import threading
 import time
 from typing import Protocol
 
-from tracker import broker, leases, metrics, timefmt
+from tracker import broker, cancels, leases, metrics, timefmt
 from tracker.config import Settings
 from tracker.errors import PublishFailed, StoreBroken, StoreUnavailable
 from tracker.outages import OutageLog
 from tracker.publisher import Publisher
-from tracker.store import make_engine
+from tracker.store import make_engine, open_job_store
+from tracker.store.cancels import CancelRequests
 from tracker.store.leases import LostJobs, purge
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,8 @@ class Reaper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tracker-reaper", daemon=True)
         self._engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
-        self._lost = LostJobs(self._engine, settings.job_timeout_s)
+        self._lost = LostJobs(self._engine, settings.job_timeout_s, cancel_grace_s=settings.cancel_grace_s)
+        self._cancels = CancelRequests(open_job_store(self._engine))
         # Declares nothing (the consumer does). One attempt per event (timeout 0): a failed check
         # is tried again at the next, and what it decided is published again (step 4).
         self._channel = broker.ConfirmingChannel(settings, "tracker-reaper")
@@ -109,6 +113,7 @@ class Reaper:
 
     def check(self) -> int:
         """One check (the steps of the module's docstring); how many failed events it published."""
+        self.repeat_cancels()
         caught_up = self._caught_up()
         self._broker.recovered()
         if not caught_up or not self._settled():
@@ -120,7 +125,8 @@ class Reaper:
             for lost in checked.new:
                 log.warning("job %d is lost: %s; failing it", lost.job_id, lost.message, extra={"job_id": lost.job_id})
                 self._publisher.publish(lost.failed_event())
-                metrics.count_lost_jobs(lost.reason)
+                if lost.reason != "cancelled":  # counted as cancelled by the consumer that folds it
+                    metrics.count_lost_jobs(lost.reason)
                 published += 1
             for lost in checked.again:
                 log.info("job %d: its failed event is not folded yet; publishing it again", lost.job_id)
@@ -133,6 +139,19 @@ class Reaper:
                 log.info("purged %d jobs finished before %s", deleted, timefmt.format_time(cutoff))
         self.published += published
         return published
+
+    def repeat_cancels(self) -> int | None:
+        """Tell the workers of every PENDING job whose cancellation was asked, once more (SPEC §12);
+        how many, or None when another consumer does it now. Step 0 of the check: not held back
+        by a backlog, which delays no worker's hearing of its cancel."""
+        told = self._cancels.pending_notices(self._tell, most=cancels.MAX_BULK)
+        self._broker.recovered()
+        return told
+
+    def _tell(self, notices: list[cancels.CancelNotice]) -> None:
+        channel = self._channel.open()
+        for notice in notices:
+            broker.publish_control(channel, self._settings, notice)
 
     def _settled(self) -> bool:
         """Whether this process's consumer commits, within one interval, all it has received so far."""

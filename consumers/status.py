@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from tracker import events
+from tracker import cancels, events
 from tracker.errors import InvalidEvent, StoreRefused
+from tracker.merge import FAILED
 from tracker.model import Applied, Ended
 from tracker.store import JobStore
 
@@ -61,12 +62,19 @@ class StatusProjector:
     or, while a refused batch was being halved, some halves: applying them again changes nothing.
 
     ``on_applied``, if given, is told what each committed fold did, on the writer's thread (the
-    webhooks' deliverer is woken so).
+    webhooks' deliverer is woken so). ``on_cancelled``, if given, is told who ended each job that
+    a committed fold ended by its cancellation (``worker`` or ``tracker``, SPEC §12).
     """
 
-    def __init__(self, store: JobStore, on_applied: Callable[[Applied], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        on_applied: Callable[[Applied], None] | None = None,
+        on_cancelled: Callable[[str], None] | None = None,
+    ) -> None:
         self._store = store
         self._on_applied = on_applied
+        self._on_cancelled = on_cancelled
 
     def handle(self, deliveries: Sequence[Delivery]) -> Outcome:
         """Runs on a writer thread for each batch: parse, apply, and say what to dead-letter.
@@ -109,6 +117,10 @@ class StatusProjector:
         ended.extend(result.ended)
         if self._on_applied is not None:
             self._on_applied(result)
+        if self._on_cancelled is not None and result.ended:
+            failed = [job.job_id for job in result.ended if job.status == FAILED]
+            for by in cancels.cancelled_by(failed, (event for _, event in parsed)):
+                self._on_cancelled(by)
         if not result.missing_jobs:
             return [event for _, event in parsed], []
         missing = result.missing_jobs

@@ -181,6 +181,7 @@ def new_amqp_names() -> dict[str, str]:
         "queue": f"{prefix}.events",
         "dead_exchange": f"{prefix}.dlx",
         "dead_queue": f"{prefix}.dead",
+        "control_exchange": f"{prefix}.control",
     }
 
 
@@ -193,7 +194,7 @@ def amqp_names(rabbitmq_server: str) -> Iterator[dict[str, str]]:
     channel = connection.channel()
     for queue in (names["queue"], names["dead_queue"]):
         channel.queue_delete(queue)
-    for exchange in (names["exchange"], names["dead_exchange"]):
+    for exchange in (names["exchange"], names["dead_exchange"], names["control_exchange"]):
         channel.exchange_delete(exchange)
     connection.close()
 

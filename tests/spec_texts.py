@@ -37,3 +37,11 @@ def no_such_path(path: str) -> str:
 
 def job_started(version: str, job_id: int) -> str:
     return f"Async job has started. Status updates can be found here: /api/{version}/async_status/{job_id}"
+
+
+# SPEC §12, with its placeholders as format fields.
+MISSING_CANCEL = "missing required Permissions: ASYNC-STATUS:CANCEL"
+CANCEL_REQUESTED = "Cancellation of job {id} requested."
+ALREADY_FINISHED = "job {id} has already finished: {status}"
+CANCELLED_BY = "Cancellation requested by {user}."
+CANCEL_GRACE_MESSAGE = "cancelled: the worker did not stop within {n} s"

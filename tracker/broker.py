@@ -7,7 +7,8 @@
   gone). ``ConfirmingChannel`` keeps a confirming channel on such a connection, and opens it
   again once lost: the publisher, the lost-job check, the gauges, the dead-letter commands and
   the consumer all use one. ``CONNECTION_ERRORS`` are what says it is lost.
-- Topology and counts: ``declare_topology`` (an older, classic dead queue kept until ``tracker
+- Topology and counts: ``declare_topology`` (the control exchange of SPEC §12 among it; an
+  older, classic dead queue kept until ``tracker
   migrate`` moves it: ``still_classic``), and ``count_messages``, the one passive declare.
 - Messages: ``message_properties`` of everything the tracker publishes (SPEC §3), and the
   headers a dead letter carries (``REASON_HEADER`` …), written and read here.
@@ -19,8 +20,9 @@ import contextlib
 import dataclasses
 import logging
 import random
+import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -28,7 +30,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from tracker import events
+from tracker import cancels, events
 from tracker.backoff import Backoff
 from tracker.config import Settings, split_amqp_urls
 from tracker.errors import BrokerUnreachable, DeadLettersUnavailable
@@ -241,7 +243,8 @@ DEAD_QUEUE_ARGUMENTS: Mapping[str, Any] = {"x-queue-type": "quorum"}
 
 
 def declare_topology(channel: BlockingChannel, settings: Settings) -> None:
-    """Declare exchange, events queue, dead-letter exchange and dead queue; idempotent.
+    """Declare exchange, events queue, dead-letter exchange and dead queue, and the control
+    exchange (SPEC §12); idempotent.
 
     Both queues are quorum queues (SPEC §3). A dead queue that an older tracker declared as a
     classic queue cannot be declared again as a quorum one (RabbitMQ refuses: 406, and cannot
@@ -257,6 +260,7 @@ def declare_topology(channel: BlockingChannel, settings: Settings) -> None:
     """
     channel.exchange_declare(settings.exchange, exchange_type="topic", durable=True)
     channel.exchange_declare(settings.dead_exchange, exchange_type="fanout", durable=True)
+    declare_control_exchange(channel, settings)
     _declare_dead_queue(channel.connection, settings)
     channel.queue_declare(
         settings.queue,
@@ -264,6 +268,72 @@ def declare_topology(channel: BlockingChannel, settings: Settings) -> None:
         arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": settings.dead_exchange},
     )
     channel.queue_bind(settings.queue, settings.exchange, routing_key=ROUTING_PREFIX + "#")
+
+
+def declare_control_exchange(channel: BlockingChannel, settings: Settings) -> None:
+    """Declare the control exchange (durable, topic) that cancel messages go to; idempotent.
+
+    The consumer declares it with the rest; the API, before it first tells workers, and the
+    worker library, before it binds, declare it too: none of them needs another to have started.
+    """
+    channel.exchange_declare(settings.control_exchange, exchange_type="topic", durable=True)
+
+
+def publish_control(channel: BlockingChannel, settings: Settings, notice: cancels.CancelNotice) -> None:
+    """Tell the workers of ``notice``'s job that its cancellation was asked (SPEC §12).
+
+    Not ``mandatory``: no worker listening is no error (the message is simply dropped). Raises
+    CONNECTION_ERRORS and pika's channel errors.
+    """
+    channel.basic_publish(
+        settings.control_exchange,
+        notice.routing_key,
+        notice.body(),
+        message_properties(None, headers=None),
+    )
+
+
+class ControlPublisher:
+    """Tells workers of cancellations (``publish_control``) from any thread: one confirming
+    channel of its own, under a lock, opened when first needed and declaring the control
+    exchange on each new channel. What it cannot send is logged, not raised: the consumers
+    repeat every cancel message while its job stays PENDING (SPEC §12)."""
+
+    def __init__(self, settings: Settings, name: str = "tracker-control") -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._link = ConfirmingChannel(settings, name)
+        self._declared: BlockingChannel | None = None
+
+    def tell(self, notices: Sequence[cancels.CancelNotice]) -> bool:
+        """Publish a cancel message for each of ``notices``; whether all went (a second
+        connection is tried once if the kept one has gone)."""
+        if not notices:
+            return True
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    channel = self._link.open()
+                    if self._declared is not channel:
+                        declare_control_exchange(channel, self._settings)
+                        self._declared = channel
+                    for notice in notices:
+                        publish_control(channel, self._settings, notice)
+                    return True
+                except ERRORS as exc:
+                    self._link.close()
+                    if attempt == 2:
+                        log.warning(
+                            "cancel messages of %d jobs not sent (%s: %s); the consumers repeat them",
+                            len(notices),
+                            type(exc).__name__,
+                            exc,
+                        )
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._link.close()
 
 
 def _declare_dead_queue(connection: pika.BlockingConnection, settings: Settings) -> None:

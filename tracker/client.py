@@ -1,12 +1,13 @@
-"""A small HTTP client for the tracker's API: log in, create a job, read its status."""
+"""A small HTTP client for the tracker's API: log in, create a job, read its status, cancel jobs."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tracker.errors import ApiError
@@ -73,6 +74,21 @@ class ApiClient:
         """The job's status object, as GET async_status/{id} returns it; raises ApiError."""
         status: dict[str, Any] = self._call("GET", f"/async_status/{job_id}")["response"]
         return status
+
+    def cancel_job(self, job_id: int, message: str | None = None) -> dict[str, Any]:
+        """Ask for a PENDING job's cancellation (SPEC §12) and return its row, with
+        ``cancel_requested_at``; raises ApiError (409 for a finished job, 404, 403)."""
+        body = {} if message is None else {"message": message}
+        row: dict[str, Any] = self._call("POST", f"/async_status/{job_id}/cancel", body)["response"]
+        return row
+
+    def cancel_jobs(self, filters: Sequence[tuple[str, str]], message: str | None = None) -> int:
+        """Ask for the cancellation of every PENDING job the list's ``filters`` match (query
+        parameters as ``(name, value)`` pairs, at least one besides ``status``), 10,000 at most;
+        how many. Raises ApiError."""
+        body = {} if message is None else {"message": message}
+        path = "/async_status/cancel?" + urllib.parse.urlencode(list(filters))
+        return int(self._call("POST", path, body)["response"]["requested"])
 
     def _login(self) -> str:
         request = self._request("POST", "/user/login", {"u": self._username, "p": self._password})

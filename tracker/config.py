@@ -27,6 +27,7 @@ class Settings:
     queue: str = "async_status.events"
     dead_exchange: str = "async_status.dlx"
     dead_queue: str = "async_status.dead"
+    control_exchange: str = "async_status.control"  # cancel messages to workers (SPEC §12)
 
     # consumer batching
     batch_size: int = 500
@@ -61,6 +62,7 @@ class Settings:
     job_timeout_s: int = DEFAULT_JOB_TIMEOUT_S  # a new job's deadline when its POST names none
     heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S  # a new job's lease when its POST names none; 0: none
     reap_interval_s: float = 5.0  # how often each consumer checks for lost jobs (one at a time does)
+    cancel_grace_s: int = 60  # a job still PENDING this long after its cancel request is failed (SPEC §12)
     retention_days: float = 0.0  # finished jobs older than this are deleted by the same check; 0: kept
     # observability (SPEC §8): a consumer's /metrics, /healthz, /readyz ("": none); metrics off
     # (nothing counted, /metrics not served) only to measure what they cost
@@ -194,6 +196,8 @@ class Settings:
             raise ConfigError(f"TRACKER_HEARTBEAT_TIMEOUT_S must be an integer from 0 (none) to {MAX_TIMEOUT_S}")
         if not 0.05 <= self.reap_interval_s <= 3600:
             raise ConfigError("TRACKER_REAP_INTERVAL_S must be from 0.05 to 3600 seconds")
+        if not 1 <= self.cancel_grace_s <= MAX_TIMEOUT_S:
+            raise ConfigError(f"TRACKER_CANCEL_GRACE_S must be an integer from 1 to {MAX_TIMEOUT_S}")
         if not 0 <= self.retention_days <= 36500:
             raise ConfigError("TRACKER_RETENTION_DAYS must be from 0 (keep for ever) to 36500")
         if self.prefetch < self.batch_size:

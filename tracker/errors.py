@@ -9,6 +9,8 @@ The tree (each class also derives from the builtin its callers already catch)::
     ├── InvalidUser(ValueError)            a username or role that cannot be stored
     ├── UserExists(ValueError)             adding a user whose name is taken
     ├── JobNotFound(LookupError)           no row for the job id; .job_id
+    ├── JobFinished                        cancelling a job that has ended; .job_id, .status
+    ├── JobCancelled                       raised in a worker's job block once its cancel is heard (SPEC §12)
     ├── StoreUnavailable(RuntimeError)     the database is away; nothing was committed: retry
     │   └── StoreBroken                    it answers, but its schema or grants are not the code's: retry once repaired
     ├── StoreRefused                       the database refused the data; nothing committed; .error
@@ -20,7 +22,7 @@ The tree (each class also derives from the builtin its callers already catch)::
     ├── ApiError(RuntimeError)             the HTTP API answered with an error; .status
     └── DeadLettersUnavailable(RuntimeError)  the dead-letter queue could not be read
 
-Where they become answers: ``api/errors.py`` maps JobNotFound, StoreUnavailable, Unauthenticated,
+Where they become answers: ``api/errors.py`` maps JobNotFound, JobFinished, StoreUnavailable, Unauthenticated,
 PermissionDenied and RequestTimedOut to HTTP once; the consumer dead-letters InvalidEvent, retries
 StoreUnavailable (StoreBroken too: no event can cure it, so it dead-letters none), and halves a
 batch on StoreRefused until it can dead-letter the one event the database refuses; the
@@ -74,6 +76,20 @@ class JobNotFound(TrackerError, LookupError):
     def __init__(self, job_id: int) -> None:
         super().__init__(f"job {job_id} does not exist")
         self.job_id = job_id
+
+
+class JobFinished(TrackerError):
+    """The job's cancellation was asked for, but it has already ended: SUCCEEDED or FAILED."""
+
+    def __init__(self, job_id: int, status: str) -> None:
+        super().__init__(f"job {job_id} has already finished: {status}")
+        self.job_id = job_id
+        self.status = status
+
+
+class JobCancelled(TrackerError):
+    """The job's cancellation was asked for (``JobReport.check_cancelled`` raises it); leaving a
+    ``publisher.job`` block with it fails the job with ``error.code`` ``cancelled``, quietly."""
 
 
 class StoreUnavailable(TrackerError, RuntimeError):

@@ -23,11 +23,13 @@ DEFAULT_HEARTBEAT_TIMEOUT_S = 0  # none
 # is never failed early, and at most this late. merge.sql states the same interval.
 RENEW_SLACK_S = 1
 
-Reason = Literal["heartbeat", "timeout"]
-REASONS: tuple[Reason, ...] = ("heartbeat", "timeout")
+# ``cancelled``: the job's cancellation was asked for and its worker did not stop within the
+# grace (SPEC §12); the tracker fails it as it fails a lost job.
+Reason = Literal["heartbeat", "timeout", "cancelled"]
+REASONS: tuple[Reason, ...] = ("heartbeat", "timeout", "cancelled")
 # The error.code of the tracker's failed event for each (SPEC §11): what a machine, the list's
 # errorCode filter and the dashboard's lost-job count go by.
-ERROR_CODES: dict[Reason, str] = {"heartbeat": "lost", "timeout": "timeout"}
+ERROR_CODES: dict[Reason, str] = {"heartbeat": "lost", "timeout": "timeout", "cancelled": "cancelled"}
 
 # Fixed for ever: the id of the tracker's failed event is uuid5 of this, the job and the reason,
 # so deciding twice (two consumers, or a check after a crash) publishes the very same event.
@@ -96,6 +98,8 @@ class Lost:
     def message(self) -> str:
         if self.reason == "heartbeat":
             return f"no event for {self.limit_s} s: the worker is presumed lost"
+        if self.reason == "cancelled":
+            return f"cancelled: the worker did not stop within {self.limit_s} s"
         return f"not finished within {self.limit_s} s"
 
     @property
@@ -107,21 +111,24 @@ class Lost:
         return ERROR_CODES[self.reason]
 
     def failed_event(self) -> Event:
-        """The tracker's own ``failed`` event for this job (SPEC §6), with ``error.code`` ``lost`` or
-        ``timeout`` (SPEC §11): the same for the same decision."""
+        """The tracker's own ``failed`` event for this job (SPEC §6, §12), with ``error.code``
+        ``lost``, ``timeout`` or ``cancelled`` (SPEC §11): the same for the same decision."""
         return Event(self.event_id, self.job_id, "failed", self.decided_at, self.message, 0, error_code=self.error_code)
+
+
+_TIE_RANK: dict[Reason, int] = {"timeout": 0, "heartbeat": 1, "cancelled": 2}
 
 
 def decide(expired: Iterable[Expired], decided_at: dt.datetime) -> list[Lost]:
     """One decision per job, in job id order, from the ways each ran out.
 
-    A job that ran out both ways is lost by the one that ran out first (on a tie, its deadline):
-    the message then names the limit the worker really missed.
+    A job that ran out several ways is failed by the one that ran out first (on a tie, its
+    deadline first): the message then names the limit the worker really missed.
     """
     first: dict[int, Expired] = {}
     for item in expired:
         kept = first.get(item.job_id)
-        if kept is None or (item.expired_at, item.reason != "timeout") < (kept.expired_at, kept.reason != "timeout"):
+        if kept is None or (item.expired_at, _TIE_RANK[item.reason]) < (kept.expired_at, _TIE_RANK[kept.reason]):
             first[item.job_id] = item
     return [Lost(job_id, e.reason, e.limit_s, decided_at) for job_id, e in sorted(first.items())]
 

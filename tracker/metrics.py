@@ -8,8 +8,8 @@ statuses, queue names, HTTP methods, route templates and status codes, and at mo
 ``TRACKER_METRICS_MAX_KINDS`` job kinds (``KindLabels``); never a job id or a path.
 
 Which process moves which: a consumer the events, dead letters, batches, store errors, lag, lost
-jobs, job durations, webhook deliveries and the two gauges (refreshed on a timer); the API the HTTP pair and the
-held waits.
+jobs, job durations, cancelled jobs, webhook deliveries and the two gauges (refreshed on a timer);
+the API the HTTP pair and the held waits.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import threading
 import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
 
-from tracker import webhooks
+from tracker import cancels, webhooks
 
 # ``*_created`` series double what is exposed and say nothing a counter's reset does not.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -56,6 +56,12 @@ JOBS_LOST = Counter(
     "tracker_jobs_lost",
     "Jobs failed by the tracker itself: no heartbeat within the lease (heartbeat), or not finished in time (timeout).",
     ["reason"],
+)
+JOBS_CANCELLED = Counter(
+    "tracker_jobs_cancelled",
+    "Jobs ended by their cancellation (SPEC §12), by who ended them: the worker (a failed event with "
+    "error.code cancelled), or the tracker (the worker did not stop within the grace).",
+    ["by"],
 )
 JOBS = Gauge(
     "tracker_jobs",
@@ -148,6 +154,16 @@ def count_lost_jobs(reason: str, count: int = 1) -> None:
     if reason not in LOST_REASONS:
         raise ValueError(f"reason must be one of {', '.join(LOST_REASONS)}, not {reason!r}")
     JOBS_LOST.labels(reason=reason).inc(count)
+
+
+def count_cancelled_job(by: str) -> None:
+    """Count one job ended by its cancellation, ``by`` ``worker`` or ``tracker``; raises ValueError otherwise.
+
+    For the consumer, once the batch that ended the job has committed.
+    """
+    if by not in cancels.BY:
+        raise ValueError(f"by must be one of {', '.join(cancels.BY)}, not {by!r}")
+    JOBS_CANCELLED.labels(by=by).inc()
 
 
 def count_webhook_attempt(outcome: str) -> None:

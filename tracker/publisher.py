@@ -7,7 +7,9 @@
         job.result = do_the_work()
     # -> "succeeded" (with job.result) on normal exit; "failed" with the exception's text if it
     #    raised (and with its error if it was a JobFailed); meanwhile a heartbeat every 20 s keeps
-    #    the job's lease alive
+    #    the job's lease alive, and job.cancelled is set if the job's cancellation is asked
+    #    (job.check_cancelled() raises JobCancelled: the block ends quietly, the job FAILED with
+    #    error.code "cancelled")
 
 ``publish`` returns only once the broker has confirmed the event; it reconnects and resends by
 itself (the same event_id, so a resend is harmless; to another node when TRACKER_AMQP_URL lists a
@@ -30,10 +32,11 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from tracker import broker, events
+from tracker import broker, cancels, events
 from tracker.backoff import Backoff
+from tracker.cancellation import CancelListener
 from tracker.config import Settings
-from tracker.errors import InvalidEvent, PublishFailed
+from tracker.errors import InvalidEvent, JobCancelled, PublishFailed
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,8 @@ class Publisher:
         self._channel = channel or broker.ConfirmingChannel(settings, "tracker-publisher", declare=declare)
         self._numbering_lock = threading.Lock()
         self._seq: collections.Counter[int] = collections.Counter()
+        self._listener_lock = threading.Lock()
+        self._listener: CancelListener | None = None  # made when a job block first listens
 
     @classmethod
     def from_env(cls, *, timeout_s: float = 30.0, declare: bool = True) -> Publisher:
@@ -115,6 +120,19 @@ class Publisher:
     def close(self) -> None:
         with self._connection_lock:
             self._channel.close()
+
+    def cancel_listener(self) -> CancelListener:
+        """The ear of this publisher's job blocks for cancel messages (SPEC §12), made on first use."""
+        with self._listener_lock:
+            if self._listener is None:
+                self._listener = CancelListener(self._settings)
+            return self._listener
+
+    def emit_cancelled(self, job_id: int, message: str | None) -> events.Event:
+        """Publish ``failed`` with ``error.code`` ``cancelled`` for ``job_id`` now: the worker stopped (SPEC §12)."""
+        event = self._next_event(job_id, "failed", message, error_code=cancels.ERROR_CODE)
+        self.publish(event)
+        return event
 
     def emit(
         self,
@@ -186,8 +204,13 @@ class Publisher:
                     raise PublishFailed(f"heartbeat {event.event_id} not confirmed: {type(exc).__name__}") from exc
         return event
 
-    def job(self, job_id: int, *, heartbeat_timeout_s: float | None = None) -> JobReport:
+    def job(self, job_id: int, *, heartbeat_timeout_s: float | None = None, listen: bool = True) -> JobReport:
         """A context manager reporting on one job: succeeded on exit, failed on an exception.
+
+        With ``listen`` (the default), the block hears its job's cancellation (SPEC §12): from the
+        first cancel message on, ``job.cancelled`` is set, and ``job.check_cancelled()`` raises
+        JobCancelled; leaving the block with it publishes ``failed`` with ``error.code``
+        ``cancelled`` and raises nothing (``tracker.cancellation`` says how it listens).
 
         With ``heartbeat_timeout_s`` (the job's heartbeat lease, as given when it was created;
         None or 0: no lease), a background thread keeps the lease alive while the block runs: a
@@ -199,7 +222,7 @@ class Publisher:
         """
         if heartbeat_timeout_s is not None and heartbeat_timeout_s < 0:
             raise ValueError(f"heartbeat_timeout_s must be 0 or more, not {heartbeat_timeout_s}")
-        return JobReport(self, job_id, heartbeat_timeout_s=heartbeat_timeout_s or None)
+        return JobReport(self, job_id, heartbeat_timeout_s=heartbeat_timeout_s or None, listen=listen)
 
     def _next_event(self, job_id: int, type: str, message: str | None, **fields: Any) -> events.Event:
         with self._numbering_lock:
@@ -240,13 +263,29 @@ class JobReport:
     its error; any other exception with its text and no error. Either is raised on.
     """
 
-    def __init__(self, publisher: Publisher, job_id: int, *, heartbeat_timeout_s: float | None = None) -> None:
+    def __init__(
+        self, publisher: Publisher, job_id: int, *, heartbeat_timeout_s: float | None = None, listen: bool = False
+    ) -> None:
         self._publisher = publisher
         self.job_id = job_id
         self.final_message: str | None = None
         self._result: Any = None
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._heartbeat: _Heartbeat | None = None
+        self._listen = listen
+        self.cancelled = threading.Event()  # set on the job's first cancel message (SPEC §12)
+        self.cancel_notice: cancels.CancelNotice | None = None  # that message
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled (its text the request's message) once the job's cancellation was heard."""
+        notice = self.cancel_notice
+        if self.cancelled.is_set() and notice is not None:
+            raise JobCancelled(notice.message or "cancelled")
+
+    def _heard(self, notice: cancels.CancelNotice) -> None:
+        if self.cancel_notice is None:
+            self.cancel_notice = notice
+            self.cancelled.set()
 
     def progress(self, message: str | None = None, percent: float | None = None) -> events.Event:
         """Publish a ``progress`` event: ``message`` (None: the row keeps the one it has) and
@@ -276,17 +315,24 @@ class JobReport:
             if self._heartbeat is not None:
                 raise RuntimeError(f"the report on job {self.job_id} is already running")
             self._heartbeat = _Heartbeat(self._publisher, self.job_id, heartbeat_interval(self._heartbeat_timeout_s))
+        if self._listen:
+            self._publisher.cancel_listener().watch(self.job_id, self._heard)
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, _tb: types.TracebackType | None
-    ) -> None:
+    ) -> bool:
+        if self._listen:
+            self._publisher.cancel_listener().unwatch(self.job_id, self._heard)
         if self._heartbeat is not None:
             # Stopped and joined first, so that no heartbeat follows the job's final event.
             self._heartbeat.stop()
             self._heartbeat = None
         if exc is None:
             self._publisher.emit(self.job_id, "succeeded", self.final_message, result=self._result)
+        elif isinstance(exc, JobCancelled):
+            self._publisher.emit_cancelled(self.job_id, _failure_text(exc))
+            return True  # the block ends quietly: stopping was asked for
         elif isinstance(exc, JobFailed):
             self._publisher.emit(
                 self.job_id,
@@ -297,6 +343,7 @@ class JobReport:
             )
         else:
             self._publisher.emit(self.job_id, "failed", _failure_text(exc))
+        return False
 
 
 def _final(exc: Exception) -> str | None:

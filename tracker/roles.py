@@ -6,10 +6,11 @@ from tracker.errors import PermissionDenied
 
 READ = "ASYNC-STATUS:READ"
 CREATE = "ASYNC-STATUS:CREATE"
+CANCEL = "ASYNC-STATUS:CANCEL"  # SPEC §12
 
 ROLES: dict[str, frozenset[str]] = {
-    "admin": frozenset({READ, CREATE}),
-    "operations": frozenset({READ, CREATE}),
+    "admin": frozenset({READ, CREATE, CANCEL}),
+    "operations": frozenset({READ, CREATE, CANCEL}),
     "read-only": frozenset(),
 }
 

@@ -6,6 +6,8 @@
 
 import * as details from "./details.js";
 
+import { jobCancel } from "./cancel.js";
+
 const API = "/api/5.0";
 const REFRESH_MS = 5000;
 const WAIT_S = 5; // a job page holds `Prefer: wait` this long instead of sleeping: a change shows at once
@@ -291,6 +293,7 @@ function drawJob(job, events) {
     announce(`Job ${job.id} is now ${job.status}.`);
   }
   state.jobStatus = { id: job.id, status: job.status };
+  state.cancel.draw(job);
 }
 
 // ---- screens ----------------------------------------------------------------------------
@@ -299,6 +302,7 @@ function showLogin(note) {
   state.session = "out";
   state.generation++; // a refresh still under way draws nothing now
   stopRefreshing();
+  state.cancel.forget(); // the next user may hold other permissions
   $("dashboard").hidden = true;
   $("session").hidden = true;
   $("login").hidden = false;
@@ -477,6 +481,7 @@ function sortBy(column) {
 }
 
 function start() {
+  state.cancel = jobCancel({ call, refresh, announce, showProblem });
   $("refresh-every").textContent = String(REFRESH_MS / 1000);
   $("login-form").addEventListener("submit", logIn);
   $("logout").addEventListener("click", logOut);

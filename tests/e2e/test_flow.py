@@ -297,3 +297,35 @@ def test_a_cookie_session_acts_only_from_the_trackers_own_origin(system: Http):
             raise AssertionError("a form-typed body was accepted from a cookie session")
     except urllib.error.HTTPError as exc:
         assert exc.code == 415
+
+
+def test_the_cli_cancels_jobs_by_id(system: Http, settings):
+    """SPEC §12 from the shell: `tracker jobs cancel ID…` through the API; a finished job is refused (exit 1)."""
+    first, second, done = (int(_tracker(system, settings, "jobs", "create").strip()) for _ in range(3))
+    _tracker(system, settings, "jobs", "emit", str(done), "succeeded")
+    said = _tracker(system, settings, "jobs", "cancel", str(first), str(second), "--message", "No longer needed.")
+    assert [line.split()[:2] for line in said.splitlines()] == [[str(first), "PENDING"], [str(second), "PENDING"]]
+    login(system, "ops")
+    _, _, body = system.call("GET", f"/api/5.0/async_status/{first}/events")
+    assert [(e["type"], e["message"]) for e in body["response"]] == [("cancel_requested", "No longer needed.")]
+    deadline = time.monotonic() + 10
+    while system.call("GET", f"/api/5.0/async_status/{done}")[2]["response"]["status"] == "PENDING":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    env = environment(settings, TRACKER_API_URL=system.base, TRACKER_API_USER="ops", TRACKER_PASSWORD=PASSWORD)
+    refused = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", "jobs", "cancel", str(done)], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 1
+    assert refused.stderr == f"tracker: job {done}: HTTP 409: job {done} has already finished: SUCCEEDED\n"
+    neither = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", "jobs", "cancel"], env=env, capture_output=True, text=True
+    )
+    assert neither.returncode == 2
+    # by the list's filters: every PENDING job of the kind with the label, started before now
+    for label in ("env=prod", "env=prod", "env=test"):
+        _tracker(system, settings, "jobs", "create", "--kind", "cdn.purge", "--label", label)
+    many = _tracker(
+        system, settings, "jobs", "cancel", "--kind", "cdn.purge", "--label", "env=prod", "--started-before", "0s"
+    )
+    assert many == "requested: 2\n"

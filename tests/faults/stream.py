@@ -57,7 +57,8 @@ def create_jobs(store: JobStore, count: int, rng: random.Random) -> list[int]:
 def plan_events(
     job_ids: Sequence[int], count: int, rng: random.Random, around: dt.datetime | None = None
 ) -> list[events.Event]:
-    """``count`` distinct valid events over the jobs: mostly progress, about one in ten terminal.
+    """``count`` distinct valid events over the jobs: mostly progress, about one in ten terminal,
+    about one in twenty a ``cancel_requested`` (SPEC §12: folded, never ending the job).
 
     Times fall within a second around ``around`` (so end_time is sometimes the job's start_time),
     and one event in ten copies the time of an earlier event of its job, so seq and event_id
@@ -68,7 +69,7 @@ def plan_events(
     planned = []
     for n in range(count):
         job_id = rng.choice(job_ids)
-        kind = rng.choices(["progress", "succeeded", "failed"], weights=[18, 1, 1])[0]
+        kind = rng.choices(["progress", "succeeded", "failed", "cancel_requested"], weights=[17, 1, 1, 1])[0]
         if times[job_id] and rng.random() < 0.1:
             at = rng.choice(times[job_id])
         else:

@@ -24,6 +24,7 @@ FILES = {
     "/dashboard.css": "text/css; charset=utf-8",
     "/dashboard.js": "text/javascript; charset=utf-8",
     "/details.js": "text/javascript; charset=utf-8",
+    "/cancel.js": "text/javascript; charset=utf-8",
     "/dashboard.svg": "image/svg+xml",
 }
 

@@ -12,7 +12,7 @@ import pytest
 
 from tracker import events
 from tracker.config import Settings
-from tracker.publisher import Publisher, heartbeat_interval
+from tracker.publisher import JobReport, Publisher, heartbeat_interval
 
 
 class RecordingPublisher(Publisher):
@@ -24,6 +24,10 @@ class RecordingPublisher(Publisher):
         self.failing = False
         self.broken = False
         self.sending = threading.Lock()
+
+    def job(self, job_id: int, *, heartbeat_timeout_s: float | None = None, listen: bool = False) -> JobReport:
+        # No broker to listen for cancel messages on (tests/unit/test_cancel_report.py fakes one).
+        return super().job(job_id, heartbeat_timeout_s=heartbeat_timeout_s, listen=listen)
 
     def _send(self, routing_key: str, body: bytes, properties: pika.BasicProperties) -> None:
         if self.broken and threading.current_thread().name.startswith("tracker-heartbeat-"):

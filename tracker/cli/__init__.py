@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tracker import logs, roles
+from tracker.cli import cancel_command
 from tracker.cli.emitting import add_detail_options, detail_fields
 from tracker.config import Settings
 from tracker.errors import (
@@ -34,12 +35,14 @@ from tracker.errors import (
     UsageError,
     UserExists,
 )
-from tracker.events import TERMINAL_TYPES
+from tracker.events import CANCEL_REQUESTED, TERMINAL_TYPES
 from tracker.leases import MAX_TIMEOUT_S
 from tracker.outages import OutageLog
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+
+    from tracker.client import ApiClient
 
 log = logging.getLogger("tracker")
 
@@ -141,10 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=_jobs_create)
     emit = jobs.add_parser("emit", help="publish an event for a job")
     emit.add_argument("id", type=int)
-    emit.add_argument("type", choices=["progress", *sorted(TERMINAL_TYPES)])
+    emit.add_argument("type", choices=["progress", *sorted(TERMINAL_TYPES), CANCEL_REQUESTED])
     emit.add_argument("message", nargs="?")
     add_detail_options(emit)
     emit.set_defaults(handler=_jobs_emit)
+    cancel_command.add_parser(jobs)
     return parser
 
 
@@ -417,9 +421,10 @@ def _users_remove(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
+def api_client(settings: Settings) -> ApiClient:
+    """A client of the API at TRACKER_API_URL (else TRACKER_BIND) with TRACKER_API_TOKEN, or
+    TRACKER_API_USER and TRACKER_PASSWORD (asked for on a terminal); raises UsageError."""
     from tracker.client import ApiClient
-    from tracker.errors import ApiError
 
     token = os.environ.get("TRACKER_API_TOKEN")
     username = os.environ.get("TRACKER_API_USER")
@@ -429,7 +434,13 @@ def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
     if token is None and not (username and password):
         raise UsageError("set TRACKER_API_TOKEN, or TRACKER_API_USER and TRACKER_PASSWORD")
     url = os.environ.get("TRACKER_API_URL") or f"http://{settings.bind}"
-    client = ApiClient(url, token=token, username=username, password=password)
+    return ApiClient(url, token=token, username=username, password=password)
+
+
+def _jobs_create(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.errors import ApiError
+
+    client = api_client(settings)
     from tracker.leases import check_timeout
 
     limits = {}

@@ -57,12 +57,20 @@ class LostJobs:
     """Finds lost jobs and keeps the decisions until their failed events are folded.
 
     ``default_timeout_s`` is the deadline of rows made before migration 0004 (``deadline_at``
-    NULL). A decision still PENDING ``republish_after_s`` after it was taken is given again (its
-    event was lost, say, with a consumer that crashed between recording and publishing it).
+    NULL). A job whose cancellation was asked ``cancel_grace_s`` ago and is still PENDING is
+    failed too (SPEC §12: reason ``cancelled``). A decision still PENDING ``republish_after_s``
+    after it was taken is given again (its event was lost, say, with a consumer that crashed
+    between recording and publishing it).
     """
 
     def __init__(
-        self, engine: Engine, default_timeout_s: int, *, most: int = 1000, republish_after_s: float = 30.0
+        self,
+        engine: Engine,
+        default_timeout_s: int,
+        *,
+        most: int = 1000,
+        republish_after_s: float = 30.0,
+        cancel_grace_s: int = 60,
     ) -> None:
         self._engine = engine
         self._postgresql = engine.dialect.name == "postgresql"
@@ -70,6 +78,8 @@ class LostJobs:
         self._default_timeout_s = default_timeout_s
         self._most = most
         self._republish_after = dt.timedelta(seconds=republish_after_s)
+        self._cancel_grace_s = cancel_grace_s
+        self._cancel_grace = dt.timedelta(seconds=cancel_grace_s)
 
     def check(self, caught_up: Callable[[], bool]) -> Checked | None:
         """Decide which jobs are lost now, and record the decisions; None if another check runs.
@@ -158,6 +168,15 @@ class LostJobs:
         ).all()
         for job_id, timeout_s, expires_at in leased:
             expired.append(leases.Expired(job_id, "heartbeat", timeout_s, expires_at))
+        # Cancelled jobs whose worker did not stop in time: few at any moment, among the PENDING rows.
+        ignored = conn.execute(
+            sa.select(_job.id, _job.cancel_requested_at)
+            .where(pending, _job.cancel_requested_at <= now - self._cancel_grace, undecided)
+            .order_by(_job.cancel_requested_at)
+            .limit(self._most)
+        ).all()
+        for job_id, requested_at in ignored:
+            expired.append(leases.Expired(job_id, "cancelled", self._cancel_grace_s, requested_at + self._cancel_grace))
         return expired
 
     def _undelivered(self, conn: sa.Connection, now: dt.datetime) -> tuple[leases.Lost, ...]:
