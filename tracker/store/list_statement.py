@@ -135,10 +135,15 @@ def _range_key(status: str, order_by: str) -> str:
 
 def matching_rows(query: listing.JobQuery) -> sa.Select[Any]:
     """A row for each job matching ``query``'s filters, whatever its page."""
-    matching = sa.select(sa.literal(1)).select_from(async_status).where(*_id_bounds(query))
+    return sa.select(sa.literal(1)).select_from(async_status).where(*filters_of(query))
+
+
+def filters_of(query: listing.JobQuery) -> list[sa.ColumnElement[bool]]:
+    """The conditions a row of async_status meets when it matches ``query``'s filters."""
+    filters = _id_bounds(query)
     if query.statuses:
-        matching = matching.where(async_status.c.status.in_(query.statuses))
-    return matching
+        filters.append(async_status.c.status.in_(query.statuses))
+    return filters
 
 
 def _id_bounds(query: listing.JobQuery) -> list[sa.ColumnElement[bool]]:
