@@ -84,7 +84,13 @@ def test_migration_0002_upgrades_and_downgrades(fresh_database: str) -> None:
     notify = "tracker_notify_async_status_changed"
     try:
         migrations.migrate(engine)
-        expected = ["tracker_async_status_deleted", "tracker_async_status_truncated", "tracker_async_status_updated"]
+        # 0015 adds inserts (SPEC §13's streams hear of new jobs)
+        expected = [
+            "tracker_async_status_deleted",
+            "tracker_async_status_inserted",
+            "tracker_async_status_truncated",
+            "tracker_async_status_updated",
+        ]
         assert _triggers_calling(engine, notify) == (expected, 1)
         _alembic(engine, lambda config: command.downgrade(config, "0001"))
         assert _triggers_calling(engine, notify) == ([], 0)

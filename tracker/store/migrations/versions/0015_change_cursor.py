@@ -12,7 +12,8 @@
   lock of its transaction, and keeps it until it commits. The fold takes both in merge.sql; every
   other writer (creation, the webhooks' deliverer, an operator's SQL) gets them from the row
   triggers here, which leave alone a row whose writer stamped it itself. Deleting rows (a statement
-  trigger) or TRUNCATE moves ``reset_before`` past every cursor given so far.
+  trigger) or TRUNCATE moves ``reset_before`` past every cursor given so far. Inserts now notify
+  ``tracker_async_status`` too (0002's function), so that streams hear of new jobs at once.
 - SQLite: writers already take the database's one write lock for their whole transaction, so
   commit order is the order of writing; row triggers take the next value of ``last_change``.
 
@@ -82,6 +83,18 @@ _POSTGRESQL = [
     """,
 ]
 
+# 0002's notifications skipped inserts (no cache holds a row it did not find); a stream wants to
+# hear of new jobs. 0002's function reads the statement's rows under the name tracker_old_rows,
+# which here are the new ones.
+_POSTGRESQL.append(
+    """
+    CREATE TRIGGER tracker_async_status_inserted
+    AFTER INSERT ON async_status
+    REFERENCING NEW TABLE AS tracker_old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracker_notify_async_status_changed()
+    """
+)
+
 _SQLITE = [
     """
     CREATE TRIGGER tracker_async_status_stamped AFTER INSERT ON async_status
@@ -107,6 +120,7 @@ _SQLITE = [
 ]
 
 _DROP_POSTGRESQL = [
+    "DROP TRIGGER IF EXISTS tracker_async_status_inserted ON async_status",
     "DROP TRIGGER IF EXISTS tracker_async_status_emptied ON async_status",
     "DROP TRIGGER IF EXISTS tracker_async_status_gone ON async_status",
     "DROP FUNCTION IF EXISTS tracker_stream_reset()",
