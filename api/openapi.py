@@ -309,8 +309,61 @@ def _list_jobs() -> dict[str, Any]:
             "description": "Keep jobs whose id is greater than this (keyset paging with orderby=id, ascending).",
             "schema": {**int64, "minimum": 0},
         },
+        *_filter_parameters(),
     ]
     return operation
+
+
+def _filter_parameters() -> list[dict[str, Any]]:
+    """The list's filters of SPEC §11 (``listing.parse_filter``)."""
+    started = {
+        "anyOf": [
+            {"type": "string", "format": "date-time"},
+            {"type": "string", "pattern": f"^{listing.SPAN_PATTERN}(?![\\s\\S])"},
+        ]
+    }
+    label = f"^{labels.LABEL_KEY_PATTERN}(=[^\\u0000]{{0,{labels.MAX_LABEL_VALUE_CHARS}}})?(?![\\s\\S])"
+
+    def repeated(name: str, description: str, item: dict[str, Any]) -> dict[str, Any]:
+        schema = {"type": "array", "items": item}
+        return {
+            "name": name,
+            "in": "query",
+            "description": description,
+            "style": "form",
+            "explode": True,
+            "schema": schema,
+        }
+
+    return [
+        repeated("kind", "Keep jobs of any of these kinds (repeat for more than one).", _KIND),
+        repeated(
+            "label",
+            "Keep jobs with this label: `key=value` (split at the first `=`), or `key` with any value. Repeated, "
+            "every one must match.",
+            {"type": "string", "pattern": label},
+        ),
+        repeated(
+            "errorCode",
+            "Keep FAILED jobs whose error has any of these codes (repeat for more than one); `lost` and "
+            "`timeout` are the tracker's own (SPEC §6).",
+            {"type": "string", "pattern": f"^{events.ERROR_CODE_PATTERN}(?![\\s\\S])"},
+        ),
+        {
+            "name": "startedAfter",
+            "in": "query",
+            "description": "Keep jobs started at or after this: an RFC 3339 time with an offset, or a span back "
+            "from now (`90s`, `15m`, `2h`, `7d`).",
+            "schema": started,
+        },
+        {
+            "name": "startedBefore",
+            "in": "query",
+            "description": "Keep jobs started strictly before this (as startedAfter), so that adjacent windows "
+            "share no job.",
+            "schema": started,
+        },
+    ]
 
 
 def _get_job() -> dict[str, Any]:

@@ -136,10 +136,12 @@ def test_a_stream_resumed_from_its_last_event_id_misses_nothing(
 
 
 def test_the_list_filters_apply_to_the_stream(live: LiveApi, bearer: dict[str, str], store: JobStore) -> None:
-    stream = Stream(live, "/api/5.0/async_status?status=SUCCEEDED&limit=1", bearer)
+    stream = Stream(live, "/api/5.0/async_status?status=SUCCEEDED&kind=deploy&label=env%3Dprod&limit=1", bearer)
     try:
-        running, ending = store.create_job("a"), store.create_job("b")
+        running, other = store.create_job("a", kind="deploy"), store.create_job("c", kind="backup")
+        ending = store.create_job("b", kind="deploy", labels=(("env", "prod"),))
         store.apply([new_event(running.id, "progress", "busy")])
+        store.apply([new_event(other.id, "succeeded", "done")])
         store.apply([new_event(ending.id, "succeeded", "done")])
         _, row = stream.job()
         assert (row["id"], row["status"]) == (ending.id, "SUCCEEDED")

@@ -69,7 +69,7 @@ def test_filters_and_paging_limits(store):
     start = store.stream_position()
     jobs = [store.create_job(f"job {n}") for n in range(5)]
     store.apply([new_event(jobs[1].id, "succeeded"), new_event(jobs[3].id, "failed")])
-    ended = store.changed_since(start, listing.JobQuery(statuses=("SUCCEEDED", "FAILED")), 100)
+    ended = store.changed_since(start, listing.JobQuery(listing.JobFilter(statuses=("SUCCEEDED", "FAILED"))), 100)
     assert [job.id for _, job in ended.rows] == [jobs[1].id, jobs[3].id]
     one = store.changed_since(start, listing.JobQuery(id_above=jobs[2].id - 1, id_below=jobs[2].id + 1), 100)
     assert [job.id for _, job in one.rows] == [jobs[2].id]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.listing import Count, JobQuery, parse_query, summary_count
+from tracker.listing import Count, JobFilter, JobQuery, parse_query, summary_count
 
 INT64_MAX = 9223372036854775807
 STATUS_TEXT = "status parameter must be one of PENDING, SUCCEEDED, FAILED"
@@ -26,7 +26,7 @@ def refused(params: dict[str, str | list[str]]) -> str:
 
 
 def test_the_defaults_are_the_specs() -> None:
-    assert parse_query({}) == JobQuery(statuses=(), order_by="id", descending=False, limit=100, offset=0)
+    assert parse_query({}) == JobQuery(JobFilter(), order_by="id", descending=False, limit=100, offset=0)
 
 
 def test_status_may_repeat_and_keeps_any_of_them() -> None:

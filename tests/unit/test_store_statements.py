@@ -50,9 +50,9 @@ def test_the_lists_statement_names_each_status_as_the_partial_indexes_need(diale
     # Migration 0006's indexes hold finished rows only (status <> 'PENDING'): a plan can read them
     # only if it knows the status it looks for, generic plans included, and SQLite only if the
     # statement repeats their condition word for word.
-    from tracker.listing import JobQuery
+    from tracker.listing import JobFilter, JobQuery
 
-    statement, _ = list_statement.page_of(JobQuery(statuses=("FAILED", "PENDING")))
+    statement, _ = list_statement.page_of(JobQuery(JobFilter(statuses=("FAILED", "PENDING"))))
     sent = str(statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
     assert "async_status.status = 'FAILED' AND async_status.status != 'PENDING'" in sent
     assert "async_status.status = 'PENDING'" in sent

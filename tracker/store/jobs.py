@@ -161,6 +161,8 @@ class JobStore(abc.ABC):
         table. The page and its count up to COUNT_CAP come from one statement, so from one
         snapshot. Raises StoreUnavailable.
         """
+        if not query.kept_statuses:  # e.g. status=PENDING&errorCode=lost: no job can match
+            return JobPage([], listing.Count(0))
         # One statement needs no transaction around it (as get_job): no BEGIN and ROLLBACK to wait on.
         with unavailable_as_error(), self._engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from tracker import listing, merge
-from tracker.store.tables import PUBLIC_COLUMNS, async_status
+from tracker.store.tables import PUBLIC_COLUMNS, UTCDateTime, async_status
+
+# What a filter's time is replaced by in a statement's key (``_shape_of``): its value is a parameter.
+_SHAPE_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
-def page_of(query: listing.JobQuery) -> tuple[sa.Select[Any], dict[str, int]]:
+def page_of(query: listing.JobQuery) -> tuple[sa.Select[Any], dict[str, Any]]:
     """The statement that reads ``query``'s page and its capped count (``_page_statement``), cached by
     the query's shape, and the parameters that run it for this query."""
     return _page_statement(_shape_of(query)), _window_of(query)
@@ -22,6 +29,7 @@ def _shape_of(query: listing.JobQuery) -> listing.JobQuery:
     """``query`` without the values that travel as parameters (``_window_of``): its statement's key."""
     return dataclasses.replace(
         query,
+        where=filter_shape(query.where),
         limit=1,
         offset=0,
         id_below=None if query.id_below is None else 0,
@@ -29,14 +37,50 @@ def _shape_of(query: listing.JobQuery) -> listing.JobQuery:
     )
 
 
-def _window_of(query: listing.JobQuery) -> dict[str, int]:
+def filter_shape(where: listing.JobFilter) -> listing.JobFilter:
+    """``where`` without the values that travel as parameters (``filter_parameters``): the key of a
+    statement that ``filter_conditions`` builds."""
+    return dataclasses.replace(
+        where,
+        kinds=("",) if where.kinds else (),
+        labels=tuple(listing.LabelMatch(str(n), None if m.value is None else "") for n, m in enumerate(where.labels)),
+        error_codes=("",) if where.error_codes else (),
+        started_after=None if where.started_after is None else _SHAPE_TIME,
+        started_before=None if where.started_before is None else _SHAPE_TIME,
+    )
+
+
+def filter_parameters(where: listing.JobFilter) -> dict[str, Any]:
+    """The parameters of the conditions ``filter_conditions`` builds for ``filter_shape(where)``."""
+    parameters: dict[str, Any] = {}
+    if where.kinds:
+        parameters["kinds"] = list(where.kinds)
+    if where.error_codes:
+        parameters["error_codes"] = list(where.error_codes)
+    for n, match in enumerate(where.labels):
+        parameters[f"label_key_{n}"] = match.key
+        if match.value is not None:
+            parameters[f"label_value_{n}"] = match.value
+    if where.started_after is not None:
+        parameters["started_after"] = where.started_after
+    if where.started_before is not None:
+        parameters["started_before"] = where.started_before
+    return parameters
+
+
+def _window_of(query: listing.JobQuery) -> dict[str, Any]:
     """The parameters of ``query``'s statement."""
-    window = {"reach": query.reach, "limit": query.limit, "offset": query.offset, "count_cap": listing.COUNT_CAP + 1}
+    window: dict[str, Any] = {
+        "reach": query.reach,
+        "limit": query.limit,
+        "offset": query.offset,
+        "count_cap": listing.COUNT_CAP + 1,
+    }
     if query.id_below is not None:
         window["id_below"] = query.id_below
     if query.id_above is not None:
         window["id_above"] = query.id_above
-    return window
+    return window | filter_parameters(query.where)
 
 
 # Building the statement costs more than PostgreSQL takes to run it; there are a few hundred shapes.
@@ -71,7 +115,7 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
             # the ids and the key are sorted; the rows that make the cut are read by id.
             running = (
                 sa.select(*dict.fromkeys((async_status.c.id, async_status.c[key])))
-                .where(*_kept(status), *_id_bounds(query))
+                .where(*_kept(status), *_id_bounds(query), *filter_conditions(query.where))
                 .offset(0)
                 .subquery()
             )
@@ -80,7 +124,7 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
         else:
             rows = (
                 sa.select(*PUBLIC_COLUMNS)
-                .where(*_kept(status), *_id_bounds(query))
+                .where(*_kept(status), *_id_bounds(query), *filter_conditions(query.where))
                 .order_by(*ordering(async_status.c, key))
                 .limit(reach)
             )
@@ -95,7 +139,10 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
     )
     cap = sa.bindparam("count_cap", listing.COUNT_CAP + 1, type_=sa.BigInteger)
     capped = [
-        sa.select(sa.literal(1)).select_from(async_status).where(*_kept(status), *_id_bounds(query)).limit(cap)
+        sa.select(sa.literal(1))
+        .select_from(async_status)
+        .where(*_kept(status), *_id_bounds(query), *filter_conditions(query.where))
+        .limit(cap)
         for status in query.kept_statuses
     ]
     every = sa.union_all(*(sa.select(*c.subquery().c) for c in capped)).subquery()
@@ -134,16 +181,80 @@ def _range_key(status: str, order_by: str) -> str:
 
 
 def matching_rows(query: listing.JobQuery) -> sa.Select[Any]:
-    """A row for each job matching ``query``'s filters, whatever its page."""
+    """A row for each job matching ``query``'s filters, whatever its page (their values bound in it)."""
     return sa.select(sa.literal(1)).select_from(async_status).where(*filters_of(query))
 
 
 def filters_of(query: listing.JobQuery) -> list[sa.ColumnElement[bool]]:
-    """The conditions a row of async_status meets when it matches ``query``'s filters."""
+    """The conditions a row of async_status meets when it matches ``query``'s filters (its ids,
+    statuses and ``filter_conditions``), whatever its page (SPEC §13's streams use them alone)."""
     filters = _id_bounds(query)
-    if query.statuses:
-        filters.append(async_status.c.status.in_(query.statuses))
-    return filters
+    if query.kept_statuses != listing.STATUSES:
+        filters.append(async_status.c.status.in_(query.kept_statuses))
+    return filters + filter_conditions(query.where)
+
+
+def filter_conditions(where: listing.JobFilter) -> list[sa.ColumnElement[bool]]:
+    """The conditions, beyond the status, that keep the jobs ``where`` chooses, with their values as
+    named parameters (``filter_parameters`` gives them for another filter of the same shape), so
+    that one statement serves every value.
+
+    A kind or error code is an ``IN`` of an expanding parameter; a label is matched by
+    ``HasLabel``; the start time is at or after ``started_after``, strictly before ``started_before``.
+    """
+    conditions: list[sa.ColumnElement[bool]] = []
+    if where.kinds:
+        conditions.append(
+            async_status.c.kind.in_(sa.bindparam("kinds", list(where.kinds), expanding=True, type_=sa.Text))
+        )
+    if where.error_codes:
+        conditions.append(
+            async_status.c.error_code.in_(
+                sa.bindparam("error_codes", list(where.error_codes), expanding=True, type_=sa.Text)
+            )
+        )
+    for n, match in enumerate(where.labels):
+        key = sa.bindparam(f"label_key_{n}", match.key, type_=sa.Text)
+        if match.value is None:
+            conditions.append(HasLabel(async_status.c.labels, key))
+        else:
+            conditions.append(
+                HasLabel(async_status.c.labels, key, sa.bindparam(f"label_value_{n}", match.value, type_=sa.Text))
+            )
+    if where.started_after is not None:
+        after = sa.bindparam("started_after", where.started_after, type_=UTCDateTime)
+        conditions.append(async_status.c.start_time >= after)
+    if where.started_before is not None:
+        before = sa.bindparam("started_before", where.started_before, type_=UTCDateTime)
+        conditions.append(async_status.c.start_time < before)
+    return conditions
+
+
+class HasLabel(FunctionElement[bool]):
+    """``has_label(labels, key[, value])``: the job's labels hold ``key`` (with ``value``), in each
+    dialect's own terms: on PostgreSQL the operators a GIN index of JSONB serves (``?``, ``@>``),
+    on SQLite ``json_extract`` (keys hold no quote: ``labels.check_labels``)."""
+
+    type = sa.Boolean()
+    inherit_cache = True
+    name = "has_label"
+
+
+@compiles(HasLabel, "postgresql")
+def _has_label_postgresql(element: HasLabel, compiler: SQLCompiler, **kw: Any) -> str:
+    column, key, *value = (compiler.process(clause, **kw) for clause in element.clauses)
+    if not value:
+        return f"({column} ? CAST({key} AS text))"
+    return f"({column} @> jsonb_build_object(CAST({key} AS text), CAST({value[0]} AS text)))"
+
+
+@compiles(HasLabel, "sqlite")
+def _has_label_sqlite(element: HasLabel, compiler: SQLCompiler, **kw: Any) -> str:
+    column, key, *value = (compiler.process(clause, **kw) for clause in element.clauses)
+    path = f"""('$."' || {key} || '"')"""
+    if not value:
+        return f"(json_type({column}, {path}) IS NOT NULL)"
+    return f"(json_extract({column}, {path}) = {value[0]})"
 
 
 def _id_bounds(query: listing.JobQuery) -> list[sa.ColumnElement[bool]]:
