@@ -540,16 +540,17 @@ def test_migration_0015_stamps_changes_from_then_on_and_goes_back(any_fresh_data
         old = store.create_job("before 0015")
         migrations.migrate(engine)
         store = open_job_store(engine)
-        assert "change_seq" in _columns(engine, "async_status")
         start = store.stream_position()
-        assert store.changed_since(0, listing.JobQuery(), 10).rows == ()  # rows from before have no cursor
+        assert start == 0
+        assert store.changed_since(0, listing.JobQuery(), 10).rows == ()  # rows from before are not in the log
         store.apply([new_event(old.id, "succeeded", "done")])
         new = store.create_job("after")
         changes = store.changed_since(start, listing.JobQuery(), 10)
         assert [job.id for _, job in changes.rows] == [old.id, new.id]
 
         _alembic(engine, lambda config: command.downgrade(config, "0012"))
-        assert "change_seq" not in _columns(engine, "async_status")
+        with engine.connect() as conn:
+            assert "async_status_change" not in set(sa.inspect(conn).get_table_names())
         with engine.begin() as conn:  # the triggers went with it: writing and deleting still work
             conn.execute(sa.update(async_status).values(message="again"))
             conn.execute(sa.delete(async_status))

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from tracker import listing, webhooks
 from tracker.events import new_event
 from tracker.model import Job
-from tracker.store import JobStore, make_engine, open_job_store
+from tracker.store import JobStore, cursor, make_engine, open_job_store
 from tracker.store.deliveries import Deliveries
 from tracker.store.tables import async_status
 
@@ -24,24 +24,20 @@ def store(engine: sa.Engine) -> JobStore:
     return open_job_store(engine)
 
 
-def _cursor_of(engine: sa.Engine, job_id: int) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(sa.select(async_status.c.change_seq).where(async_status.c.id == job_id)).scalar_one())
-
-
 def test_every_writer_stamps_its_rows_and_a_reader_finds_them_in_order_as_they_are_now(store, engine):
     start = store.stream_position()
     first = store.create_job("one")
     second = store.create_job("two", notify_url="https://hooks.test/x")
-    assert _cursor_of(engine, first.id) > start
-    assert _cursor_of(engine, second.id) > _cursor_of(engine, first.id)
+    created = store.changed_since(start, ALL, 100)
+    assert [(job.id, job.message) for _, job in created.rows] == [(first.id, "one"), (second.id, "two")]
+    assert start < created.rows[0][0] < created.rows[1][0] == store.stream_position()
     store.apply([new_event(first.id, "progress", "working")])
     store.apply([new_event(second.id, "succeeded", "done")])
     changes = store.changed_since(start, ALL, 100)
     assert not changes.reset
     assert [job.id for _, job in changes.rows] == [first.id, second.id]  # the first changed first
     assert [job for _, job in changes.rows] == [store.get_job(first.id), store.get_job(second.id)]
-    assert [cursor for cursor, _ in changes.rows] == sorted(cursor for cursor, _ in changes.rows)
+    assert [at for at, _ in changes.rows] == sorted(at for at, _ in changes.rows)
     assert changes.position == changes.rows[-1][0] == store.stream_position()
     # the webhooks' deliverer writes the row too (its notify field): a change
     deliveries = Deliveries(engine, lease_s=60)
@@ -80,7 +76,7 @@ def test_filters_and_paging_limits(store):
     assert [job.id for _, job in rest.rows] == [jobs[4].id, jobs[1].id, jobs[3].id]
 
 
-def test_a_cursor_from_before_a_deletion_or_from_elsewhere_is_reset(store, engine):
+def test_a_cursor_from_before_a_deletion_a_pruning_or_from_elsewhere_is_reset(store, engine):
     job = store.create_job("x")
     kept = store.create_job("y")
     before = store.stream_position()
@@ -100,6 +96,16 @@ def test_a_cursor_from_before_a_deletion_or_from_elsewhere_is_reset(store, engin
     with engine.begin() as conn:
         conn.execute(sa.delete(async_status).where(async_status.c.id == -1))
     assert not store.changed_since(after.position, ALL, 100).reset
+    # pruning the log: a cursor in the pruned part is reset, one after it is not
+    for n in range(6):
+        store.apply([new_event(kept.id, "progress", f"step {n}", seq=n + 1)])
+    newest = store.stream_position()
+    with engine.begin() as conn:
+        assert cursor.prune(conn, keep=2) > 0
+    assert store.changed_since(after.position, ALL, 100).reset
+    assert not store.changed_since(newest - 1, ALL, 100).reset
+    with engine.begin() as conn:
+        assert cursor.prune(conn, keep=2) == 0  # nothing more to prune
 
 
 def test_concurrent_writers_never_make_a_reader_skip_a_change(database_url):

@@ -1,11 +1,12 @@
-"""The stream's cursor (SPEC §13): reading the rows changed since a position, in commit order.
+"""The stream's cursor (SPEC §13): reading the jobs changed since a position, in commit order.
 
-Every write of a row of async_status stamps it (``change_seq``) with the next value of one
-counter: PostgreSQL's sequence ``async_status_change_seq``, SQLite's ``async_status_stream.last_change``
-(migration 0015). A stream remembers the highest cursor it has sent and reads ``change_seq >`` it.
+Every statement that writes rows of async_status appends an entry per row to the change log
+``async_status_change`` (migration 0015's triggers, for every writer: the fold, creation, the
+webhooks' deliverer, an operator's SQL); its ``seq`` is the cursor. A stream remembers the highest
+cursor it has sent and reads the jobs with an entry above it, each once, as they are now.
 
 That is only sound if cursors become visible in the order they are given: a reader that has seen
-cursor 101 must never later find a 100 that committed after it. A sequence alone does not give
+cursor 101 must never later find a 100 committed after it. An identity column alone does not give
 that: two transactions take 100 and 101, the one with 101 commits first, a reader moves past 101,
 and 100 appears behind it. Two ways out were weighed:
 
@@ -13,21 +14,21 @@ and 100 appears behind it. Two ways out were weighed:
   pattern): writers pay nothing, but a reader must map cursors to transaction ids, and any long
   write transaction (a purge, a migration, an operator's session) holds every stream back, so
   "within milliseconds of the commit" would depend on strangers.
-- **Chosen**: give cursors in commit order. Each writer takes one transaction-scoped advisory lock
-  (``STREAM_LOCK``) right before it takes its first cursor, as the last lock of its transaction,
-  and holds it until it commits; so cursors are given, and become visible, one transaction after
-  the other (PostgreSQL releases a transaction's locks only once its commit is visible). The cost
-  is that the tail of concurrent folds — the merge's update and the commit — runs one at a time
-  (docs/performance.md measures it); a fold that changes no row takes no cursor and, when its
-  batch has no job, no lock. It cannot deadlock: a writer takes the lock only once it holds every
-  row lock it will need, and after it takes nothing another writer could hold while waiting for it.
-  The fold takes it in merge.sql; creation, the webhooks' deliverer and an operator's SQL through
-  the triggers of migration 0015.
+- **Chosen**: give cursors in commit order. The log's trigger takes one transaction-scoped advisory
+  lock (``STREAM_LOCK``) before it takes cursors, at the end of the writing statement, and the
+  writer holds it until it commits; so cursors are given, and become visible, one transaction
+  after the other (PostgreSQL releases a transaction's locks only once its commit is visible).
+  The cost: the commits of concurrent writers take turns (docs/performance.md measures it). It
+  cannot deadlock as long as the writing statement is the last of its transaction that takes a
+  lock: every writer of async_status ends its transaction with it (the fold's merge, creation's
+  insert before the lease of the same new job, the deliverer's update) — and the triggers are
+  named to fire after the table's others.
 - SQLite needs neither: a writer holds the database's one write lock from its first write to its
   commit (the folds begin IMMEDIATE), so writes already commit in the order they are made.
 
-A deletion moves ``reset_before`` past every cursor given so far: a stream behind it cannot be
-resumed (its client would keep rows that are gone) and is told to reload (``event: reset``).
+A log entry without a job (rows were deleted), or a cursor below the pruned part of the log, or
+beyond its end (another database's), cannot be resumed: the stream says ``reset`` (the client
+reloads). The log is pruned (``prune``) by the consumers' periodic check.
 """
 
 from __future__ import annotations
@@ -39,17 +40,22 @@ import sqlalchemy as sa
 
 from tracker import listing
 from tracker.model import Job
+from tracker.store.engine import unavailable_as_error
 from tracker.store.list_statement import filters_of
-from tracker.store.tables import PUBLIC_COLUMNS, async_status, async_status_stream
+from tracker.store.tables import PUBLIC_COLUMNS, async_status, async_status_change, async_status_stream
 
-STREAM_LOCK = 1953653099  # pg_advisory_xact_lock's key in merge.sql and migration 0015 ('trak')
+STREAM_LOCK = 1953653099  # pg_advisory_xact_lock's key in migration 0015's trigger ('trak')
+KEPT_ENTRIES = 1_000_000  # the log keeps about this many newest entries (some hours of a busy tracker)
+_PRUNED_PER_STATEMENT = 50_000
+
+_log = async_status_change.c
 
 
 @dataclasses.dataclass(frozen=True)
 class Changes:
     """What changed after a cursor: the rows, each with its cursor, in cursor order (at most the
     number asked for); or ``reset``, when the cursor cannot be resumed. ``position``: the cursor to
-    go on from (the last row's, or the stream's position when no row is given)."""
+    go on from (the last row's; the stream's position when no row is given or on a reset)."""
 
     rows: tuple[tuple[int, Job], ...]
     position: int
@@ -59,33 +65,64 @@ class Changes:
 def position(conn: sa.Connection) -> int:
     """The stream's position now: every change at or below it is committed and visible, none
     above it is yet."""
-    latest = sa.select(sa.func.coalesce(sa.func.max(async_status.c.change_seq), 0)).scalar_subquery()
-    statement = sa.select(sa.func.max(latest, async_status_stream.c.reset_before))
-    if conn.dialect.name == "postgresql":
-        statement = sa.select(sa.func.greatest(latest, async_status_stream.c.reset_before))
-    return int(conn.execute(statement).scalar_one())
+    latest = sa.select(sa.func.coalesce(sa.func.max(_log.seq), 0)).scalar_subquery()
+    pruned = async_status_stream.c.pruned_upto
+    larger = sa.func.greatest if conn.dialect.name == "postgresql" else sa.func.max
+    return int(conn.execute(sa.select(larger(latest, pruned))).scalar_one())
 
 
 def changed_since(conn: sa.Connection, after: int, query: listing.JobQuery, most: int) -> Changes:
     """The rows matching ``query``'s filters (not its order or page) changed after cursor ``after``,
-    as they are now, at most ``most`` of them; or a reset, when ``after`` is below the stream's
-    ``reset_before`` or beyond its position (a cursor of another database)."""
+    each once, as they are now, at most ``most`` of them; or a reset, when ``after`` cannot be
+    resumed (rows deleted since, pruned, or a cursor never given)."""
     rows = conn.execute(_changed_statement(query), {"after": after, "most": most}).all()
-    # Read after the rows: a deletion committed before they were read is seen here.
-    reset_before = conn.execute(sa.select(async_status_stream.c.reset_before)).scalar_one()
-    if after < reset_before:
-        return Changes((), position(conn), reset=True)
+    # Read after the rows: whatever was deleted or pruned before they were read is seen here.
+    gone = sa.exists().where(_log.seq > after, _log.job_id.is_(None))
+    pruned_upto, deleted = conn.execute(sa.select(async_status_stream.c.pruned_upto, gone)).one()
+    now = position(conn)
+    if after < pruned_upto or deleted or after > now:
+        return Changes((), now, reset=True)
     if not rows:
-        now = position(conn)
-        return Changes((), now, reset=True) if after > now else Changes((), after)
+        return Changes((), after)
     changes = tuple((int(row[0]), Job(*row[1:])) for row in rows)
     return Changes(changes, changes[-1][0])
 
 
+def prune(conn: sa.Connection, keep: int = KEPT_ENTRIES) -> int:
+    """Delete the log's entries older than the newest ``keep`` (by cursor; at most
+    _PRUNED_PER_STATEMENT at a time) and move ``pruned_upto``; how many were deleted."""
+    newest = conn.execute(sa.select(sa.func.max(_log.seq))).scalar_one()
+    oldest = conn.execute(sa.select(sa.func.min(_log.seq))).scalar_one()
+    if newest is None or oldest is None or newest - oldest < keep:
+        return 0
+    upto = min(newest - keep, oldest + _PRUNED_PER_STATEMENT)
+    deleted = conn.execute(sa.delete(async_status_change).where(_log.seq <= upto)).rowcount
+    conn.execute(
+        sa.update(async_status_stream).values(pruned_upto=upto).where(async_status_stream.c.pruned_upto < upto)
+    )
+    return int(deleted)
+
+
+def prune_log(engine: sa.Engine, keep: int = KEPT_ENTRIES) -> int:
+    """``prune`` in a transaction of its own (SQLite: its write lock up front); raises StoreUnavailable."""
+    with unavailable_as_error(), engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execution_options(immediate=True)
+        with conn.begin():
+            return prune(conn, keep)
+
+
 def _changed_statement(query: listing.JobQuery) -> sa.Select[Any]:
+    latest = (
+        sa.select(_log.job_id, sa.func.max(_log.seq).label("seq"))
+        .where(_log.seq > sa.bindparam("after", type_=sa.BigInteger), _log.job_id.is_not(None))
+        .group_by(_log.job_id)
+        .subquery()
+    )
     return (
-        sa.select(async_status.c.change_seq, *PUBLIC_COLUMNS)
-        .where(async_status.c.change_seq > sa.bindparam("after", type_=sa.BigInteger), *filters_of(query))
-        .order_by(async_status.c.change_seq)
+        sa.select(latest.c.seq, *PUBLIC_COLUMNS)
+        .join_from(latest, async_status, async_status.c.id == latest.c.job_id)
+        .where(*filters_of(query))
+        .order_by(latest.c.seq)
         .limit(sa.bindparam("most", type_=sa.Integer))
     )

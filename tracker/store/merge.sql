@@ -7,10 +7,11 @@
 -- job it ended (PENDING before it, SUCCEEDED or FAILED after), notifies saying whether it queued
 -- the job's webhook delivery (SPEC §13: a job with a notify_url). It keeps every event of the batch whose
 -- job has a row in the timeline (async_status_event, once per event_id), which is also the
--- history it reads. Each row it changes gets the stream's next cursor (SPEC §13). It also renews
--- the heartbeat lease (SPEC §6) of each job of the batch that has one, from now (this receipt),
--- and deletes the lease of a job that is no longer PENDING: a table of its own, so a heartbeat
--- writes no row of async_status (whose updates the API's cache watches).
+-- history it reads, and an entry in the stream's change log for each row it changes. It also
+-- renews the heartbeat lease (SPEC §6) of each job of the batch that
+-- has one, from now (this receipt), and deletes the lease of a job that is no longer PENDING: a
+-- table of its own, so a heartbeat writes no row of async_status (whose updates the API's cache
+-- watches).
 --
 -- Keys compare as (occurred_at, seq, event_id) with event_id in the "C" collation, which is
 -- Python's order for these ASCII texts. Ties keep what merge.merge keeps: the stored state first,
@@ -160,24 +161,17 @@ renewed AS (
 ended AS (
     DELETE FROM async_status_lease AS l USING next AS n WHERE l.job_id = n.id AND n.status <> 'PENDING'
 ),
--- SPEC §13: the stream's cursor, taken in commit order (tracker.store.cursor): the advisory lock
--- that every writer of async_status takes last, once it holds its rows, and keeps until it commits.
--- Joined into the update below, so taken before its first nextval.
-serialized AS (
-    SELECT pg_advisory_xact_lock(1953653099)
-),
 -- The result and the error's details change only with t's key (they are t's), so comparing the
 -- keys is enough: json has no equality to compare them with.
 changed AS (
     UPDATE async_status AS a
-    SET change_seq = nextval('async_status_change_seq'),
-        status = n.status, message = n.message, end_time = n.end_time,
+    SET status = n.status, message = n.message, end_time = n.end_time,
         terminal_at = n.t_at, terminal_seq = n.t_seq, terminal_event_id = n.t_event_id,
         result = n.t_result::json, error_code = n.t_error_code, error_details = n.t_error_details::json,
         message_at = n.l_at, message_seq = n.l_seq, message_event_id = n.l_event_id,
         progress = n.p_progress, progress_at = n.p_at, progress_seq = n.p_seq, progress_event_id = n.p_event_id,
         cancel_requested_at = n.c_at, cancel_seq = n.c_seq, cancel_event_id = n.c_event_id
-    FROM next AS n CROSS JOIN serialized
+    FROM next AS n
     WHERE a.id = n.id AND a.id = ANY($2)
       AND (a.status, a.message, a.terminal_at, a.terminal_seq, a.terminal_event_id,
            a.message_at, a.message_seq, a.message_event_id,
@@ -188,6 +182,17 @@ changed AS (
                             n.p_progress, n.p_at, n.p_seq, n.p_event_id,
                             n.c_at, n.c_seq, n.c_event_id)
     RETURNING a.id, n.kind, a.status, a.start_time, a.end_time, n.status_before, n.notify_url
+),
+-- SPEC §13: the stream's change log, an entry per row changed, its cursor taken in commit order
+-- (tracker.store.cursor): under the advisory lock that every writer of async_status takes last,
+-- joined in so that it is taken before the first cursor, and kept until the commit. (The log's
+-- row trigger of migration 0015 leaves these rows alone: the fold's transaction says it logs them.)
+serialized AS (
+    SELECT pg_advisory_xact_lock(1953653099)
+),
+logged AS (
+    INSERT INTO async_status_change (job_id)
+    SELECT c.id FROM changed AS c CROSS JOIN serialized ORDER BY c.id
 ),
 -- SPEC §13: the webhook of each job this batch ends, queued in the transaction that ends it (a job
 -- ends once: its status never goes back to PENDING)

@@ -105,9 +105,6 @@ async_status = sa.Table(
     sa.Column("notify_url", sa.Text),
     sa.Column("notify_state", sa.Text),
     sa.Column("notify_attempts", sa.Integer),
-    # SPEC §13 (migration 0015): the stream's cursor of the row's last change (tracker.store.cursor);
-    # NULL for a row not changed since 0015
-    sa.Column("change_seq", sa.BigInteger),
     sqlite_autoincrement=True,
 )
 # The columns a client sees (Traffic Ops' own, then SPEC §11's and §13's), in the order of ``tracker.model.Job``.
@@ -236,17 +233,23 @@ async_status_delivery = sa.Table(
 )
 sa.Index("ix_async_status_delivery_due", async_status_delivery.c.due_at)
 
-sa.Index("ix_async_status_change_seq", async_status.c.change_seq)
+# The stream's change log (SPEC §13; migration 0015): an entry for each row of async_status written,
+# appended by triggers in commit order (tracker.store.cursor); ``job_id`` NULL: rows were deleted.
+async_status_change = sa.Table(
+    "async_status_change",
+    metadata,
+    sa.Column("seq", BigId, sa.Identity(always=False), primary_key=True),
+    sa.Column("job_id", BigId),
+    sqlite_autoincrement=True,
+)
 
-# The stream's one row (SPEC §13; migration 0015): a cursor below ``reset_before`` cannot be resumed
-# (rows were deleted after it was given); ``last_change``, SQLite's counter of cursors (PostgreSQL
-# takes them from the sequence async_status_change_seq).
+# The stream's one row (migration 0015): the highest cursor pruned from the log; a cursor below it
+# cannot be resumed.
 async_status_stream = sa.Table(
     "async_status_stream",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("last_change", sa.BigInteger, nullable=False),
-    sa.Column("reset_before", sa.BigInteger, nullable=False),
+    sa.Column("pruned_upto", sa.BigInteger, nullable=False),
 )
 
 users = sa.Table(

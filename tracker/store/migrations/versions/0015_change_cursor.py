@@ -1,21 +1,23 @@
-"""The stream's cursor (SPEC §13): each row of async_status carries the position of its last change.
+"""The stream's change log (SPEC §13): an entry for each row of async_status written, in commit order.
 
-- ``async_status.change_seq`` (bigint, nullable, no default: adding it rewrites no row) with an
-  index: a stream reads the rows changed since a cursor, in cursor order. Rows from before have
-  none until they next change.
-- ``async_status_stream``: one row. ``reset_before``: a cursor below it cannot be resumed (rows
-  were deleted since; the client reloads). On SQLite also ``last_change``, the counter the
-  cursors are taken from.
-- PostgreSQL: cursors come from the sequence ``async_status_change_seq``, and are assigned in
-  commit order (``tracker.store.cursor`` says why that matters and how): every writer takes the
-  transaction-scoped advisory lock ``STREAM_LOCK`` just before it takes a cursor, as the last
-  lock of its transaction, and keeps it until it commits. The fold takes both in merge.sql; every
-  other writer (creation, the webhooks' deliverer, an operator's SQL) gets them from the row
-  triggers here, which leave alone a row whose writer stamped it itself. Deleting rows (a statement
-  trigger) or TRUNCATE moves ``reset_before`` past every cursor given so far. Inserts now notify
-  ``tracker_async_status`` too (0002's function), so that streams hear of new jobs at once.
-- SQLite: writers already take the database's one write lock for their whole transaction, so
-  commit order is the order of writing; row triggers take the next value of ``last_change``.
+- ``async_status_change``: ``seq`` (the cursor: an identity, never reused) and ``job_id`` (NULL:
+  rows were deleted), appended by triggers of async_status for every writer (the fold, creation,
+  the webhooks' deliverer, an operator's SQL): so the jobs' own rows are written as before (their
+  updates stay HOT: an index of cursors on async_status would have added an entry to every index
+  of the table for every update, a third more CPU per event; docs/performance.md). Only inserts,
+  at the right edge of its primary key. ``tracker.store.cursor`` reads it and prunes it.
+- ``async_status_stream``: one row; ``pruned_upto``, the highest cursor pruned: a cursor below it
+  cannot be resumed.
+- PostgreSQL: every writer takes the transaction-scoped advisory lock 1953653099 ('trak',
+  ``tracker.store.cursor.STREAM_LOCK``) before it takes cursors, and holds it until it commits: so
+  cursors are given, and committed, one transaction after the other (``tracker.store.cursor`` says
+  why). The fold's merge (merge.sql) logs its rows itself, in one insert, and marks its transaction
+  (``tracker.logs_changes``) so that the row trigger here, which logs every other writer's rows,
+  leaves them alone; a statement trigger logs a deletion. Triggers fire at the end of their
+  statement, and those of one event in name order: these are named to come last, so that the
+  lock is the last their transaction takes. Inserts now also notify
+  ``tracker_async_status`` (0002's function), so that streams hear of new jobs at once.
+- SQLite: row triggers; its one write lock already orders the writers' commits.
 
 Revision ID: 0015
 Revises: 0012
@@ -25,127 +27,119 @@ Create Date: 2026-12-07
 import sqlalchemy as sa
 from alembic import op
 
+from tracker.store.tables import BigId
+
 revision = "0015"
 down_revision = "0012"
 branch_labels = None
 depends_on = None
 
 # Written out rather than imported: a migration states what it did, whatever the code says later.
-# 0x7472616b = 'trak': the advisory lock of the cursor (tracker.store.cursor.STREAM_LOCK).
 _POSTGRESQL = [
-    "CREATE SEQUENCE async_status_change_seq AS bigint",
     """
-    CREATE FUNCTION tracker_stamp_change() RETURNS trigger
+    CREATE FUNCTION tracker_log_change() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
         PERFORM pg_advisory_xact_lock(1953653099);
-        NEW.change_seq := nextval('async_status_change_seq');
-        RETURN NEW;
+        INSERT INTO async_status_change (job_id) VALUES (CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN NEW.id END);
+        RETURN NULL;
     END
     $$
     """,
+    # Row triggers, which the fold's transactions skip (their merge logs its rows itself, in one
+    # insert): a statement trigger would need the statement's rows as a transition table, which
+    # PostgreSQL would copy for every fold whether the trigger then ran or not.
     """
-    CREATE TRIGGER tracker_async_status_stamped
-    BEFORE INSERT ON async_status
-    FOR EACH ROW EXECUTE FUNCTION tracker_stamp_change()
+    CREATE TRIGGER tracker_zz_change_logged
+    AFTER INSERT OR UPDATE ON async_status
+    FOR EACH ROW WHEN (current_setting('tracker.logs_changes', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION tracker_log_change()
     """,
     """
-    CREATE TRIGGER tracker_async_status_restamped
-    BEFORE UPDATE ON async_status
-    FOR EACH ROW WHEN (NEW.change_seq IS NOT DISTINCT FROM OLD.change_seq)
-    EXECUTE FUNCTION tracker_stamp_change()
-    """,
-    """
-    CREATE FUNCTION tracker_stream_reset() RETURNS trigger
+    CREATE FUNCTION tracker_log_deletion() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP = 'DELETE' THEN
-            IF NOT EXISTS (SELECT FROM tracker_gone_rows) THEN
+            IF NOT EXISTS (SELECT FROM tracker_deleted_rows) THEN
                 RETURN NULL;
             END IF;
         END IF;
         PERFORM pg_advisory_xact_lock(1953653099);
-        UPDATE async_status_stream SET reset_before = nextval('async_status_change_seq');
+        INSERT INTO async_status_change (job_id) VALUES (NULL);
         RETURN NULL;
     END
     $$
     """,
     """
-    CREATE TRIGGER tracker_async_status_gone
+    CREATE TRIGGER tracker_zz_change_deleted
     AFTER DELETE ON async_status
-    REFERENCING OLD TABLE AS tracker_gone_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tracker_stream_reset()
+    REFERENCING OLD TABLE AS tracker_deleted_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracker_log_deletion()
     """,
     """
-    CREATE TRIGGER tracker_async_status_emptied
+    CREATE TRIGGER tracker_zz_change_truncated
     AFTER TRUNCATE ON async_status
-    FOR EACH STATEMENT EXECUTE FUNCTION tracker_stream_reset()
+    FOR EACH STATEMENT EXECUTE FUNCTION tracker_log_deletion()
     """,
-]
-
-# 0002's notifications skipped inserts (no cache holds a row it did not find); a stream wants to
-# hear of new jobs. 0002's function reads the statement's rows under the name tracker_old_rows,
-# which here are the new ones.
-_POSTGRESQL.append(
+    # 0002's notifications skipped inserts (no cache holds a row it did not find); a stream wants to
+    # hear of new jobs. 0002's function reads the statement's rows as tracker_old_rows: here the new.
     """
     CREATE TRIGGER tracker_async_status_inserted
     AFTER INSERT ON async_status
     REFERENCING NEW TABLE AS tracker_old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tracker_notify_async_status_changed()
-    """
-)
+    """,
+]
 
 _SQLITE = [
     """
-    CREATE TRIGGER tracker_async_status_stamped AFTER INSERT ON async_status
+    CREATE TRIGGER tracker_zz_changes_inserted AFTER INSERT ON async_status
     BEGIN
-        UPDATE async_status_stream SET last_change = last_change + 1;
-        UPDATE async_status SET change_seq = (SELECT last_change FROM async_status_stream) WHERE id = NEW.id;
+        INSERT INTO async_status_change (job_id) VALUES (NEW.id);
     END
     """,
     """
-    CREATE TRIGGER tracker_async_status_restamped AFTER UPDATE ON async_status
-    WHEN NEW.change_seq IS OLD.change_seq
+    CREATE TRIGGER tracker_zz_changes_updated AFTER UPDATE ON async_status
     BEGIN
-        UPDATE async_status_stream SET last_change = last_change + 1;
-        UPDATE async_status SET change_seq = (SELECT last_change FROM async_status_stream) WHERE id = NEW.id;
+        INSERT INTO async_status_change (job_id) VALUES (NEW.id);
     END
     """,
     """
-    CREATE TRIGGER tracker_async_status_gone AFTER DELETE ON async_status
+    CREATE TRIGGER tracker_zz_changes_deleted AFTER DELETE ON async_status
     BEGIN
-        UPDATE async_status_stream SET last_change = last_change + 1, reset_before = last_change + 1;
+        INSERT INTO async_status_change (job_id) VALUES (NULL);
     END
     """,
 ]
 
 _DROP_POSTGRESQL = [
     "DROP TRIGGER IF EXISTS tracker_async_status_inserted ON async_status",
-    "DROP TRIGGER IF EXISTS tracker_async_status_emptied ON async_status",
-    "DROP TRIGGER IF EXISTS tracker_async_status_gone ON async_status",
-    "DROP FUNCTION IF EXISTS tracker_stream_reset()",
-    "DROP TRIGGER IF EXISTS tracker_async_status_restamped ON async_status",
-    "DROP TRIGGER IF EXISTS tracker_async_status_stamped ON async_status",
-    "DROP FUNCTION IF EXISTS tracker_stamp_change()",
-    "DROP SEQUENCE IF EXISTS async_status_change_seq",
+    "DROP TRIGGER IF EXISTS tracker_zz_change_truncated ON async_status",
+    "DROP TRIGGER IF EXISTS tracker_zz_change_deleted ON async_status",
+    "DROP FUNCTION IF EXISTS tracker_log_deletion()",
+    "DROP TRIGGER IF EXISTS tracker_zz_change_logged ON async_status",
+    "DROP FUNCTION IF EXISTS tracker_log_change()",
 ]
 
 _DROP_SQLITE = [
-    "DROP TRIGGER IF EXISTS tracker_async_status_gone",
-    "DROP TRIGGER IF EXISTS tracker_async_status_restamped",
-    "DROP TRIGGER IF EXISTS tracker_async_status_stamped",
+    "DROP TRIGGER IF EXISTS tracker_zz_changes_deleted",
+    "DROP TRIGGER IF EXISTS tracker_zz_changes_updated",
+    "DROP TRIGGER IF EXISTS tracker_zz_changes_inserted",
 ]
 
 
 def upgrade() -> None:
     postgresql = op.get_bind().dialect.name == "postgresql"
-    op.add_column("async_status", sa.Column("change_seq", sa.BigInteger))
-    op.create_index("ix_async_status_change_seq", "async_status", ["change_seq"])
+    op.create_table(
+        "async_status_change",
+        sa.Column("seq", BigId, sa.Identity(always=False), primary_key=True),
+        sa.Column("job_id", BigId),
+        sqlite_autoincrement=True,
+    )
     op.create_table(
         "async_status_stream",
         sa.Column("id", sa.Integer, sa.CheckConstraint("id = 1"), primary_key=True, autoincrement=False),
-        sa.Column("last_change", sa.BigInteger, nullable=False, server_default="0"),
-        sa.Column("reset_before", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("pruned_upto", sa.BigInteger, nullable=False, server_default="0"),
     )
     op.execute("INSERT INTO async_status_stream (id) VALUES (1)")
     for statement in _POSTGRESQL if postgresql else _SQLITE:
@@ -157,5 +151,4 @@ def downgrade() -> None:
     for statement in _DROP_POSTGRESQL if postgresql else _DROP_SQLITE:
         op.execute(statement)
     op.drop_table("async_status_stream")
-    op.drop_index("ix_async_status_change_seq", "async_status")
-    op.drop_column("async_status", "change_seq")
+    op.drop_table("async_status_change")
