@@ -27,6 +27,7 @@ ASSETS: dict[str, tuple[str, str]] = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
     "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/dashboard-stream.js": ("dashboard-stream.js", "text/javascript; charset=utf-8"),
     "/dashboard.svg": ("dashboard.svg", "image/svg+xml"),
 }
 
