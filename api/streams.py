@@ -24,8 +24,10 @@ import falcon
 import orjson
 
 from api.reads import JobReads, retried_after_disconnect
+from api.revocations import RevokedTokens
 from api.waits import client_gone_check
 from tracker import listing
+from tracker.auth import Claims
 from tracker.errors import StoreUnavailable
 from tracker.merge import PENDING
 from tracker.model import Job
@@ -94,23 +96,52 @@ class Streams:
     notifications (the cache's listener on PostgreSQL, this class's ringer on SQLite), ended at
     shutdown with it."""
 
-    def __init__(self, reads: JobReads, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        reads: JobReads,
+        revoked: RevokedTokens | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._reads = reads
         self._waits = reads.waits
+        self._revoked = revoked
         self._clock = clock
+        self._wall_clock = wall_clock
         self._ringer = _Ringer(reads)
+
+    def _ended_check(self, req: falcon.Request) -> Callable[[], bool]:
+        """Whether a stream of ``req`` is to end: its client has gone, or its credentials have
+        expired or been ended by a logout (the stream is authorised when it opens, and goes on
+        only while its token would still be taken)."""
+        gone = client_gone_check(req.env)
+        claims: Claims | None = getattr(req.context, "claims", None)
+
+        def ended() -> bool:
+            if gone is not None and gone():
+                return True
+            if claims is None:
+                return False
+            if self._wall_clock() >= claims.expires_at:
+                return True
+            try:
+                return self._revoked is not None and self._revoked.is_revoked(claims.token_id)
+            except StoreUnavailable:
+                return True  # cannot tell: the client comes back, and is asked again
+
+        return ended
 
     def answer_list(self, req: falcon.Request, resp: falcon.Response, query: listing.JobQuery) -> None:
         """Answer ``req`` with the list's stream (``list_stream``)."""
         resume_from = last_event_id(req.get_header("Last-Event-ID"))
-        gone = client_gone_check(req.env)
-        self._answer(req, resp, lambda: self.list_stream(query, resume_from, gone))
+        ended = self._ended_check(req)
+        self._answer(req, resp, lambda: self.list_stream(query, resume_from, ended))
 
     def answer_job(self, req: falcon.Request, resp: falcon.Response, job: Job) -> None:
         """Answer ``req`` with one job's stream (``job_stream``)."""
         resume_from = last_event_id(req.get_header("Last-Event-ID"))
-        gone = client_gone_check(req.env)
-        self._answer(req, resp, lambda: self.job_stream(job, resume_from, gone))
+        ended = self._ended_check(req)
+        self._answer(req, resp, lambda: self.job_stream(job, resume_from, ended))
 
     def _answer(self, req: falcon.Request, resp: falcon.Response, open_frames: Callable[[], Iterator[bytes]]) -> None:
         release = contextlib.ExitStack()

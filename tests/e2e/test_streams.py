@@ -223,3 +223,22 @@ def test_an_idle_stream_gets_a_comment_every_15_s(live: LiveApi, bearer: dict[st
         assert 14 <= time.monotonic() - opened < 17
     finally:
         stream.close()
+
+
+def test_a_stream_ends_when_its_session_is_logged_out(live: LiveApi, store: JobStore) -> None:
+    token = live.login("ops")
+    stream = Stream(live, "/api/5.0/async_status", {"Authorization": f"Bearer {token}"})
+    try:
+        stream.frame()  # the position
+        logout = live.request(
+            "POST",
+            "/api/5.0/user/logout",
+            b"",
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        assert logout.status == 200
+        with pytest.raises(EOFError):
+            while True:
+                stream.frame()  # a comment at most, then the end, within a second or two
+    finally:
+        stream.close()
