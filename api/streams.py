@@ -163,6 +163,7 @@ class Streams:
         """The stream of the list's rows matching ``query``'s filters. Reads the first changes
         (or the position) now, so that an unavailable database is an error before any byte is
         sent; raises StoreUnavailable."""
+        self._reads.listen()
         self._ringer.start()
         if resume_from is None:
             start = self._read(lambda: self._reads.store.stream_position())
@@ -173,6 +174,7 @@ class Streams:
         """The stream of one job, read as ``job`` (it exists): its row now, unless the client
         resumes from a cursor after which it has not changed, then each change, ending after its
         final state. Raises StoreUnavailable."""
+        self._reads.listen()
         self._ringer.start()
         query = listing.JobQuery(id_above=job.id - 1, id_below=job.id + 1)
         position = self._read(lambda: self._reads.store.stream_position())
