@@ -15,7 +15,7 @@ import falcon.media
 import orjson
 from falcon.routing import BaseConverter
 
-from api import cancels, dashboard, errors, health, middleware, openapi, resources, rowcache
+from api import cancels, dashboard, errors, health, middleware, openapi, resources, rowcache, streams
 from api.reads import JobReads
 from api.revocations import RevokedTokens
 from api.waits import WaitRegistry
@@ -86,8 +86,9 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
 
     app.router_options.converters["served"] = _ServedVersion
     secure = deps.settings.secure_cookies
-    app.add_route("/api/{version:served}/async_status", resources.JobStatuses(deps.jobs, deps.settings))
-    app.add_route("/api/{version:served}/async_status/{job_id}", resources.JobStatus(reads))
+    stream = streams.Streams(reads, revoked)
+    app.add_route("/api/{version:served}/async_status", resources.JobStatuses(deps.jobs, deps.settings, stream))
+    app.add_route("/api/{version:served}/async_status/{job_id}", resources.JobStatus(reads, stream))
     app.add_route("/api/{version:served}/async_status/{job_id}/events", resources.JobTimeline(reads))
     cancel_requests = CancelRequests(deps.jobs)
     tell = deps.tell or broker.ControlPublisher(deps.settings).tell

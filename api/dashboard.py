@@ -29,6 +29,7 @@ ASSETS: dict[str, tuple[str, str]] = {
     "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
     "/details.js": ("details.js", "text/javascript; charset=utf-8"),
     "/cancel.js": ("cancel.js", "text/javascript; charset=utf-8"),
+    "/dashboard-stream.js": ("dashboard-stream.js", "text/javascript; charset=utf-8"),
     "/dashboard.svg": ("dashboard.svg", "image/svg+xml"),
 }
 

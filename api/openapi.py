@@ -239,7 +239,7 @@ def _list_jobs() -> dict[str, Any]:
         f"Jobs, filtered by status, ordered, a page at a time (SPEC §7). Permission {roles.READ}.",
         _SECURED,
         {
-            "200": _json("The page, and how many jobs match the filters", "#/components/schemas/JobList"),
+            "200": _streamed(_json("The page, and how many jobs match the filters", "#/components/schemas/JobList")),
             "400": _ref(
                 "BadRequest",
                 "A parameter's value, named in the alert, e.g. "
@@ -377,7 +377,7 @@ def _get_job() -> dict[str, Any]:
         _SECURED,
         {
             "200": {
-                **_json("The job", "#/components/schemas/JobStatus"),
+                **_streamed(_json("The job", "#/components/schemas/JobStatus")),
                 "headers": {
                     "Preference-Applied": {
                         "description": "`wait=N` when the request asked to wait and was held (N as honoured)",
@@ -499,6 +499,21 @@ def _with_common_headers(response: dict[str, Any]) -> dict[str, Any]:
 
 def _json(description: str, schema: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": schema}}}}
+
+
+def _streamed(response: dict[str, Any]) -> dict[str, Any]:
+    """``response``, or with ``Accept: text/event-stream`` its stream of changes (SPEC §13, docs/streams.md)."""
+    stream = {
+        "schema": {"type": "string"},
+        "example": 'event: job\nid: 1043\ndata: {"id":7,"status":"SUCCEEDED",…}\n\n',
+    }
+    return {
+        **response,
+        "description": response["description"] + "; with `Accept: text/event-stream`, Server-Sent Events of each "
+        "change of a matching row (`event: job`, `id: <cursor>`, `data: <the row>`), resumed from `Last-Event-ID`, "
+        "`event: reset` when that cannot be (SPEC §13)",
+        "content": {**response["content"], "text/event-stream": stream},
+    }
 
 
 def _ref(name: str, description: str | None = None) -> dict[str, Any]:

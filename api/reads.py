@@ -77,6 +77,21 @@ class JobReads:
             self._poller.start()
             return self._waits.hold(job_id, seconds, self.get_job, gone), True
 
+    def listen(self) -> None:
+        """Start the cache's listener in this process, if there is a cache and it has not started
+        (a GET starts it too): streams are woken by it."""
+        if self._cache is not None:
+            self._cache.listen()
+
+    @property
+    def notified(self) -> bool:
+        """Whether the cache's listener hears of every change now (waits and streams are woken by it)."""
+        return self._cache is not None and self._cache.listening
+
+    @property
+    def store(self) -> JobStore:
+        return self._store
+
     def timeline(self, job_id: int) -> list[TimelineEvent]:
         """The job's events in merge-key order (never cached); raises JobNotFound or StoreUnavailable."""
         return retried_after_disconnect(lambda: self._store.timeline(job_id))

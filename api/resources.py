@@ -16,6 +16,7 @@ from api.errors import BEARER_CHALLENGE
 from api.middleware import COOKIES, is_json, opens_session, requires
 from api.reads import JobReads
 from api.revocations import RevokedTokens
+from api.streams import Streams, wants_event_stream
 from api.waits import client_gone_check, preferred_wait
 from tracker import auth, labels, leases, listing, merge, roles, webhooks
 from tracker.config import Settings
@@ -74,14 +75,18 @@ class JobStatus:
     reached (then answered at once, without ``Preference-Applied``: a wait is a preference), or
     until its client goes."""
 
-    def __init__(self, jobs: JobReads) -> None:
+    def __init__(self, jobs: JobReads, streams: Streams | None = None) -> None:
         self._jobs = jobs
+        self._streams = streams
 
     @requires(roles.READ)
     def on_get(self, req: falcon.Request, resp: falcon.Response, version: str, job_id: str) -> None:
         number = parse_job_id(job_id)
         if number <= 0:
             raise JobNotFound(number)  # ids start at 1; no need to ask the database
+        if self._streams is not None and wants_event_stream(req.get_header("Accept")):
+            self._streams.answer_job(req, resp, self._jobs.get_job(number))  # SPEC §13
+            return
         wait_s = preferred_wait(req.get_header("Prefer"))
         if wait_s is None:
             job = self._jobs.get_job(number)
@@ -112,8 +117,9 @@ class JobStatuses:
     """/api/{version}/async_status: GET lists jobs (SPEC §7); POST starts tracking a new job, with its
     deadline and lease (SPEC §6), its kind and labels (SPEC §11), and its webhook (SPEC §13)."""
 
-    def __init__(self, jobs: JobStore, settings: Settings) -> None:
+    def __init__(self, jobs: JobStore, settings: Settings, streams: Streams | None = None) -> None:
         self._jobs = jobs
+        self._streams = streams
         self._default_timeout_s = settings.job_timeout_s
         self._default_heartbeat_timeout_s = settings.heartbeat_timeout_s
         self._notify_allowed = settings.webhook_origins
@@ -125,6 +131,9 @@ class JobStatuses:
             query = listing.parse_query(params)
         except ValueError as exc:
             raise falcon.HTTPBadRequest(description=str(exc)) from None
+        if self._streams is not None and wants_event_stream(req.get_header("Accept")):
+            self._streams.answer_list(req, resp, query)  # SPEC §13: the filters, not the page
+            return
         page = self._jobs.list_jobs(query)
         summary: dict[str, Any] = {"count": page.count.value}
         if page.count.estimated:

@@ -129,6 +129,9 @@ class WaitRegistry:
         self._held = 0
         self._held_by: collections.Counter[str] = collections.Counter()
         self._counts: WaitCounts | None = None
+        # SPEC §13's streams wait for any change, not a job's: each notify moves the generation
+        self._generation = 0
+        self._changed = threading.Condition(self._lock)
 
     def count_in(self, counts: WaitCounts) -> None:
         """Report to ``counts`` from now on (set once, before the first request: the registry is
@@ -198,8 +201,23 @@ class WaitRegistry:
                 woken = [waiter for waiters in self._waiters.values() for waiter in waiters]
             else:
                 woken = [waiter for job_id in job_ids for waiter in self._waiters.get(job_id, ())]
+            self._generation += 1
+            self._changed.notify_all()
         for waiter in woken:
             waiter.wake()
+
+    @property
+    def generation(self) -> int:
+        """A number that moves with every ``notify``: read it before reading what changed."""
+        return self._generation
+
+    def changed_after(self, generation: int, timeout: float) -> bool:
+        """Block until ``notify`` has been called since ``generation`` was read (True), or
+        ``timeout`` passes, or the registry is stopping (False)."""
+        with self._lock:
+            return self._changed.wait_for(lambda: self._generation != generation or self._stopping, timeout) and (
+                not self._stopping
+            )
 
     def stop(self) -> None:
         """From now on no request is held: those held are woken, later ones not held (shutdown)."""

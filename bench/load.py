@@ -363,6 +363,70 @@ def waiting(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def streaming(args: argparse.Namespace) -> dict[str, Any]:
+    """Publish like ``publish``; every ``sample_every``-th event ends a job of its own, which one
+    stream of the list's SUCCEEDED jobs (SPEC §13), open from the start, shows: publish -> the
+    stream's frame read."""
+    count = round(args.rate * args.duration_s)
+    background = range(args.first_job, args.last_job + 1)
+    samples = range(args.first_sample_job, args.last_sample_job + 1)
+    if len(range(0, count, args.sample_every)) > len(samples):
+        raise SystemExit("more samples than sample jobs")
+    rng = random.Random(3)
+    sent_at: dict[int, float] = {}
+    seen_at: dict[int, float] = {}
+    wrong: list[str] = []
+    connection = http.client.HTTPConnection("127.0.0.1", args.port, timeout=args.duration_s + 60)
+    connection.request(
+        "GET",
+        "/api/5.0/async_status?status=SUCCEEDED",
+        headers={"Authorization": f"Bearer {args.token}", "Accept": "text/event-stream"},
+    )
+    response = connection.getresponse()
+    if response.status != 200:
+        raise SystemExit(f"the stream answered {response.status}")
+    response.readline()  # the position's frame: the stream is open
+    response.readline()
+
+    def read() -> None:
+        try:
+            while len(seen_at) < len(range(0, count, args.sample_every)):
+                line = response.readline()
+                if not line:
+                    return
+                if line.startswith(b"data: "):
+                    row = orjson.loads(line[6:])
+                    seen_at.setdefault(int(row["id"]), time.monotonic())
+                    if row["status"] != "SUCCEEDED":
+                        wrong.append(repr(line[:200]))
+        except OSError as exc:
+            wrong.append(repr(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def event_for(i: int) -> tuple[int, str, Any, str]:
+        if i % args.sample_every:
+            return rng.choice(background), f"step {i}", None, "progress"
+        job_id = samples[i // args.sample_every]
+        return job_id, f"done {i}", lambda at: sent_at.__setitem__(job_id, at), "succeeded"
+
+    took = _PacedPublisher(args.amqp_url, args.exchange, args.rate).run(count, event_for)
+    reader.join(timeout=30)
+    connection.close()
+    latencies = [seen_at[job_id] - at for job_id, at in sent_at.items() if job_id in seen_at]
+    return {
+        "published": count,
+        "rate": count / took,
+        "samples": len(latencies),
+        "lost": len(sent_at) - len(latencies),
+        "wrong": len(wrong),
+        "wrong_examples": wrong[:3],
+        **percentiles_ms(latencies),
+        "latencies_s": latencies,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -376,7 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     hammering.add_argument("--token")
     hammering.add_argument("--duration-s", type=float, required=True)
     hammering.add_argument("--seed", type=int, default=0)
-    for name, handler in (("publish", publish), ("visibility", visibility), ("waiting", waiting)):
+    for name, handler in (
+        ("publish", publish),
+        ("visibility", visibility),
+        ("waiting", waiting),
+        ("streaming", streaming),
+    ):
         command = commands.add_parser(name)
         command.set_defaults(handler=handler)
         command.add_argument("--first-job", type=int, required=True)
@@ -403,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
             command.add_argument("--sample-every", type=int, default=50)
             command.add_argument("--lead-s", type=float, default=1.0)
             command.add_argument("--wait-s", type=int, default=30)
+        if name == "streaming":
+            command.add_argument("--port", type=int, required=True)
+            command.add_argument("--token", required=True)
+            command.add_argument("--first-sample-job", type=int, required=True)
+            command.add_argument("--last-sample-job", type=int, required=True)
+            command.add_argument("--sample-every", type=int, default=50)
     args = parser.parse_args(argv)
     print(orjson.dumps(args.handler(args)).decode(), flush=True)
     return 0

@@ -567,6 +567,78 @@ def waiting(bed: Testbed) -> list[Result]:
     )
 
 
+def streaming(bed: Testbed) -> list[Result]:
+    """#2c: publish a job's end -> a stream of the list (SPEC §13) open since before shows it,
+    against publish -> consume on the same broker, at #2's rate and pace, in the same run."""
+    scale, db = bed.scale, bed.database
+    settings = bed.settings("stream")
+    count = round(scale.latency_rate * scale.latency_s)
+    bed.progress.say(
+        f"stream: {scale.latency_rate:,.0f} events/s for {scale.latency_s:.0f} s, every "
+        f"{scale.latency_sample_every}th a job's end read from a stream, {scale.latency_rounds} round(s)"
+    )
+    references: list[dict[str, Any]] = []
+    answers: list[dict[str, Any]] = []
+    for round_number in range(scale.latency_rounds):
+        db.empty()
+        background = db.seed_jobs(2000)
+        samples = db.seed_jobs(count // scale.latency_sample_every + 10, terminal_every=0)
+        token = db.add_reader(settings)
+        pace = [
+            *("--amqp-url", settings.amqp_url, "--exchange", settings.exchange),
+            *("--rate", str(scale.latency_rate), "--duration-s", str(scale.latency_s)),
+            *("--first-job", str(background.start), "--last-job", str(background.stop - 1)),
+        ]
+        bed.progress.say(f"  round {round_number + 1}, reference: publish -> consume round trip")
+        references.append(_round_trip(bed, settings, count, pace, f"stream-{round_number}"))
+        bed.progress.say(f"  round {round_number + 1}, tracker: publish -> stream frame read")
+        port = free_port()
+        api_settings = settings.with_(bind=f"127.0.0.1:{port}")
+        consumer = bed.start(f"stream-consume-{round_number}", tracker_command("consume"), api_settings)
+        api = bed.start(f"stream-api-{round_number}", tracker_command("api"), api_settings)
+        consumer.wait_for_log("consuming ")
+        api.wait_for_port(port)
+        reader = bed.start(
+            f"streaming-{round_number}",
+            bench_command(
+                "load",
+                "streaming",
+                *pace,
+                *("--port", str(port), "--token", token),
+                *("--first-sample-job", str(samples.start), "--last-sample-job", str(samples.stop - 1)),
+                *("--sample-every", str(scale.latency_sample_every)),
+            ),
+            api_settings,
+            capture_stdout=True,
+        )
+        answers.append(orjson.loads(reader.stdout(timeout=scale.latency_s + 120)))
+        api.stop()
+        consumer.stop()
+        bed.progress.say(
+            f"  round {round_number + 1}: stream p99 {_ms(answers[-1]['p99_ms'])}, "
+            f"round trip p99 {_ms(references[-1]['p99_ms'])}"
+        )
+    round_trips = [s for reference in references for s in reference["latencies_s"]]
+    seen = [s for answer in answers for s in answer["latencies_s"]]
+    lost = sum(answer["lost"] + answer["wrong"] for answer in answers)
+    details = {
+        "rate": round(statistics.fmean(answer["rate"] for answer in answers)),
+        "rounds": scale.latency_rounds,
+        "samples": len(seen),
+        "lost_or_wrong": lost,
+        "wrong_examples": [example for answer in answers for example in answer["wrong_examples"]][:3],
+    }
+    return _beside_round_trip(
+        "2c stream",
+        "publish a job's end -> stream frame read",
+        percentiles_ms(seen),
+        percentiles_ms(round_trips),
+        10,
+        lost,
+        details,
+    )
+
+
 def _beside_round_trip(
     name: str,
     figure: str,
@@ -1226,6 +1298,7 @@ MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
     "latency": latency,
     "api": api,
     "wait": waiting,
+    "stream": streaming,
     "memory": memory,
     "scale": table_size,
     "receipts": receipts,

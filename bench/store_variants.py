@@ -56,3 +56,17 @@ class HistoryOnly(WithoutReceipts):
 
     merge_name = "bench_merge_history_only"
     merge_statement = history_only(WithoutReceipts.merge_statement)
+
+
+def without_cursor(statement: str) -> str:
+    """The merge without SPEC §13's change log (its ``serialized`` and ``logged`` parts); raises
+    ValueError if it has no such parts."""
+    return _without_part(_without_part(statement, "serialized"), "logged")
+
+
+class WithoutCursor(PostgresJobStore):
+    """Folds as the product does, but logs no change for the stream and takes no cursor (the "off"
+    side of bench.cursor_cost)."""
+
+    merge_name = "bench_merge_without_cursor"
+    merge_statement = without_cursor(PostgresJobStore.merge_statement)

@@ -14,6 +14,7 @@ Every ``reap_interval_s`` the thread:
    a failure ends the check); a decision not folded 30 s later (say, this process died between
    3 and 4) is published again, the same event;
 5. with ``retention_days`` > 0, purges up to ``_PURGE_PER_CHECK`` finished jobs older than that.
+First of all, whatever the queue holds, it prunes the stream's change log (SPEC §13) to its newest entries.
 
 It has its own database engine and its own broker connection (counts and publishing on one
 channel): pika connections are not thread-safe, and the consumer's must never wait on this.
@@ -33,6 +34,7 @@ from tracker.outages import OutageLog
 from tracker.publisher import Publisher
 from tracker.store import make_engine, open_job_store
 from tracker.store.cancels import CancelRequests
+from tracker.store.cursor import prune_log
 from tracker.store.leases import LostJobs, purge
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,8 @@ class Reaper:
 
     def check(self) -> int:
         """One check (the steps of the module's docstring); how many failed events it published."""
+        # SPEC §13: the stream's change log keeps its newest entries, under load too
+        prune_log(self._engine)
         self.repeat_cancels()
         caught_up = self._caught_up()
         self._broker.recovered()

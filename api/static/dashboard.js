@@ -8,8 +8,11 @@ import * as details from "./details.js";
 
 import { jobCancel } from "./cancel.js";
 
+import { followChanges, following, stopFollowing } from "./dashboard-stream.js";
+
 const API = "/api/5.0";
 const REFRESH_MS = 5000;
+const STREAMED_REFRESH_MS = 10000; // with the stream open, changes redraw at once; the rest (dead letters) at this pace
 const WAIT_S = 5; // a job page holds `Prefer: wait` this long instead of sleeping: a change shows at once
 const STATUSES = ["PENDING", "SUCCEEDED", "FAILED"];
 const NO_FILTERS = { kinds: [], labels: [], errorCodes: [], startedAfter: "" };
@@ -35,6 +38,7 @@ const state = {
   counts: null,
   rows: new Map(), // id -> status, as last drawn, to mark what changed
   jobStatus: null,
+  readable: false, // whether the last refresh could read: then the page follows the stream
   waitsHeld: undefined, // whether the API held a `Prefer: wait` (Preference-Applied); unknown at first
 };
 
@@ -388,10 +392,13 @@ async function refresh() {
     clearProblem();
     drawView();
     drawGlance(glance.counts, glance.lost, glance.dead);
+    state.readable = true;
   } catch (error) {
     if (generation !== state.generation) return;
     delay = REFRESH_MS;
+    state.readable = false; // no stream for a page that cannot read (401, 403) or is not answered
     if (error instanceof Unauthenticated) {
+      stopFollowing();
       showLogin(state.session === "in" ? "Your session has ended: please log in again." : "");
       return;
     }
@@ -414,8 +421,10 @@ async function refresh() {
 
 function scheduleRefresh(delay) {
   stopRefreshing();
-  if (state.session === "out" || document.hidden) return; // a hidden page asks nothing
-  state.timer = setTimeout(refresh, delay);
+  if (state.session === "out" || document.hidden) return stopFollowing(); // a hidden page asks nothing
+  if (state.readable) followChanges(refresh);
+  else stopFollowing();
+  state.timer = setTimeout(refresh, following() && delay > 0 ? STREAMED_REFRESH_MS : delay);
 }
 
 function stopRefreshing() {
@@ -456,6 +465,7 @@ async function logOut() {
   }
   clearProblem();
   state.counts = null;
+  stopFollowing();
   showLogin("You are logged out.");
 }
 

@@ -15,6 +15,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from tests.integration.test_api import FAST_PASSWORDS
+from tracker import listing
 from tracker.errors import StoreUnavailable
 from tracker.events import new_event
 from tracker.model import TimelineEvent
@@ -83,7 +84,13 @@ def test_migration_0002_upgrades_and_downgrades(fresh_database: str) -> None:
     notify = "tracker_notify_async_status_changed"
     try:
         migrations.migrate(engine)
-        expected = ["tracker_async_status_deleted", "tracker_async_status_truncated", "tracker_async_status_updated"]
+        # 0015 adds inserts (SPEC §13's streams hear of new jobs)
+        expected = [
+            "tracker_async_status_deleted",
+            "tracker_async_status_inserted",
+            "tracker_async_status_truncated",
+            "tracker_async_status_updated",
+        ]
         assert _triggers_calling(engine, notify) == (expected, 1)
         _alembic(engine, lambda config: command.downgrade(config, "0001"))
         assert _triggers_calling(engine, notify) == ([], 0)
@@ -521,5 +528,32 @@ def test_migration_0012_adds_webhooks_to_rows_from_before_and_goes_back(any_fres
             conn.execute(sa.delete(async_status))
         migrations.migrate(engine)
         assert _deliveries(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_migration_0015_stamps_changes_from_then_on_and_goes_back(any_fresh_database: str) -> None:
+    engine = make_engine(any_fresh_database)
+    try:
+        _alembic(engine, lambda config: command.upgrade(config, "0012"))
+        store = open_job_store(engine)
+        old = store.create_job("before 0015")
+        migrations.migrate(engine)
+        store = open_job_store(engine)
+        start = store.stream_position()
+        assert start == 0
+        assert store.changed_since(0, listing.JobQuery(), 10).rows == ()  # rows from before are not in the log
+        store.apply([new_event(old.id, "succeeded", "done")])
+        new = store.create_job("after")
+        changes = store.changed_since(start, listing.JobQuery(), 10)
+        assert [job.id for _, job in changes.rows] == [old.id, new.id]
+
+        _alembic(engine, lambda config: command.downgrade(config, "0012"))
+        with engine.connect() as conn:
+            assert "async_status_change" not in set(sa.inspect(conn).get_table_names())
+        with engine.begin() as conn:  # the triggers went with it: writing and deleting still work
+            conn.execute(sa.update(async_status).values(message="again"))
+            conn.execute(sa.delete(async_status))
+        migrations.migrate(engine)
     finally:
         engine.dispose()

@@ -25,6 +25,7 @@ from tracker.events import Event
 from tracker.labels import Labels
 from tracker.leases import JobLimits
 from tracker.model import Applied, Job, JobPage, TimelineEvent
+from tracker.store import cursor
 from tracker.store.engine import unavailable_as_error
 from tracker.store.list_statement import matching_rows, page_of
 from tracker.store.tables import PUBLIC_COLUMNS, async_status, async_status_event, async_status_lease
@@ -178,6 +179,18 @@ class JobStore(abc.ABC):
         which costs a scan of an index (SQLite keeps no statistics to estimate from)."""
         counting = sa.select(sa.func.count()).select_from(matching_rows(query).subquery())
         return listing.Count(conn.execute(counting).scalar_one())
+
+    def stream_position(self) -> int:
+        """The stream's cursor now (SPEC §13, ``tracker.store.cursor``); raises StoreUnavailable."""
+        with unavailable_as_error(), self._engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            return cursor.position(conn)
+
+    def changed_since(self, after: int, query: listing.JobQuery, most: int) -> cursor.Changes:
+        """The rows matching ``query``'s filters changed after cursor ``after``, in commit order
+        (``tracker.store.cursor.changed_since``); raises StoreUnavailable."""
+        with unavailable_as_error(), self._engine.connect() as conn, conn.begin():
+            return cursor.changed_since(conn, after, query, most)
 
     @abc.abstractmethod
     def apply(self, events: Sequence[Event]) -> Applied:

@@ -182,10 +182,16 @@ def _range_key(status: str, order_by: str) -> str:
 
 def matching_rows(query: listing.JobQuery) -> sa.Select[Any]:
     """A row for each job matching ``query``'s filters, whatever its page (their values bound in it)."""
-    matching = sa.select(sa.literal(1)).select_from(async_status).where(*_id_bounds(query))
+    return sa.select(sa.literal(1)).select_from(async_status).where(*filters_of(query))
+
+
+def filters_of(query: listing.JobQuery) -> list[sa.ColumnElement[bool]]:
+    """The conditions a row of async_status meets when it matches ``query``'s filters (its ids,
+    statuses and ``filter_conditions``), whatever its page (SPEC §13's streams use them alone)."""
+    filters = _id_bounds(query)
     if query.kept_statuses != listing.STATUSES:
-        matching = matching.where(async_status.c.status.in_(query.kept_statuses))
-    return matching.where(*filter_conditions(query.where))
+        filters.append(async_status.c.status.in_(query.kept_statuses))
+    return filters + filter_conditions(query.where)
 
 
 def filter_conditions(where: listing.JobFilter) -> list[sa.ColumnElement[bool]]:

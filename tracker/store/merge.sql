@@ -7,7 +7,8 @@
 -- job it ended (PENDING before it, SUCCEEDED or FAILED after), notifies saying whether it queued
 -- the job's webhook delivery (SPEC §13: a job with a notify_url). It keeps every event of the batch whose
 -- job has a row in the timeline (async_status_event, once per event_id), which is also the
--- history it reads. It also renews the heartbeat lease (SPEC §6) of each job of the batch that
+-- history it reads, and an entry in the stream's change log for each row it changes. It also
+-- renews the heartbeat lease (SPEC §6) of each job of the batch that
 -- has one, from now (this receipt), and deletes the lease of a job that is no longer PENDING: a
 -- table of its own, so a heartbeat writes no row of async_status (whose updates the API's cache
 -- watches).
@@ -181,6 +182,17 @@ changed AS (
                             n.p_progress, n.p_at, n.p_seq, n.p_event_id,
                             n.c_at, n.c_seq, n.c_event_id)
     RETURNING a.id, n.kind, a.status, a.start_time, a.end_time, n.status_before, n.notify_url
+),
+-- SPEC §13: the stream's change log, an entry per row changed, its cursor taken in commit order
+-- (tracker.store.cursor): under the advisory lock that every writer of async_status takes last,
+-- joined in so that it is taken before the first cursor, and kept until the commit. (The log's
+-- row trigger of migration 0015 leaves these rows alone: the fold's transaction says it logs them.)
+serialized AS (
+    SELECT pg_advisory_xact_lock(1953653099)
+),
+logged AS (
+    INSERT INTO async_status_change (job_id)
+    SELECT c.id FROM changed AS c CROSS JOIN serialized ORDER BY c.id
 ),
 -- SPEC §13: the webhook of each job this batch ends, queued in the transaction that ends it (a job
 -- ends once: its status never goes back to PENDING)

@@ -60,12 +60,15 @@ _UNDEFINED_FUNCTION = "42883"  # SQLSTATE undefined_function
 
 # Locking in id order is what makes concurrent batches over the same jobs wait for each other
 # instead of deadlocking. It answers with the ids that have no row (usually none), not with the
-# rows it locked.
+# rows it locked. It also marks the transaction as one whose writes of async_status log
+# themselves in the stream's change log (merge.sql), so that migration 0015's row trigger, which
+# logs every other writer's, leaves them alone.
 _LOCK = sa.text("""
 WITH locked AS (
     SELECT id FROM async_status WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE
 )
-SELECT ARRAY(SELECT unnest(CAST(:ids AS bigint[])) EXCEPT ALL SELECT id FROM locked)
+SELECT ARRAY(SELECT unnest(CAST(:ids AS bigint[])) EXCEPT ALL SELECT id FROM locked),
+       set_config('tracker.logs_changes', 'on', true)
 """)
 
 

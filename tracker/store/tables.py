@@ -233,6 +233,25 @@ async_status_delivery = sa.Table(
 )
 sa.Index("ix_async_status_delivery_due", async_status_delivery.c.due_at)
 
+# The stream's change log (SPEC §13; migration 0015): an entry for each row of async_status written,
+# appended by triggers in commit order (tracker.store.cursor); ``job_id`` NULL: rows were deleted.
+async_status_change = sa.Table(
+    "async_status_change",
+    metadata,
+    sa.Column("seq", BigId, sa.Identity(always=False), primary_key=True),
+    sa.Column("job_id", BigId),
+    sqlite_autoincrement=True,
+)
+
+# The stream's one row (migration 0015): the highest cursor pruned from the log; a cursor below it
+# cannot be resumed.
+async_status_stream = sa.Table(
+    "async_status_stream",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("pruned_upto", sa.BigInteger, nullable=False),
+)
+
 users = sa.Table(
     "tracker_user",
     metadata,

@@ -1,0 +1,185 @@
+"""The stream's cursor (SPEC §13, tracker.store.cursor) on SQLite and PostgreSQL: every writer
+stamps the rows it changes; a reader finds them after a cursor, in commit order, as they are now;
+a deletion makes older cursors unresumable; and concurrent writers never make a reader skip one."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from tracker import listing, webhooks
+from tracker.events import new_event
+from tracker.model import Job
+from tracker.store import JobStore, cursor, make_engine, open_job_store
+from tracker.store.deliveries import Deliveries
+from tracker.store.tables import async_status
+
+ALL = listing.JobQuery()
+
+
+@pytest.fixture
+def store(engine: sa.Engine) -> JobStore:
+    return open_job_store(engine)
+
+
+def test_every_writer_stamps_its_rows_and_a_reader_finds_them_in_order_as_they_are_now(store, engine):
+    start = store.stream_position()
+    first = store.create_job("one")
+    second = store.create_job("two", notify_url="https://hooks.test/x")
+    created = store.changed_since(start, ALL, 100)
+    assert [(job.id, job.message) for _, job in created.rows] == [(first.id, "one"), (second.id, "two")]
+    assert start < created.rows[0][0] < created.rows[1][0] == store.stream_position()
+    store.apply([new_event(first.id, "progress", "working")])
+    store.apply([new_event(second.id, "succeeded", "done")])
+    changes = store.changed_since(start, ALL, 100)
+    assert not changes.reset
+    assert [job.id for _, job in changes.rows] == [first.id, second.id]  # the first changed first
+    assert [job for _, job in changes.rows] == [store.get_job(first.id), store.get_job(second.id)]
+    assert [at for at, _ in changes.rows] == sorted(at for at, _ in changes.rows)
+    assert changes.position == changes.rows[-1][0] == store.stream_position()
+    # the webhooks' deliverer writes the row too (its notify field): a change
+    deliveries = Deliveries(engine, lease_s=60)
+    (claimed,), _ = deliveries.claim(10)
+    after_claim = store.changed_since(changes.position, ALL, 100)
+    assert [job.id for _, job in after_claim.rows] == [second.id]
+    assert after_claim.rows[0][1].notify_attempts == 1
+    deliveries.delivered(claimed)
+    delivered = store.changed_since(after_claim.position, ALL, 100)
+    assert [job.notify_state for _, job in delivered.rows] == [webhooks.DELIVERED]
+    # nothing since: the same position, no reset
+    assert store.changed_since(delivered.position, ALL, 100) == type(delivered)((), delivered.position)
+
+
+def test_a_batch_that_changes_nothing_gives_no_cursor(store):
+    job = store.create_job("x")
+    event = new_event(job.id, "progress", "once")
+    store.apply([event])
+    before = store.stream_position()
+    store.apply([event])  # the same event again: the row stays as it is
+    assert store.stream_position() == before
+
+
+def test_filters_and_paging_limits(store):
+    start = store.stream_position()
+    jobs = [store.create_job(f"job {n}") for n in range(5)]
+    store.apply([new_event(jobs[1].id, "succeeded"), new_event(jobs[3].id, "failed")])
+    ended = store.changed_since(start, listing.JobQuery(listing.JobFilter(statuses=("SUCCEEDED", "FAILED"))), 100)
+    assert [job.id for _, job in ended.rows] == [jobs[1].id, jobs[3].id]
+    one = store.changed_since(start, listing.JobQuery(id_above=jobs[2].id - 1, id_below=jobs[2].id + 1), 100)
+    assert [job.id for _, job in one.rows] == [jobs[2].id]
+    two = store.changed_since(start, ALL, 2)
+    # a row is where its last change is: jobs[1] after the creation of jobs[4]
+    assert [job.id for _, job in two.rows] == [jobs[0].id, jobs[2].id]
+    rest = store.changed_since(two.position, ALL, 100)
+    assert [job.id for _, job in rest.rows] == [jobs[4].id, jobs[1].id, jobs[3].id]
+
+
+def test_a_cursor_from_before_a_deletion_a_pruning_or_from_elsewhere_is_reset(store, engine):
+    job = store.create_job("x")
+    kept = store.create_job("y")
+    before = store.stream_position()
+    with engine.begin() as conn:
+        conn.execute(sa.delete(async_status).where(async_status.c.id == job.id))
+    reset = store.changed_since(before, ALL, 100)
+    assert reset.reset and reset.rows == ()
+    assert reset.position > before
+    # going on from the position the reset gave
+    store.apply([new_event(kept.id, "progress", "on")])
+    after = store.changed_since(reset.position, ALL, 100)
+    assert not after.reset
+    assert [j.id for _, j in after.rows] == [kept.id]
+    # a cursor this database never gave
+    assert store.changed_since(after.position + 1000, ALL, 100).reset
+    # deleting nothing resets nothing
+    with engine.begin() as conn:
+        conn.execute(sa.delete(async_status).where(async_status.c.id == -1))
+    assert not store.changed_since(after.position, ALL, 100).reset
+    # pruning the log: a cursor in the pruned part is reset, one after it is not
+    for n in range(6):
+        store.apply([new_event(kept.id, "progress", f"step {n}", seq=n + 1)])
+    newest = store.stream_position()
+    with engine.begin() as conn:
+        assert cursor.prune(conn, keep=2) > 0
+    assert store.changed_since(after.position, ALL, 100).reset
+    assert not store.changed_since(newest - 1, ALL, 100).reset
+    with engine.begin() as conn:
+        assert cursor.prune(conn, keep=2) == 0  # nothing more to prune
+
+
+def test_concurrent_writers_never_make_a_reader_skip_a_change(database_url):
+    """Four writers fold batches of their own jobs at once, while a reader follows the cursor; the
+    last state it saw of every job is the job's final row. A reader that moved past a cursor
+    committed out of order would miss some job's last change."""
+    engine = make_engine(database_url, pool_size=8, max_overflow=0)
+    writers, jobs_each, rounds = 4, 6, 25
+    try:
+        store = open_job_store(engine)
+        start = store.stream_position()
+        jobs = [[store.create_job(f"w{w}") for _ in range(jobs_each)] for w in range(writers)]
+        failures: list[Exception] = []
+
+        def write(own: list[Job]) -> None:
+            try:
+                for n in range(rounds):
+                    store.apply([new_event(job.id, "progress", f"step {n}", seq=n) for job in own])
+            except Exception as exc:  # noqa: BLE001 - reported by the test's thread, below
+                failures.append(exc)
+
+        seen: dict[int, Job] = {}
+
+        def follow(cursor: int) -> int:
+            while True:
+                changes = store.changed_since(cursor, ALL, 7)
+                assert not changes.reset
+                for position, job in changes.rows:
+                    assert position > cursor
+                    cursor = position
+                    seen[job.id] = job
+                if not changes.rows:
+                    return cursor
+
+        threads = [threading.Thread(target=write, args=(own,)) for own in jobs]
+        for thread in threads:
+            thread.start()
+        cursor = start
+        while any(thread.is_alive() for thread in threads):
+            cursor = follow(cursor)
+        for thread in threads:
+            thread.join()
+        assert not failures
+        follow(cursor)
+        finals = {job.id: store.get_job(job.id) for own in jobs for job in own}
+        assert {job_id: seen.get(job_id) for job_id in finals} == finals
+    finally:
+        engine.dispose()
+
+
+def test_a_cursor_taken_before_another_is_never_committed_after_it(store, engine):
+    """The race the lock is for, made to happen: a writer takes a cursor and holds its transaction
+    open while a fold of another job runs. Were that fold's later cursor committed first, a reader
+    would move past it and never see the first writer's change."""
+    slow_job, quick_job = store.create_job("slow"), store.create_job("quick")
+    start = store.stream_position()
+    stamped, release = threading.Event(), threading.Event()
+
+    def slow_writer() -> None:
+        with engine.connect() as conn, conn.begin():
+            conn.execute(sa.update(async_status).where(async_status.c.id == slow_job.id).values(message="slow"))
+            stamped.set()
+            release.wait(10)
+
+    slow = threading.Thread(target=slow_writer)
+    slow.start()
+    assert stamped.wait(10)
+    quick = threading.Thread(target=lambda: store.apply([new_event(quick_job.id, "progress", "quick")]))
+    quick.start()
+    quick.join(0.5)  # the fold waits for the slow writer's commit (it would be done by now otherwise)
+    early = store.changed_since(start, ALL, 100)
+    assert early.rows == ()
+    release.set()
+    slow.join(10)
+    quick.join(10)
+    late = store.changed_since(early.position, ALL, 100)
+    assert [job.message for _, job in late.rows] == ["slow", "quick"]
