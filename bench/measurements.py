@@ -502,80 +502,39 @@ def _round_trip(bed: Testbed, settings: Settings, count: int, pace: list[str], n
 def waiting(bed: Testbed) -> list[Result]:
     """#2b: publish a job's end -> a GET with ``Prefer: wait`` that was waiting for it is answered,
     against publish -> consume on the same broker, at #2's rate and pace, in the same run."""
-    scale, db = bed.scale, bed.database
-    settings = bed.settings("wait")
-    count = round(scale.latency_rate * scale.latency_s)
-    bed.progress.say(
-        f"wait: {scale.latency_rate:,.0f} events/s for {scale.latency_s:.0f} s, every "
-        f"{scale.latency_sample_every}th a job's end awaited with Prefer: wait, {scale.latency_rounds} round(s)"
-    )
-    references: list[dict[str, Any]] = []
-    answers: list[dict[str, Any]] = []
-    for round_number in range(scale.latency_rounds):
-        db.empty()
-        background = db.seed_jobs(2000)
-        samples = db.seed_jobs(count // scale.latency_sample_every + 10, terminal_every=0)
-        token = db.add_reader(settings)
-        pace = [
-            *("--amqp-url", settings.amqp_url, "--exchange", settings.exchange),
-            *("--rate", str(scale.latency_rate), "--duration-s", str(scale.latency_s)),
-            *("--first-job", str(background.start), "--last-job", str(background.stop - 1)),
-        ]
-        bed.progress.say(f"  round {round_number + 1}, reference: publish -> consume round trip")
-        references.append(_round_trip(bed, settings, count, pace, f"wait-{round_number}"))
-        bed.progress.say(f"  round {round_number + 1}, tracker: publish -> waiting GET answered")
-        port = free_port()
-        api_settings = settings.with_(bind=f"127.0.0.1:{port}")
-        consumer = bed.start(f"wait-consume-{round_number}", tracker_command("consume"), api_settings)
-        api = bed.start(f"wait-api-{round_number}", tracker_command("api"), api_settings)
-        consumer.wait_for_log("consuming ")
-        api.wait_for_port(port)
-        load.http_load(port, background, token, 1.0, 4, 1, bed.out_dir)  # every worker serving, as in #2
-        waiter = bed.start(
-            f"waiting-{round_number}",
-            bench_command(
-                "load",
-                "waiting",
-                *pace,
-                *("--port", str(port), "--token", token),
-                *("--first-sample-job", str(samples.start), "--last-sample-job", str(samples.stop - 1)),
-                *("--sample-every", str(scale.latency_sample_every)),
-            ),
-            api_settings,
-            capture_stdout=True,
-        )
-        answers.append(orjson.loads(waiter.stdout(timeout=scale.latency_s + 120)))
-        api.stop()
-        consumer.stop()
-        bed.progress.say(
-            f"  round {round_number + 1}: waiting GET answered p99 {_ms(answers[-1]['p99_ms'])}, "
-            f"round trip p99 {_ms(references[-1]['p99_ms'])}"
-        )
-    round_trips = [s for reference in references for s in reference["latencies_s"]]
-    answered = [s for answer in answers for s in answer["latencies_s"]]
-    lost = sum(answer["lost"] + answer["wrong"] for answer in answers)
-    reference_cuts, answer_cuts = percentiles_ms(round_trips), percentiles_ms(answered)
-    details = {
-        "rate": round(statistics.fmean(answer["rate"] for answer in answers)),
-        "rounds": scale.latency_rounds,
-        "samples": len(answered),
-        "lost_or_wrong": lost,
-        "wrong_examples": [example for answer in answers for example in answer["wrong_examples"]][:3],
-    }
-    return _beside_round_trip(
-        "2b wait", "publish a job's end -> waiting GET answered", answer_cuts, reference_cuts, 10, lost, details
+    return _told_beside_round_trip(
+        bed,
+        "wait",
+        "a job's end awaited with Prefer: wait",
+        "waiting GET answered",
+        "2b wait",
+        "publish a job's end -> waiting GET answered",
     )
 
 
 def streaming(bed: Testbed) -> list[Result]:
     """#2c: publish a job's end -> a stream of the list (SPEC §13) open since before shows it,
     against publish -> consume on the same broker, at #2's rate and pace, in the same run."""
+    return _told_beside_round_trip(
+        bed,
+        "stream",
+        "a job's end read from a stream",
+        "stream frame read",
+        "2c stream",
+        "publish a job's end -> stream frame read",
+    )
+
+
+def _told_beside_round_trip(bed: Testbed, kind: str, sampled: str, told: str, name: str, figure: str) -> list[Result]:
+    """The rounds of #2b and #2c: publish -> consume on the broker (the reference), then, with a
+    consumer and an API of the round's own, publish -> a client told of the job's end (``bench.load``'s
+    ``waiting`` or ``streaming`` mode, by ``kind``), at #2's rate and pace."""
     scale, db = bed.scale, bed.database
-    settings = bed.settings("stream")
+    settings = bed.settings(kind)
     count = round(scale.latency_rate * scale.latency_s)
     bed.progress.say(
-        f"stream: {scale.latency_rate:,.0f} events/s for {scale.latency_s:.0f} s, every "
-        f"{scale.latency_sample_every}th a job's end read from a stream, {scale.latency_rounds} round(s)"
+        f"{kind}: {scale.latency_rate:,.0f} events/s for {scale.latency_s:.0f} s, every "
+        f"{scale.latency_sample_every}th {sampled}, {scale.latency_rounds} round(s)"
     )
     references: list[dict[str, Any]] = []
     answers: list[dict[str, Any]] = []
@@ -590,19 +549,22 @@ def streaming(bed: Testbed) -> list[Result]:
             *("--first-job", str(background.start), "--last-job", str(background.stop - 1)),
         ]
         bed.progress.say(f"  round {round_number + 1}, reference: publish -> consume round trip")
-        references.append(_round_trip(bed, settings, count, pace, f"stream-{round_number}"))
-        bed.progress.say(f"  round {round_number + 1}, tracker: publish -> stream frame read")
+        references.append(_round_trip(bed, settings, count, pace, f"{kind}-{round_number}"))
+        bed.progress.say(f"  round {round_number + 1}, tracker: publish -> {told}")
         port = free_port()
         api_settings = settings.with_(bind=f"127.0.0.1:{port}")
-        consumer = bed.start(f"stream-consume-{round_number}", tracker_command("consume"), api_settings)
-        api = bed.start(f"stream-api-{round_number}", tracker_command("api"), api_settings)
+        consumer = bed.start(f"{kind}-consume-{round_number}", tracker_command("consume"), api_settings)
+        api = bed.start(f"{kind}-api-{round_number}", tracker_command("api"), api_settings)
         consumer.wait_for_log("consuming ")
         api.wait_for_port(port)
-        reader = bed.start(
-            f"streaming-{round_number}",
+        if kind == "wait":
+            load.http_load(port, background, token, 1.0, 4, 1, bed.out_dir)  # every worker serving, as in #2
+        mode = "waiting" if kind == "wait" else "streaming"
+        client = bed.start(
+            f"{mode}-{round_number}",
             bench_command(
                 "load",
-                "streaming",
+                mode,
                 *pace,
                 *("--port", str(port), "--token", token),
                 *("--first-sample-job", str(samples.start), "--last-sample-job", str(samples.stop - 1)),
@@ -611,11 +573,11 @@ def streaming(bed: Testbed) -> list[Result]:
             api_settings,
             capture_stdout=True,
         )
-        answers.append(orjson.loads(reader.stdout(timeout=scale.latency_s + 120)))
+        answers.append(orjson.loads(client.stdout(timeout=scale.latency_s + 120)))
         api.stop()
         consumer.stop()
         bed.progress.say(
-            f"  round {round_number + 1}: stream p99 {_ms(answers[-1]['p99_ms'])}, "
+            f"  round {round_number + 1}: {told} p99 {_ms(answers[-1]['p99_ms'])}, "
             f"round trip p99 {_ms(references[-1]['p99_ms'])}"
         )
     round_trips = [s for reference in references for s in reference["latencies_s"]]
@@ -628,15 +590,7 @@ def streaming(bed: Testbed) -> list[Result]:
         "lost_or_wrong": lost,
         "wrong_examples": [example for answer in answers for example in answer["wrong_examples"]][:3],
     }
-    return _beside_round_trip(
-        "2c stream",
-        "publish a job's end -> stream frame read",
-        percentiles_ms(seen),
-        percentiles_ms(round_trips),
-        10,
-        lost,
-        details,
-    )
+    return _beside_round_trip(name, figure, percentiles_ms(seen), percentiles_ms(round_trips), 10, lost, details)
 
 
 def _beside_round_trip(
