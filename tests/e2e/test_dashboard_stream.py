@@ -15,18 +15,11 @@ import pytest
 from tests.e2e.live_api import LiveApi, add_users, running_api
 from tests.e2e.test_dashboard import browser, log_in_by_keyboard, wait_for_row  # noqa: F401 - a fixture
 from tracker.events import new_event
-from tracker.store import JobStore, make_engine, open_job_store
+from tracker.store import JobStore
 
 SEEN_WITHIN_S = 2.0  # well inside the page's own refresh (10 s with the stream open)
 
 pytestmark = [pytest.mark.postgres]
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[JobStore]:
-    engine = make_engine(database_url)
-    yield open_job_store(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -16,17 +16,10 @@ import sqlalchemy as sa
 
 from tests.e2e.live_api import LiveApi, add_users, running_api
 from tracker.events import new_event
-from tracker.store import JobStore, make_engine, open_job_store
+from tracker.store import JobStore, make_engine
 from tracker.store.tables import async_status
 
 SEEN_AFTER_COMMIT_S = 0.05  # SPEC §13: "within milliseconds of the commit"
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[JobStore]:
-    engine = make_engine(database_url)
-    yield open_job_store(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -22,18 +22,11 @@ from tests.metrics_text import parse, value
 from tracker import timefmt
 from tracker.config import Settings
 from tracker.events import new_event
-from tracker.store import JobStore, make_engine, open_job_store
+from tracker.store import JobStore, make_engine
 
 ANSWERED_AFTER_COMMIT_S = 0.05  # SPEC §7: "seen within milliseconds of its commit"; the issue: within 50 ms
 PROMPT_S = 1.0  # SPEC §7: no one's answer delayed beyond a second
 GRACEFUL_TIMEOUT_S = 10  # api.server: the longest a worker may take to stop
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[JobStore]:
-    engine = make_engine(database_url)
-    yield open_job_store(engine)
-    engine.dispose()
 
 
 @pytest.fixture
