@@ -15,7 +15,7 @@ import falcon.media
 import orjson
 from falcon.routing import BaseConverter
 
-from api import cancels, dashboard, errors, health, middleware, openapi, resources, rowcache, streams
+from api import cancels, current_user, dashboard, errors, health, middleware, openapi, resources, rowcache, streams
 from api.reads import JobReads
 from api.revocations import RevokedTokens
 from api.waits import WaitRegistry
@@ -96,6 +96,7 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     app.add_route("/api/{version:served}/async_status/cancel", cancels.JobsCancel(cancel_requests, tell))
     app.add_route("/api/{version:served}/user/login", resources.Login(deps.users, deps.throttle, deps.tokens, secure))
     app.add_route("/api/{version:served}/user/logout", resources.Logout(revoked, secure))
+    app.add_route("/api/{version:served}/user/current", current_user.CurrentUser())
     app.add_route("/api/{version:served}/ping", resources.Ping())
     app.add_route(
         "/api/{version:served}/openapi.json",

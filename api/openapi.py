@@ -108,6 +108,7 @@ def document(versions: tuple[str, ...], notify_allowed: webhooks.AllowList | Non
             **_observability(),
             **_dashboard(),
             **_cancels(),
+            **_current_user(),
         },
         "components": _components(versions, notify_allowed or webhooks.AllowList()),
     }
@@ -643,6 +644,7 @@ def _components(versions: tuple[str, ...], notify_allowed: webhooks.AllowList) -
         },
         "schemas": {
             **_cancel_schemas(),
+            **_current_user_schemas(),
             "Time": {
                 "type": "string",
                 "pattern": TIME_PATTERN,
@@ -927,6 +929,54 @@ def _cancel_schemas() -> dict[str, Any]:
                     "required": ["requested"],
                     "additionalProperties": False,
                     "properties": {"requested": {"type": "integer", "minimum": 0, "maximum": cancels.MAX_BULK}},
+                }
+            },
+        },
+    }
+
+
+def _current_user() -> dict[str, Any]:
+    """GET .../user/current: the caller, as Traffic Ops' endpoint of that name as far as it applies."""
+    operation = _operation(
+        "getCurrentUser",
+        "The logged-in caller: username, role and the permissions the role grants (read-only; any role "
+        "may ask). Traffic Ops' fields the tracker has no data for are left out.",
+        _SECURED,
+        {
+            "200": _json("The caller", "#/components/schemas/CurrentUser"),
+            "401": _ref("Unauthorized"),
+            "503": _ref("Unavailable"),
+        },
+    )
+    return {
+        "/api/{version}/user/current": {"parameters": [{"$ref": "#/components/parameters/Version"}], "get": operation}
+    }
+
+
+def _current_user_schemas() -> dict[str, Any]:
+    every = sorted(set().union(*roles.ROLES.values()))
+    return {
+        "CurrentUser": {
+            "type": "object",
+            "required": ["response"],
+            "additionalProperties": False,
+            "properties": {
+                "response": {
+                    "type": "object",
+                    "required": ["username", "role", "localUser", "permissions"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "username": {"type": "string"},
+                        "role": {"enum": sorted(roles.ROLES)},
+                        "localUser": {"const": True},
+                        "permissions": {
+                            "type": "array",
+                            "items": {"enum": every},
+                            "uniqueItems": True,
+                            "description": "The role's permissions, sorted (not in Traffic Ops' answer, "
+                            "which leaves them to GET /roles)",
+                        },
+                    },
                 }
             },
         },

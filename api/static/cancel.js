@@ -2,10 +2,9 @@
 // with a confirmation. Imported by dashboard.js, which gives it its `call` (the API) and `refresh`.
 // Every value from the API is put on the page as text, never as HTML.
 
-// Whether the user may cancel is asked of the API without changing anything: cancelling the jobs
-// started before the year 1 (there are none) answers 202 to a user with the permission, 403 to
-// one without. Asked once per login (`forget` on logout).
-const NOTHING = "/async_status/cancel?startedBefore=0001-01-01T00:00:00Z";
+// Whether the user may cancel is read from GET /user/current, which lists the permissions of the
+// caller's role. Asked once per login (`forget` on logout).
+const PERMISSION = "ASYNC-STATUS:CANCEL";
 
 export function jobCancel({ call, refresh, announce, showProblem }) {
   let permitted = null; // null: not asked yet in this session; then a Promise of a boolean
@@ -80,9 +79,12 @@ export function jobCancel({ call, refresh, announce, showProblem }) {
 
   async function mayCancel() {
     if (permitted === null) {
-      permitted = call(NOTHING, { method: "POST" }).then(
-        () => true,
-        () => false, // 403 (or anything else): no button
+      permitted = call("/user/current").then(
+        ({ body }) => Array.isArray(body?.response?.permissions) && body.response.permissions.includes(PERMISSION),
+        () => {
+          permitted = null; // not answered (the API away, the session ended): no button, asked again next time
+          return false;
+        },
       );
     }
     return permitted;

@@ -1,6 +1,7 @@
 """The dashboard's Cancel button (SPEC §12) in a real headless Chromium, against a real `tracker api` and
-`tracker consume`, RabbitMQ and PostgreSQL: shown on a PENDING job's page to a user who may cancel,
-confirmed in a dialog, and the job's worker told."""
+`tracker consume`, RabbitMQ and PostgreSQL: shown on a PENDING job's page to a user who may cancel
+(as GET user/current says), confirmed in a dialog, and the job's worker told; never shown, and no
+cancel tried, for a user who may not."""
 
 from __future__ import annotations
 
@@ -90,3 +91,47 @@ def test_the_cancel_button_asks_then_cancels(chromium: Any, live: LiveApi, setti
     assert "cancel_requested" in page.locator("#timeline").inner_text()
     assert not page.locator("#cancel").is_visible()
     assert [text for text in console.take() if not _expected(text)] == []
+
+
+def test_no_cancel_button_for_a_user_who_may_not(chromium: Any, live: LiveApi, settings: Settings) -> None:
+    add_users(settings.database_url, viewer="read-only")
+    job_id = create_job(live, live.login("ops"), message="Regenerating.")
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    console = Console(page)
+    sent: list[tuple[str, str]] = []
+    page.on("request", lambda request: sent.append((request.method, request.url)))
+
+    # read-only: the job's page is refused (403, no ASYNC-STATUS:READ), and no cancel is tried.
+    page.goto(f"{live.base_url}/#/jobs/{job_id}")
+    log_in_by_keyboard(page, "viewer")
+    page.get_by_role("alert").wait_for()
+    assert not page.get_by_role("button", name="Cancel this job").is_visible()
+    page.get_by_role("button", name="Log out").click()
+    page.get_by_role("heading", name="Log in").wait_for()
+
+    # A role that reads jobs but may not cancel them (none of the SPEC's three; an operator's own,
+    # say): the same answer without ASYNC-STATUS:CANCEL, and the PENDING job's page has no button.
+    def without_cancel(route: Any) -> None:
+        answer = route.fetch()
+        body = answer.json()
+        body["response"]["permissions"] = [p for p in body["response"]["permissions"] if p != "ASYNC-STATUS:CANCEL"]
+        route.fulfill(response=answer, json=body)
+
+    page.route("**/user/current", without_cancel)
+    with page.expect_response(lambda response: response.url.endswith("/user/current")) as current:
+        log_in_by_keyboard(page, "ops")
+    assert current.value.status == 200
+    page.get_by_role("heading", name=f"Job {job_id}").wait_for()
+    page.wait_for_function(
+        "() => document.getElementById('job-status').textContent === 'PENDING'", timeout=SEEN_WITHIN_S * 1000
+    )
+    page.wait_for_timeout(500)  # the answer has been read: still no button
+    assert not page.get_by_role("button", name="Cancel this job").is_visible()
+    assert not page.locator("#cancel").is_visible()
+
+    posts = [url for method, url in sent if method == "POST"]
+    assert all(url.endswith(("/user/login", "/user/logout")) for url in posts), posts
+    assert any(method == "GET" and url.endswith("/user/current") for method, url in sent)
+    assert [text for text in console.take() if not _expected(text)] == []
+    context.close()

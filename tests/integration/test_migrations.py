@@ -557,3 +557,24 @@ def test_migration_0015_stamps_changes_from_then_on_and_goes_back(any_fresh_data
         migrations.migrate(engine)
     finally:
         engine.dispose()
+
+
+def test_migration_0014_adds_the_index_of_cancel_requests_and_goes_back(any_fresh_database: str) -> None:
+    engine = make_engine(any_fresh_database)
+
+    def indexes() -> set[str]:
+        with engine.connect() as conn:
+            return {str(index["name"]) for index in sa.inspect(conn).get_indexes("async_status")}
+
+    name = "ix_async_status_pending_cancel_requested"
+    try:
+        _alembic(engine, lambda config: command.upgrade(config, "0015"))
+        assert name not in indexes()
+        migrations.migrate(engine)
+        assert name in indexes()
+        _alembic(engine, lambda config: command.downgrade(config, "0015"))
+        assert name not in indexes()
+        migrations.migrate(engine)
+        assert name in indexes()
+    finally:
+        engine.dispose()

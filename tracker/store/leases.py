@@ -42,6 +42,18 @@ _PENDING = _job.status == sa.literal_column("'PENDING'")
 _FINISHED = _job.status != sa.literal_column("'PENDING'")
 
 
+def overdue_cancels_query(asked_before: dt.datetime, most: int) -> sa.Select[int, dt.datetime]:
+    """The grace's read: PENDING jobs, not yet decided lost, whose cancellation was asked before
+    ``asked_before``, oldest first; it walks the partial index of requests (migration 0014)."""
+    undecided = ~sa.exists().where(_lost.job_id == _job.id)
+    return (
+        sa.select(_job.id, _job.cancel_requested_at)
+        .where(_PENDING, _job.cancel_requested_at <= asked_before, undecided)
+        .order_by(_job.cancel_requested_at)
+        .limit(most)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Checked:
     """What one check decided: ``new`` decisions, and older ones whose job is still PENDING (``again``).
@@ -169,12 +181,7 @@ class LostJobs:
         for job_id, timeout_s, expires_at in leased:
             expired.append(leases.Expired(job_id, "heartbeat", timeout_s, expires_at))
         # Cancelled jobs whose worker did not stop in time: few at any moment, among the PENDING rows.
-        ignored = conn.execute(
-            sa.select(_job.id, _job.cancel_requested_at)
-            .where(pending, _job.cancel_requested_at <= now - self._cancel_grace, undecided)
-            .order_by(_job.cancel_requested_at)
-            .limit(self._most)
-        ).all()
+        ignored = conn.execute(overdue_cancels_query(now - self._cancel_grace, self._most)).all()
         for job_id, requested_at in ignored:
             expired.append(leases.Expired(job_id, "cancelled", self._cancel_grace_s, requested_at + self._cancel_grace))
         return expired

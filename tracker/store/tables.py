@@ -144,6 +144,15 @@ sa.Index(
     sqlite_where=sa.text("status <> 'PENDING'"),
     postgresql_where=sa.text("status <> 'PENDING'"),
 )
+# The PENDING jobs whose cancellation was asked (migration 0014), for the repeat of cancel messages
+# and the grace; partial, so that jobs without a request, and finished ones, leave it alone.
+sa.Index(
+    "ix_async_status_pending_cancel_requested",
+    async_status.c.cancel_requested_at,
+    async_status.c.id,
+    sqlite_where=sa.text("status = 'PENDING' AND cancel_requested_at IS NOT NULL"),
+    postgresql_where=sa.text("status = 'PENDING' AND cancel_requested_at IS NOT NULL"),
+)
 # The job list (migration 0006): finished jobs by status in each order it can be asked for, ties
 # by id; partial, so that the updates of running jobs leave them alone.
 sa.Index(
