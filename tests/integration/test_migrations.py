@@ -15,6 +15,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from tests.integration.test_api import FAST_PASSWORDS
+from tracker import listing
 from tracker.errors import StoreUnavailable
 from tracker.events import new_event
 from tracker.model import TimelineEvent
@@ -521,5 +522,51 @@ def test_migration_0012_adds_webhooks_to_rows_from_before_and_goes_back(any_fres
             conn.execute(sa.delete(async_status))
         migrations.migrate(engine)
         assert _deliveries(engine) == []
+    finally:
+        engine.dispose()
+
+
+_SECTION_11_INDEXES = {"ix_async_status_pending_by_id", "ix_async_status_kind", "ix_async_status_error_code"}
+
+
+def _indexes(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {index["name"] for index in sa.inspect(conn).get_indexes("async_status") if index["name"]}
+
+
+def _fillfactor(engine: sa.Engine) -> list[str] | None:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT reloptions FROM pg_class WHERE relname = 'async_status'").scalar_one()
+
+
+@pytest.mark.parametrize("path", ["tracker migrate", "a transaction of the caller's"])
+def test_migration_0013_indexes_the_lists_filters_and_goes_back(any_fresh_database: str, path: str) -> None:
+    engine = make_engine(any_fresh_database)
+    postgresql = engine.dialect.name == "postgresql"
+    expected = _SECTION_11_INDEXES | ({"ix_async_status_labels"} if postgresql else set())
+    try:
+        _alembic(engine, lambda config: command.upgrade(config, "0012"))
+        store = open_job_store(engine)
+        old = store.create_job("before", kind="build", labels=(("env", "prod"),))
+        assert not _indexes(engine) & expected
+        if path == "tracker migrate":  # alembic's own transaction: CONCURRENTLY on PostgreSQL
+            migrations.migrate(engine)
+        else:
+            _alembic(engine, lambda config: command.upgrade(config, "0013"))
+        assert _indexes(engine) >= expected
+        if postgresql:
+            assert _fillfactor(engine) == ["fillfactor=85"]
+            with engine.connect() as conn:  # built whole: no invalid index left behind
+                assert not conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_index WHERE indrelid = 'async_status'::regclass AND NOT indisvalid"
+                ).scalar_one()
+        page = store.list_jobs(listing.parse_query({"kind": "build", "label": "env=prod"}))
+        assert [job.id for job in page.jobs] == [old.id]
+        _alembic(engine, lambda config: command.downgrade(config, "0012"))
+        assert not _indexes(engine) & expected
+        if postgresql:
+            assert _fillfactor(engine) is None
+        migrations.migrate(engine)
+        assert _indexes(engine) >= expected
     finally:
         engine.dispose()
