@@ -108,7 +108,21 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
     ranges = []
     for status in query.kept_statuses:
         key = _range_key(status, query.order_by)
-        if status == merge.PENDING and key != "id":
+        if status != merge.PENDING and key == "id" and query.where.started_after is not None:
+            # The jobs started since a time, by id: ids follow start times, which the planner does
+            # not know; taking the matches to be spread evenly, it would walk the ids from the
+            # newest through every job of the status when few started in the window. So the window
+            # is read as a range of 0006's (status, start_time, id) index, its ids sorted, and the
+            # rows that make the cut read by id: the cost of the jobs started in the window.
+            started = (
+                sa.select(async_status.c.id)
+                .where(*_kept(status), *_id_bounds(query), *filter_conditions(query.where))
+                .offset(0)
+                .subquery()
+            )
+            first = sa.select(started.c.id).order_by(*ordering(started.c, key)).limit(reach)
+            rows = sa.select(*PUBLIC_COLUMNS).where(async_status.c.id.in_(first))
+        elif status == merge.PENDING and key != "id":
             # Every running job, then sorted: through 0004's index of PENDING rows, never the primary
             # key, which the planner, taking PENDING rows to be spread evenly, would walk from the
             # oldest job to the running ones. A subquery with an OFFSET is planned on its own. Only
@@ -122,11 +136,24 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
             )
             first = sa.select(running.c.id).order_by(*ordering(running.c, key)).limit(reach)
             rows = sa.select(*PUBLIC_COLUMNS).where(async_status.c.id.in_(first))
-        else:
+        elif status == merge.PENDING:
             rows = (
                 sa.select(*PUBLIC_COLUMNS)
                 .where(*_kept(status), *_id_bounds(query), *filter_conditions(query.where))
                 .order_by(*ordering(async_status.c, key))
+                .limit(reach)
+            )
+        else:
+            # In the order of a finished-rows index, status first: a status kept as a range of one
+            # value is not a constant to the planner, so only those indexes give this order. Kept
+            # by "status = …", the primary key gives ``id`` order too, and the planner, taking the
+            # status's rows to be spread evenly, walks it from the newest job, through every
+            # running job (50,000 on a busy system) before the first finished one.
+            by_status = async_status.c.status.desc() if query.descending else async_status.c.status.asc()
+            rows = (
+                sa.select(*PUBLIC_COLUMNS)
+                .where(*_kept_as_range(status), *_id_bounds(query), *filter_conditions(query.where))
+                .order_by(by_status, *ordering(async_status.c, key))
                 .limit(reach)
             )
         ranges.append(rows.subquery())
@@ -166,6 +193,13 @@ def _kept(status: str) -> list[sa.ColumnElement[bool]]:
     if status != merge.PENDING:
         kept.append(async_status.c.status != sa.literal(merge.PENDING, literal_execute=True))
     return kept
+
+
+def _kept_as_range(status: str) -> list[sa.ColumnElement[bool]]:
+    """The rows of one finished status, kept as the range from it to it (``_kept`` otherwise)."""
+    value = sa.literal(status, literal_execute=True)
+    pending = sa.literal(merge.PENDING, literal_execute=True)
+    return [async_status.c.status >= value, async_status.c.status <= value, async_status.c.status != pending]
 
 
 def _range_key(status: str, order_by: str) -> str:
@@ -231,7 +265,7 @@ def filter_conditions(where: listing.JobFilter) -> list[sa.ColumnElement[bool]]:
 
 class HasLabel(FunctionElement[bool]):
     """``has_label(labels, key[, value])``: the job's labels hold ``key`` (with ``value``), in each
-    dialect's own terms: on PostgreSQL the operators a GIN index of JSONB serves (``?``, ``@>``),
+    dialect's own terms: on PostgreSQL JSONB's operators (``?``, ``@>``),
     on SQLite ``json_extract`` (keys hold no quote: ``labels.check_labels``)."""
 
     type = sa.Boolean()

@@ -192,7 +192,6 @@ sa.Index(
     sqlite_where=sa.text("error_code IS NOT NULL"),
     postgresql_where=sa.text("error_code IS NOT NULL"),
 )
-# And on PostgreSQL only, so not declared here: ix_async_status_labels, GIN over the labels' JSONB.
 
 # Heartbeat leases: a row only for a PENDING job that has one, made with the job, renewed by the
 # fold of each batch holding an event of it (so the jobs' own rows, watched by the API's row
