@@ -57,7 +57,7 @@ SELECT CASE WHEN g > %(finished)s THEN 'PENDING' WHEN g %% 50 = 0 THEN 'FAILED' 
             THEN (ARRAY['lost', 'timeout', 'failed', 'failed', 'failed', 'failed', 'failed', 'failed', 'failed',
                         'failed'])[(g / 50) %% 10 + 1] END
 FROM generate_series(1, %(rows)s) AS g,
-     LATERAL (SELECT now() - (%(rows)s - g) * %(spacing)s * interval '1 millisecond' AS s) AS started
+     LATERAL (SELECT now() - (%(rows)s - g)::bigint * %(spacing)s * interval '1 millisecond' AS s) AS started
 """
 
 
