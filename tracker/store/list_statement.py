@@ -108,7 +108,17 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
     ranges = []
     for status in query.kept_statuses:
         key = _range_key(status, query.order_by)
-        if status != merge.PENDING and key == "id" and query.where.started_after is not None:
+        if query.where.error_codes:
+            # Only FAILED jobs carry an error code (the merge rule: t's error, on failed events
+            # only), so its rows are kept by the code alone: a range of 0013's (error_code, id)
+            # index. With the status too, the planner would AND a bitmap of every FAILED job.
+            rows = (
+                sa.select(*PUBLIC_COLUMNS)
+                .where(*_id_bounds(query), *filter_conditions(query.where))
+                .order_by(*ordering(async_status.c, key))
+                .limit(reach)
+            )
+        elif status != merge.PENDING and key == "id" and query.where.started_after is not None:
             # The jobs started since a time, by id: ids follow start times, which the planner does
             # not know; taking the matches to be spread evenly, it would walk the ids from the
             # newest through every job of the status when few started in the window. So the window
@@ -166,7 +176,13 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
         .subquery()
     )
     cap = sa.bindparam("count_cap", listing.COUNT_CAP + 1, type_=sa.BigInteger)
-    capped = [_capped(query, status, cap) for status in query.kept_statuses]
+    if query.where.labels and query.where.started_after is None and query.kept_statuses == listing.STATUSES:
+        # Every status: one walk of the newest jobs (the primary key), not one per status.
+        conditions = [*_id_bounds(query), *filter_conditions(query.where)]
+        every_job = sa.select(sa.literal(1)).select_from(async_status).where(*conditions)
+        capped = [every_job.order_by(async_status.c.id.desc()).limit(cap)]
+    else:
+        capped = [_capped(query, status, cap) for status in query.kept_statuses]
     every = sa.union_all(*(sa.select(*c.subquery().c) for c in capped)).subquery()
     counted = sa.select(sa.func.count().label("matching")).select_from(every).subquery()
     return (
@@ -199,9 +215,14 @@ def _capped(query: listing.JobQuery, status: str, cap: sa.BindParameter[int]) ->
     the start_time index: in id order, a window holding none of the status's jobs is a walk of all.
     """
     conditions = [*_id_bounds(query), *filter_conditions(query.where)]
+    if query.where.error_codes:  # FAILED jobs alone carry one: the error code's index, unmixed
+        return sa.select(sa.literal(1)).select_from(async_status).where(*conditions).limit(cap)
+    if status == merge.PENDING:  # newest first: a window of recent starts is met at once
+        kept_pending = sa.select(sa.literal(1)).select_from(async_status).where(*_kept(status), *conditions)
+        return kept_pending.order_by(async_status.c.id.desc()).limit(cap)
     if not query.where.labels or query.where.started_after is not None:
         return sa.select(sa.literal(1)).select_from(async_status).where(*_kept(status), *conditions).limit(cap)
-    kept = _kept(status) if status == merge.PENDING else _kept_as_range(status)
+    kept = _kept_as_range(status)
     return (
         sa.select(sa.literal(1))
         .select_from(async_status)
