@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from bench import load, processes, report, workload
+from bench import list_filters, load, processes, report, workload
 from bench.capacity import capacity
 from bench.processes import ProcessFailed, bench_command, free_port, tracker_command
 from bench.references import percentiles_ms
@@ -1152,29 +1152,22 @@ def lost_check(bed: Testbed) -> list[Result]:
     ]
 
 
-_LIST_RUNNING = 10_000  # the newest jobs, PENDING; the rest finished, one in fifty FAILED
-_LIST_PAGES = {
-    status: f"/api/5.0/async_status?status={status}&orderby=id&sortOrder=desc&limit=100"
-    for status in ("PENDING", "FAILED")
-}
-
-
 def job_list(bed: Testbed) -> list[Result]:
-    """The list's first pages (SPEC §7) on a table of millions, beside GET by id on the same table.
+    """The list's first pages (SPEC §7, §11) on a large, realistic table, beside GET by id on it.
 
-    One `tracker api` without the row cache (as #5: GETs of random ids read the table), asked one
-    request at a time, the three kinds in turn, so whatever else the machine does falls on all alike.
+    The table: ``list_rows`` jobs (``bench.list_filters.seed``), the newest ``list_running`` PENDING,
+    200 kinds, three labels each, one in fifty FAILED. One `tracker api` without the row cache (as
+    #5: GETs of random ids read the table), asked one request at a time, every kind in turn, so
+    whatever else the machine does falls on all alike.
     """
     scale = bed.scale
     url = sa.make_url(bed.database.url)
     db = BenchDatabase(url.set(database=f"{url.database}_list").render_as_string(hide_password=False))
-    rows = scale.list_rows
+    rows, running = scale.list_rows, scale.list_running
     try:
         db.recreate()
-        bed.progress.say(f"list: {rows:,} rows (generate_series), the newest {_LIST_RUNNING:,} PENDING")
-        finished = db.seed_jobs(rows - _LIST_RUNNING, terminal_every=1, failed_every=50)
-        running = db.seed_jobs(_LIST_RUNNING)
-        db.analyze()
+        bed.progress.say(f"list: {rows:,} rows, the newest {running:,} PENDING, {list_filters.KINDS} kinds")
+        ids = list_filters.seed(db, rows, running)
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("CHECKPOINT")  # the seeding's WAL written now, not during the timing
         port = free_port()
@@ -1183,7 +1176,6 @@ def job_list(bed: Testbed) -> list[Result]:
         bed.start("list-api", tracker_command("api"), settings).wait_for_port(port)
         headers = {"Authorization": f"Bearer {token}"}
         rng = random.Random(14)
-        ids = [finished.start, finished.stop - 1, running.start, running.stop - 1]
 
         def timed(path: str, check: Callable[[bytes], bool]) -> float:
             started = time.perf_counter()
@@ -1193,17 +1185,11 @@ def job_list(bed: Testbed) -> list[Result]:
                 raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
             return took
 
-        def page_of(status: str) -> Callable[[bytes], bool]:
-            def check(body: bytes) -> bool:
-                page = orjson.loads(body)["response"]
-                return len(page) == 100 and all(job["status"] == status for job in page)
-
-            return check
-
         kinds: dict[str, Callable[[], float]] = {
-            f"newest {status}": functools.partial(timed, path, page_of(status)) for status, path in _LIST_PAGES.items()
+            name: functools.partial(timed, list_filters.path_of(name), check)
+            for name, (_, check) in list_filters.PAGES.items()
         }
-        kinds["GET by id"] = lambda: timed(load.JOB_PATH.format(rng.randint(ids[0], ids[-1])), lambda _: True)
+        kinds["GET by id"] = lambda: timed(load.JOB_PATH.format(rng.randint(ids.start, ids.stop - 1)), lambda _: True)
         for _ in range(_SCALE_WARMUP // 3):  # warm-up: workers, pools, prepared statements
             for take in kinds.values():
                 take()
@@ -1217,8 +1203,7 @@ def job_list(bed: Testbed) -> list[Result]:
         db.drop()
     by_id = percentiles_ms(took["GET by id"])
     results = []
-    for status, path in _LIST_PAGES.items():
-        name = f"newest {status}"
+    for name in list_filters.PAGES:
         page = percentiles_ms(took[name])
         bed.progress.say(
             f"  {name}: p50 {page['p50_ms']:.2f} ms, p99 {page['p99_ms']:.2f} ms; "
@@ -1227,20 +1212,21 @@ def job_list(bed: Testbed) -> list[Result]:
         results.append(
             Result(
                 "9 list",
-                f"first page of the {name} jobs (limit 100) among {rows:,} rows, p50",
+                f"first page, newest first (limit 100), of {name} among {rows:,} rows, p99",
                 "ms",
-                page["p50_ms"],
-                by_id["p50_ms"],
-                f"GET by id (random ids, no row cache) on the same {rows:,} rows",
-                "p50 < 10 ms",
-                page["p50_ms"] < 10,
+                page["p99_ms"],
+                by_id["p99_ms"],
+                f"GET by id (random ids, no row cache) on the same {rows:,} rows, p99",
+                "p99 <= 50 ms",
+                page["p99_ms"] <= 50,
                 {
-                    "p99_ms": page["p99_ms"],
-                    "reference_p99_ms": by_id["p99_ms"],
+                    "p50_ms": page["p50_ms"],
+                    "reference_p50_ms": by_id["p50_ms"],
                     "requests": scale.list_requests,
                     "rows": rows,
-                    "running": _LIST_RUNNING,
-                    "path": path,
+                    "running": running,
+                    "kinds": list_filters.KINDS,
+                    "path": list_filters.path_of(name),
                 },
             )
         )

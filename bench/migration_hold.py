@@ -4,7 +4,8 @@
         [--rows 5000000] [--to 0008]
 
 Drops and creates the database, brings it to the revision before ``--to``, fills ``async_status``
-with ``--rows`` jobs (one in fifty FAILED, the newest 50,000 PENDING) and each a timeline event,
+with ``--rows`` jobs (one in fifty FAILED, the newest 50,000 PENDING; from 0008 on with kinds,
+labels and error codes) and each a timeline event,
 then upgrades to ``--to`` while a writer thread updates one random row at a time, each in its own
 transaction, as the consumer's folds would. Prints one JSON line: how long the upgrade took, and
 the writer's slowest update while it ran against its median before. Drops the database at the end.
@@ -36,6 +37,22 @@ SELECT CASE WHEN g > %(count)s - 50000 THEN 'PENDING' WHEN g %% 50 = 0 THEN 'FAI
        CASE WHEN g > %(count)s - 50000 THEN NULL ELSE now() END,
        CASE WHEN g > %(count)s - 50000 THEN NULL ELSE now() END,
        0, md5(g::text)::uuid::text
+FROM generate_series(1, %(count)s) AS g
+"""
+# From 0008 on, jobs say what they are (SPEC §11), as bench.list_filters fills them: 200 kinds,
+# three labels each, the FAILED ones an error code.
+_FILL_DETAILS = """
+INSERT INTO async_status (status, message, initial_message, start_time, end_time,
+                          terminal_at, terminal_seq, terminal_event_id, kind, labels, error_code)
+SELECT CASE WHEN g > %(count)s - 50000 THEN 'PENDING' WHEN g %% 50 = 0 THEN 'FAILED' ELSE 'SUCCEEDED' END,
+       'x', 'x', now() - interval '1 day',
+       CASE WHEN g > %(count)s - 50000 THEN NULL ELSE now() END,
+       CASE WHEN g > %(count)s - 50000 THEN NULL ELSE now() END,
+       0, md5(g::text)::uuid::text,
+       'kind-' || (g %% 200),
+       jsonb_build_object('env', (ARRAY['prod', 'staging', 'dev'])[g %% 3 + 1],
+                          'region', 'r' || (g %% 7), 'team', 't' || (g %% 50)),
+       CASE WHEN g <= %(count)s - 50000 AND g %% 50 = 0 THEN (ARRAY['lost', 'timeout', 'failed'])[g %% 3 + 1] END
 FROM generate_series(1, %(count)s) AS g
 """
 _EVENTS = """
@@ -88,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             command.downgrade(_config(conn), str(before))
         filled = time.monotonic()
         with engine.begin() as conn:
-            conn.exec_driver_sql(_FILL, {"count": args.rows})
+            columns = {column["name"] for column in sa.inspect(conn).get_columns("async_status")}
+            conn.exec_driver_sql(_FILL_DETAILS if "kind" in columns else _FILL, {"count": args.rows})
             conn.exec_driver_sql(_EVENTS)
         database.analyze()
         filled = time.monotonic() - filled
@@ -96,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         writer.start()
         time.sleep(3.0)  # the writer's pace before
         began = time.monotonic()
-        with engine.begin() as conn:
+        # Outside a transaction, as tracker migrate runs it: alembic's own, which 0013 commits to
+        # build its indexes concurrently.
+        with engine.connect() as conn:
             command.upgrade(_config(conn), args.to)
         ended = time.monotonic()
         time.sleep(1.0)

@@ -40,7 +40,8 @@ class Scale:
     lost_rows: int  # the table the lost-job check is timed on
     lost_expired: int  # of them, PENDING and past their deadline or lease
     list_rows: int  # the table the list's first pages are timed on
-    list_requests: int  # of each kind: newest PENDING, newest FAILED, GET by id
+    list_requests: int  # of each kind: each page of bench.list_filters.PAGES, GET by id
+    list_running: int  # of them, the newest, PENDING
 
 
 FULL = Scale(
@@ -66,6 +67,7 @@ FULL = Scale(
     lost_expired=1000,
     list_rows=5_000_000,
     list_requests=2000,
+    list_running=50_000,
 )
 QUICK = Scale(
     ingest_events=10_000,
@@ -90,6 +92,7 @@ QUICK = Scale(
     lost_expired=1000,
     list_rows=300_000,
     list_requests=500,
+    list_running=10_000,
 )
 
 

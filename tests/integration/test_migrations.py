@@ -535,7 +535,7 @@ def test_migration_0012_adds_webhooks_to_rows_from_before_and_goes_back(any_fres
 def test_migration_0015_stamps_changes_from_then_on_and_goes_back(any_fresh_database: str) -> None:
     engine = make_engine(any_fresh_database)
     try:
-        _alembic(engine, lambda config: command.upgrade(config, "0012"))
+        _alembic(engine, lambda config: command.upgrade(config, "0014"))
         store = open_job_store(engine)
         old = store.create_job("before 0015")
         migrations.migrate(engine)
@@ -548,7 +548,7 @@ def test_migration_0015_stamps_changes_from_then_on_and_goes_back(any_fresh_data
         changes = store.changed_since(start, listing.JobQuery(), 10)
         assert [job.id for _, job in changes.rows] == [old.id, new.id]
 
-        _alembic(engine, lambda config: command.downgrade(config, "0012"))
+        _alembic(engine, lambda config: command.downgrade(config, "0014"))
         with engine.connect() as conn:
             assert "async_status_change" not in set(sa.inspect(conn).get_table_names())
         with engine.begin() as conn:  # the triggers went with it: writing and deleting still work
@@ -568,13 +568,59 @@ def test_migration_0014_adds_the_index_of_cancel_requests_and_goes_back(any_fres
 
     name = "ix_async_status_pending_cancel_requested"
     try:
-        _alembic(engine, lambda config: command.upgrade(config, "0015"))
+        _alembic(engine, lambda config: command.upgrade(config, "0013"))
         assert name not in indexes()
         migrations.migrate(engine)
         assert name in indexes()
-        _alembic(engine, lambda config: command.downgrade(config, "0015"))
+        _alembic(engine, lambda config: command.downgrade(config, "0013"))
         assert name not in indexes()
         migrations.migrate(engine)
         assert name in indexes()
+    finally:
+        engine.dispose()
+
+
+_SECTION_11_INDEXES = {"ix_async_status_pending_by_id", "ix_async_status_kind", "ix_async_status_error_code"}
+
+
+def _indexes(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {index["name"] for index in sa.inspect(conn).get_indexes("async_status") if index["name"]}
+
+
+def _fillfactor(engine: sa.Engine) -> list[str] | None:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT reloptions FROM pg_class WHERE relname = 'async_status'").scalar_one()
+
+
+@pytest.mark.parametrize("path", ["tracker migrate", "a transaction of the caller's"])
+def test_migration_0013_indexes_the_lists_filters_and_goes_back(any_fresh_database: str, path: str) -> None:
+    engine = make_engine(any_fresh_database)
+    postgresql = engine.dialect.name == "postgresql"
+    expected = _SECTION_11_INDEXES
+    try:
+        _alembic(engine, lambda config: command.upgrade(config, "0012"))
+        store = open_job_store(engine)
+        old = store.create_job("before", kind="build", labels=(("env", "prod"),))
+        assert not _indexes(engine) & expected
+        if path == "tracker migrate":  # alembic's own transaction: CONCURRENTLY on PostgreSQL
+            migrations.migrate(engine)
+        else:
+            _alembic(engine, lambda config: command.upgrade(config, "0013"))
+        assert _indexes(engine) >= expected
+        if postgresql:
+            assert _fillfactor(engine) == ["fillfactor=85"]
+            with engine.connect() as conn:  # built whole: no invalid index left behind
+                assert not conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_index WHERE indrelid = 'async_status'::regclass AND NOT indisvalid"
+                ).scalar_one()
+        page = store.list_jobs(listing.parse_query({"kind": "build", "label": "env=prod"}))
+        assert [job.id for job in page.jobs] == [old.id]
+        _alembic(engine, lambda config: command.downgrade(config, "0012"))
+        assert not _indexes(engine) & expected
+        if postgresql:
+            assert _fillfactor(engine) is None
+        migrations.migrate(engine)
+        assert _indexes(engine) >= expected
     finally:
         engine.dispose()

@@ -108,11 +108,36 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
     ranges = []
     for status in query.kept_statuses:
         key = _range_key(status, query.order_by)
-        if status == merge.PENDING:
+        if query.where.error_codes:
+            # Only FAILED jobs carry an error code (the merge rule: t's error, on failed events
+            # only), so its rows are kept by the code alone: a range of 0013's (error_code, id)
+            # index. With the status too, the planner would AND a bitmap of every FAILED job.
+            rows = (
+                sa.select(*PUBLIC_COLUMNS)
+                .where(*_id_bounds(query), *filter_conditions(query.where))
+                .order_by(*ordering(async_status.c, key))
+                .limit(reach)
+            )
+        elif status != merge.PENDING and key == "id" and query.where.started_after is not None:
+            # The jobs started since a time, by id: ids follow start times, which the planner does
+            # not know; taking the matches to be spread evenly, it would walk the ids from the
+            # newest through every job of the status when few started in the window. So the window
+            # is read as a range of 0006's (status, start_time, id) index, its ids sorted, and the
+            # rows that make the cut read by id: the cost of the jobs started in the window.
+            started = (
+                sa.select(async_status.c.id)
+                .where(*_kept(status), *_id_bounds(query), *filter_conditions(query.where))
+                .offset(0)
+                .subquery()
+            )
+            first = sa.select(started.c.id).order_by(*ordering(started.c, key)).limit(reach)
+            rows = sa.select(*PUBLIC_COLUMNS).where(async_status.c.id.in_(first))
+        elif status == merge.PENDING and key != "id":
             # Every running job, then sorted: through 0004's index of PENDING rows, never the primary
             # key, which the planner, taking PENDING rows to be spread evenly, would walk from the
             # oldest job to the running ones. A subquery with an OFFSET is planned on its own. Only
-            # the ids and the key are sorted; the rows that make the cut are read by id.
+            # the ids and the key are sorted; the rows that make the cut are read by id. (By id,
+            # the rows are a range of 0013's index of PENDING ids: the branch below.)
             running = (
                 sa.select(*dict.fromkeys((async_status.c.id, async_status.c[key])))
                 .where(*_kept(status), *_id_bounds(query), *filter_conditions(query.where))
@@ -121,11 +146,24 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
             )
             first = sa.select(running.c.id).order_by(*ordering(running.c, key)).limit(reach)
             rows = sa.select(*PUBLIC_COLUMNS).where(async_status.c.id.in_(first))
-        else:
+        elif status == merge.PENDING:
             rows = (
                 sa.select(*PUBLIC_COLUMNS)
                 .where(*_kept(status), *_id_bounds(query), *filter_conditions(query.where))
                 .order_by(*ordering(async_status.c, key))
+                .limit(reach)
+            )
+        else:
+            # In the order of a finished-rows index, status first: a status kept as a range of one
+            # value is not a constant to the planner, so only those indexes give this order. Kept
+            # by "status = …", the primary key gives ``id`` order too, and the planner, taking the
+            # status's rows to be spread evenly, walks it from the newest job, through every
+            # running job (50,000 on a busy system) before the first finished one.
+            by_status = async_status.c.status.desc() if query.descending else async_status.c.status.asc()
+            rows = (
+                sa.select(*PUBLIC_COLUMNS)
+                .where(*_kept_as_range(status), *_id_bounds(query), *filter_conditions(query.where))
+                .order_by(by_status, *ordering(async_status.c, key))
                 .limit(reach)
             )
         ranges.append(rows.subquery())
@@ -138,13 +176,13 @@ def _page_statement(query: listing.JobQuery) -> sa.Select[Any]:
         .subquery()
     )
     cap = sa.bindparam("count_cap", listing.COUNT_CAP + 1, type_=sa.BigInteger)
-    capped = [
-        sa.select(sa.literal(1))
-        .select_from(async_status)
-        .where(*_kept(status), *_id_bounds(query), *filter_conditions(query.where))
-        .limit(cap)
-        for status in query.kept_statuses
-    ]
+    if query.where.labels and query.where.started_after is None and query.kept_statuses == listing.STATUSES:
+        # Every status: one walk of the newest jobs (the primary key), not one per status.
+        conditions = [*_id_bounds(query), *filter_conditions(query.where)]
+        every_job = sa.select(sa.literal(1)).select_from(async_status).where(*conditions)
+        capped = [every_job.order_by(async_status.c.id.desc()).limit(cap)]
+    else:
+        capped = [_capped(query, status, cap) for status in query.kept_statuses]
     every = sa.union_all(*(sa.select(*c.subquery().c) for c in capped)).subquery()
     counted = sa.select(sa.func.count().label("matching")).select_from(every).subquery()
     return (
@@ -167,13 +205,47 @@ def _kept(status: str) -> list[sa.ColumnElement[bool]]:
     return kept
 
 
+def _capped(query: listing.JobQuery, status: str, cap: sa.BindParameter[int]) -> sa.Select[Any]:
+    """A row for each of the first ``cap`` jobs of ``status`` matching ``query``'s filters.
+
+    A label has no index: its jobs are counted newest first in an index's order (of the status's
+    ids, as the page reads them), which stops at the cap after a few thousand rows for a common
+    label; unordered, the planner reads every job of a small status (a bitmap of 100,000 FAILED
+    jobs to count those with ``env=prod``). Not with ``startedAfter``, whose window is read from
+    the start_time index: in id order, a window holding none of the status's jobs is a walk of all.
+    """
+    conditions = [*_id_bounds(query), *filter_conditions(query.where)]
+    if query.where.error_codes:  # FAILED jobs alone carry one: the error code's index, unmixed
+        return sa.select(sa.literal(1)).select_from(async_status).where(*conditions).limit(cap)
+    if status == merge.PENDING:  # newest first: a window of recent starts is met at once
+        kept_pending = sa.select(sa.literal(1)).select_from(async_status).where(*_kept(status), *conditions)
+        return kept_pending.order_by(async_status.c.id.desc()).limit(cap)
+    if not query.where.labels or query.where.started_after is not None:
+        return sa.select(sa.literal(1)).select_from(async_status).where(*_kept(status), *conditions).limit(cap)
+    kept = _kept_as_range(status)
+    return (
+        sa.select(sa.literal(1))
+        .select_from(async_status)
+        .where(*kept, *conditions)
+        .order_by(async_status.c.status.desc(), async_status.c.id.desc())
+        .limit(cap)
+    )
+
+
+def _kept_as_range(status: str) -> list[sa.ColumnElement[bool]]:
+    """The rows of one finished status, kept as the range from it to it (``_kept`` otherwise)."""
+    value = sa.literal(status, literal_execute=True)
+    pending = sa.literal(merge.PENDING, literal_execute=True)
+    return [async_status.c.status >= value, async_status.c.status <= value, async_status.c.status != pending]
+
+
 def _range_key(status: str, order_by: str) -> str:
     """The key one status's rows are read in for a list ordered by ``order_by``.
 
     Within one status, ordering by status is ordering by id; and a PENDING job's end_time is
     always NULL (the merge rule sets it with the terminal event), so its rows by end_time are its
-    rows by id. PENDING rows are few (running jobs) and in no index of 0006: they are all read,
-    through 0004's partial index of PENDING rows, and sorted.
+    rows by id. PENDING rows by id are a range of 0013's partial index; in another order they
+    (running jobs, few) are all read, through 0004's partial index of PENDING rows, and sorted.
     """
     if order_by == "status" or (status == merge.PENDING and order_by == "end_time"):
         return "id"
@@ -203,11 +275,15 @@ def filter_conditions(where: listing.JobFilter) -> list[sa.ColumnElement[bool]]:
     ``HasLabel``; the start time is at or after ``started_after``, strictly before ``started_before``.
     """
     conditions: list[sa.ColumnElement[bool]] = []
+    # "IS NOT NULL" said outright: SQLite uses a partial index only when the query repeats its
+    # condition (0013's kind and error_code indexes); PostgreSQL would infer it from the IN.
     if where.kinds:
+        conditions.append(async_status.c.kind.is_not(None))
         conditions.append(
             async_status.c.kind.in_(sa.bindparam("kinds", list(where.kinds), expanding=True, type_=sa.Text))
         )
     if where.error_codes:
+        conditions.append(async_status.c.error_code.is_not(None))
         conditions.append(
             async_status.c.error_code.in_(
                 sa.bindparam("error_codes", list(where.error_codes), expanding=True, type_=sa.Text)
@@ -232,7 +308,7 @@ def filter_conditions(where: listing.JobFilter) -> list[sa.ColumnElement[bool]]:
 
 class HasLabel(FunctionElement[bool]):
     """``has_label(labels, key[, value])``: the job's labels hold ``key`` (with ``value``), in each
-    dialect's own terms: on PostgreSQL the operators a GIN index of JSONB serves (``?``, ``@>``),
+    dialect's own terms: on PostgreSQL JSONB's operators (``?``, ``@>``),
     on SQLite ``json_extract`` (keys hold no quote: ``labels.check_labels``)."""
 
     type = sa.Boolean()

@@ -178,6 +178,29 @@ sa.Index(
     sqlite_where=sa.text("status <> 'PENDING'"),
     postgresql_where=sa.text("status <> 'PENDING'"),
 )
+# The list's filters and its newest running jobs (migration 0013): every column they hold or are
+# conditioned on is one a progress update leaves as it is, so those updates can stay HOT.
+sa.Index(
+    "ix_async_status_pending_by_id",
+    async_status.c.id,
+    sqlite_where=sa.text("status = 'PENDING'"),
+    postgresql_where=sa.text("status = 'PENDING'"),
+)
+sa.Index(
+    "ix_async_status_kind",
+    async_status.c.kind,
+    async_status.c.status,
+    async_status.c.id,
+    sqlite_where=sa.text("kind IS NOT NULL"),
+    postgresql_where=sa.text("kind IS NOT NULL"),
+)
+sa.Index(
+    "ix_async_status_error_code",
+    async_status.c.error_code,
+    async_status.c.id,
+    sqlite_where=sa.text("error_code IS NOT NULL"),
+    postgresql_where=sa.text("error_code IS NOT NULL"),
+)
 
 # Heartbeat leases: a row only for a PENDING job that has one, made with the job, renewed by the
 # fold of each batch holding an event of it (so the jobs' own rows, watched by the API's row

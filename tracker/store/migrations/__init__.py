@@ -35,7 +35,9 @@ def migrate(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(_SCRIPTS))
-    with engine.begin() as connection:
+    # A connection outside any transaction: alembic begins its own, which it may commit to build
+    # an index concurrently (0013).
+    with engine.connect() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -12,7 +12,7 @@ Not built CONCURRENTLY, as 0006's indexes were not: the migrations run in one tr
 it reads the table once and holds off writes meanwhile (seconds for millions of rows); it is small.
 
 Revision ID: 0014
-Revises: 0015
+Revises: 0013
 Create Date: 2026-12-07
 """
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0015"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

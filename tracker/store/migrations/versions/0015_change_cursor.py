@@ -20,7 +20,7 @@
 - SQLite: row triggers; its one write lock already orders the writers' commits.
 
 Revision ID: 0015
-Revises: 0012
+Revises: 0014
 Create Date: 2026-12-07
 """
 
@@ -30,7 +30,7 @@ from alembic import op
 from tracker.store.tables import BigId
 
 revision = "0015"
-down_revision = "0012"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
