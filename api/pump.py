@@ -159,10 +159,12 @@ class Pump:
                     opened = key.data
                     if opened is None:
                         rung = True
-                        self._rung = False
                         with contextlib.suppress(OSError):
                             while bell_in.recv(4096):
                                 pass
+                        # After the drain: a ring from here on sends a byte again. One that came
+                        # before is read below (the reads come after this).
+                        self._rung = False
                         continue
                     if mask & selectors.EVENT_READ:
                         self._heard(selector, opened)
