@@ -111,7 +111,7 @@ def test_a_stream_whose_session_ends_is_ended_within_a_second_or_two(pump: Pump)
     opened, client, released = _opened(ended, chunked=True)
     pump.adopt(opened)
     ended.set()
-    got = _read_until(client, b"0\r\n\r\n", 3.0)
+    got = _read_until(client, b"0\r\n\r\n", 5.0)
     assert got.endswith(b"0\r\n\r\n")  # the response's end, then the connection's
     assert client.recv(10) == b""
     assert released == ["released"]
@@ -149,3 +149,32 @@ def test_a_handed_off_socket_is_the_pumps_and_gunicorn_closes_only_its_copy() ->
     assert client.recv(100) == b"still here"
     ours.close()
     assert client.recv(100) == b""
+
+
+def test_streams_adopted_from_many_threads_at_once_all_hear_the_next_change(pump: Pump, source: Source) -> None:
+    # Adopting rings the bell from every thread at once, racing the pump's drain of it: the bell
+    # must still ring for the change after.
+    clients: list[socket.socket] = []
+    lock = threading.Lock()
+
+    def adopt_some() -> None:
+        for _ in range(25):
+            opened, client, _released = _opened()
+            with lock:
+                clients.append(client)
+            pump.adopt(opened)
+
+    threads = [threading.Thread(target=adopt_some) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for n in range(1, 4):
+        time.sleep(0.1)
+        source.frame = b"data: change %d\n\n" % n
+        source.position = n
+        pump.ring()
+        for client in clients:
+            assert source.frame in _read_until(client, source.frame, 3.0)
+    for client in clients:
+        client.close()
