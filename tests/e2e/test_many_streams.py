@@ -103,3 +103,39 @@ def test_a_thousand_streams_at_once_each_hear_of_a_change_while_gets_and_waits_a
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_streams_past_their_cap_are_answered_503_and_a_wait_is_still_held(
+    database_url: str, tmp_path: pathlib.Path, store: JobStore
+) -> None:
+    add_users(database_url, ops="operations")
+    with running_api(database_url, tmp_path, workers="1", api_max_streams="2") as api:
+        bearer = {"Authorization": f"Bearer {api.login('ops')}"}
+        request = (
+            f"GET /api/5.0/async_status HTTP/1.1\r\nHost: {api.host}\r\nAuthorization: {bearer['Authorization']}\r\n"
+            "Accept: text/event-stream\r\n\r\n"
+        ).encode()
+        socks = [socket.create_connection((api.host, api.port), timeout=10) for _ in range(2)]
+        try:
+            for sock in socks:
+                sock.sendall(request)
+            buffers = [bytearray() for _ in socks]
+            assert not _read_until(socks, buffers, lambda got: b"id: " in got)
+            refused = api.request("GET", "/api/5.0/async_status", headers={**bearer, "Accept": "text/event-stream"})
+            assert refused.status == 503
+            assert refused.headers.get("retry-after") == "5"
+            job = store.create_job("Deploying.")
+            waited = api.request("GET", f"/api/5.0/async_status/{job.id}", headers={**bearer, "Prefer": "wait=1"})
+            assert waited.headers.get("preference-applied") == "wait=1"
+        finally:
+            for sock in socks:
+                sock.close()
+        store.apply([new_event(job.id, "succeeded", "Done.")])
+        deadline = time.monotonic() + 5
+        while True:  # the pump lets the closed ones go: there is room again
+            path = f"/api/5.0/async_status/{job.id}"
+            again = api.request("GET", path, headers={**bearer, "Accept": "text/event-stream"})
+            if again.status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert again.status == 200  # the finished job's stream: its row, then the end
