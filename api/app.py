@@ -86,7 +86,7 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
 
     app.router_options.converters["served"] = _ServedVersion
     secure = deps.settings.secure_cookies
-    stream = streams.Streams(reads, revoked)
+    stream = streams.Streams(reads, revoked, max_streams=deps.settings.api_max_streams)
     app.add_route("/api/{version:served}/async_status", resources.JobStatuses(deps.jobs, deps.settings, stream))
     app.add_route("/api/{version:served}/async_status/{job_id}", resources.JobStatus(reads, stream))
     app.add_route("/api/{version:served}/async_status/{job_id}/events", resources.JobTimeline(reads))

@@ -170,7 +170,9 @@ class JsonErrorsWorker(ThreadWorker):
         finally:
             # Reading is over (a held wait reads nothing more); gunicorn bounds its own drain.
             conn.sock.stop_reading()
-        return keep_alive and not conn.sock.timed_out  # a body cut short leaves the stream unusable
+        # A body cut short leaves the stream unusable; a socket handed to the stream pump
+        # (api/pump.py) is its own from now on: gunicorn closes only its copy, which says nothing.
+        return keep_alive and not conn.sock.timed_out and not conn.sock.handed_off
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
@@ -214,6 +216,26 @@ class DeadlineSocket(socket.socket):
     read_deadline: float | None = None
     read_timeout_s = 0.0
     timed_out = False
+    handed_off = False
+
+    def hand_off(self) -> socket.socket:
+        """The connection, for the stream pump (api/pump.py) to write from now on: a socket on a
+        duplicate of this one's descriptor. This one sends, reads and shuts down nothing any more
+        (gunicorn ends the response and closes it: the pump's copy stays open)."""
+        taken = socket.socket(self.family, self.type, self.proto, fileno=os.dup(self.fileno()))
+        self.handed_off = True
+        return taken
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        if not self.handed_off:
+            super().sendall(data, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        return len(data) if self.handed_off else super().send(data, flags)
+
+    def shutdown(self, how: int) -> None:
+        if not self.handed_off:
+            super().shutdown(how)
 
     def start_reading(self, timeout_s: float) -> None:
         """Reads from now on must be done within ``timeout_s``."""
@@ -233,6 +255,8 @@ class DeadlineSocket(socket.socket):
         return taken
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if self.handed_off:
+            return b""
         deadline = self.read_deadline
         if deadline is None:
             return super().recv(bufsize, flags)

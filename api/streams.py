@@ -23,9 +23,10 @@ from typing import TypeVar
 import falcon
 import orjson
 
+from api.pump import Opened, Pump, stream_cap
 from api.reads import JobReads, retried_after_disconnect
 from api.revocations import RevokedTokens
-from api.waits import client_gone_check
+from api.waits import WaitRegistry, client_gone_check
 from tracker import listing
 from tracker.auth import Claims
 from tracker.errors import StoreUnavailable
@@ -44,6 +45,7 @@ _UNNOTIFIED_S = 0.05  # how often a stream reads while nothing tells it of chang
 _RING_S = 0.01  # how often SQLite's commit counter is read while streams are open
 KEEP_ALIVE = b": keep-alive\n\n"
 TOO_MANY = "too many requests are held open; try again later"
+_HandOff = Callable[[int, listing.JobQuery, bool], None]
 _T = TypeVar("_T")
 
 
@@ -102,6 +104,7 @@ class Streams:
         revoked: RevokedTokens | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        max_streams: int = 4096,
     ) -> None:
         self._reads = reads
         self._waits = reads.waits
@@ -109,17 +112,39 @@ class Streams:
         self._clock = clock
         self._wall_clock = wall_clock
         self._ringer = _Ringer(reads)
+        # Streams have their own cap (a stream holds a socket, not a thread, once the pump has it).
+        self._held = WaitRegistry(stream_cap(max_streams))
+        self.pump = Pump(
+            read=self._read_changes,
+            frames=_render,
+            notified=lambda: self._reads.notified or self._ringer.ringing,
+            stopping=lambda: self._waits.stopping,
+            keep_alive=KEEP_ALIVE,
+            keep_alive_s=KEEP_ALIVE_S,
+            unnotified_s=_UNNOTIFIED_S,
+            clock=clock,
+        )
+        self._waits.ring_on_change(self.pump.ring)
+
+    def _read_changes(self, cursor: int, query: listing.JobQuery) -> Changes:
+        return self._read(functools.partial(self._reads.store.changed_since, cursor, query, ROWS_PER_READ))
 
     def _ended_check(self, req: falcon.Request) -> Callable[[], bool]:
         """Whether a stream of ``req`` is to end: its client has gone, or its credentials have
         expired or been ended by a logout (the stream is authorised when it opens, and goes on
         only while its token would still be taken)."""
         gone = client_gone_check(req.env)
+        session_ended = self._session_ended_check(req)
+
+        def ended() -> bool:
+            return (gone is not None and gone()) or session_ended()
+
+        return ended
+
+    def _session_ended_check(self, req: falcon.Request) -> Callable[[], bool]:
         claims: Claims | None = getattr(req.context, "claims", None)
 
         def ended() -> bool:
-            if gone is not None and gone():
-                return True
             if claims is None:
                 return False
             if self._wall_clock() >= claims.expires_at:
@@ -135,21 +160,23 @@ class Streams:
         """Answer ``req`` with the list's stream (``list_stream``)."""
         resume_from = last_event_id(req.get_header("Last-Event-ID"))
         ended = self._ended_check(req)
-        self._answer(req, resp, lambda: self.list_stream(query, resume_from, ended))
+        self._answer(req, resp, lambda hand_off: self.list_stream(query, resume_from, ended, hand_off))
 
     def answer_job(self, req: falcon.Request, resp: falcon.Response, job: Job) -> None:
         """Answer ``req`` with one job's stream (``job_stream``)."""
         resume_from = last_event_id(req.get_header("Last-Event-ID"))
         ended = self._ended_check(req)
-        self._answer(req, resp, lambda: self.job_stream(job, resume_from, ended))
+        self._answer(req, resp, lambda hand_off: self.job_stream(job, resume_from, ended, hand_off))
 
-    def _answer(self, req: falcon.Request, resp: falcon.Response, open_frames: Callable[[], Iterator[bytes]]) -> None:
+    def _answer(
+        self, req: falcon.Request, resp: falcon.Response, open_frames: Callable[[_HandOff | None], Iterator[bytes]]
+    ) -> None:
         release = contextlib.ExitStack()
-        if not release.enter_context(self._waits.admitted(req.context.user.username)):
+        if not release.enter_context(self._held.admitted(req.context.user.username)):
             release.close()
             raise falcon.HTTPServiceUnavailable(description=TOO_MANY, headers={"Retry-After": "5"})
         try:
-            frames = open_frames()
+            frames = open_frames(self._hand_off_for(req, release))
         except BaseException:
             release.close()
             raise
@@ -157,8 +184,31 @@ class Streams:
         resp.set_header("X-Accel-Buffering", "no")  # a proxy in front passes each event on at once
         resp.stream = Held(frames, release)
 
+    def _hand_off_for(self, req: falcon.Request, release: contextlib.ExitStack) -> _HandOff | None:
+        """How a stream of ``req`` goes to the pump once its first frames are written, or None when
+        the server cannot give its socket away (then the stream holds a thread to its end)."""
+        take = getattr(req.env.get("gunicorn.socket"), "hand_off", None)
+        if take is None or req.method != "GET":
+            return None
+        chunked = req.env.get("SERVER_PROTOCOL") != "HTTP/1.0"  # as gunicorn frames the body
+        ended = self._session_ended_check(req)
+
+        def hand_off(cursor: int, query: listing.JobQuery, until_final: bool) -> None:
+            self.pump.adopt(Opened(take(), query, cursor, until_final, chunked, ended, release.pop_all()))
+
+        return hand_off
+
+    @property
+    def held(self) -> int:
+        """How many streams this process holds now."""
+        return self._held.held
+
     def list_stream(
-        self, query: listing.JobQuery, resume_from: int | None, gone: Callable[[], bool] | None
+        self,
+        query: listing.JobQuery,
+        resume_from: int | None,
+        gone: Callable[[], bool] | None,
+        hand_off: _HandOff | None = None,
     ) -> Iterator[bytes]:
         """The stream of the list's rows matching ``query``'s filters. Reads the first changes
         (or the position) now, so that an unavailable database is an error before any byte is
@@ -167,10 +217,16 @@ class Streams:
         self._ringer.start()
         if resume_from is None:
             start = self._read(lambda: self._reads.store.stream_position())
-            return self._follow(query, start, position_frame(start), gone)
-        return self._follow(query, resume_from, b"", gone)
+            return self._follow(query, start, position_frame(start), gone, hand_off)
+        return self._follow(query, resume_from, b"", gone, hand_off)
 
-    def job_stream(self, job: Job, resume_from: int | None, gone: Callable[[], bool] | None) -> Iterator[bytes]:
+    def job_stream(
+        self,
+        job: Job,
+        resume_from: int | None,
+        gone: Callable[[], bool] | None,
+        hand_off: _HandOff | None = None,
+    ) -> Iterator[bytes]:
         """The stream of one job, read as ``job`` (it exists): its row now, unless the client
         resumes from a cursor after which it has not changed, then each change, ending after its
         final state. Raises StoreUnavailable."""
@@ -181,13 +237,13 @@ class Streams:
         if resume_from is not None:
             changes = self._read(lambda: self._reads.store.changed_since(resume_from, query, 1))
             if not changes.reset and not changes.rows:
-                return self._follow(query, resume_from, b"", gone, until_final=True)
+                return self._follow(query, resume_from, b"", gone, hand_off, until_final=True)
         # The row read after the position: a change between the two is sent again, never missed.
         now = self._read(lambda: self._reads.store.get_job(job.id))
         first = job_frame(position, now)
         if now.status != PENDING:
             return iter((first,))
-        return self._follow(query, position, first, gone, until_final=True)
+        return self._follow(query, position, first, gone, hand_off, until_final=True)
 
     def _follow(
         self,
@@ -195,11 +251,12 @@ class Streams:
         cursor: int,
         first: bytes,
         gone: Callable[[], bool] | None,
+        hand_off: _HandOff | None,
         until_final: bool = False,
     ) -> Iterator[bytes]:
         generation = self._waits.generation
         changes = self._read(lambda: self._reads.store.changed_since(cursor, query, ROWS_PER_READ))
-        return self._frames(query, changes, cursor, generation, first, gone, until_final)
+        return self._frames(query, changes, cursor, generation, first, gone, until_final, hand_off)
 
     def _frames(
         self,
@@ -210,20 +267,31 @@ class Streams:
         first: bytes,
         gone: Callable[[], bool] | None,
         until_final: bool,
+        hand_off: _HandOff | None = None,
     ) -> Iterator[bytes]:
         if first:
             yield first
+        written = bool(first)
         quiet_since = self._clock()
         while True:
             if changes.reset:
                 yield reset_frame(changes.position)
+                written = True
                 quiet_since = self._clock()
             for position, job in changes.rows:
                 yield job_frame(position, job)
+                written = True
                 quiet_since = self._clock()
                 if until_final and job.status != PENDING:
                     return
             cursor = changes.position
+            if len(changes.rows) < ROWS_PER_READ and hand_off is not None:
+                if not written:
+                    yield b""  # the headers go out (an empty write sends nothing else)
+                # What was yielded has been written: from here the pump writes, from ``cursor``
+                # (it reads at once, so a change since the read above is not missed).
+                hand_off(cursor, query, until_final)
+                return
             if len(changes.rows) < ROWS_PER_READ:
                 while True:
                     notified = self._reads.notified or self._ringer.ringing
@@ -254,9 +322,20 @@ class Streams:
         self._ringer.close()
 
 
+def _render(changes: Changes, until_final: bool) -> tuple[list[bytes], bool, bool]:
+    """The pump's frames for ``changes``: the frames, whether a final state ends a job's stream
+    (``until_final``), whether more rows wait to be read."""
+    frames = [reset_frame(changes.position)] if changes.reset else []
+    for position, job in changes.rows:
+        frames.append(job_frame(position, job))
+        if until_final and job.status != PENDING:
+            return frames, True, False
+    return frames, False, len(changes.rows) >= ROWS_PER_READ
+
+
 class Held:
-    """A stream's frames as the WSGI server iterates them, counted against the wait registry's caps
-    (a stream holds a thread as a wait does) until the server closes it, started or not."""
+    """A stream's frames as the WSGI server iterates them, counted against the streams' cap until
+    the server closes it, started or not, or the pump has taken it (then until the pump ends it)."""
 
     def __init__(self, frames: Iterator[bytes], release: contextlib.ExitStack) -> None:
         self._frames = frames

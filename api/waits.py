@@ -132,6 +132,7 @@ class WaitRegistry:
         # SPEC §13's streams wait for any change, not a job's: each notify moves the generation
         self._generation = 0
         self._changed = threading.Condition(self._lock)
+        self._bells: list[Callable[[], None]] = []
 
     def count_in(self, counts: WaitCounts) -> None:
         """Report to ``counts`` from now on (set once, before the first request: the registry is
@@ -205,6 +206,13 @@ class WaitRegistry:
             self._changed.notify_all()
         for waiter in woken:
             waiter.wake()
+        for bell in self._bells:
+            bell()
+
+    def ring_on_change(self, bell: Callable[[], None]) -> None:
+        """Call ``bell`` (cheap, any thread) at each ``notify`` and at ``stop`` from now on: the
+        stream pump (api/pump.py) sleeps in a selector, not on this registry's condition."""
+        self._bells.append(bell)
 
     @property
     def generation(self) -> int:

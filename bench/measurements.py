@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from bench import list_filters, load, processes, report, workload
 from bench.capacity import capacity
+from bench.many_streams import many_streams
 from bench.processes import ProcessFailed, bench_command, free_port, tracker_command
 from bench.references import percentiles_ms
 from bench.report import Result
@@ -1237,6 +1238,7 @@ MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
     "ingest": ingest,
     "latency": latency,
     "api": api,
+    "many_streams": many_streams,
     "wait": waiting,
     "stream": streaming,
     "memory": memory,

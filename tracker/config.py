@@ -41,6 +41,8 @@ class Settings:
     # requests each worker holds for `Prefer: wait` at once (None: max_waits), and one user's of them
     api_max_waits: int | None = None
     api_max_waits_per_user: int | None = None
+    # SPEC §13 streams each worker holds at once (each an open socket, not a thread: api/pump.py)
+    api_max_streams: int = 4096
     api_read_timeout_s: float = 10.0  # a request's line, headers and body must arrive within this
     token_ttl_s: int = 6 * 3600
     secure_cookies: bool = False
@@ -177,6 +179,8 @@ class Settings:
             raise ConfigError("TRACKER_API_THREADS must be an integer from 1 to 10000")
         if not 0 <= self.max_waits < self.api_threads:
             raise ConfigError("TRACKER_API_MAX_WAITS must be an integer from 0 to TRACKER_API_THREADS - 1")
+        if not 0 <= self.api_max_streams <= 1_000_000:
+            raise ConfigError("TRACKER_API_MAX_STREAMS must be an integer from 0 to 1000000")
         if self.max_waits_per_user < 0:
             raise ConfigError("TRACKER_API_MAX_WAITS_PER_USER must be at least 0")
         if not 0.1 <= self.api_read_timeout_s <= 3600:

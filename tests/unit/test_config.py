@@ -53,6 +53,8 @@ def test_values_are_read_and_converted():
         ({"TRACKER_API_MAX_WAITS": "256"}, "TRACKER_API_MAX_WAITS must be an integer from 0 to TRACKER_API_THREADS"),
         ({"TRACKER_API_MAX_WAITS": "-1"}, "TRACKER_API_MAX_WAITS must be an integer from 0 to TRACKER_API_THREADS"),
         ({"TRACKER_API_MAX_WAITS_PER_USER": "-1"}, "TRACKER_API_MAX_WAITS_PER_USER must be at least 0"),
+        ({"TRACKER_API_MAX_STREAMS": "-1"}, "TRACKER_API_MAX_STREAMS must be an integer from 0 to 1000000"),
+        ({"TRACKER_API_MAX_STREAMS": "1000001"}, "TRACKER_API_MAX_STREAMS must be an integer from 0 to 1000000"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):
@@ -114,3 +116,8 @@ def test_public_origins_are_read_normalized_and_checked():
     for bad in ("tracker.example.com", "https://tracker.example.com/dashboard", "null", "ftp://x", "https://u@x"):
         with pytest.raises(ConfigError, match="TRACKER_PUBLIC_ORIGIN must be origins"):
             Settings.from_env({"TRACKER_PUBLIC_ORIGIN": bad})
+
+
+def test_streams_have_their_own_cap_of_4096_per_worker_not_the_waits():
+    assert Settings().api_max_streams == 4096
+    assert Settings.from_env({"TRACKER_API_MAX_STREAMS": "1000"}).api_max_streams == 1000
