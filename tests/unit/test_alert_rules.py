@@ -30,6 +30,9 @@ METRICS = {
     # Beyond SPEC §8 (README's metrics table): the API's held waits.
     "tracker_waits_held": set(),
     "tracker_waits_refused_total": {"cap"},
+    # Beyond SPEC §8 (README's metrics table): the database's errors (§14), webhooks (§13).
+    "tracker_store_errors_total": {"kind"},
+    "tracker_webhook_deliveries_total": {"outcome"},
 }
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every series it scrapes
 JOBS = {"tracker-api", "tracker-consumer"}
