@@ -70,6 +70,7 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
     revoked = deps.revoked if deps.revoked is not None else RevokedTokens(None)
     layers: list[Any] = [middleware.Authentication(tokens, users, guard, revoked)]
     reads = deps.reads or JobReads(deps.jobs)
+    stream = streams.Streams(reads, revoked, max_streams=deps.settings.api_max_streams)
     if deps.settings.metrics:
         # Imported here, in the process that serves: tracker api's master must not load
         # prometheus_client before it has set the workers' multiprocess directory (api.server).
@@ -77,6 +78,7 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
 
         layers.insert(0, metrics.RequestMetrics())  # first in, last out: it times the others too
         reads.waits.count_in(metrics.WaitMetrics())
+        stream.count_in(metrics.StreamMetrics())
     app = falcon.App(middleware=layers, response_type=errors.ApiResponse)
     json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     # JSON only: a form or other body is refused (415) rather than read as something else.
@@ -86,7 +88,6 @@ def create_app(deps: Deps) -> falcon.App[falcon.Request, falcon.Response]:
 
     app.router_options.converters["served"] = _ServedVersion
     secure = deps.settings.secure_cookies
-    stream = streams.Streams(reads, revoked, max_streams=deps.settings.api_max_streams)
     app.add_route("/api/{version:served}/async_status", resources.JobStatuses(deps.jobs, deps.settings, stream))
     app.add_route("/api/{version:served}/async_status/{job_id}", resources.JobStatus(reads, stream))
     app.add_route("/api/{version:served}/async_status/{job_id}/events", resources.JobTimeline(reads))

@@ -76,6 +76,17 @@ class WaitMetrics:
         self._refused[cap].inc()
 
 
+class StreamMetrics:
+    """``tracker_streams_open`` and ``tracker_streams_refused_total``, as the streams' registry
+    reports them (``api.waits.WaitCounts``; streams have one cap, the worker's)."""
+
+    def held(self, change: int) -> None:
+        metrics.STREAMS_OPEN.inc(change)
+
+    def refused(self, cap: Cap) -> None:
+        metrics.STREAMS_REFUSED.inc()
+
+
 class Exposition:
     """``GET /metrics``: the Prometheus text format, every worker's figures together."""
 

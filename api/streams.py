@@ -26,7 +26,7 @@ import orjson
 from api.pump import Opened, Pump, stream_cap
 from api.reads import JobReads, retried_after_disconnect
 from api.revocations import RevokedTokens
-from api.waits import WaitRegistry, client_gone_check
+from api.waits import WaitCounts, WaitRegistry, client_gone_check
 from tracker import listing
 from tracker.auth import Claims
 from tracker.errors import StoreUnavailable
@@ -197,6 +197,10 @@ class Streams:
             self.pump.adopt(Opened(take(), query, cursor, until_final, chunked, ended, release.pop_all()))
 
         return hand_off
+
+    def count_in(self, counts: WaitCounts) -> None:
+        """Report the streams opened, ended and refused to ``counts`` (set once, before the first)."""
+        self._held.count_in(counts)
 
     @property
     def held(self) -> int:

@@ -96,6 +96,16 @@ WAITS_REFUSED = Counter(
     ["cap"],
 )
 
+STREAMS_OPEN = Gauge(
+    "tracker_streams_open",
+    "Event streams (Accept: text/event-stream, SPEC §13) open now.",
+    multiprocess_mode="livesum",
+)
+STREAMS_REFUSED = Counter(
+    "tracker_streams_refused",
+    "Event streams refused (503) because an API worker held TRACKER_API_MAX_STREAMS of them.",
+)
+
 WEBHOOK_DELIVERIES = Counter(
     "tracker_webhook_deliveries",
     "Webhook delivery attempts (SPEC §13), by outcome: delivered, retried (failed, to be tried again), "

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.e2e.live_api import LiveApi, add_users, running_api
+from tests.metrics_text import parse, value
 from tracker.events import new_event
 from tracker.store import JobStore, make_engine, open_job_store
 
@@ -124,6 +125,9 @@ def test_streams_past_their_cap_are_answered_503_and_a_wait_is_still_held(
             refused = api.request("GET", "/api/5.0/async_status", headers={**bearer, "Accept": "text/event-stream"})
             assert refused.status == 503
             assert refused.headers.get("retry-after") == "5"
+            samples = parse(api.request("GET", "/metrics").body.decode())
+            assert value(samples, "tracker_streams_open") == 2
+            assert value(samples, "tracker_streams_refused_total") == 1
             job = store.create_job("Deploying.")
             waited = api.request("GET", f"/api/5.0/async_status/{job.id}", headers={**bearer, "Prefer": "wait=1"})
             assert waited.headers.get("preference-applied") == "wait=1"
@@ -139,3 +143,5 @@ def test_streams_past_their_cap_are_answered_503_and_a_wait_is_still_held(
                 break
             time.sleep(0.1)
         assert again.status == 200  # the finished job's stream: its row, then the end
+        samples = parse(api.request("GET", "/metrics").body.decode())
+        assert value(samples, "tracker_streams_open") == 0  # every stream ended, counted down
