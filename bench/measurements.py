@@ -659,11 +659,12 @@ def api(bed: Testbed) -> list[Result]:
         f"api: GET random ids of {len(ids):,} jobs (half finished) with {tool}, "
         f"{settings.workers} gunicorn workers, {scale.api_rounds} round(s) of {scale.api_s:.0f} s each"
     )
-    tracker_runs, reference_runs, unmetered_runs = [], [], []
+    tracker_runs, reference_runs, unmetered_runs, sync_runs = [], [], [], []
     for round_number in range(scale.api_rounds):
         sides = [
             ("constant", bench_command("references", "constant-api"), None, reference_runs, settings),
             ("tracker", tracker_command("api"), token, tracker_runs, settings),
+            ("constant-sync", bench_command("references", "constant-sync-api"), None, sync_runs, settings),
         ]
         if bed.metrics_ab:  # --metrics-ab: the tracker with metrics off too, before or after by round
             off = ("tracker-metrics-off", tracker_command("api"), token, unmetered_runs, settings.with_(metrics=False))
@@ -682,6 +683,7 @@ def api(bed: Testbed) -> list[Result]:
             )
     tracker = statistics.fmean(r.requests_per_s for r in tracker_runs)
     reference = statistics.fmean(r.requests_per_s for r in reference_runs)
+    bare = statistics.fmean(r.requests_per_s for r in sync_runs)
     wrong = sum(r.not_ok + r.errors for r in tracker_runs)
     return [
         Result(
@@ -710,7 +712,23 @@ def api(bed: Testbed) -> list[Result]:
                     [r.requests_per_s for r in unmetered_runs],
                 ),
             },
-        )
+        ),
+        Result(
+            "3c api",
+            "authenticated GET /api/5.0/async_status/{id}, requests/s, against a bare app",
+            "requests/s",
+            tracker,
+            bare,
+            f"the constant-JSON endpoint under gunicorn's default sync workers, {settings.workers} workers",
+            ">= 0.95x",
+            tracker >= 0.95 * bare and wrong == 0,
+            {
+                "sync_per_round": [round(r.requests_per_s) for r in sync_runs],
+                "tracker_per_round": [round(r.requests_per_s) for r in tracker_runs],
+                "sync_p50_ms": sync_runs[-1].p50_ms,
+                "sync_p99_ms": sync_runs[-1].p99_ms,
+            },
+        ),
     ]
 
 

@@ -5,6 +5,7 @@
     python -m bench.references naive ...       one event per transaction, acked one by one
     python -m bench.references roundtrip ...   publish -> consume latency on the same broker
     python -m bench.references constant-api    a constant-JSON Falcon endpoint under the API's gunicorn
+    python -m bench.references constant-sync-api    the same endpoint under gunicorn's default sync workers
 
 The consuming ones print one JSON object on stdout when done.
 """
@@ -220,6 +221,25 @@ def constant_api(_args: argparse.Namespace) -> None:
     ConstantGunicorn(settings.with_(secret=secret), False).run()
 
 
+def constant_sync_api(_args: argparse.Namespace) -> None:
+    """Serve ``constant_app`` under gunicorn's defaults (sync workers, no keep-alive), as many
+    workers as ``tracker api`` runs, on its address: the bare app that GET by id is held to
+    (issue 23: at least 0.95x of it), whatever worker class the API itself uses."""
+    from gunicorn.app.base import BaseApplication
+
+    settings = Settings.from_env(os.environ)
+
+    class BareGunicorn(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", [settings.bind])
+            self.cfg.set("workers", settings.workers)
+
+        def load(self) -> falcon.App[falcon.Request, falcon.Response]:  # type: ignore[override]
+            return constant_app()
+
+    BareGunicorn().run()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.references", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -239,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "roundtrip":
             command.add_argument("--idle-s", type=float, default=5.0)
     commands.add_parser("constant-api").set_defaults(handler=constant_api)
+    commands.add_parser("constant-sync-api").set_defaults(handler=constant_sync_api)
     args = parser.parse_args(argv)
     found = args.handler(args)
     if found is not None:
