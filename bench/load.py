@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import http.client
+import os
 import pathlib
 import queue
 import random
@@ -200,6 +201,41 @@ def timed_get(port: int, job_id: int, token: str) -> float:
     return took
 
 
+class _NotifyClock:
+    """Bench-only: a LISTEN of its own on the tracker's channel (PostgreSQL), noting when a
+    notification first names each job: publish -> heard splits the path into the consumer's part
+    (delivery, group-commit wait, commit, NOTIFY) and the API's (wake-up, read, render, write, client read)."""
+
+    def __init__(self, database_url: str | None) -> None:
+        self.heard_at: dict[int, float] = {}
+        self._stop = threading.Event()
+        if not database_url or not database_url.startswith("postgresql"):
+            return
+        import psycopg
+
+        self._conn = psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True)
+        self._conn.execute("LISTEN tracker_async_status")
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for notify in self._conn.notifies(timeout=0.5):
+                at = time.monotonic()
+                for part in notify.payload.split(","):
+                    if part.isdigit():
+                        self.heard_at.setdefault(int(part), at)
+
+    def split(self, sent_at: dict[int, float], told_at: dict[int, float]) -> dict[str, Any]:
+        """The two parts' percentiles (ms) over the samples heard and told."""
+        self._stop.set()
+        both = [job for job in sent_at if job in self.heard_at and job in told_at]
+        return {
+            "heard_samples": len(both),
+            "publish_to_notify": percentiles_ms([self.heard_at[job] - sent_at[job] for job in both]),
+            "notify_to_told": percentiles_ms([told_at[job] - self.heard_at[job] for job in both]),
+        }
+
+
 class _PacedPublisher:
     """Publishes at ``rate`` per second, each body stamped with ``bench_sent_at`` (monotonic s)."""
 
@@ -313,6 +349,7 @@ def waiting(args: argparse.Namespace) -> dict[str, Any]:
     wrong: list[str] = []
     headers = {"Authorization": f"Bearer {args.token}", "Prefer": f"wait={args.wait_s}"}
     waiters: list[threading.Thread] = []
+    clock = _NotifyClock(os.environ.get("TRACKER_DATABASE_URL"))
 
     def wait_for(job_id: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", args.port, timeout=args.wait_s + 30)
@@ -352,6 +389,7 @@ def waiting(args: argparse.Namespace) -> dict[str, Any]:
         thread.join(timeout=args.wait_s + 30)
     latencies = [answered_at[job_id] - at for job_id, at in sent_at.items() if job_id in answered_at]
     return {
+        "split": clock.split(sent_at, answered_at),
         "published": count,
         "rate": count / took,
         "samples": len(latencies),
@@ -376,6 +414,7 @@ def streaming(args: argparse.Namespace) -> dict[str, Any]:
     sent_at: dict[int, float] = {}
     seen_at: dict[int, float] = {}
     wrong: list[str] = []
+    clock = _NotifyClock(os.environ.get("TRACKER_DATABASE_URL"))
     connection = http.client.HTTPConnection("127.0.0.1", args.port, timeout=args.duration_s + 60)
     connection.request(
         "GET",
@@ -416,6 +455,7 @@ def streaming(args: argparse.Namespace) -> dict[str, Any]:
     connection.close()
     latencies = [seen_at[job_id] - at for job_id, at in sent_at.items() if job_id in seen_at]
     return {
+        "split": clock.split(sent_at, seen_at),
         "published": count,
         "rate": count / took,
         "samples": len(latencies),

@@ -579,7 +579,7 @@ def _told_beside_round_trip(bed: Testbed, kind: str, sampled: str, told: str, na
         consumer.stop()
         bed.progress.say(
             f"  round {round_number + 1}: {told} p99 {_ms(answers[-1]['p99_ms'])}, "
-            f"round trip p99 {_ms(references[-1]['p99_ms'])}"
+            f"round trip p99 {_ms(references[-1]['p99_ms'])}; split {answers[-1].get('split')}"
         )
     round_trips = [s for reference in references for s in reference["latencies_s"]]
     seen = [s for answer in answers for s in answer["latencies_s"]]
@@ -590,6 +590,7 @@ def _told_beside_round_trip(bed: Testbed, kind: str, sampled: str, told: str, na
         "samples": len(seen),
         "lost_or_wrong": lost,
         "wrong_examples": [example for answer in answers for example in answer["wrong_examples"]][:3],
+        "split": [answer.get("split") for answer in answers],
     }
     return _beside_round_trip(name, figure, percentiles_ms(seen), percentiles_ms(round_trips), 10, lost, details)
 

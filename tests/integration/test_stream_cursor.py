@@ -183,3 +183,25 @@ def test_a_cursor_taken_before_another_is_never_committed_after_it(store, engine
     quick.join(10)
     late = store.changed_since(early.position, ALL, 100)
     assert [job.message for _, job in late.rows] == ["slow", "quick"]
+
+
+def test_a_read_is_two_statements_and_on_postgresql_no_transaction_of_its_own(store, engine):
+    # A stream reads at every notification: each round trip it saves is latency (docs/performance.md,
+    # "Where a change's milliseconds go"). The rows, then one statement for whether they can be resumed.
+    start = store.stream_position()
+    job = store.create_job("x")
+    store.changed_since(start, ALL, 100)  # the statements built once
+    seen: list[tuple[str, bool]] = []
+
+    def executed(conn, _cursor, statement, _parameters, _context, _many):
+        seen.append((statement, getattr(conn.connection.dbapi_connection, "autocommit", None) is True))
+
+    sa.event.listen(engine, "before_cursor_execute", executed)
+    try:
+        changes = store.changed_since(start, ALL, 100)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", executed)
+    assert [j.id for _, j in changes.rows] == [job.id]
+    assert len([statement for statement, _ in seen if not statement.upper().startswith("BEGIN")]) == 2
+    if engine.dialect.name == "postgresql":
+        assert all(autocommit for _, autocommit in seen)  # no BEGIN and COMMIT round trips

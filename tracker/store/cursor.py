@@ -34,6 +34,7 @@ reloads). The log is pruned (``prune``) by the consumers' periodic check.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import sqlalchemy as sa
@@ -65,10 +66,13 @@ class Changes:
 def position(conn: sa.Connection) -> int:
     """The stream's position now: every change at or below it is committed and visible, none
     above it is yet."""
+    return int(conn.execute(sa.select(_position_of(conn.dialect.name))).scalar_one())
+
+
+def _position_of(dialect: str) -> sa.ColumnElement[Any]:
     latest = sa.select(sa.func.coalesce(sa.func.max(_log.seq), 0)).scalar_subquery()
-    pruned = async_status_stream.c.pruned_upto
-    larger = sa.func.greatest if conn.dialect.name == "postgresql" else sa.func.max
-    return int(conn.execute(sa.select(larger(latest, pruned))).scalar_one())
+    larger = sa.func.greatest if dialect == "postgresql" else sa.func.max
+    return larger(latest, async_status_stream.c.pruned_upto)
 
 
 def changed_since(conn: sa.Connection, after: int, query: listing.JobQuery, most: int) -> Changes:
@@ -77,9 +81,7 @@ def changed_since(conn: sa.Connection, after: int, query: listing.JobQuery, most
     resumed (rows deleted since, pruned, or a cursor never given)."""
     rows = conn.execute(_changed_statement(query), {"after": after, "most": most}).all()
     # Read after the rows: whatever was deleted or pruned before they were read is seen here.
-    gone = sa.exists().where(_log.seq > after, _log.job_id.is_(None))
-    pruned_upto, deleted = conn.execute(sa.select(async_status_stream.c.pruned_upto, gone)).one()
-    now = position(conn)
+    pruned_upto, deleted, now = conn.execute(_resumable_statement(conn.dialect.name), {"after": after}).one()
     if after < pruned_upto or deleted or after > now:
         return Changes((), now, reset=True)
     if not rows:
@@ -112,6 +114,17 @@ def prune_log(engine: sa.Engine, keep: int = KEPT_ENTRIES) -> int:
             return prune(conn, keep)
 
 
+# A stream reads at each notification (every commit of a busy tracker): its statements are built
+# once, not at each read (building and keying them cost more than PostgreSQL takes to run them).
+@functools.lru_cache(maxsize=2)
+def _resumable_statement(dialect: str) -> sa.Select[Any]:
+    """The log's pruned bound, whether a change after ``after`` is of a deleted row, the position
+    now: one round trip."""
+    gone = sa.exists().where(_log.seq > sa.bindparam("after", type_=sa.BigInteger), _log.job_id.is_(None))
+    return sa.select(async_status_stream.c.pruned_upto, gone, _position_of(dialect))
+
+
+@functools.lru_cache(maxsize=256)
 def _changed_statement(query: listing.JobQuery) -> sa.Select[Any]:
     latest = (
         sa.select(_log.job_id, sa.func.max(_log.seq).label("seq"))

@@ -189,8 +189,13 @@ class JobStore(abc.ABC):
     def changed_since(self, after: int, query: listing.JobQuery, most: int) -> cursor.Changes:
         """The rows matching ``query``'s filters changed after cursor ``after``, in commit order
         (``tracker.store.cursor.changed_since``); raises StoreUnavailable."""
-        with unavailable_as_error(), self._engine.connect() as conn, conn.begin():
-            return cursor.changed_since(conn, after, query, most)
+        with unavailable_as_error(), self._engine.connect() as conn:
+            if self._engine.dialect.name == "postgresql":
+                # Each statement sees what committed before it, in a transaction or not: save its
+                # BEGIN and COMMIT, two round trips a read (SQLite's reads share one snapshot).
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            with conn.begin():
+                return cursor.changed_since(conn, after, query, most)
 
     @abc.abstractmethod
     def apply(self, events: Sequence[Event]) -> Applied:
