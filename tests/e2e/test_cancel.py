@@ -6,7 +6,6 @@ from __future__ import annotations
 import pathlib
 import shutil
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from bench.processes import environment
-from tests.processes import ConsumerProcess
+from tests.processes import ConsumerProcess, script_workers
 from tests.spec_texts import CANCEL_GRACE_MESSAGE
 from tracker import broker, cancels, events, merge, timefmt
 from tracker.config import Settings
@@ -102,27 +101,8 @@ def cluster(settings, engine, tmp_path) -> Iterator[Cluster]:
 def start_worker(settings, tmp_path) -> Iterator[Callable[[int, str], subprocess.Popen[str]]]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    started: list[subprocess.Popen[str]] = []
-
-    def start(job_id: int, mode: str) -> subprocess.Popen[str]:
-        worker = subprocess.Popen(
-            [sys.executable, str(script), str(job_id), mode],
-            env=environment(settings),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        started.append(worker)
-        assert worker.stdout is not None
-        line = worker.stdout.readline()
-        assert line == "listening\n", line + worker.stdout.read()
-        return worker
-
-    yield start
-    for worker in started:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+    with script_workers(script, settings, "listening") as start:
+        yield lambda job_id, mode: start(job_id, mode)
 
 
 def heard(worker: subprocess.Popen[str]) -> str:

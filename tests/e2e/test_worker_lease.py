@@ -3,8 +3,6 @@ checking for lost jobs. A killed worker's job fails once its lease runs out; an 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -13,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench.processes import environment
-from tests.processes import ConsumerProcess
+from tests.processes import ConsumerProcess, script_workers
 from tracker import leases, merge
 from tracker.store import JobStore, open_job_store
 
@@ -59,27 +57,8 @@ def start_worker(settings, tmp_path) -> Iterator[Any]:
     """Start the worker script on a job; it is killed at the end of the test if still running."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    started: list[subprocess.Popen[str]] = []
-
-    def start(job_id: int, seconds: float) -> subprocess.Popen[str]:
-        worker = subprocess.Popen(
-            [sys.executable, str(script), str(job_id), str(LEASE_S), str(seconds)],
-            env=environment(settings),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        started.append(worker)
-        assert worker.stdout is not None
-        line = worker.stdout.readline()
-        assert line == "working\n", line + worker.stdout.read()
-        return worker
-
-    yield start
-    for worker in started:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+    with script_workers(script, settings, "working") as start:
+        yield lambda job_id, seconds: start(job_id, LEASE_S, seconds)
 
 
 def test_a_worker_killed_mid_job_has_its_job_failed_once_the_lease_runs_out(store, start_worker):
