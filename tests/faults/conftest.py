@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import random
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -22,6 +23,7 @@ from tests.conftest import AMQP_URL, settings_for
 from tests.processes import ConsumerProcess
 from tests.replication import Pair, ServersUnavailable, running_pair
 from tracker.config import Settings
+from tracker.leases import MAX_TIMEOUT_S
 from tracker.store import JobStore, make_engine, open_job_store
 
 T = TypeVar("T")
@@ -50,17 +52,27 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
     return random.Random(seed)
 
 
+def harness_settings(
+    database_url: str, amqp_url: str, tmp_path: pathlib.Path, names: dict[str, str] | None = None
+) -> Settings:
+    """``settings_for`` with the cancel grace at its longest. The stream plans cancel requests
+    (SPEC §12) that no worker answers: past the grace the lost-job check would fail their jobs,
+    which the oracle (the merge rule over the events sent) cannot know of. The grace has tests of
+    its own (tests/e2e/test_cancel.py)."""
+    return settings_for(database_url, amqp_url, tmp_path, names).with_(cancel_grace_s=MAX_TIMEOUT_S)
+
+
 @pytest.fixture
 def settings_on(postgres_url: str, tmp_path) -> Callable[[str], Settings]:
     """Settings on the session's PostgreSQL database for a broker at the URL given (one URL or a
     cluster's list), under new broker names of this test's own."""
-    return lambda amqp_url: settings_for(postgres_url, amqp_url, tmp_path)
+    return lambda amqp_url: harness_settings(postgres_url, amqp_url, tmp_path)
 
 
 @pytest.fixture
 def fault_settings(postgres_url: str, amqp_names: dict[str, str], tmp_path) -> Settings:
     """Settings on the session's PostgreSQL database and the local RabbitMQ, under this test's own names."""
-    return settings_for(postgres_url, AMQP_URL, tmp_path, amqp_names)
+    return harness_settings(postgres_url, AMQP_URL, tmp_path, amqp_names)
 
 
 def nodes_of_our_own(size: int, net_ticktime: int | None = None) -> Iterator[Cluster]:

@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import AMQP_URL, settings_for
+from tests.conftest import AMQP_URL
 from tests.e2e.live_api import Answer, LiveApi, add_users, running_api
-from tests.faults.conftest import Scale, servers_of_our_own
+from tests.faults.conftest import Scale, harness_settings, servers_of_our_own
 from tests.faults.stream import (
     Figures,
     PacedPublishing,
@@ -176,7 +176,7 @@ def _scenario(
     pair.wait_replayed()  # the jobs are on the standby before anything can be lost (asynchronous)
     duration_s = scale.pick(20.0, 90.0)
     stream = shuffle_with_duplicates(plan_events(job_ids, scale.pick(3000, 30000), rng), rng)
-    settings = settings_for(url, AMQP_URL, tmp_path, amqp_names)
+    settings = harness_settings(url, AMQP_URL, tmp_path, amqp_names)
     switches: list[Switch] = []
 
     with running_api(url, tmp_path) as api, concurrent.futures.ThreadPoolExecutor(2) as waiting:

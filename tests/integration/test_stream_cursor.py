@@ -102,6 +102,9 @@ def test_a_cursor_from_before_a_deletion_a_pruning_or_from_elsewhere_is_reset(st
     newest = store.stream_position()
     with engine.begin() as conn:
         assert cursor.prune(conn, keep=2) > 0
+        # at most _PRUNED_PER_STATEMENT a time: the log may hold earlier tests' entries before these
+        while cursor.prune(conn, keep=2):
+            pass
     assert store.changed_since(after.position, ALL, 100).reset
     assert not store.changed_since(newest - 1, ALL, 100).reset
     with engine.begin() as conn:
