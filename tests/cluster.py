@@ -37,50 +37,19 @@ from bench.processes import free_port
 from tests.accounts import ServiceAccount
 from tests.faults import rabbitmq
 
-"""RabbitMQ nodes of the tests' own on this machine, joined in one cluster: three for the cluster
-tests (SPEC §10), one for the broker restart (a test never stops the machine's own node).
-
-The nodes are the test run's own: names ``tracker-<run>-c1@localhost`` …, AMQP and distribution
-ports that were free, configuration, data and logs in a temporary directory. They are started
-in parallel, joined with ``rabbitmqctl join_cluster``, and removed afterwards (killed, their
-directory deleted) however the tests ended. Nothing here addresses the machine's own broker: every
-command names one of these nodes with ``-n``, and each node reads its own configuration files,
-not /etc/rabbitmq's (which pin port 5672).
-
-Run as root, the nodes run as the ``rabbitmq`` user with its home, so they share the machine's
-Erlang cookie (/var/lib/rabbitmq/.erlang.cookie); run as anyone else, as that user with theirs.
-
-Their configuration is a production cluster's where it matters: ``cluster_partition_handling =
-pause_minority``. ``running_cluster(net_ticktime=…)`` shortens the time a node takes to see
-another gone, for a test that cuts one off (``Cluster.partitioned``: as root, with nftables,
-each node running under a group of its own so that the rules can tell its packets apart).
-"""
-
-
 # Debian's /usr/sbin/rabbitmq-server is a wrapper that redirects the output and switches user
 # with su; the scripts it wraps take the environment as it is given.
 _SCRIPT_DIRS = (pathlib.Path("/usr/lib/rabbitmq/bin"), pathlib.Path("/usr/lib/rabbitmq/sbin"))
-
-
 _CTL_TIMEOUT_S = 120.0
-
-
 _BOOT_TIMEOUT_S = 180.0
-
-
 _MACHINE_NODE_PORTS = frozenset({5672, 25672, 15672, 15692, 4369})
-
 
 # As root, node n runs under group _GROUP_BASE + n (the rabbitmq user, so its Erlang cookie, all
 # the same): what nftables' ``meta skgid`` tells the nodes' packets apart by (``partitioned``).
 # No group of that number need exist, and a process of the machine's that has one sends nothing
 # to the nodes' distribution ports, which every rule names too.
 _GROUP_BASE = 64000
-
-
 _NFT_TABLE_PREFIX = "tracker_cut_"
-
-
 _MARK_BASE = 0x7AC0_0000  # conntrack marks of the cuts' connections: this, and 16 bits of the run's own
 
 
