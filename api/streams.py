@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ import orjson
 from api.pump import Opened, Pump, stream_cap
 from api.reads import JobReads, retried_after_disconnect
 from api.revocations import RevokedTokens
-from api.waits import WaitCounts, WaitRegistry, client_gone_check
+from api.waits import ProcessThread, WaitCounts, WaitRegistry, client_gone_check
 from tracker import listing
 from tracker.auth import Claims
 from tracker.errors import StoreUnavailable
@@ -366,44 +365,36 @@ class _Ringer:
 
     def __init__(self, reads: JobReads) -> None:
         self._reads = reads
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._thread = ProcessThread(self._run, "tracker-streams")
         self.ringing = False
 
     def start(self) -> None:
         """Start the thread in this process unless it runs already, or there is no counter to read."""
-        if self._pid == os.getpid() and self._thread is not None:
-            return
-        with self._lock:
-            if self._pid != os.getpid() or self._thread is None:
-                self._pid = os.getpid()
-                self.ringing = False
-                self._stopping = threading.Event()
-                self._thread = threading.Thread(target=self._run, name="tracker-streams", daemon=True)
-                self._thread.start()
+        self._thread.start(before=self._quiet)
+
+    def _quiet(self) -> None:
+        self.ringing = False
 
     def close(self) -> None:
-        self._stopping.set()
+        self._thread.stop()
 
-    def _run(self) -> None:
+    def _run(self, stopping: threading.Event) -> None:
         """Runs on the ringer's thread until close()."""
         counter = self._reads.store.change_counter()
         if counter is None:
             return
         seen: int | None = None
-        while not self._stopping.is_set() and not self._reads.waits.stopping:
+        while not stopping.is_set() and not self._reads.waits.stopping:
             try:
                 value = counter()
             except StoreUnavailable as exc:
                 self.ringing = False
                 log.warning("streams: cannot read the commit counter (%s)", exc)
-                self._stopping.wait(1.0)
+                stopping.wait(1.0)
                 continue
             if value != seen:
                 seen = value
                 self._reads.waits.notify(())
             self.ringing = True
-            self._stopping.wait(_RING_S)
+            stopping.wait(_RING_S)
         self.ringing = False

@@ -308,6 +308,42 @@ def client_gone(sock: socket.socket) -> bool:
         return True
 
 
+class ProcessThread:
+    """A daemon thread of this process's own, running ``target(stopping)`` until ``stopping`` is
+    set: started by the first ``start`` in each process (a forked worker starts its own, as it
+    inherits none of its parent's threads), cheap to call again, stopped by ``stop``."""
+
+    def __init__(self, target: Callable[[threading.Event], None], name: str) -> None:
+        self._target = target
+        self._name = name
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def start(self, before: Callable[[], None] = lambda: None) -> None:
+        """Start the thread unless this process runs it already; ``before`` runs first, when it does."""
+        if self._pid == os.getpid() and self._thread is not None:
+            return
+        with self._lock:
+            if self._pid != os.getpid() or self._thread is None:
+                self._pid = os.getpid()
+                before()
+                self._stopping = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._target, args=(self._stopping,), name=self._name, daemon=True
+                )
+                self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Tell the thread to end; with a ``timeout``, wait that long for it (never from itself)."""
+        self._stopping.set()
+        thread = self._thread
+        mine = thread is not None and self._pid == os.getpid() and thread is not threading.current_thread()
+        if timeout is not None and mine and thread is not None:
+            thread.join(timeout)
+
+
 class StatusPoller:
     """One thread per process reading the status of the waited jobs every ``interval_s`` and waking
     those no longer PENDING, while ``live()`` says notifications cannot be relied on.
@@ -334,39 +370,26 @@ class StatusPoller:
         self._read_at: int | None = None  # the counter's value when the statuses were last read
         self._live = live
         self._interval_s = interval_s
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._thread = ProcessThread(self._run, "tracker-waits")
 
     def start(self) -> None:
         """Start the thread in this process unless it runs already; cheap to call per request."""
-        if self._pid == os.getpid() and self._thread is not None:
-            return
-        with self._lock:
-            if self._pid != os.getpid() or self._thread is None:
-                self._pid = os.getpid()
-                self._stopping = threading.Event()
-                self._thread = threading.Thread(target=self._run, name="tracker-waits", daemon=True)
-                self._thread.start()
+        self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        thread = self._thread
-        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
-            thread.join(timeout)
+        self._thread.stop(timeout)
 
-    def _run(self) -> None:
+    def _run(self, stopping: threading.Event) -> None:
         """Runs on the poller thread until close()."""
         backoff = Backoff(first=self._interval_s, cap=_MAX_BACKOFF_S)
         counter = self._change_counter()
         self._read_at = None
-        while not self._stopping.is_set():
+        while not stopping.is_set():
             if not self._registry.wait_for_waiters(timeout=1.0):
                 continue
             if self._live():
                 # Notifications wake the waits; look again now and then in case they stop.
-                self._stopping.wait(max(self._interval_s, _LIVE_RECHECK_S))
+                stopping.wait(max(self._interval_s, _LIVE_RECHECK_S))
                 continue
             try:
                 self._poll_once(counter)
@@ -379,7 +402,7 @@ class StatusPoller:
             else:
                 backoff.reset()
                 delay = self._interval_s
-            self._stopping.wait(delay)
+            stopping.wait(delay)
 
     def _poll_once(self, counter: Callable[[], int] | None) -> None:
         if counter is not None:
