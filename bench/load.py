@@ -333,6 +333,24 @@ def visibility(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _told(
+    sent_at: dict[int, float], told_at: dict[int, float], wrong: list[str], count: int, took: float, clock: _NotifyClock
+) -> dict[str, Any]:
+    """``waiting``'s and ``streaming``'s report: each sampled job's end, from its publish to its client told."""
+    latencies = [told_at[job_id] - at for job_id, at in sent_at.items() if job_id in told_at]
+    return {
+        "split": clock.split(sent_at, told_at),
+        "published": count,
+        "rate": count / took,
+        "samples": len(latencies),
+        "lost": len(sent_at) - len(latencies),
+        "wrong": len(wrong),
+        "wrong_examples": wrong[:3],
+        **percentiles_ms(latencies),
+        "latencies_s": latencies,
+    }
+
+
 def waiting(args: argparse.Namespace) -> dict[str, Any]:
     """Publish like ``publish``; every ``sample_every``-th event ends a job of its own, which a
     GET with ``Prefer: wait`` has been waiting for since ``lead_s`` before: publish -> answered."""
@@ -387,18 +405,7 @@ def waiting(args: argparse.Namespace) -> dict[str, Any]:
     took = _PacedPublisher(args.amqp_url, args.exchange, args.rate).run(count, event_for)
     for thread in waiters:
         thread.join(timeout=args.wait_s + 30)
-    latencies = [answered_at[job_id] - at for job_id, at in sent_at.items() if job_id in answered_at]
-    return {
-        "split": clock.split(sent_at, answered_at),
-        "published": count,
-        "rate": count / took,
-        "samples": len(latencies),
-        "lost": len(sent_at) - len(latencies),
-        "wrong": len(wrong),
-        "wrong_examples": wrong[:3],
-        **percentiles_ms(latencies),
-        "latencies_s": latencies,
-    }
+    return _told(sent_at, answered_at, wrong, count, took, clock)
 
 
 def streaming(args: argparse.Namespace) -> dict[str, Any]:
@@ -453,18 +460,7 @@ def streaming(args: argparse.Namespace) -> dict[str, Any]:
     took = _PacedPublisher(args.amqp_url, args.exchange, args.rate).run(count, event_for)
     reader.join(timeout=30)
     connection.close()
-    latencies = [seen_at[job_id] - at for job_id, at in sent_at.items() if job_id in seen_at]
-    return {
-        "split": clock.split(sent_at, seen_at),
-        "published": count,
-        "rate": count / took,
-        "samples": len(latencies),
-        "lost": len(sent_at) - len(latencies),
-        "wrong": len(wrong),
-        "wrong_examples": wrong[:3],
-        **percentiles_ms(latencies),
-        "latencies_s": latencies,
-    }
+    return _told(sent_at, seen_at, wrong, count, took, clock)
 
 
 def main(argv: list[str] | None = None) -> int:
