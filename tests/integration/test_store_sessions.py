@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import psycopg._queries
 import pytest
 import sqlalchemy as sa
@@ -20,14 +21,20 @@ MAKES_THE_MERGE = "CREATE OR REPLACE FUNCTION pg_temp.tracker_merge("
 
 
 class Sent:
-    """Every statement an engine's connections send, as its DBAPI cursor gets it."""
+    """Every statement psycopg's cursors are given while it is recorded: those SQLAlchemy sends and
+    those the store sends on the DBAPI connection itself (a batch's pipeline)."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.statements: list[str] = []
-        sa.event.listen(engine, "before_cursor_execute", self._record)
+        execute = psycopg.Cursor.execute
 
-    def _record(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        self.statements.append(statement)
+        def recorded(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+            # psycopg's own queries (type lookups) come composed: their text is not the store's.
+            text = query.decode() if isinstance(query, bytes) else query if isinstance(query, str) else repr(query)
+            self.statements.append(text)
+            return execute(cursor, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", recorded)
 
     def take(self) -> list[str]:
         """The statements sent since the last take."""
@@ -48,10 +55,12 @@ def _backend_of(engine: sa.Engine) -> int:
         return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
 
 
-def test_a_batch_sends_only_statements_psycopg_converts_once(one_connection: sa.Engine) -> None:
+def test_a_batch_sends_only_statements_psycopg_converts_once(
+    one_connection: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Over psycopg's limit, a statement's text is split with a regular expression on every batch:
     # the merge must reach the database otherwise than as a text sent with each batch.
-    store, sent = PostgresJobStore(one_connection), Sent(one_connection)
+    store, sent = PostgresJobStore(one_connection), Sent(monkeypatch)
     job = store.create_job()
     sent.take()
     store.apply([new_event(job.id, "progress", "first")])
@@ -73,9 +82,9 @@ def test_a_batch_sends_only_statements_psycopg_converts_once(one_connection: sa.
     indirect=True,
 )
 def test_a_new_session_after_the_old_one_was_dropped_makes_the_merge_again(
-    one_connection: sa.Engine, postgres_url: str
+    one_connection: sa.Engine, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store, sent = PostgresJobStore(one_connection), Sent(one_connection)
+    store, sent = PostgresJobStore(one_connection), Sent(monkeypatch)
     job = store.create_job()
     store.apply([new_event(job.id, "progress", "before")])
     dropped = _backend_of(one_connection)
@@ -99,7 +108,9 @@ def test_a_new_session_after_the_old_one_was_dropped_makes_the_merge_again(
     assert (row.status, row.message) == (merge.SUCCEEDED, "after")
 
 
-def test_a_session_that_lost_its_merge_function_is_broken_once_then_makes_it_again(one_connection: sa.Engine) -> None:
+def test_a_session_that_lost_its_merge_function_is_broken_once_then_makes_it_again(
+    one_connection: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     # As behind a pooler in transaction mode, or after DISCARD: the session is the same, its
     # temporary function gone. That is no event's fault: broken (retried, nothing dead-lettered),
     # and the next fold on the connection makes the function again.
@@ -113,6 +124,8 @@ def test_a_session_that_lost_its_merge_function_is_broken_once_then_makes_it_aga
 
     with pytest.raises(StoreBroken, match="UndefinedFunction"):
         store.apply([new_event(job.id, "succeeded", "after")])
+    # The error is raised once; psycopg's echo of it, as it leaves the aborted pipeline, is not logged.
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
     store.apply([new_event(job.id, "succeeded", "after")])
 
     assert _backend_of(one_connection) == backend  # the same session, its function made again

@@ -14,10 +14,6 @@ from tracker.store import list_statement, postgresql
 MERGE = postgresql.MERGE_SQL.read_text(encoding="utf-8")
 
 
-def _as_sent(clause: sa.TextClause) -> str:
-    return str(clause.compile(dialect=pg_dialect.psycopg.dialect()))
-
-
 def test_the_merge_function_runs_merge_sql_as_it_is() -> None:
     made = postgresql.define_merge_function("tracker_merge", MERGE)
     assert made.startswith("CREATE OR REPLACE FUNCTION pg_temp.tracker_merge(json, bigint[])")
@@ -33,8 +29,8 @@ def test_the_statements_of_each_batch_fit_psycopgs_cache_of_converted_queries() 
     # Over the limit, psycopg splits the text with a regular expression on every batch; the merge
     # itself goes once per session (tests/integration/test_store_sessions.py sees what is sent).
     store = postgresql.PostgresJobStore(sa.create_engine("postgresql+psycopg://"))  # connects to nothing
-    for clause in (postgresql._LOCK, store._merge):  # noqa: SLF001
-        assert len(_as_sent(clause).encode()) <= psycopg._queries.MAX_CACHED_STATEMENT_LENGTH  # noqa: SLF001
+    for statement in (postgresql._LOCK_SQL, store._merge_sql):  # noqa: SLF001
+        assert len(statement.encode()) <= psycopg._queries.MAX_CACHED_STATEMENT_LENGTH  # noqa: SLF001
 
 
 def test_the_merge_renews_a_lease_with_the_slack_the_lost_job_check_allows() -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pathlib
+import typing
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -63,13 +66,13 @@ _UNDEFINED_FUNCTION = "42883"  # SQLSTATE undefined_function
 # rows it locked. It also marks the transaction as one whose writes of async_status log
 # themselves in the stream's change log (merge.sql), so that migration 0015's row trigger, which
 # logs every other writer's, leaves them alone.
-_LOCK = sa.text("""
+_LOCK_SQL = """
 WITH locked AS (
-    SELECT id FROM async_status WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE
+    SELECT id FROM async_status WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR UPDATE
 )
-SELECT ARRAY(SELECT unnest(CAST(:ids AS bigint[])) EXCEPT ALL SELECT id FROM locked),
+SELECT ARRAY(SELECT unnest(%(ids)s::bigint[]) EXCEPT ALL SELECT id FROM locked),
        set_config('tracker.logs_changes', 'on', true)
-""")
+"""
 
 
 def define_merge_function(name: str, statement: str) -> str:
@@ -103,7 +106,7 @@ class PostgresJobStore(JobStore):
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
         self._make_merge = define_merge_function(self.merge_name, self.merge_statement)
-        self._merge = sa.text(f"SELECT * FROM pg_temp.{self.merge_name}(CAST(:events AS json), CAST(:ids AS bigint[]))")
+        self._merge_sql = f"SELECT * FROM pg_temp.{self.merge_name}(%(events)s::json, %(ids)s::bigint[])"
 
     def _count_beyond_cap(self, conn: sa.Connection, query: listing.JobQuery) -> listing.Count:
         # The planner's estimate of the matching rows, from the table's size and the statistics
@@ -129,30 +132,52 @@ class PostgresJobStore(JobStore):
                         # the next fold on this connection makes it again.
                         conn.connection.info.pop(_MADE_FOR_BATCHES, None)
                     raise
+                # _fold has committed (the end of this block finds nothing left to commit).
             # Only now: had the transaction failed, the settings and the function would have been
             # undone with it.
             conn.connection.info[_MADE_FOR_BATCHES] = made | {self.merge_name}
             return applied
 
     def _fold(self, conn: sa.Connection, events: Sequence[Event]) -> Applied:
+        """Lock the batch's rows, merge, and commit: three statements sent at once (psycopg's
+        pipeline mode), their answers read after the commit's.
+
+        One round trip rather than three, and no wait on this process between the merge and its
+        commit: the merge takes the stream's lock (merge.sql, ``serialized``), which every other
+        writer's commit waits for until this one's is done. Had the commit waited for this thread
+        to read the merge's answer first, it would have waited for the interpreter's lock too,
+        which the connection's thread holds for milliseconds at a time (docs/performance.md).
+        """
         # The ids travel as one array literal: psycopg adapts a list of ints one by one.
         ids = "{" + ",".join(map(str, sorted({event.job_id for event in events}))) + "}"
-        missing = conn.execute(_LOCK, {"ids": ids}).scalar_one()
         # The events go as one JSON text, which PostgreSQL reads back exactly (µs, with offset):
         # cheaper than the driver adapting parameters one by one. orjson writes an Event (a
         # dataclass) as an object of its fields, which the merge reads by name.
         batch = orjson.dumps(list(events)).decode()
-        # A new statement, so a new snapshot: it sees everything committed by whoever held these
-        # locks before us, message history included.
+        raw = typing.cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+        try:
+            with raw.pipeline(), raw.cursor() as locking, raw.cursor() as merging:
+                locking.execute(_LOCK_SQL, {"ids": ids})
+                # A new statement, so a new snapshot: it sees everything committed by whoever held
+                # these locks before us, message history included.
+                merging.execute(self._merge_sql, {"events": batch, "ids": ids})
+                raw.commit()
+                missing = typing.cast("tuple[list[int]]", locking.fetchone())[0]
+                rows = merging.fetchall()
+        except psycopg.Error as exc:
+            # Handled as SQLAlchemy handles its own statements' errors (the engine's error hook,
+            # a lost connection dropped from the pool), raised as its DBAPIError. (In a pipeline
+            # the error of any of the three surfaces at the commit.)
+            conn._handle_dbapi_exception(exc, self._merge_sql, {}, None, None)  # noqa: SLF001
         changed, ended, queued = 0, [], []
-        for row in conn.execute(self._merge, {"events": batch, "ids": ids}):
-            if row.job_id is None:
-                changed = row.changed
+        for row in rows:
+            if row[1] is None:
+                changed = row[0]
             else:
-                start, end = row.start_time.astimezone(timefmt.UTC), row.end_time.astimezone(timefmt.UTC)
-                ended.append(Ended(row.job_id, row.kind, row.status, start, end))
-                if row.notifies:
-                    queued.append(row.job_id)
+                job_id, kind, status, start, end, notifies = row[1:]
+                ended.append(Ended(job_id, kind, status, start.astimezone(timefmt.UTC), end.astimezone(timefmt.UTC)))
+                if notifies:
+                    queued.append(job_id)
         ended.sort(key=lambda job: job.job_id)
         return Applied(
             changed_jobs=changed,
