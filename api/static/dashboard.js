@@ -201,10 +201,29 @@ function drawGlance(counts, lost, dead) {
   state.counts = counts;
 }
 
+// The list is drawn anew at each change the stream tells of: a keyboard user's place in it (a
+// job's link, a label's) is kept across the redraw, else it would fall back to the page's start.
+const FOCUSABLE = "a, button, input";
+
+function focusInRows(body) {
+  const active = document.activeElement;
+  const row = active && body.contains(active) ? active.closest("tr") : null;
+  if (!row) return null;
+  return { id: row.dataset.id, index: [...row.querySelectorAll(FOCUSABLE)].indexOf(active) };
+}
+
+function refocusInRows(body, focused) {
+  if (!focused || focused.index < 0) return;
+  const row = [...body.rows].find((candidate) => candidate.dataset.id === focused.id);
+  const target = row ? row.querySelectorAll(FOCUSABLE)[focused.index] : null;
+  if (target) target.focus();
+}
+
 function drawList(query, rows, summary) {
   const total = summary.count;
   const body = $("jobs");
   const seen = new Map();
+  const focused = focusInRows(body);
   body.replaceChildren(
     ...rows.map((job) => {
       const row = element("tr");
@@ -235,6 +254,7 @@ function drawList(query, rows, summary) {
     }),
   );
   state.rows = seen;
+  refocusInRows(body, focused);
   const first = total === 0 ? 0 : (query.page - 1) * query.limit + 1;
   const last = (query.page - 1) * query.limit + rows.length;
   const filter = (query.statuses.length ? ` with status ${query.statuses.join(" or ")}` : "") + details.describeFilters(query);

@@ -77,3 +77,28 @@ def test_the_dashboard_shows_changes_from_the_stream_and_resumes_it(
     store.apply([new_event(other.id, "failed", "Disk full.")])
     _row_within(page, other.id, "FAILED", 15)
     assert page.evaluate("window.sameDocument") is True
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_keyboard_users_place_in_the_list_survives_the_streams_redraws(
+    browser: Any,  # noqa: F811 - the fixture imported above
+    live: LiveApi,
+    store: JobStore,
+) -> None:
+    # The list is drawn anew at each change; a job's link focused by the keyboard stays focused,
+    # so Enter still opens that job (it went nowhere when the redraw came between).
+    kept, changing = store.create_job("Deploying."), store.create_job("Purging.")
+    page = browser.new_context().new_page()
+    page.goto(live.base_url + "/")
+    log_in_by_keyboard(page, "ops")
+    page.locator("#dashboard").wait_for(state="visible")
+    wait_for_row(page, kept.id, "PENDING")
+    page.get_by_role("link", name=f"Job {kept.id}", exact=True).first.focus()
+
+    store.apply([new_event(changing.id, "succeeded", "Purged.")])
+    _row_within(page, changing.id, "SUCCEEDED", SEEN_WITHIN_S)
+
+    focused = page.evaluate("document.activeElement.getAttribute('aria-label')")
+    assert focused == f"Job {kept.id}"
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name=f"Job {kept.id}").wait_for(timeout=SEEN_WITHIN_S * 1000)
