@@ -25,15 +25,16 @@ import contextlib
 import json
 import os
 import pathlib
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 
-from bench.processes import free_port
 from tests.accounts import ServiceAccount
 from tests.faults import rabbitmq
 
@@ -53,11 +54,28 @@ _NFT_TABLE_PREFIX = "tracker_cut_"
 _MARK_BASE = 0x7AC0_0000  # conntrack marks of the cuts' connections: this, and 16 bits of the run's own
 
 
+# The nodes' ports are taken below the kernel's ephemeral range (32768 and up here): a port the
+# kernel hands out for :0 is free only until it is handed out again, as the source port of any
+# outgoing connection, which happened between the probe and the node's start ("eaddrinuse").
+_PORTS = range(20_000, 32_000)
+_handed_out: set[int] = set()
+
+
 def _free_port() -> int:
-    """A free port of 127.0.0.1, never one of the machine's own node (taken anyway while it runs)."""
-    while (port := free_port()) in _MACHINE_NODE_PORTS:
-        pass
-    return port
+    """A free port of 127.0.0.1 below the ephemeral range, not handed out before by this process,
+    never one of the machine's own node (taken anyway while it runs)."""
+    for _ in range(1000):
+        port = random.choice(_PORTS)
+        if port in _MACHINE_NODE_PORTS or port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise ClusterUnavailable(f"no free port of 127.0.0.1 in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 class ClusterUnavailable(RuntimeError):

@@ -3,6 +3,8 @@ nodes as a production cluster, and cuts one off with rules that touch nothing el
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from tests import cluster
@@ -15,10 +17,33 @@ def test_without_rabbitmq_server_the_fixture_fails_saying_so(monkeypatch, tmp_pa
         cluster.server_scripts()
 
 
-def test_the_nodes_never_take_the_ports_of_the_machines_own_node(monkeypatch):
-    offered = iter([5672, 25672, 40001])
-    monkeypatch.setattr(cluster, "free_port", lambda: next(offered))
-    assert cluster._free_port() == 40001  # noqa: SLF001
+def _bound_in(ports: range) -> socket.socket:
+    """A socket holding a port of ``ports`` on 127.0.0.1."""
+    for port in ports:
+        held = socket.socket()
+        try:
+            held.bind(("127.0.0.1", port))
+        except OSError:
+            held.close()
+            continue
+        return held
+    raise AssertionError("no port free to hold")
+
+
+def test_the_nodes_take_free_ports_below_the_ephemeral_range_never_the_machines_own_nodes(monkeypatch):
+    # The kernel hands ports of 32768 and up to outgoing connections: a node's port there could be
+    # taken between the probe and the node's start. Taken ports, the machine's node's and those
+    # handed out already are passed over.
+    monkeypatch.setattr(cluster, "_handed_out", set())
+    with _bound_in(range(20_000, 21_000)) as taken:
+        free = _bound_in(range(21_000, 22_000))
+        chosen = free.getsockname()[1]
+        free.close()
+        offered = iter([25672, taken.getsockname()[1], chosen, chosen, 5672, chosen + 1])
+        monkeypatch.setattr(cluster.random, "choice", lambda _ports: next(offered))
+        assert cluster._free_port() == chosen  # noqa: SLF001
+        assert cluster._free_port() == chosen + 1  # noqa: SLF001 - not the one handed out already
+    assert max(cluster._PORTS) < 32768  # noqa: SLF001
 
 
 def nodes(tmp_path, **options) -> list[cluster.Node]:
