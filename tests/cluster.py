@@ -313,6 +313,15 @@ class Cluster:
                 return entry
         raise AssertionError(f"no queue {queue} on the cluster")
 
+    def leader_now(self, queue: str) -> str:
+        """The name of the node leading quorum queue ``queue`` now; "" while none does, and while
+        the node asked leaves the queue out of its list (it did just after its leader was killed)."""
+        node = self.any_running()
+        for entry in node.ctl_json("list_queues", "name", "leader"):
+            if entry["name"] == queue:
+                return str(entry["leader"] or "")
+        return ""
+
     def leader(self, queue: str) -> Node:
         """The node leading quorum queue ``queue`` now."""
         return self.node(str(self.queue_info(queue)["leader"]))

@@ -126,13 +126,17 @@ class LiveApi:
         return None
 
     def connection_to_each_worker(
-        self, warm: Callable[[http.client.HTTPConnection], None], within_s: float = START_TIMEOUT_S
+        self, warm: Callable[[http.client.HTTPConnection], None], workers: int, within_s: float = START_TIMEOUT_S
     ) -> dict[int, http.client.HTTPConnection]:
-        """A kept-alive connection to every worker, by pid, each already used by ``warm`` (which
-        must leave it open: a request answered in full). Connections are opened in bursts, since
-        the kernel hands one at a time to whichever worker waited last. Fails if some worker has
-        taken none after ``within_s`` (one still starting takes none)."""
-        workers = self.worker_pids()
+        """A kept-alive connection to each of the ``workers`` workers, by pid, each already used by
+        ``warm`` (which must leave it open: a request answered in full). Connections are opened in
+        bursts, since the kernel hands one at a time to whichever worker waited last. Fails if
+        fewer workers run, or some has taken none, after ``within_s`` (one still starting takes none)."""
+        deadline = time.monotonic() + within_s
+        # The API answers once one worker does: the master may not have forked the others yet.
+        while len(pids := self.worker_pids()) < workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pids) == workers, f"workers {sorted(pids)} running, not {workers}"
         found: dict[int, http.client.HTTPConnection] = {}
 
         def opened() -> http.client.HTTPConnection:
@@ -140,16 +144,15 @@ class LiveApi:
             warm(connection)
             return connection
 
-        deadline = time.monotonic() + within_s
         with concurrent.futures.ThreadPoolExecutor(_BURST) as pool:
-            while set(found) != workers and time.monotonic() < deadline:
+            while set(found) != pids and time.monotonic() < deadline:
                 for connection in list(pool.map(lambda _: opened(), range(_BURST))):
                     pid = self.worker_serving(connection)
                     if pid is not None and pid not in found:
                         found[pid] = connection
                     else:
                         connection.close()
-        assert set(found) == workers, f"connections reached workers {sorted(found)} of {sorted(workers)}"
+        assert set(found) == pids, f"connections reached workers {sorted(found)} of {sorted(pids)}"
         return found
 
 

@@ -38,7 +38,7 @@ def test_a_logout_ends_the_token_in_every_worker(database_url: str, tmp_path: pa
         def warm(connection) -> None:  # the worker knows the token: verified, remembered
             assert exchange(connection, "GET", path, bearer).status == 200
 
-        workers = live.connection_to_each_worker(warm)
+        workers = live.connection_to_each_worker(warm, WORKERS)
         assert len(workers) == WORKERS
         for connection in workers.values():
             warm(connection)  # again: gunicorn closes a connection idle for 2 s, and finding them all may take that

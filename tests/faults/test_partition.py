@@ -70,7 +70,7 @@ def publish_through(nodes: list[Node], messages: list[tuple[str, bytes, str]], s
 def led_by_others(cluster: Cluster, queue: str, victim: Node) -> bool:
     """Whether ``queue`` has a leader other than ``victim`` now (a command may fail meanwhile)."""
     try:
-        return cluster.queue_info(queue)["leader"] not in ("", victim.name)
+        return cluster.leader_now(queue) not in ("", victim.name)
     except ClusterUnavailable:
         return False
 
