@@ -307,20 +307,21 @@ class Cluster:
 
     def queue_info(self, queue: str, asked: Node | None = None) -> dict[str, object]:
         """``name``, ``type``, ``leader`` and ``members`` of ``queue``, asked of a running node."""
-        node = asked or self.any_running()
-        for entry in node.ctl_json("list_queues", "name", "type", "leader", "members"):
-            if entry["name"] == queue:
-                return entry
-        raise AssertionError(f"no queue {queue} on the cluster")
+        entry = self._listed(queue, asked or self.any_running())
+        if entry is None:
+            raise AssertionError(f"no queue {queue} on the cluster")
+        return entry
 
     def leader_now(self, queue: str) -> str:
         """The name of the node leading quorum queue ``queue`` now; "" while none does, and while
         the node asked leaves the queue out of its list (it did just after its leader was killed)."""
-        node = self.any_running()
-        for entry in node.ctl_json("list_queues", "name", "leader"):
-            if entry["name"] == queue:
-                return str(entry["leader"] or "")
-        return ""
+        entry = self._listed(queue, self.any_running())
+        return "" if entry is None else str(entry["leader"] or "")
+
+    def _listed(self, queue: str, node: Node) -> dict[str, object] | None:
+        """``queue``'s entry in ``node``'s list of queues, None when it leaves the queue out."""
+        entries = node.ctl_json("list_queues", "name", "type", "leader", "members")
+        return next((entry for entry in entries if entry["name"] == queue), None)
 
     def leader(self, queue: str) -> Node:
         """The node leading quorum queue ``queue`` now."""

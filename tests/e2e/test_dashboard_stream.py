@@ -19,7 +19,7 @@ from tracker.store import JobStore
 
 SEEN_WITHIN_S = 2.0  # well inside the page's own refresh (10 s with the stream open)
 
-pytestmark = [pytest.mark.postgres]
+pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)]
 
 
 @pytest.fixture
@@ -27,6 +27,14 @@ def live(database_url: str, tmp_path: pathlib.Path) -> Iterator[LiveApi]:
     add_users(database_url, ops="operations")
     with running_api(database_url, tmp_path) as api:
         yield api
+
+
+def _dashboard_showing(page: Any, live: LiveApi, job_id: int) -> None:
+    """Open the dashboard on ``page``, log in as ops, and wait for PENDING job ``job_id`` in the list."""
+    page.goto(live.base_url + "/")
+    log_in_by_keyboard(page, "ops")
+    page.locator("#dashboard").wait_for(state="visible")
+    wait_for_row(page, job_id, "PENDING")
 
 
 def _row_within(page: Any, job_id: int, status: str, seconds: float) -> float:
@@ -39,7 +47,6 @@ def _row_within(page: Any, job_id: int, status: str, seconds: float) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_the_dashboard_shows_changes_from_the_stream_and_resumes_it(
     browser: Any,  # noqa: F811 - the fixture imported above
     live: LiveApi,
@@ -49,10 +56,7 @@ def test_the_dashboard_shows_changes_from_the_stream_and_resumes_it(
     page = browser.new_context().new_page()
     streams: list[Any] = []
     page.on("request", lambda request: streams.append(request) if request.resource_type == "eventsource" else None)
-    page.goto(live.base_url + "/")
-    log_in_by_keyboard(page, "ops")
-    page.locator("#dashboard").wait_for(state="visible")
-    wait_for_row(page, job.id, "PENDING")
+    _dashboard_showing(page, live, job.id)
     page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
     page.wait_for_timeout(500)  # the stream is open
     assert len(streams) == 1
@@ -79,7 +83,6 @@ def test_the_dashboard_shows_changes_from_the_stream_and_resumes_it(
     assert page.evaluate("window.sameDocument") is True
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_keyboard_users_place_in_the_list_survives_the_streams_redraws(
     browser: Any,  # noqa: F811 - the fixture imported above
     live: LiveApi,
@@ -89,10 +92,7 @@ def test_a_keyboard_users_place_in_the_list_survives_the_streams_redraws(
     # so Enter still opens that job (it went nowhere when the redraw came between).
     kept, changing = store.create_job("Deploying."), store.create_job("Purging.")
     page = browser.new_context().new_page()
-    page.goto(live.base_url + "/")
-    log_in_by_keyboard(page, "ops")
-    page.locator("#dashboard").wait_for(state="visible")
-    wait_for_row(page, kept.id, "PENDING")
+    _dashboard_showing(page, live, kept.id)
     page.get_by_role("link", name=f"Job {kept.id}", exact=True).first.focus()
 
     store.apply([new_event(changing.id, "succeeded", "Purged.")])
