@@ -125,6 +125,19 @@ def rabbitmq_server() -> str:
     return AMQP_URL
 
 
+@pytest.fixture
+def fresh_database(postgres_server: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database of this test's own."""
+    name = f"tracker_test_{uuid.uuid4().hex[:10]}_mig"
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_url(postgres_server: str) -> Iterator[str]:
     """A database of this test session's own, migrated, dropped at the end."""

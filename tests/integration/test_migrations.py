@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -26,19 +25,6 @@ from tracker.users import TokenRevocations, UserStore
 """The shipped migrations, up and down, on a PostgreSQL database of each test's own and on SQLite."""
 
 """The shipped migrations, up and down, on a PostgreSQL database of each test's own and on SQLite."""
-
-
-@pytest.fixture
-def fresh_database(postgres_server: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database of this test's own."""
-    name = f"tracker_test_{uuid.uuid4().hex[:10]}_mig"
-    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 def _config() -> Config:
@@ -559,20 +545,28 @@ def test_migration_0015_stamps_changes_from_then_on_and_goes_back(any_fresh_data
         engine.dispose()
 
 
-def test_migration_0014_adds_the_index_of_cancel_requests_and_goes_back(any_fresh_database: str) -> None:
+@pytest.mark.parametrize(
+    ("before", "table", "name"),
+    [
+        ("0013", "async_status", "ix_async_status_pending_cancel_requested"),
+        ("0015", "async_status_change", "ix_async_status_change_deletions"),
+    ],
+)
+def test_migrations_0014_and_0016_add_their_index_and_go_back(
+    any_fresh_database: str, before: str, table: str, name: str
+) -> None:
     engine = make_engine(any_fresh_database)
 
     def indexes() -> set[str]:
         with engine.connect() as conn:
-            return {str(index["name"]) for index in sa.inspect(conn).get_indexes("async_status")}
+            return {str(index["name"]) for index in sa.inspect(conn).get_indexes(table)}
 
-    name = "ix_async_status_pending_cancel_requested"
     try:
-        _alembic(engine, lambda config: command.upgrade(config, "0013"))
+        _alembic(engine, lambda config: command.upgrade(config, before))
         assert name not in indexes()
         migrations.migrate(engine)
         assert name in indexes()
-        _alembic(engine, lambda config: command.downgrade(config, "0013"))
+        _alembic(engine, lambda config: command.downgrade(config, before))
         assert name not in indexes()
         migrations.migrate(engine)
         assert name in indexes()

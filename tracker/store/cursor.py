@@ -38,6 +38,7 @@ import functools
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.sql import util as sql_util
 
 from tracker import listing
 from tracker.model import Job
@@ -78,16 +79,20 @@ def _position_of(dialect: str) -> sa.ColumnElement[Any]:
 def changed_since(conn: sa.Connection, after: int, query: listing.JobQuery, most: int) -> Changes:
     """The rows matching ``query``'s filters (not its order or page) changed after cursor ``after``,
     each once, as they are now, at most ``most`` of them; or a reset, when ``after`` cannot be
-    resumed (rows deleted since, pruned, or a cursor never given)."""
-    rows = conn.execute(_changed_statement(query), {"after": after, "most": most}).all()
+    resumed (rows deleted since, pruned, or a cursor never given).
+
+    The position goes on to the stream's position at the read when fewer than ``most`` rows match,
+    whether any does or not: a stream whose filter matches few of the changes (one kind of many)
+    would otherwise read every change since its last match at each notification, ever more of them."""
+    found = conn.execute(_changed_statement(conn.dialect.name, query), {"after": after, "most": most}).all()
+    now = int(found[0][0])  # the position in the same snapshot as the rows: nothing at or below it is missed
+    rows = [row for row in found if row[1] is not None]
     # Read after the rows: whatever was deleted or pruned before they were read is seen here.
-    pruned_upto, deleted, now = conn.execute(_resumable_statement(conn.dialect.name), {"after": after}).one()
+    pruned_upto, deleted = conn.execute(_resumable_statement(), {"after": after}).one()
     if after < pruned_upto or deleted or after > now:
-        return Changes((), now, reset=True)
-    if not rows:
-        return Changes((), after)
-    changes = tuple((int(row[0]), Job(*row[1:])) for row in rows)
-    return Changes(changes, changes[-1][0])
+        return Changes((), max(now, pruned_upto), reset=True)
+    changes = tuple((int(row[1]), Job(*row[2:])) for row in rows)
+    return Changes(changes, changes[-1][0] if len(changes) >= most else now)
 
 
 def prune(conn: sa.Connection, keep: int = KEPT_ENTRIES) -> int:
@@ -116,26 +121,44 @@ def prune_log(engine: sa.Engine, keep: int = KEPT_ENTRIES) -> int:
 
 # A stream reads at each notification (every commit of a busy tracker): its statements are built
 # once, not at each read (building and keying them cost more than PostgreSQL takes to run them).
-@functools.lru_cache(maxsize=2)
-def _resumable_statement(dialect: str) -> sa.Select[Any]:
-    """The log's pruned bound, whether a change after ``after`` is of a deleted row, the position
-    now: one round trip."""
-    gone = sa.exists().where(_log.seq > sa.bindparam("after", type_=sa.BigInteger), _log.job_id.is_(None))
-    return sa.select(async_status_stream.c.pruned_upto, gone, _position_of(dialect))
+# Their plans must not hang on the tables' statistics (a fresh or just-emptied table has none, and
+# the log is only ever appended to): the deletions' check reads a partial index of deletions only
+# (migration 0016), and each changed job's row is found by its key.
+@functools.lru_cache(maxsize=1)
+def _resumable_statement() -> sa.Select[Any]:
+    """The log's pruned bound, and whether a change after ``after`` is of a deleted row: one round trip."""
+    gone = sa.exists().where(_log.job_id.is_(None), _log.seq > sa.bindparam("after", type_=sa.BigInteger))
+    return sa.select(async_status_stream.c.pruned_upto, gone)
 
 
 @functools.lru_cache(maxsize=256)
-def _changed_statement(query: listing.JobQuery) -> sa.Select[Any]:
+def _changed_statement(dialect: str, query: listing.JobQuery) -> sa.Select[Any]:
+    """The stream's position, then (seq, the row's public columns) of each job changed after
+    ``after`` that matches ``query``, in seq order, at most ``most``; one row of the position alone
+    (its other columns NULL) when none does. One statement: one snapshot for both."""
     latest = (
         sa.select(_log.job_id, sa.func.max(_log.seq).label("seq"))
         .where(_log.seq > sa.bindparam("after", type_=sa.BigInteger), _log.job_id.is_not(None))
         .group_by(_log.job_id)
-        .subquery()
+        .subquery("latest")
     )
-    return (
-        sa.select(latest.c.seq, *PUBLIC_COLUMNS)
-        .join_from(latest, async_status, async_status.c.id == latest.c.job_id)
-        .where(*filters_of(query))
-        .order_by(latest.c.seq)
-        .limit(sa.bindparam("most", type_=sa.Integer))
-    )
+    if dialect == "postgresql":
+        # LIMIT 1 keeps PostgreSQL from merging the lookup into a join it would plan from the
+        # statistics (without them, a scan of every matching row for each changed job).
+        job = sa.select(async_status).where(async_status.c.id == latest.c.job_id).limit(1).lateral("job")
+        adapt = sql_util.ClauseAdapter(job).traverse
+        page = (
+            sa.select(latest.c.seq, *(adapt(column) for column in PUBLIC_COLUMNS))
+            .select_from(latest)
+            .join(job, sa.true())
+            .where(*(adapt(condition) for condition in filters_of(query)))
+        )
+    else:  # SQLite looks each row up by its key anyway
+        page = (
+            sa.select(latest.c.seq, *PUBLIC_COLUMNS)
+            .join_from(latest, async_status, async_status.c.id == latest.c.job_id)
+            .where(*filters_of(query))
+        )
+    rows = page.order_by(latest.c.seq).limit(sa.bindparam("most", type_=sa.Integer)).subquery("page")
+    now = sa.select(_position_of(dialect).label("now")).subquery("now")
+    return sa.select(now.c.now, *rows.c).select_from(now.outerjoin(rows, sa.true())).order_by(rows.c.seq)

@@ -275,6 +275,15 @@ async_status_change = sa.Table(
     sqlite_autoincrement=True,
 )
 
+# The log's deletions (migration 0016): a stream's every read asks whether there is one after its
+# cursor; partial, so that the log's other entries leave it alone.
+sa.Index(
+    "ix_async_status_change_deletions",
+    async_status_change.c.seq,
+    sqlite_where=sa.text("job_id IS NULL"),
+    postgresql_where=sa.text("job_id IS NULL"),
+)
+
 # The stream's one row (migration 0015): the highest cursor pruned from the log; a cursor below it
 # cannot be resumed.
 async_status_stream = sa.Table(
