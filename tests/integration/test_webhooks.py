@@ -192,7 +192,7 @@ def test_deliverers_never_take_the_same_delivery_and_a_lapsed_claim_is_taken_ove
 ) -> None:
     jobs = [store.create_job(notify_url=f"https://hooks.test/{n}") for n in range(40)]
     store.apply([new_event(job.id, "succeeded") for job in jobs])
-    first, second = Deliveries(engine, lease_s=0.5), Deliveries(engine, lease_s=60)
+    first, second = Deliveries(engine, lease_s=60), Deliveries(engine, lease_s=60)
     taken: dict[str, list[int]] = {}
 
     def take(name: str, deliveries: Deliveries) -> None:
@@ -209,9 +209,16 @@ def test_deliverers_never_take_the_same_delivery_and_a_lapsed_claim_is_taken_ove
         thread.join()
     assert sorted(taken["first"] + taken["second"]) == [job.id for job in jobs]  # each once
 
-    # The first deliverer's claims lapse (0.5 s): the second takes them over, and the first can
-    # settle none of them any more.
-    time.sleep(0.6)
+    # The first deliverer's claims lapse (their lease's end, due_at, is passed; moved into the past
+    # here rather than waited for: a short lease could lapse on a busy machine while the two were
+    # still taking, and the second would rightly take those claims over too): the second takes
+    # them over, and the first can settle none of them any more.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(async_status_delivery)
+            .where(async_status_delivery.c.job_id.in_(taken["first"]))
+            .values(due_at=START)
+        )
     claimed, _ = second.claim(100)
     assert sorted(each.job.id for each in claimed) == sorted(taken["first"])
     assert all(each.job.notify_attempts == 2 for each in claimed)
