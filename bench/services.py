@@ -11,7 +11,7 @@ import pika
 import pika.exceptions
 import sqlalchemy as sa
 
-from tracker import auth, broker, merge
+from tracker import auth, broker, merge, webhooks
 from tracker.config import Settings
 from tracker.store import make_engine, migrate
 from tracker.users import UserStore
@@ -82,15 +82,21 @@ class BenchDatabase:
             conn.exec_driver_sql("VACUUM ANALYZE async_status")
             conn.exec_driver_sql("VACUUM ANALYZE async_status_event")
 
-    def seed_jobs(self, count: int, terminal_every: int = 0, failed_every: int = 0) -> range:
+    def seed_jobs(
+        self, count: int, terminal_every: int = 0, failed_every: int = 0, notify_url: str | None = None
+    ) -> range:
         """Insert ``count`` jobs in one statement; every ``terminal_every``-th is SUCCEEDED, and every
-        ``failed_every``-th FAILED instead. Their ids."""
+        ``failed_every``-th FAILED instead. With ``notify_url``, every job has that webhook (SPEC §13),
+        its delivery pending, as the API creates one. Their ids."""
         failed = f"g %% {failed_every} = 0" if failed_every else "false"
         terminal = f"({failed} OR g %% {terminal_every} = 0)" if terminal_every else failed
+        # Columns named only for a webhook: every other caller's statement stays as it was.
+        notify_columns = ", notify_url, notify_state, notify_attempts" if notify_url else ""
+        notify_values = f", %(notify_url)s, '{webhooks.PENDING}', 0" if notify_url else ""
         statement = f"""
             WITH new AS (
                 INSERT INTO async_status (status, message, initial_message, start_time, end_time,
-                                          terminal_at, terminal_seq, terminal_event_id)
+                                          terminal_at, terminal_seq, terminal_event_id{notify_columns})
                 SELECT CASE WHEN {failed} THEN 'FAILED' WHEN {terminal} THEN 'SUCCEEDED' ELSE 'PENDING' END,
                        CASE WHEN {terminal} THEN 'done' ELSE %(message)s END,
                        %(message)s,
@@ -98,14 +104,15 @@ class BenchDatabase:
                        CASE WHEN {terminal} THEN now() END,
                        CASE WHEN {terminal} THEN now() END,
                        CASE WHEN {terminal} THEN 0 END,
-                       CASE WHEN {terminal} THEN md5(g::text)::uuid::text END
+                       CASE WHEN {terminal} THEN md5(g::text)::uuid::text END{notify_values}
                 FROM generate_series(1, %(count)s) AS g
                 RETURNING id
             )
             SELECT min(id), max(id) FROM new
         """
         with self.engine.begin() as conn:
-            first, last = conn.exec_driver_sql(statement, {"count": count, "message": merge.DEFAULT_MESSAGE}).one()
+            parameters = {"count": count, "message": merge.DEFAULT_MESSAGE, "notify_url": notify_url}
+            first, last = conn.exec_driver_sql(statement, parameters).one()
         return range(first, last + 1)
 
     def row_count(self) -> int:
