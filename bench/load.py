@@ -3,6 +3,8 @@
     python -m bench.load publish ...      publish events at a steady rate, each stamped with its send time
     python -m bench.load visibility ...   the same, and time each sampled event until GET shows it
     python -m bench.load waiting ...      the same, each sampled event a job's end, awaited by a GET with Prefer: wait
+    python -m bench.load streaming ...    the same, each job's end read from one stream of the list
+    python -m bench.load receiving ...    the same, each job's end POSTed to this process's webhook receiver
     python -m bench.load hammer ...       GET random job ids back to back (the load without wrk)
 
 The commands print one JSON object on stdout when done.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import http.client
+import http.server
 import os
 import pathlib
 import queue
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -30,7 +34,7 @@ import pika
 
 from bench.references import percentiles_ms
 from bench.workload import event_body
-from tracker import broker, timefmt
+from tracker import broker, timefmt, webhooks
 
 JOB_PATH = "/api/5.0/async_status/{}"
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -336,7 +340,8 @@ def visibility(args: argparse.Namespace) -> dict[str, Any]:
 def _told(
     sent_at: dict[int, float], told_at: dict[int, float], wrong: list[str], count: int, took: float, clock: _NotifyClock
 ) -> dict[str, Any]:
-    """``waiting``'s and ``streaming``'s report: each sampled job's end, from its publish to its client told."""
+    """``waiting``'s, ``streaming``'s and ``receiving``'s report: each sampled job's end, from its publish
+    to its client told."""
     latencies = [told_at[job_id] - at for job_id, at in sent_at.items() if job_id in told_at]
     return {
         "split": clock.split(sent_at, told_at),
@@ -463,6 +468,85 @@ def streaming(args: argparse.Namespace) -> dict[str, Any]:
     return _told(sent_at, seen_at, wrong, count, took, clock)
 
 
+def finished_job(body: bytes) -> tuple[int, str]:
+    """The id and status of the job a webhook's body names (SPEC §13: ``{"type": "job.finished",
+    "job": <the row as GET shows it>}``); raises ValueError for any other body."""
+    message = orjson.loads(body)
+    job = message.get("job") if isinstance(message, dict) and message.get("type") == webhooks.EVENT_TYPE else None
+    if not isinstance(job, dict) or type(job.get("id")) is not int or not isinstance(job.get("status"), str):
+        raise ValueError(f"not a {webhooks.EVENT_TYPE} message: {body[:200]!r}")
+    return job["id"], job["status"]
+
+
+class _Receiver:
+    """An HTTP server on 127.0.0.1:``port``, a thread per request, that answers every POST 204 at
+    once and hands ``received`` its body and when it had been read (monotonic s)."""
+
+    def __init__(self, port: int, received: Callable[[bytes, float], None]) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                at = time.monotonic()
+                self.send_response(204)
+                self.end_headers()
+                received(body, at)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Silent: a line on stderr per POST would be work on the cores the measured processes share."""
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def receiving(args: argparse.Namespace) -> dict[str, Any]:
+    """Publish like ``publish``; every ``sample_every``-th event ends a job of its own, created with a
+    notify_url at this process's receiver on ``receiver_port`` (SPEC §13): publish -> its webhook
+    received."""
+    count = round(args.rate * args.duration_s)
+    background = range(args.first_job, args.last_job + 1)
+    samples = range(args.first_sample_job, args.last_sample_job + 1)
+    expected = len(range(0, count, args.sample_every))
+    if expected > len(samples):
+        raise SystemExit("more samples than sample jobs")
+    rng = random.Random(3)
+    sent_at: dict[int, float] = {}
+    received_at: dict[int, float] = {}
+    wrong: list[str] = []
+    all_received = threading.Event()
+    clock = _NotifyClock(os.environ.get("TRACKER_DATABASE_URL"))
+
+    def received(body: bytes, at: float) -> None:
+        try:
+            job_id, status = finished_job(body)
+        except ValueError as exc:
+            wrong.append(str(exc))
+            return
+        received_at.setdefault(job_id, at)
+        if status != "SUCCEEDED":
+            wrong.append(repr(body[:200]))
+        if len(received_at) >= expected:
+            all_received.set()
+
+    receiver = _Receiver(args.receiver_port, received)
+
+    def event_for(i: int) -> tuple[int, str, Any, str]:
+        if i % args.sample_every:
+            return rng.choice(background), f"step {i}", None, "progress"
+        job_id = samples[i // args.sample_every]
+        return job_id, f"done {i}", lambda at: sent_at.__setitem__(job_id, at), "succeeded"
+
+    try:
+        took = _PacedPublisher(args.amqp_url, args.exchange, args.rate).run(count, event_for)
+        all_received.wait(args.timeout_s)
+    finally:
+        receiver.close()
+    return _told(sent_at, received_at, wrong, count, took, clock)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -481,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         ("visibility", visibility),
         ("waiting", waiting),
         ("streaming", streaming),
+        ("receiving", receiving),
     ):
         command = commands.add_parser(name)
         command.set_defaults(handler=handler)
@@ -511,9 +596,13 @@ def main(argv: list[str] | None = None) -> int:
         if name == "streaming":
             command.add_argument("--port", type=int, required=True)
             command.add_argument("--token", required=True)
+        if name in ("streaming", "receiving"):
             command.add_argument("--first-sample-job", type=int, required=True)
             command.add_argument("--last-sample-job", type=int, required=True)
             command.add_argument("--sample-every", type=int, default=50)
+        if name == "receiving":
+            command.add_argument("--receiver-port", type=int, required=True)
+            command.add_argument("--timeout-s", type=float, default=30.0)
     args = parser.parse_args(argv)
     print(orjson.dumps(args.handler(args)).decode(), flush=True)
     return 0
