@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import gc
 import itertools
 import random
+import secrets
 import statistics
 import time
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from bench.references import percentiles_ms
 from bench.report import Result
 from bench.services import BenchDatabase, MessagesLost, QueueWatcher
 from bench.testbed import Scale, Testbed
+from tracker import webhooks
 from tracker.config import Settings
 
 _DONE_CHECK = 2000  # final events whose rows are checked for completion (several batches' worth)
@@ -526,10 +529,35 @@ def streaming(bed: Testbed) -> list[Result]:
     )
 
 
+def webhook(bed: Testbed) -> list[Result]:
+    """#2d: publish a job's end -> its webhook (SPEC §13) POSTed by the consumer's deliverer reaches a
+    receiver of the load client's own, against publish -> consume on the same broker, at #2's rate
+    and pace, in the same run."""
+    return _told_beside_round_trip(
+        bed,
+        "webhook",
+        "a job's end POSTed to its notify_url",
+        "webhook received",
+        "2d webhook",
+        "publish a job's end -> webhook received",
+    )
+
+
+_CLIENT_MODES = {"wait": "waiting", "stream": "streaming", "webhook": "receiving"}  # bench.load's mode of each kind
+
+
+def _webhook_secret() -> str:
+    """A fresh TRACKER_WEBHOOK_SECRET: the Standard Webhooks form, 32 random bytes."""
+    return webhooks.SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
 def _told_beside_round_trip(bed: Testbed, kind: str, sampled: str, told: str, name: str, figure: str) -> list[Result]:
-    """The rounds of #2b and #2c: publish -> consume on the broker (the reference), then, with a
+    """The rounds of #2b, #2c and #2d: publish -> consume on the broker (the reference), then, with a
     consumer and an API of the round's own, publish -> a client told of the job's end (``bench.load``'s
-    ``waiting`` or ``streaming`` mode, by ``kind``), at #2's rate and pace."""
+    ``waiting``, ``streaming`` or ``receiving`` mode, by ``kind``), at #2's rate and pace.
+
+    For ``webhook`` the sampled jobs have a notify_url at the client's receiver, on a port chosen
+    afresh each round, which the round's consumer and API are allowed to send to."""
     scale, db = bed.scale, bed.database
     settings = bed.settings(kind)
     count = round(scale.latency_rate * scale.latency_s)
@@ -541,8 +569,16 @@ def _told_beside_round_trip(bed: Testbed, kind: str, sampled: str, told: str, na
     answers: list[dict[str, Any]] = []
     for round_number in range(scale.latency_rounds):
         db.empty()
+        round_settings = settings
+        receiver_port: int | None = None
+        notify_url: str | None = None
+        if kind == "webhook":
+            receiver_port = free_port()
+            receiver = f"http://127.0.0.1:{receiver_port}"
+            round_settings = settings.with_(webhook_allow=receiver, webhook_secret=_webhook_secret())
+            notify_url = f"{receiver}/bench"
         background = db.seed_jobs(2000)
-        samples = db.seed_jobs(count // scale.latency_sample_every + 10, terminal_every=0)
+        samples = db.seed_jobs(count // scale.latency_sample_every + 10, terminal_every=0, notify_url=notify_url)
         token = db.add_reader(settings)
         pace = [
             *("--amqp-url", settings.amqp_url, "--exchange", settings.exchange),
@@ -553,21 +589,27 @@ def _told_beside_round_trip(bed: Testbed, kind: str, sampled: str, told: str, na
         references.append(_round_trip(bed, settings, count, pace, f"{kind}-{round_number}"))
         bed.progress.say(f"  round {round_number + 1}, tracker: publish -> {told}")
         port = free_port()
-        api_settings = settings.with_(bind=f"127.0.0.1:{port}")
+        api_settings = round_settings.with_(bind=f"127.0.0.1:{port}")
         consumer = bed.start(f"{kind}-consume-{round_number}", tracker_command("consume"), api_settings)
         api = bed.start(f"{kind}-api-{round_number}", tracker_command("api"), api_settings)
         consumer.wait_for_log("consuming ")
         api.wait_for_port(port)
         if kind == "wait":
             load.http_load(port, background, token, 1.0, 4, 1, bed.out_dir)  # every worker serving, as in #2
-        mode = "waiting" if kind == "wait" else "streaming"
+        # The API tells a waiting or streaming client; a webhook comes from the consumer, to the receiver.
+        told_by = (
+            ["--port", str(port), "--token", token]
+            if receiver_port is None
+            else ["--receiver-port", str(receiver_port)]
+        )
+        mode = _CLIENT_MODES[kind]
         client = bed.start(
             f"{mode}-{round_number}",
             bench_command(
                 "load",
                 mode,
                 *pace,
-                *("--port", str(port), "--token", token),
+                *told_by,
                 *("--first-sample-job", str(samples.start), "--last-sample-job", str(samples.stop - 1)),
                 *("--sample-every", str(scale.latency_sample_every)),
             ),
@@ -1260,6 +1302,7 @@ MEASUREMENTS: dict[str, Callable[[Testbed], list[Result]]] = {
     "many_streams": many_streams,
     "wait": waiting,
     "stream": streaming,
+    "webhook": webhook,
     "memory": memory,
     "scale": table_size,
     "receipts": receipts,
