@@ -86,12 +86,11 @@ def changed_since(conn: sa.Connection, after: int, query: listing.JobQuery, most
     would otherwise read every change since its last match at each notification, ever more of them."""
     found = conn.execute(_changed_statement(conn.dialect.name, query), {"after": after, "most": most}).all()
     now = int(found[0][0])  # the position in the same snapshot as the rows: nothing at or below it is missed
-    rows = [row for row in found if row[1] is not None]
     # Read after the rows: whatever was deleted or pruned before they were read is seen here.
     pruned_upto, deleted = conn.execute(_resumable_statement(), {"after": after}).one()
     if after < pruned_upto or deleted or after > now:
         return Changes((), max(now, pruned_upto), reset=True)
-    changes = tuple((int(row[1]), Job(*row[2:])) for row in rows)
+    changes = tuple((int(row[1]), Job(*row[2:])) for row in found if row[1] is not None)
     return Changes(changes, changes[-1][0] if len(changes) >= most else now)
 
 
